@@ -1,0 +1,336 @@
+"""`python -m engine`: a thin command line over the engine's API."""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .recipe import Recipe, RecipeError
+
+RECIPE_FLAGS = ("rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric",
+                "sparsity", "pattern", "include_embeddings", "layers")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _model_args(p):
+    p.add_argument("model", help="alias (minilm, smollm2), local folder, or Hugging Face hub id")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model's repository")
+
+
+def _recipe_args(p, sweep=False):
+    g = p.add_argument_group("recipe")
+    if sweep:
+        g.add_argument("--rank-ratio", default="1", help="comma-separated fractions of full rank (1 = no low rank)")
+        g.add_argument("--bits", default="16", help="comma-separated bit widths, 2-8 or 16")
+        g.add_argument("--sparsity", default="0", help="comma-separated sparsities in [0, 1)")
+    else:
+        r = g.add_mutually_exclusive_group()
+        r.add_argument("--rank", type=int, help="truncated-SVD rank per layer (capped at its full rank)")
+        r.add_argument("--rank-ratio", type=float, help="rank as a fraction of each layer's full rank, (0, 1]")
+        g.add_argument("--bits", type=int, help="2-8, or 16 for no quantization (default 16)")
+        g.add_argument("--sparsity", type=float, help="fraction of weights pruned by magnitude, [0, 1)")
+    g.add_argument("--granularity", choices=("tensor", "channel", "group"), help="one scale per tensor, output channel or group (default group)")
+    g.add_argument("--group-size", type=int, help="input values per quantization group (default 128)")
+    g.add_argument("--asymmetric", dest="symmetric", action="store_const", const=False, help="add a zero-point per group")
+    g.add_argument("--pattern", help="unstructured (default) or N:M, e.g. 2:4")
+    g.add_argument("--include-embeddings", action="store_const", const=True, help="also compress embeddings and the output head")
+    g.add_argument("--layers", help="regular expression: compress only layers whose name matches")
+    if not sweep:
+        g.add_argument("--recipe", help="a recipe JSON file; flags given here override its fields")
+
+
+def _recipe_from(args) -> Recipe:
+    base = {}
+    if getattr(args, "recipe", None):
+        path = Path(args.recipe)
+        if not path.is_file():
+            raise UserError(f"--recipe: no such file {args.recipe!r}")
+        try:
+            base = Recipe.from_json(path.read_text(encoding="utf-8")).to_dict()
+        except UnicodeDecodeError:
+            raise RecipeError(f"--recipe: {args.recipe!r} is not a text file") from None
+        except RecipeError as e:
+            raise RecipeError(f"--recipe {args.recipe}: {e}") from None
+    for key in RECIPE_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            base[key] = value
+    if getattr(args, "rank", None) is not None:
+        base["rank_ratio"] = None
+    if getattr(args, "rank_ratio", None) is not None:
+        base["rank"] = None
+    if base.get("pattern") not in (None, "unstructured") and getattr(args, "sparsity", None) is None:
+        base["sparsity"] = 0.0  # let the pattern set it
+    return Recipe.from_dict(base)
+
+
+def _open(args):
+    from .session import Explorer
+
+    return Explorer.open(args.model, args.device, args.trust_remote_code)
+
+
+def _eval_text(args):
+    if not getattr(args, "eval_text", None):
+        return None, None
+    from .data import read_user_text
+
+    return read_user_text(args.eval_text), f"user file {Path(args.eval_text).name}"
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_models(args):
+    from .models import alias_status, cache_dir
+
+    rows = alias_status()
+    if args.json:
+        print(json.dumps({"aliases": rows, "cache": str(cache_dir())}, indent=2))
+        return
+    for r in rows:
+        print(f"{r['alias']:<9} {r['kind']:<10} {r['description']}")
+        print(f"{'':<9} {'ready' if r['cached'] else 'not yet'}: {r['where']}")
+        if r["note"]:
+            print(f"{'':<9} note: {r['note']}")
+    print(f"cache folder: {cache_dir()}")
+    print("Any Hugging Face hub id (with a network) or local model folder works too.")
+
+
+def cmd_inspect(args):
+    ex = _open(args)
+    from .transforms import break_even_rank, effective_rank, energy_kept
+
+    rows = []
+    want_spectra = not args.no_spectra
+    for info in ex.layers:
+        row = {"name": info.name, "role": info.role, "shape": list(info.shape), "params": info.params,
+               "bytes_fp16": 0 if info.tied_to else 2 * info.params, "tied_to": info.tied_to,
+               "full_rank": info.full_rank, "break_even_rank": round(break_even_rank(*info.shape), 1)}
+        if want_spectra and info.role not in ("embedding", "head"):
+            s = ex.factors(info.name)[1]
+            row.update(effective_rank=round(effective_rank(s), 1),
+                       energy_at_half_rank=round(energy_kept(s, max(1, info.full_rank // 2)), 4),
+                       top_singular_value=round(s[0].item(), 4))
+        rows.append(row)
+    out = {"model": args.model, "source": ex.loaded.source, "kind": ex.kind, "note": ex.loaded.note,
+           "parameters": ex.total_params, "bytes_fp16": 2 * ex.total_params, "bytes_fp32": 4 * ex.total_params,
+           "layers": rows}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{args.model}: {ex.kind}, {ex.total_params:,} parameters, {_mb(2 * ex.total_params)} at fp16 "
+          f"({_mb(4 * ex.total_params)} at fp32)")
+    if ex.loaded.note:
+        print(f"note: {ex.loaded.note}")
+    print(f"{'layer':<52} {'role':<9} {'shape':>12} {'params':>11} {'eff.rank':>8} {'E@r/2':>6}")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        extra = f"{r.get('effective_rank', ''):>8} {r.get('energy_at_half_rank', ''):>6}"
+        tied = f" (tied to {r['tied_to']})" if r["tied_to"] else ""
+        print(f"{r['name']:<52} {r['role']:<9} {shape:>12} {r['params']:>11,} {extra}{tied}")
+    print("eff.rank: effective rank of the singular values; E@r/2: energy kept at half the full rank."
+          " Embeddings and the output head are left alone unless --include-embeddings.")
+
+
+def cmd_run(args):
+    recipe = _recipe_from(args)
+    text, name = _eval_text(args)
+    ex = _open(args)
+    work = ex.workspace()
+    t0 = time.perf_counter()
+    needs_svd = any(recipe.rank_for(i.full_rank) is not None for i in ex.selected(recipe))
+    factorize_s = ex.factorize([i.name for i in ex.selected(recipe)]) if needs_svd else 0.0
+    t0 = time.perf_counter()
+    ev = ex.evaluator(text, name)  # reference outputs of the original model
+    reference_s = time.perf_counter() - t0
+    applied = work.apply(recipe)
+    if not ex.selected(recipe):
+        logging.getLogger(__name__).warning("the recipe selects no layer: nothing was compressed")
+    t0 = time.perf_counter()
+    metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
+    evaluate_s = time.perf_counter() - t0
+    errors = {e["name"]: e for e in work.layer_errors()}
+    memory = applied.memory.to_dict()
+    for layer in memory["layers"]:
+        e = errors.get(layer["name"])
+        layer["relative_error"] = None if e is None else e["relative_error"]
+        layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+    out = {
+        "model": args.model,
+        "source": ex.loaded.source,
+        "kind": ex.kind,
+        "device": str(ex.loaded.device),
+        "note": ex.loaded.note,
+        "recipe": recipe.to_dict(),
+        "metrics": {**metrics, "protocol": {**ev.protocol, "estimate_only": args.quick}},
+        "baseline_metrics": ev.baseline(),
+        "memory": memory,
+        "seconds": {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
+                    "apply": applied.seconds, "evaluate": evaluate_s},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print_run(out)
+
+
+def _print_run(out):
+    m = out["memory"]
+    print(f"{out['model']} ({out['kind']}, {out['device']}): {Recipe.from_dict(out['recipe']).describe()}")
+    if out["note"]:
+        print(f"note: {out['note']}")
+    print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
+          f"(ratio {m['ratio']:.3f}; fp16 baseline, {_mb(m['original_bytes_fp32'])} at fp32)")
+    print("quality (baseline -> compressed):" + ("  [first estimate]" if out["metrics"]["protocol"]["estimate_only"] else ""))
+    for k, v in out["metrics"].items():
+        if k != "protocol":
+            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {v:.4f}")
+    print(f"{'layer':<48} {'format':<26} {'rank':>5} {'spars':>6} {'bytes':>10} {'rel.err':>8}")
+    for layer in m["layers"]:
+        if layer["compressed"]:
+            err = "" if layer["relative_error"] is None else f"{layer['relative_error']:.4f}"
+            flag = " !" if layer["factors_exceed_dense"] else ""
+            print(f"{layer['name']:<48} {layer['format']:<26} {layer['rank'] or '-':>5} "
+                  f"{layer['sparsity']:>6.3f} {layer['compressed_bytes']:>10,} {err:>8}{flag}")
+    s = out["seconds"]
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
+    if any(layer["factors_exceed_dense"] for layer in m["layers"]):
+        print("! factors hold more values than the dense matrix at this rank (above break-even r(m+n) = mn)")
+
+
+def cmd_sweep(args):
+    ratios = _floats(args.rank_ratio, "--rank-ratio")
+    bits = [int(b) for b in _floats(args.bits, "--bits")]
+    sparsities = _floats(args.sparsity, "--sparsity")
+    fixed = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
+    recipes = []
+    for r, b, s in itertools.product(ratios, bits, sparsities):
+        d = dict(fixed, rank_ratio=None if r == 1 else r, bits=b, sparsity=s)
+        if d.get("pattern", "unstructured") != "unstructured" and s == 0:
+            d["pattern"] = "unstructured"
+        recipes.append(Recipe.from_dict(d))
+    text, name = _eval_text(args)
+    out_path = Path(args.out)
+    if out_path.parent and not out_path.parent.exists():
+        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    ex = _open(args)
+    work = ex.workspace()
+    ev = ex.evaluator(text, name)
+    from tqdm import tqdm
+
+    fields = None
+    with open(out_path, "w", newline="", encoding="utf-8") as fh:
+        for recipe in tqdm(recipes, desc=f"sweep {args.model}", unit="point", file=sys.stderr):
+            applied = work.apply(recipe)
+            t0 = time.perf_counter()
+            metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
+            row = {"rank_ratio": recipe.rank_ratio or 1, "bits": recipe.bits, "sparsity": recipe.sparsity,
+                   "pattern": recipe.pattern, "granularity": recipe.granularity, "group_size": recipe.group_size,
+                   "symmetric": recipe.symmetric, "label": recipe.describe(),
+                   "original_bytes": applied.memory.original_bytes,
+                   "compressed_bytes": applied.memory.compressed_bytes, "ratio": applied.memory.ratio,
+                   **metrics, "estimate_only": args.quick, "apply_s": applied.seconds,
+                   "evaluate_s": time.perf_counter() - t0, "recipe": json.dumps(recipe.to_dict())}
+            if fields is None:
+                fields = list(row)
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+    print(f"wrote {len(recipes)} points to {out_path} (protocol: {json.dumps(ev.protocol)})", file=sys.stderr)
+
+
+def cmd_bench(args):
+    from .bench import format_table, run_bench
+
+    models = args.models.split(",")
+    result = run_bench(models, device=args.device, repeats=args.repeats)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag}: give at least one value")
+    return values
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m engine", description="Compress a real transformer and measure it honestly.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    m = sub.add_parser("models", help="aliases, what each is, what is cached")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+
+    i = sub.add_parser("inspect", help="layers, shapes, parameters, bytes, spectrum summary")
+    _model_args(i)
+    i.add_argument("--no-spectra", action="store_true", help="skip the SVDs")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    r = sub.add_parser("run", help="apply a recipe, evaluate, report")
+    _model_args(r)
+    _recipe_args(r)
+    r.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
+    r.add_argument("--quick", action="store_true", help="first estimate only (the small slice the app shows first)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("sweep", help="a grid of recipes, one CSV row per point")
+    _model_args(s)
+    _recipe_args(s, sweep=True)
+    s.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
+    s.add_argument("--quick", action="store_true", help="first estimates only")
+    s.add_argument("--out", required=True, help="CSV file to write")
+    s.set_defaults(fn=cmd_sweep)
+
+    b = sub.add_parser("bench", help="time load, factorize, apply and evaluate against the naive way")
+    b.add_argument("--models", default="minilm,smollm2")
+    b.add_argument("--device")
+    b.add_argument("--repeats", type=int, default=1, help="passes over the benchmark recipes")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("engine").setLevel(logging.INFO)
+    try:
+        args = build_parser().parse_args(argv)
+        args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0

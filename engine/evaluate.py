@@ -1,0 +1,270 @@
+"""Quality against the uncompressed model, on real data nobody here wrote.
+
+An evaluator is built once per model from the original (reference outputs are computed
+then and kept), and then scores any compressed copy. `quick=True` gives the first estimate
+the app shows after a change, on a small fixed slice stated in its protocol; `quick=False`
+runs the full protocol.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data
+from .errors import UserError
+
+SEQ_LEN = 256  # causal LM window, BOS included
+FULL_WINDOWS = 16
+QUICK_WINDOWS = (0, 8)  # indices into the full windows
+ENCODER_MAX_TOKENS = 256
+QUICK_SENTENCES = 32
+BATCH = 4
+TOKEN_BUDGET = 4096
+
+
+def make_evaluator(loaded, eval_text: str | None = None, eval_name: str | None = None):
+    cls = {"causal-lm": CausalLMEval, "encoder": EncoderEval, "classifier": ClassifierEval}[loaded.kind]
+    return cls(loaded, eval_text, eval_name)
+
+
+# ---------------------------------------------------------------------------------------
+# Causal LM
+# ---------------------------------------------------------------------------------------
+
+
+class CausalLMEval:
+    """Perplexity on held-out text, KL from the original and top-1 next-token agreement."""
+
+    primary = "perplexity"
+
+    def __init__(self, loaded, eval_text=None, eval_name=None):
+        tok = loaded.tokenizer
+        self.device = loaded.device
+        if eval_text is None:
+            eval_text = "\n\n".join(data.lee_background())
+            eval_name = "gensim lee_background.cor (300 news articles, Lee et al. 2005)"
+        ids = tok(eval_text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        bos = tok.bos_token_id
+        body = SEQ_LEN - (bos is not None)
+        n_avail = len(ids) // body
+        if n_avail < 1:
+            raise UserError(
+                f"--eval-text: {eval_name} has {len(ids)} tokens, too short for one window of {body} tokens"
+            )
+        picks = np.linspace(0, n_avail - 1, min(FULL_WINDOWS, n_avail)).round().astype(int)
+        windows = [ids[i * body:(i + 1) * body] for i in dict.fromkeys(picks.tolist())]
+        if bos is not None:
+            windows = [[bos] + w for w in windows]
+        self.windows = torch.tensor(windows, device=self.device)
+        self.quick_idx = [i for i in QUICK_WINDOWS if i < len(windows)]
+        # reference: the original model's next-token log-probabilities, stored as fp16
+        logp = self._logprobs(loaded.model, self.windows)
+        self.ref_logp = logp.half()
+        self.ref_top1 = logp.argmax(-1)
+        nll = self._nll(logp, self.windows)  # per window
+        self.base_full_ppl = math.exp(nll.mean().item())
+        self.base_quick_ppl = math.exp(nll[self.quick_idx].mean().item())
+        n_tok = self.windows.shape[0] * (self.windows.shape[1] - 1)
+        self.protocol = {
+            "text": eval_name,
+            "seq_len": self.windows.shape[1],
+            "stride": body,
+            "bos": None if bos is None else f"{tok.convert_ids_to_tokens(bos)} (id {bos}) prepended to every window",
+            "windows": self.windows.shape[0],
+            "window_selection": "non-overlapping windows evenly spaced over the text",
+            "tokens_scored": n_tok,
+            "kl_to_original": "mean over scored tokens of KL(original || compressed), nats; reference log-probs kept in fp16",
+            "top1_agreement": "fraction of scored tokens where both models' most likely next token agree",
+            "quick": (
+                f"first estimate on windows {self.quick_idx} ({len(self.quick_idx) * (self.windows.shape[1] - 1)} tokens): "
+                "perplexity = full baseline perplexity x (compressed / baseline perplexity on those windows); "
+                "KL and top-1 agreement measured on those windows"
+            ),
+        }
+
+    @torch.inference_mode()
+    def _logprobs(self, model, windows):
+        out = [model(input_ids=windows[i:i + BATCH]).logits[:, :-1].float().log_softmax(-1)
+               for i in range(0, windows.shape[0], BATCH)]
+        return torch.cat(out)
+
+    @staticmethod
+    def _nll(logp, windows):
+        return -logp.gather(-1, windows[:, 1:, None]).squeeze(-1).mean(-1)
+
+    @torch.inference_mode()
+    def __call__(self, model, quick: bool = False) -> dict:
+        idx = self.quick_idx if quick else list(range(self.windows.shape[0]))
+        windows = self.windows[idx]
+        logp = self._logprobs(model, windows)
+        ref = self.ref_logp[idx].float()
+        kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
+        top1 = (logp.argmax(-1) == self.ref_top1[idx]).float().mean().item()
+        ppl = math.exp(self._nll(logp, windows).mean().item())
+        if quick:
+            ppl = self.base_full_ppl * ppl / self.base_quick_ppl
+        return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": top1}
+
+    def baseline(self) -> dict:
+        return {"perplexity": self.base_full_ppl, "kl_to_original": 0.0, "top1_agreement": 1.0}
+
+
+# ---------------------------------------------------------------------------------------
+# Sentence encoder and classifier share the batching
+# ---------------------------------------------------------------------------------------
+
+
+class _TextBatches:
+    """Texts tokenized once, sorted by length and batched to at most TOKEN_BUDGET padded tokens."""
+
+    def __init__(self, loaded, texts):
+        tok = loaded.tokenizer
+        max_len = min(ENCODER_MAX_TOKENS, getattr(tok, "model_max_length", ENCODER_MAX_TOKENS) or ENCODER_MAX_TOKENS)
+        lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=max_len)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        self.order = torch.tensor(order)
+        self.batches, start = [], 0
+        for end in range(1, len(order) + 1):
+            last = end == len(order)
+            if last or (end + 1 - start) * lengths[order[end]] > TOKEN_BUDGET:
+                enc = tok([texts[j] for j in order[start:end]], padding=True, truncation=True,
+                          max_length=max_len, return_tensors="pt")
+                self.batches.append({k: v.to(loaded.device) for k, v in enc.items()})
+                start = end
+        self.max_len = max_len
+
+    @torch.inference_mode()
+    def run(self, fn):
+        """fn(batch) -> (b, d) per batch, returned in the texts' original order."""
+        out = torch.cat([fn(b).float() for b in self.batches])
+        result = torch.empty_like(out)
+        result[self.order] = out
+        return result
+
+
+def mean_pool(model, batch):
+    h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+class EncoderEval:
+    """Cosine to the original embeddings, Lee similarity Spearman, Pang-Lee polarity accuracy."""
+
+    primary = "cosine_to_original"
+
+    def __init__(self, loaded, eval_text=None, eval_name=None):
+        docs = list(data.lee_documents())
+        pol_texts, pol_labels = data.polarity()
+        self.n_docs = len(docs)
+        self.pairs = np.array([(i, j) for i, j, _ in data.lee_similarity_pairs()])
+        self.human = np.array([s for _, _, s in data.lee_similarity_pairs()])
+        self.labels = np.array(pol_labels)
+        # one pass over docs + sentences serves all three metrics
+        self.main = _TextBatches(loaded, docs + list(pol_texts))
+        if eval_text is None:
+            fidelity = docs + list(pol_texts)
+            self.fidelity = None  # the main pass
+            eval_name = "gensim lee.cor (50 documents) + pang_lee_polarity.cor (200 sentences)"
+        else:
+            fidelity = [s.strip() for s in eval_text.splitlines() if s.strip()]
+            self.fidelity = _TextBatches(loaded, fidelity)
+        self.quick_set = _TextBatches(loaded, fidelity[::max(1, len(fidelity) // QUICK_SENTENCES)][:QUICK_SENTENCES])
+        model = loaded.model
+        pool = lambda b: mean_pool(model, b)  # noqa: E731
+        self.ref_main = self.main.run(pool)
+        self.ref = self.ref_main if self.fidelity is None else self.fidelity.run(pool)
+        self.ref_quick = self.quick_set.run(pool)
+        self.heads = self._fit_heads(self.ref_main[self.n_docs:])
+        self.base = self._scores(self.ref_main, self.ref)
+        self.protocol = {
+            "fidelity_text": eval_name,
+            "fidelity_items": len(fidelity),
+            "pooling": "mean over non-padding tokens of the last hidden state",
+            "max_tokens": self.main.max_len,
+            "cosine_to_original": "mean cosine similarity between compressed and original embeddings",
+            "lee_spearman": "Spearman correlation of embedding cosine similarity with the mean human rating, "
+                            "all 1225 pairs of the 50 Lee documents (gensim lee.cor, similarities0-1.txt)",
+            "polarity_accuracy": "accuracy on the 200 Pang-Lee polarity sentences of a logistic regression "
+                                 "fitted on the original embeddings: 5 stratified folds, each fold scored by "
+                                 "the head fitted on the other four",
+            "quick": f"first estimate: cosine_to_original on {self.quick_set.order.numel()} of the "
+                     f"{len(fidelity)} fidelity items (every k-th); other metrics need the full run",
+        }
+
+    def _fit_heads(self, emb):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+
+        x = F.normalize(emb, dim=-1).cpu().numpy()
+        heads = []
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(x, self.labels):
+            clf = LogisticRegression(max_iter=2000).fit(x[train], self.labels[train])
+            heads.append((clf, test))
+        return heads
+
+    def __call__(self, model, quick: bool = False) -> dict:
+        pool = lambda b: mean_pool(model, b)  # noqa: E731
+        if quick:
+            cos = F.cosine_similarity(self.quick_set.run(pool), self.ref_quick, dim=-1)
+            return {"cosine_to_original": cos.mean().item()}
+        main = self.main.run(pool)
+        return self._scores(main, main if self.fidelity is None else self.fidelity.run(pool))
+
+    def _scores(self, main, fidelity) -> dict:
+        cos = F.cosine_similarity(fidelity, self.ref, dim=-1).mean().item()
+        d = F.normalize(main[: self.n_docs], dim=-1)
+        sims = (d[self.pairs[:, 0]] * d[self.pairs[:, 1]]).sum(-1).cpu().numpy()
+        x = F.normalize(main[self.n_docs:], dim=-1).cpu().numpy()
+        correct = sum(int((clf.predict(x[test]) == self.labels[test]).sum()) for clf, test in self.heads)
+        return {
+            "cosine_to_original": cos,
+            "lee_spearman": _spearman(sims, self.human),
+            "polarity_accuracy": correct / len(self.labels),
+        }
+
+    def baseline(self) -> dict:
+        return dict(self.base)
+
+
+class ClassifierEval:
+    """A sequence classifier: agreement of its predicted labels with the original's, and KL."""
+
+    primary = "label_agreement"
+
+    def __init__(self, loaded, eval_text=None, eval_name=None):
+        if eval_text is None:
+            texts = list(data.polarity()[0])
+            eval_name = "gensim pang_lee_polarity.cor (200 sentences)"
+        else:
+            texts = [s.strip() for s in eval_text.splitlines() if s.strip()]
+        self.texts = _TextBatches(loaded, texts)
+        self.quick_set = _TextBatches(loaded, texts[:QUICK_SENTENCES])
+        self.ref = self.texts.run(lambda b: loaded.model(**b).logits).log_softmax(-1)
+        self.ref_quick = self.quick_set.run(lambda b: loaded.model(**b).logits).log_softmax(-1)
+        self.protocol = {
+            "text": eval_name,
+            "items": len(texts),
+            "label_agreement": "fraction of items where compressed and original predict the same label",
+            "kl_to_original": "mean KL(original || compressed) of the label distributions, nats",
+            "quick": f"first estimate on the first {QUICK_SENTENCES} items",
+        }
+
+    def __call__(self, model, quick: bool = False) -> dict:
+        batches, ref = (self.quick_set, self.ref_quick) if quick else (self.texts, self.ref)
+        logp = batches.run(lambda b: model(**b).logits).log_softmax(-1)
+        kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
+        agree = (logp.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        return {"label_agreement": agree, "kl_to_original": max(kl, 0.0)}
+
+    def baseline(self) -> dict:
+        return {"label_agreement": 1.0, "kl_to_original": 0.0}

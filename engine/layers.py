@@ -1,0 +1,146 @@
+"""Which layers can be compressed, and the one place that changes a model's modules.
+
+Layers are found by type, never by an architecture path: `nn.Linear` and GPT-2's
+`transformers.pytorch_utils.Conv1D` (whose weight is stored (in, out), transposed).
+Input embeddings and the output head are reported and left alone unless asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A compressible matrix of the model."""
+
+    name: str  # module path, e.g. 'encoder.layer.0.attention.self.query'
+    shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
+    role: str  # 'linear' | 'conv1d' | 'embedding' | 'head'
+    tied_to: str | None = None  # a head that shares the embedding's weight
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.shape)
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as an (out, in) matrix; Conv1D stores (in, out) and is transposed (a view)."""
+    if isinstance(module, Conv1D):
+        return module.weight.t()
+    return module.weight
+
+
+def find_layers(model: nn.Module) -> list[LayerInfo]:
+    """Every compressible matrix, embeddings and head included (their role says which)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {id(m): n for n, m in model.named_modules()}
+    found = []
+    for name, module in model.named_modules():
+        if module is emb and isinstance(module, nn.Embedding):
+            found.append(LayerInfo(name, tuple(module.weight.shape), "embedding"))
+        elif module is head and isinstance(module, nn.Linear):
+            tied = emb is not None and module.weight is getattr(emb, "weight", None)
+            found.append(LayerInfo(name, tuple(module.weight.shape), "head", names[id(emb)] if tied else None))
+        elif isinstance(module, nn.Linear):
+            found.append(LayerInfo(name, tuple(module.weight.shape), "linear"))
+        elif isinstance(module, Conv1D):
+            found.append(LayerInfo(name, (module.nf, module.weight.shape[0]), "conv1d"))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# The compressed stand-ins
+# ---------------------------------------------------------------------------------------
+
+
+class Stored(nn.Module):
+    """What a compressed matrix holds: a dense W (out, in), or factors A (out, r) and B (r, in)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.set(w)
+
+    def set(self, w: torch.Tensor | None = None, a: torch.Tensor | None = None, b: torch.Tensor | None = None):
+        self.w, self.a, self.b = w, a, b
+
+    def matrix(self) -> torch.Tensor:
+        return self.w if self.a is None else self.a @ self.b  # (out, r) @ (r, in)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a is None:
+            return F.linear(x, self.w)
+        return F.linear(F.linear(x, self.b), self.a)  # x B^T A^T
+
+
+class CompressedLinear(nn.Module):
+    """Stands in for nn.Linear / Conv1D: y = x W^T + bias, with W as `stored` holds it."""
+
+    def __init__(self, stored: Stored, bias: torch.Tensor | None):
+        super().__init__()
+        self.stored = stored
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stored.linear(x)
+        return y if self.bias is None else y + self.bias
+
+
+class CompressedEmbedding(nn.Module):
+    """Stands in for nn.Embedding: row lookup in W, or in A then times B."""
+
+    def __init__(self, stored: Stored, padding_idx: int | None):
+        super().__init__()
+        self.stored = stored
+        self.padding_idx = padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:  # some models read embedding.weight directly
+        return self.stored.matrix()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        s = self.stored
+        if s.a is None:
+            return F.embedding(ids, s.w, self.padding_idx)
+        return F.embedding(ids, s.a) @ s.b  # (..., r) @ (r, dim)
+
+
+def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
+    """Module surgery, done once on a working copy: put a `Stored` holder in every layer.
+
+    Returns name -> holder; a tied head shares its embedding's holder. Holders start with
+    the layer's own weight, so the model computes exactly what it did before.
+    """
+    holders: dict[str, Stored] = {}
+    for info in layers:
+        if info.tied_to is not None:
+            continue
+        module = model.get_submodule(info.name)
+        stored = Stored(weight_matrix(module).detach())
+        if info.role == "embedding":
+            new = CompressedEmbedding(stored, module.padding_idx)
+        else:
+            new = CompressedLinear(stored, module.bias)
+        _replace(model, info.name, new)
+        holders[info.name] = stored
+    for info in layers:
+        if info.tied_to is not None:
+            holders[info.name] = holders[info.tied_to]
+            bias = getattr(model.get_submodule(info.name), "bias", None)
+            _replace(model, info.name, CompressedLinear(holders[info.tied_to], bias))
+    return holders
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,200 @@
+"""The recipe: one frozen, validated description of a compression setting.
+
+A recipe is data. It round-trips through JSON (`to_json` / `from_json`), rejects unknown
+fields, and checks every value on construction, naming the field and the allowed range.
+It holds no runtime state: which layers exist, their ranks and bytes are worked out
+elsewhere from a recipe and a model.
+
+Order on one layer: low rank first (the layer then stores factors A and B), pruning then
+zeroes entries of what is stored, quantization then codes the kept values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import UserError
+
+GRANULARITIES = ("tensor", "channel", "group")
+BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+class RecipeError(UserError):
+    """A recipe value outside its allowed range; the message names the field."""
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """'unstructured' -> None, 'N:M' -> (N, M). Raises RecipeError on anything else.
+
+    >>> parse_pattern("2:4")
+    (2, 4)
+    """
+    if pattern == "unstructured":
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if not m:
+        raise RecipeError(f"pattern: expected 'unstructured' or 'N:M' (e.g. 2:4), got {pattern!r}")
+    n, m_ = int(m.group(1)), int(m.group(2))
+    if not 1 <= n < m_ <= 64:
+        raise RecipeError(f"pattern: N:M needs 1 <= N < M <= 64, got {pattern!r}")
+    return n, m_
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to do to every selected layer.
+
+    rank / rank_ratio: truncated SVD at this rank (capped at the layer's full rank) or at
+        this fraction of each layer's full rank; at full rank the layer stays dense, since
+        the factorization is then exact and never smaller. Both None: no low rank.
+    bits: 2..8 for round-to-nearest fake quantization, 16 for none.
+    granularity: one scale per 'tensor', per output 'channel', or per 'group' of
+        `group_size` consecutive input values.
+    symmetric: False adds a b-bit zero-point per group.
+    sparsity: fraction of stored values zeroed by magnitude, exactly round(S x n) per tensor.
+    pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
+        with N:M the sparsity is 1 - N/M.
+    include_embeddings: also compress the input embeddings and the output head.
+    layers: a regular expression; only layers whose name it matches (re.search) are
+        compressed. None: all compressible layers.
+    """
+
+    rank: int | None = None
+    rank_ratio: float | None = None
+    bits: int = 16
+    granularity: str = "group"
+    group_size: int = 128
+    symmetric: bool = True
+    sparsity: float = 0.0
+    pattern: str = "unstructured"
+    include_embeddings: bool = False
+    layers: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and self.rank_ratio is not None:
+            raise RecipeError("rank: give either rank or rank_ratio, not both")
+        if self.rank is not None and (_not_int(self.rank) or self.rank < 1):
+            raise RecipeError(f"rank: must be an integer >= 1, got {self.rank!r}")
+        if self.rank_ratio is not None and (
+            _not_number(self.rank_ratio) or not 0 < self.rank_ratio <= 1
+        ):
+            raise RecipeError(f"rank_ratio: must be in (0, 1], got {self.rank_ratio!r}")
+        if _not_int(self.bits) or self.bits not in BITS:
+            raise RecipeError(f"bits: must be 2 to 8, or 16 for no quantization, got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise RecipeError(
+                f"granularity: must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            )
+        if _not_int(self.group_size) or not 1 <= self.group_size <= 1 << 20:
+            raise RecipeError(f"group_size: must be an integer >= 1, got {self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise RecipeError(f"symmetric: must be true or false, got {self.symmetric!r}")
+        if not isinstance(self.include_embeddings, bool):
+            raise RecipeError(
+                f"include_embeddings: must be true or false, got {self.include_embeddings!r}"
+            )
+        if _not_number(self.sparsity) or not 0 <= self.sparsity < 1:
+            raise RecipeError(f"sparsity: must be in [0, 1), got {self.sparsity!r}")
+        nm = parse_pattern(self.pattern) if isinstance(self.pattern, str) else None
+        if not isinstance(self.pattern, str):
+            raise RecipeError(f"pattern: expected 'unstructured' or 'N:M', got {self.pattern!r}")
+        if nm is not None:
+            implied = 1 - nm[0] / nm[1]
+            if self.sparsity == 0:
+                object.__setattr__(self, "sparsity", implied)
+            elif not math.isclose(self.sparsity, implied, abs_tol=1e-9):
+                raise RecipeError(
+                    f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
+                    f"got {self.sparsity!r} (leave sparsity out)"
+                )
+        if self.layers is not None:
+            if not isinstance(self.layers, str) or not self.layers:
+                raise RecipeError(f"layers: must be a non-empty regular expression, got {self.layers!r}")
+            try:
+                re.compile(self.layers)
+            except re.error as e:
+                raise RecipeError(f"layers: not a valid regular expression ({e})") from None
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    def rank_for(self, full_rank: int) -> int | None:
+        """The rank a layer of this full rank gets, or None when it stays unfactorized.
+
+        >>> Recipe(rank_ratio=0.5).rank_for(384), Recipe(rank=999).rank_for(384)
+        (192, None)
+        """
+        if self.rank is not None:
+            r = min(self.rank, full_rank)
+        elif self.rank_ratio is not None:
+            r = max(1, min(full_rank, round(self.rank_ratio * full_rank)))
+        else:
+            return None
+        return None if r >= full_rank else r
+
+    def selects(self, name: str) -> bool:
+        return self.layers is None or re.search(self.layers, name) is not None
+
+    @property
+    def is_identity(self) -> bool:
+        return (
+            self.rank is None and (self.rank_ratio in (None, 1)) and self.bits == 16 and self.sparsity == 0
+        )
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError("recipe: expected a JSON object of recipe fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(
+                f"recipe: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RecipeError(f"recipe: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    def describe(self) -> str:
+        """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
+        parts = []
+        if self.rank is not None:
+            parts.append(f"rank {self.rank}")
+        elif self.rank_ratio is not None and self.rank_ratio < 1:
+            parts.append(f"rank x{self.rank_ratio:g}")
+        if self.bits < 16:
+            g = {"tensor": "per-tensor", "channel": "per-channel"}.get(
+                self.granularity, f"g{self.group_size}"
+            )
+            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}")
+        if self.sparsity > 0:
+            parts.append(
+                self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse"
+            )
+        return " · ".join(parts) or "uncompressed"
+
+
+def _not_int(x: object) -> bool:
+    return isinstance(x, bool) or not isinstance(x, int)
+
+
+def _not_number(x: object) -> bool:
+    return isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x)
