@@ -72,12 +72,13 @@ def tensor_bytes(
     candidates = [TensorBytes(_packed(n, bits), scales, 0, "dense")]
     if kept < n:
         kv = _packed(kept, bits)
-        candidates.append(TensorBytes(kv, scales, _packed(n, 1), "bitmask"))
-        candidates.append(TensorBytes(kv, scales, 4 * kept + 4 * (rows + 1), "csr"))
         if nm is not None:
             index_bits = math.ceil(math.log2(nm[1]))
             candidates.append(TensorBytes(kv, scales, _packed(kept, index_bits), f"{nm[0]}:{nm[1]}"))
-    return min(candidates, key=lambda c: c.total)  # first wins a tie: dense before the rest
+        candidates.append(TensorBytes(kv, scales, _packed(n, 1), "bitmask"))
+        candidates.append(TensorBytes(kv, scales, 4 * kept + 4 * (rows + 1), "csr"))
+    # the first wins a tie: dense, then N:M (2:4 and a bitmask are the same size), then the rest
+    return min(candidates, key=lambda c: c.total)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
+
+from engine.models import minilm_path
+
+
+def _save(model, folder):
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)  # a real WordPiece vocabulary
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny randomly initialised GPT-2, Llama and BERT models, saved as Hugging Face folders."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    vocab = 30522
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=256, n_embd=32, n_layer=2, n_head=2))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                         tie_word_embeddings=False))
+    bert_cfg = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=512)
+    bert = BertModel(BertConfig(**bert_cfg))
+    classifier = BertForSequenceClassification(BertConfig(**bert_cfg, num_labels=2))
+    return {name: _save(m, root / name) for name, m in
+            [("gpt2", gpt2), ("llama", llama), ("bert", bert), ("bert-classifier", classifier)]}

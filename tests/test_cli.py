@@ -1,0 +1,169 @@
+"""End to end: `python -m engine` on the real offline models, and bad input."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def engine(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def run_json(*args):
+    p = engine("run", *args, "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)  # exactly one JSON object on stdout
+
+
+def check_shape(out, kind, metric_names):
+    assert out["kind"] == kind
+    assert set(metric_names) <= set(out["metrics"]) and "protocol" in out["metrics"]
+    mem = out["memory"]
+    layers = mem["layers"]
+    total = 2 * mem["untouched_params"] + sum(l["compressed_bytes"] for l in layers if l["compressed"])
+    assert mem["compressed_bytes"] == total
+    assert mem["ratio"] == pytest.approx(mem["compressed_bytes"] / mem["original_bytes"])
+    assert mem["original_bytes_fp32"] == 2 * mem["original_bytes"]
+    for l in layers:
+        assert {"name", "shape", "original_bytes", "compressed_bytes", "format", "rank", "sparsity", "bits"} <= set(l)
+    assert set(out["seconds"]) >= {"load", "apply", "evaluate"}
+    return [l for l in layers if l["compressed"]]
+
+
+def test_run_minilm_json():
+    out = run_json("minilm", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5")
+    layers = check_shape(out, "encoder", ["cosine_to_original", "lee_spearman", "polarity_accuracy"])
+    assert len(layers) == 37  # 36 encoder matrices + the pooler; embeddings left alone
+    for l in layers:
+        out_f, in_f = l["shape"]
+        assert l["rank"] == min(out_f, in_f) // 2 and l["bits"] == 4
+        stored = l["rank"] * (out_f + in_f)
+        assert l["sparsity"] == pytest.approx(round(0.5 * l["rank"] * out_f) / stored + round(0.5 * l["rank"] * in_f) / stored)
+        assert 0 < l["relative_error"] < 1
+    m = out["metrics"]
+    assert 0 < m["cosine_to_original"] < 0.95  # a heavy recipe moves the embeddings
+    assert out["baseline_metrics"]["lee_spearman"] == pytest.approx(0.508, abs=0.01)
+    assert 0.45 <= m["polarity_accuracy"] <= 1
+    assert out["memory"]["ratio"] < 0.7
+    assert out["recipe"] == {"rank": None, "rank_ratio": 0.5, "bits": 4, "granularity": "group", "group_size": 128,
+                             "symmetric": True, "sparsity": 0.5, "pattern": "unstructured",
+                             "include_embeddings": False, "layers": None}
+
+
+def test_run_smollm2_json():
+    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5")
+    layers = check_shape(out, "causal-lm", ["perplexity", "kl_to_original", "top1_agreement"])
+    assert len(layers) == 210
+    assert "dequantized" in out["note"] and "4-bit" in out["note"]
+    proto = out["metrics"]["protocol"]
+    assert proto["seq_len"] == 256 and proto["windows"] == 16 and proto["tokens_scored"] == 16 * 255
+    assert "lee_background" in proto["text"]
+    base = out["baseline_metrics"]["perplexity"]
+    assert 10 < base < 100  # a working 135M model on news text
+    assert out["metrics"]["perplexity"] > base and out["metrics"]["kl_to_original"] > 0
+    assert 0 <= out["metrics"]["top1_agreement"] < 1
+
+
+def test_error_falls_as_bits_rise_on_smollm2():
+    from engine.recipe import Recipe
+    from engine.session import Explorer
+
+    work = Explorer.open("smollm2", device="cpu").workspace()
+    kl, size = [], []
+    for b in (3, 4, 6, 8):
+        size.append(work.apply(Recipe(bits=b)).memory.compressed_bytes)
+        kl.append(work.evaluate(quick=True)["kl_to_original"])
+    assert kl == sorted(kl, reverse=True) and kl[-1] > 0
+    assert size == sorted(size)
+    # per-layer error falls with bits too, on every layer
+    work.apply(Recipe(bits=4))
+    e4 = [e["relative_error"] for e in work.layer_errors()]
+    work.apply(Recipe(bits=8))
+    e8 = [e["relative_error"] for e in work.layer_errors()]
+    assert all(a > b > 0 for a, b in zip(e4, e8))
+
+
+def test_sweep_writes_one_row_per_point(tmp_path):
+    out = tmp_path / "points.csv"
+    p = engine("sweep", "minilm", "--rank-ratio", "1,0.5", "--bits", "16,4", "--sparsity", "0", "--quick", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["rank_ratio"], r["bits"]) for r in rows] == [("1", "16"), ("1", "4"), ("0.5", "16"), ("0.5", "4")]
+    assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["cosine_to_original"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[3]["ratio"]) < float(rows[1]["ratio"]) < 1
+
+
+def test_models_and_inspect():
+    p = engine("models", "--json")
+    aliases = {r["alias"] for r in json.loads(p.stdout)["aliases"]}
+    assert aliases == {"minilm", "smollm2"}
+    p = engine("inspect", "minilm", "--json")
+    out = json.loads(p.stdout)
+    assert out["parameters"] == 22_713_216 and out["bytes_fp16"] == 2 * 22_713_216
+    q = next(l for l in out["layers"] if l["name"] == "encoder.layer.0.attention.self.query")
+    assert q["shape"] == [384, 384] and q["full_rank"] == 384 and 1 < q["effective_rank"] < 384
+
+
+def test_recipe_file_and_override(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"bits": 8, "granularity": "channel"}))
+    out = run_json("minilm", "--recipe", str(f), "--sparsity", "0.25", "--quick", "--layers", "layer\\.0\\.")
+    assert out["recipe"]["bits"] == 8 and out["recipe"]["granularity"] == "channel" and out["recipe"]["sparsity"] == 0.25
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "no-such-model-alias!"], "unknown model"),
+    (["run", "minilm", "--rank", "0"], "rank: must be"),
+    (["run", "minilm", "--bits", "1"], "bits: must be"),
+    (["run", "minilm", "--sparsity", "1"], "sparsity: must be"),
+    (["run", "minilm", "--pattern", "3:2"], "pattern:"),
+    (["run", "minilm", "--rank-ratio", "0.5", "--rank", "3"], "not allowed with"),
+    (["run", "minilm", "--recipe", "Makefile"], "not valid JSON"),
+    (["run", "minilm", "--recipe", "missing.json"], "no such file"),
+    (["run", "minilm", "--device", "cuda:0"], "no CUDA GPU"),
+    (["sweep", "minilm", "--bits", "4,x", "--out", "x.csv"], "expected comma-separated numbers"),
+    (["bogus"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    p = engine(*args)
+    if args[-1] == "cuda:0" and "no CUDA GPU" not in p.stderr and p.returncode == 0:
+        pytest.skip("this machine has a GPU")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_hub_id_without_network_is_one_line():
+    # a closed local port stands in for an unreachable Hub, whatever this machine's network
+    p = engine("run", "some-org/some-model", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "cannot be reached" in p.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\x00\x01\x02binary", "looks binary"),
+    (b"\xff\xfe not utf8", "not UTF-8"),
+    (b"Too short.", "too short for one window"),
+])
+def test_bad_eval_text(tmp_path, content, message):
+    f = tmp_path / "t.txt"
+    f.write_bytes(content)
+    p = engine("run", "smollm2", "--bits", "8", "--eval-text", str(f))
+    assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_eval_text_replaces_the_fidelity_sentences(tmp_path):
+    from gensim.test.utils import datapath
+
+    f = tmp_path / "mine.txt"
+    lines = open(datapath("lee.cor"), encoding="latin-1").read().splitlines()[:10]
+    f.write_text("\n".join(lines), encoding="utf-8")
+    out = run_json("minilm", "--bits", "4", "--eval-text", str(f))
+    assert out["metrics"]["protocol"]["fidelity_items"] == 10 and "mine.txt" in out["metrics"]["protocol"]["fidelity_text"]

@@ -1,0 +1,110 @@
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from engine.layers import weight_matrix
+from engine.recipe import Recipe
+from engine.session import Explorer
+
+KINDS = {"gpt2": "causal-lm", "llama": "causal-lm", "bert": "encoder", "bert-classifier": "classifier"}
+
+
+@pytest.fixture(scope="module")
+def explorers(tiny_models):
+    return {name: Explorer.open(path, device="cpu") for name, path in tiny_models.items()}
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_kind_layers_and_identity(explorers, name):
+    ex = explorers[name]
+    assert ex.kind == KINDS[name]
+    roles = {i.role for i in ex.layers}
+    assert ("conv1d" in roles) == (name == "gpt2")
+    work = ex.workspace()
+    applied = work.apply(Recipe())
+    mem = applied.memory
+    assert mem.original_bytes == 2 * sum(p.numel() for p in ex.loaded.model.parameters())
+    assert mem.compressed_bytes == mem.original_bytes and mem.ratio == 1.0
+    base = ex.evaluator().baseline()
+    metrics = work.evaluate()
+    for k, v in base.items():
+        assert metrics[k] == pytest.approx(v, abs=1e-4), k
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_compression_changes_output_never_the_original(explorers, name):
+    ex = explorers[name]
+    before = {k: v.clone() for k, v in ex.loaded.model.state_dict().items()}
+    work = ex.workspace()
+    applied = work.apply(Recipe(rank_ratio=0.5, bits=4, group_size=16, sparsity=0.5))
+    assert applied.memory.compressed_bytes < applied.memory.original_bytes
+    metrics = work.evaluate()
+    primary = ex.evaluator().primary
+    base = ex.evaluator().baseline()
+    assert any(metrics[k] != pytest.approx(base[k], abs=1e-6) for k in base)  # a random classifier may keep its labels
+    after = ex.loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    errors = work.layer_errors()
+    assert len(errors) == len(ex.selected(applied.recipe)) and all(0 < e["relative_error"] < 1.5 for e in errors)
+    # a second workspace starts from the original, not from the first one's state
+    assert ex.workspace().evaluate()[primary] == pytest.approx(ex.evaluator().baseline()[primary], abs=1e-4)
+
+
+def test_gpt2_conv1d_is_handled_the_right_way_round(explorers):
+    ex = explorers["gpt2"]
+    conv = ex.loaded.model.transformer.h[0].attn.c_attn
+    assert isinstance(conv, Conv1D)
+    info = ex.layer("transformer.h.0.attn.c_attn")
+    assert info.shape == (3 * 32, 32)  # (out, in), though Conv1D stores (in, out)
+    assert torch.equal(weight_matrix(conv), conv.weight.t())
+    work = ex.workspace()
+    work.apply(Recipe(pattern="2:4"))
+    new = work.model.transformer.h[0].attn.c_attn
+    w_hat = work.holders[info.name].matrix()
+    # the 2:4 groups run along the input dimension of the (out, in) matrix
+    assert (w_hat.view(96, 8, 4) != 0).sum(-1).eq(2).all()
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(new(x), x @ w_hat.t() + conv.bias)
+    kept = w_hat != 0
+    torch.testing.assert_close(w_hat[kept], conv.weight.t()[kept])
+
+
+def test_tied_head_follows_its_embedding(explorers):
+    ex = explorers["gpt2"]
+    head = next(i for i in ex.layers if i.role == "head")
+    assert head.tied_to == "transformer.wte"
+    work = ex.workspace()
+    plain = work.apply(Recipe(bits=8)).memory
+    assert all(not r.compressed for r in plain.layers if r.info.role in ("embedding", "head"))
+    with_emb = work.apply(Recipe(bits=8, include_embeddings=True)).memory
+    emb = next(r for r in with_emb.layers if r.info.role == "embedding")
+    assert emb.compressed and emb.bytes.parts[0].values == 30522 * 32  # 8-bit codes, counted once
+    assert with_emb.compressed_bytes < plain.compressed_bytes
+    # the head really uses the compressed embedding
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        logits = work.model(ids).logits
+        hidden = work.model.transformer(ids).last_hidden_state
+    torch.testing.assert_close(logits, hidden @ work.holders["transformer.wte"].matrix().t())
+
+
+def test_untied_llama_head_and_layer_filter(explorers):
+    ex = explorers["llama"]
+    head = next(i for i in ex.layers if i.role == "head")
+    assert head.tied_to is None
+    names = [i.name for i in ex.selected(Recipe(layers=r"mlp\.(gate|up)_proj"))]
+    assert names == [f"model.layers.{k}.mlp.{p}_proj" for k in range(2) for p in ("gate", "up")]
+    mem = ex.workspace().apply(Recipe(bits=4, layers="q_proj")).memory
+    assert [r.info.name for r in mem.layers if r.compressed] == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    # only q_proj shrinks: 2 layers of 32x32 go from 2048 to 512 + 32*2 bytes of scales... per layer
+    per_layer = 32 * 32 // 2 + 2 * 32 * 1
+    assert mem.original_bytes - mem.compressed_bytes == 2 * (2 * 32 * 32 - per_layer)
+
+
+def test_exact_sparsity_on_every_layer(explorers):
+    ex = explorers["bert"]
+    mem = ex.workspace().apply(Recipe(sparsity=0.3, rank_ratio=0.5)).memory
+    for r in mem.layers:
+        if r.compressed:
+            stored = sum(p for p in [r.bytes.rank * sum(r.info.shape)] if r.bytes.rank) or r.info.params
+            assert r.sparsity == pytest.approx(round(0.3 * stored) / stored, abs=2 / stored)
