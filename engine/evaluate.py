@@ -20,7 +20,7 @@ SEQ_LEN = 256  # causal LM window, BOS included
 FULL_WINDOWS = 16
 QUICK_WINDOWS = (0, 8)  # indices into the full windows
 ENCODER_MAX_TOKENS = 256
-QUICK_SENTENCES = 32
+QUICK_SENTENCES = 16
 BATCH = 4
 TOKEN_BUDGET = 4096
 
