@@ -60,7 +60,7 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
             full = work.evaluate(quick=False)
             t2 = time.perf_counter()
             naive_s, full_s = t2 - t0, t2 - t1
-            del fresh
+            fresh.clear()  # free the recomputed factors
             # the engine's way: cached factors, first estimate
             applied = work.apply(recipe)
             t0 = time.perf_counter()

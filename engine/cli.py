@@ -152,7 +152,6 @@ def cmd_run(args):
     text, name = _eval_text(args)
     ex = _open(args)
     work = ex.workspace()
-    t0 = time.perf_counter()
     needs_svd = any(recipe.rank_for(i.full_rank) is not None for i in ex.selected(recipe))
     factorize_s = ex.factorize([i.name for i in ex.selected(recipe)]) if needs_svd else 0.0
     t0 = time.perf_counter()

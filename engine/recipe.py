@@ -140,12 +140,6 @@ class Recipe:
     def selects(self, name: str) -> bool:
         return self.layers is None or re.search(self.layers, name) is not None
 
-    @property
-    def is_identity(self) -> bool:
-        return (
-            self.rank is None and (self.rank_ratio in (None, 1)) and self.bits == 16 and self.sparsity == 0
-        )
-
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
