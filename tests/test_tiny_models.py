@@ -106,5 +106,5 @@ def test_exact_sparsity_on_every_layer(explorers):
     mem = ex.workspace().apply(Recipe(sparsity=0.3, rank_ratio=0.5)).memory
     for r in mem.layers:
         if r.compressed:
-            stored = sum(p for p in [r.bytes.rank * sum(r.info.shape)] if r.bytes.rank) or r.info.params
+            stored = r.bytes.rank * sum(r.info.shape) if r.bytes.rank else r.info.params
             assert r.sparsity == pytest.approx(round(0.3 * stored) / stored, abs=2 / stored)
