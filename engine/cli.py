@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import logging
 import math
@@ -11,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from . import sweep
 from .errors import UserError
 from .recipe import Recipe, RecipeError
 
 RECIPE_FLAGS = ("rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric",
-                "sparsity", "pattern", "include_embeddings", "layers")
+                "sparsity", "pattern", "include_embeddings", "group", "layers")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,8 @@ def _recipe_args(p, sweep=False):
     g.add_argument("--asymmetric", dest="symmetric", action="store_const", const=False, help="add a zero-point per group")
     g.add_argument("--pattern", help="unstructured (default) or N:M, e.g. 2:4")
     g.add_argument("--include-embeddings", action="store_const", const=True, help="also compress embeddings and the output head")
+    g.add_argument("--group", choices=("all", "attention", "mlp"),
+                   help="compress all layers (default), or only the attention or MLP layers of the blocks")
     g.add_argument("--layers", help="regular expression: compress only layers whose name matches")
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; flags given here override its fields")
@@ -217,12 +219,10 @@ def cmd_sweep(args):
     bits = [int(b) for b in _floats(args.bits, "--bits")]
     sparsities = _floats(args.sparsity, "--sparsity")
     fixed = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-    recipes = []
-    for r, b, s in itertools.product(ratios, bits, sparsities):
-        d = dict(fixed, rank_ratio=None if r == 1 else r, bits=b, sparsity=s)
-        if d.get("pattern", "unstructured") != "unstructured" and s == 0:
-            d["pattern"] = "unstructured"
-        recipes.append(Recipe.from_dict(d))
+    fixed.pop("rank_ratio", None), fixed.pop("bits", None), fixed.pop("sparsity", None)
+    if fixed.get("pattern", "unstructured") != "unstructured":
+        fixed["sparsity"] = 0.0
+    recipes = sweep.grid(ratios, bits, sparsities, Recipe.from_dict(fixed))
     text, name = _eval_text(args)
     out_path = Path(args.out)
     if out_path.parent and not out_path.parent.exists():
@@ -235,16 +235,7 @@ def cmd_sweep(args):
     fields = None
     with open(out_path, "w", newline="", encoding="utf-8") as fh:
         for recipe in tqdm(recipes, desc=f"sweep {args.model}", unit="point", file=sys.stderr):
-            applied = work.apply(recipe)
-            t0 = time.perf_counter()
-            metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
-            row = {"rank_ratio": recipe.rank_ratio or 1, "bits": recipe.bits, "sparsity": recipe.sparsity,
-                   "pattern": recipe.pattern, "granularity": recipe.granularity, "group_size": recipe.group_size,
-                   "symmetric": recipe.symmetric, "label": recipe.describe(),
-                   "original_bytes": applied.memory.original_bytes,
-                   "compressed_bytes": applied.memory.compressed_bytes, "ratio": applied.memory.ratio,
-                   **metrics, "estimate_only": args.quick, "apply_s": applied.seconds,
-                   "evaluate_s": time.perf_counter() - t0, "recipe": json.dumps(recipe.to_dict())}
+            row = sweep.point(work, recipe, quick=args.quick, eval_text=text, eval_name=name)
             if fields is None:
                 fields = list(row)
                 writer = csv.DictWriter(fh, fieldnames=fields)

@@ -28,9 +28,11 @@ class CompressedMatrix:
 
 
 def compress_matrix(
-    name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors]
+    name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
+    sorted_abs: Callable[[], torch.Tensor] | None = None,
 ) -> CompressedMatrix:
-    """Apply `recipe` to the (out, in) matrix `w`; `factors()` gives its SVD when a rank needs it.
+    """Apply `recipe` to the (out, in) matrix `w`; `factors()` gives its SVD when a rank needs it,
+    `sorted_abs()` (optional) |w| flattened and sorted, to prune the dense matrix without a selection.
 
     Composition: low rank first (A = U_r sqrt(S_r), B = sqrt(S_r) Vh_r); pruning then zeroes
     entries of each stored matrix; quantization then codes the kept values.
@@ -45,7 +47,7 @@ def compress_matrix(
         if nm is not None:
             keep = nm_mask(m, *nm)
         elif recipe.sparsity > 0:
-            keep = magnitude_mask(m, recipe.sparsity)
+            keep = magnitude_mask(m, recipe.sparsity, sorted_abs() if sorted_abs and rank is None else None)
         kept = m.numel() if keep is None else int(keep.sum())
         if keep is not None:
             m = m * keep

@@ -18,7 +18,7 @@ from .errors import UserError
 
 SEQ_LEN = 256  # causal LM window, BOS included
 FULL_WINDOWS = 16
-QUICK_WINDOWS = (0, 8)  # indices into the full windows
+QUICK_WINDOWS = 4  # the first estimate: this many of the full windows, evenly spaced
 ENCODER_MAX_TOKENS = 256
 QUICK_SENTENCES = 16
 BATCH = 4
@@ -59,7 +59,8 @@ class CausalLMEval:
         if bos is not None:
             windows = [[bos] + w for w in windows]
         self.windows = torch.tensor(windows, device=self.device)
-        self.quick_idx = [i for i in QUICK_WINDOWS if i < len(windows)]
+        n = len(windows)
+        self.quick_idx = list(dict.fromkeys(np.linspace(0, n - 1, min(QUICK_WINDOWS, n)).round().astype(int).tolist()))
         # reference: the original model's next-token log-probabilities, stored as fp16
         logp = self._logprobs(loaded.model, self.windows)
         self.ref_logp = logp.half()

@@ -22,6 +22,7 @@ class LayerInfo:
     shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
     role: str  # 'linear' | 'conv1d' | 'embedding' | 'head'
     tied_to: str | None = None  # a head that shares the embedding's weight
+    group: str = "other"  # 'attention' | 'mlp' | 'other', see layer_group()
 
     @property
     def full_rank(self) -> int:
@@ -39,6 +40,23 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+def layer_group(model: nn.Module, name: str) -> str:
+    """'attention' when an enclosing module's class is an attention module (its class name
+    says so: LlamaAttention, GPT2Attention, BertAttention...); 'mlp' for any other layer inside
+    a numbered transformer block (feed-forward, gate/up/down, BERT's intermediate/output);
+    'other' for the rest (poolers, classifier heads).
+
+    >>> layer_group(model, "model.layers.0.mlp.down_proj")
+    'mlp'
+    """
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        cls = type(model.get_submodule(".".join(parts[:i]))).__name__.lower()
+        if "attention" in cls or cls.endswith("attn"):
+            return "attention"
+    return "mlp" if any(p.isdigit() for p in parts[:-1]) else "other"
+
+
 def find_layers(model: nn.Module) -> list[LayerInfo]:
     """Every compressible matrix, embeddings and head included (their role says which)."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -52,9 +70,10 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
             tied = emb is not None and module.weight is getattr(emb, "weight", None)
             found.append(LayerInfo(name, tuple(module.weight.shape), "head", names[id(emb)] if tied else None))
         elif isinstance(module, nn.Linear):
-            found.append(LayerInfo(name, tuple(module.weight.shape), "linear"))
+            found.append(LayerInfo(name, tuple(module.weight.shape), "linear", group=layer_group(model, name)))
         elif isinstance(module, Conv1D):
-            found.append(LayerInfo(name, (module.nf, module.weight.shape[0]), "conv1d"))
+            found.append(LayerInfo(name, (module.nf, module.weight.shape[0]), "conv1d",
+                                   group=layer_group(model, name)))
     return found
 
 

@@ -247,3 +247,8 @@ def _quiet():
     finally:
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
+
+
+def available_devices() -> list[str]:
+    """Device choices on this machine: 'cpu' and every CUDA GPU."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

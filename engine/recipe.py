@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .errors import UserError
 
 GRANULARITIES = ("tensor", "channel", "group")
+GROUPS = ("all", "attention", "mlp")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
@@ -58,8 +59,9 @@ class Recipe:
     pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
         with N:M the sparsity is 1 - N/M.
     include_embeddings: also compress the input embeddings and the output head.
+    group: 'all', or only the 'attention' or 'mlp' layers of the transformer blocks.
     layers: a regular expression; only layers whose name it matches (re.search) are
-        compressed. None: all compressible layers.
+        compressed. None: all compressible layers. Both group and layers must select a layer.
     """
 
     rank: int | None = None
@@ -71,6 +73,7 @@ class Recipe:
     sparsity: float = 0.0
     pattern: str = "unstructured"
     include_embeddings: bool = False
+    group: str = "all"
     layers: str | None = None
 
     def __post_init__(self) -> None:
@@ -110,6 +113,8 @@ class Recipe:
                     f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
                     f"got {self.sparsity!r} (leave sparsity out)"
                 )
+        if self.group not in GROUPS:
+            raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
             if not isinstance(self.layers, str) or not self.layers:
                 raise RecipeError(f"layers: must be a non-empty regular expression, got {self.layers!r}")
@@ -137,7 +142,10 @@ class Recipe:
             return None
         return None if r >= full_rank else r
 
-    def selects(self, name: str) -> bool:
+    def selects(self, name: str, group: str = "other") -> bool:
+        """Whether a layer of this name and group ('attention' | 'mlp' | 'other') is compressed."""
+        if self.group != "all" and group != self.group:
+            return False
         return self.layers is None or re.search(self.layers, name) is not None
 
     # -- JSON -----------------------------------------------------------------------------
@@ -183,6 +191,12 @@ class Recipe:
             parts.append(
                 self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse"
             )
+        if self.group != "all":
+            parts.append(f"{self.group} layers only")
+        if self.layers is not None:
+            parts.append(f"layers ~ /{self.layers}/")
+        if self.include_embeddings:
+            parts.append("with embeddings")
         return " · ".join(parts) or "uncompressed"
 
 

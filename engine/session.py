@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import transforms
+from . import compare, transforms
 from .compress import CompressedMatrix, compress_matrix
 from .evaluate import make_evaluator
 from .layers import LayerInfo, find_layers, install, weight_matrix
@@ -43,6 +43,7 @@ class LayerReport:
             "name": self.info.name,
             "shape": list(self.info.shape),
             "role": self.info.role,
+            "group": self.info.group,
             "tied_to": self.info.tied_to,
             "compressed": self.compressed,
             "original_bytes": 0 if tied else b.original_bytes,
@@ -130,6 +131,7 @@ class Explorer:
         self.layers = find_layers(loaded.model)
         self.total_params = sum(p.numel() for p in loaded.model.parameters())
         self._svd: dict[str, tuple] = {}
+        self._sorted_abs: dict[str, torch.Tensor] = {}
         self._evaluators: dict = {}
         self._lock = threading.RLock()
 
@@ -152,7 +154,7 @@ class Explorer:
         """Layers the recipe compresses (a tied head follows its embedding)."""
         return [
             i for i in self.layers
-            if i.tied_to is None and recipe.selects(i.name)
+            if i.tied_to is None and recipe.selects(i.name, i.group)
             and (recipe.include_embeddings or i.role not in ("embedding", "head"))
         ]
 
@@ -164,12 +166,50 @@ class Explorer:
                 self._svd[name] = transforms.svd(self.weight(name))
             return self._svd[name]
 
-    def factorize(self, names=None) -> float:
-        """Compute (and cache) the SVD of the given layers, default all but embeddings/head. Returns seconds."""
+    def sorted_abs(self, name: str) -> torch.Tensor:
+        """|W| of a layer, flattened and sorted, computed once: any sparsity's magnitude
+        threshold is then a lookup (one more copy of the layer's weights in memory)."""
+        with self._lock:
+            if name not in self._sorted_abs:
+                self._sorted_abs[name] = self.weight(name).abs().flatten().sort().values
+            return self._sorted_abs[name]
+
+    def factorize(self, names=None, progress=None) -> float:
+        """Compute (and cache) the SVD of the given layers, default all but embeddings/head.
+        `progress(done, total, name)` is called after each layer. Returns seconds."""
         t0 = time.perf_counter()
-        for name in names or [i.name for i in self.selected(Recipe())]:
+        names = names or [i.name for i in self.selected(Recipe())]
+        for k, name in enumerate(names):
             self.factors(name)
+            if progress:
+                progress(k + 1, len(names), name)
         return time.perf_counter() - t0
+
+    def factorized(self) -> bool:
+        return all(i.name in self._svd for i in self.selected(Recipe()))
+
+    def ranks_for(self, recipe: Recipe) -> list[dict]:
+        """For each distinct full rank among the selected layers: the rank the recipe gives
+        (None: stays dense) and how many layers share it."""
+        out: dict[int, dict] = {}
+        for i in self.selected(recipe):
+            row = out.setdefault(i.full_rank, {"full_rank": i.full_rank, "rank": recipe.rank_for(i.full_rank),
+                                               "layers": 0})
+            row["layers"] += 1
+        return sorted(out.values(), key=lambda r: r["full_rank"])
+
+    def energy_grid(self, points: int = 41) -> dict:
+        """Energy kept by every factorizable layer at `points` normalized ranks from 0 to 1:
+        {'layers': [name], 'ratios': [r / full rank], 'energy': [[per ratio] per layer]}."""
+        ratios = [k / (points - 1) for k in range(points)]
+        names = [i.name for i in self.selected(Recipe())]
+        energy = []
+        for name in names:
+            e = self.factors(name)[1].double().square().cumsum(0)
+            e = torch.cat([e.new_zeros(1), e / e[-1]])
+            n = e.numel() - 1
+            energy.append([e[round(r * n)].item() for r in ratios])
+        return {"layers": names, "ratios": ratios, "energy": energy}
 
     def spectrum(self, name: str) -> dict:
         """Singular values of a layer and what they imply."""
@@ -226,7 +266,8 @@ class Workspace:
                     self.holders[info.name].set(w=w)
                     reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
                     continue
-                cm: CompressedMatrix = compress_matrix(info.name, w, recipe, lambda n=info.name: factors(n))
+                cm: CompressedMatrix = compress_matrix(info.name, w, recipe, lambda n=info.name: factors(n),
+                                                       lambda n=info.name: ex.sorted_abs(n))
                 if len(cm.tensors) == 1:
                     self.holders[info.name].set(w=cm.tensors[0])
                 else:
@@ -256,5 +297,21 @@ class Workspace:
             out.append({"name": r.info.name, "relative_error": rel, "sqnr_db": sqnr})
         return out
 
+    def ensure(self, recipe: Recipe) -> Applied:
+        """Apply `recipe` unless it is what the workspace already holds."""
+        if self.applied is None or self.applied.recipe != recipe:
+            return self.apply(recipe)
+        return self.applied
+
     def evaluate(self, quick: bool = False, eval_text: str | None = None, eval_name: str | None = None) -> dict:
         return self.explorer.evaluator(eval_text, eval_name)(self.model, quick=quick)
+
+    def compare(self, text: str, sentences: list[str] | None = None, max_new_tokens: int = 40):
+        """The original and this workspace's model on the user's input (see engine.compare)."""
+        ex = self.explorer
+        original, tok = ex.loaded.model, ex.loaded.tokenizer
+        if ex.kind == "causal-lm":
+            return compare.causal_lm(original, self.model, tok, text, max_new_tokens=max_new_tokens)
+        if ex.kind == "encoder":
+            return compare.encoder(original, self.model, tok, text, sentences or [])
+        return compare.classifier(original, self.model, tok, text)

@@ -80,11 +80,12 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.kthvalue(k).values
 
 
-def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+def magnitude_mask(w: torch.Tensor, sparsity: float, sorted_abs: torch.Tensor | None = None) -> torch.Tensor:
     """Keep-mask that zeroes exactly round(sparsity * n) entries of smallest |w|.
 
     Ties at the threshold are broken by position (earlier entries are pruned first), so the
-    count is exact even for weights with many equal magnitudes.
+    count is exact even for weights with many equal magnitudes. `sorted_abs`, if given, is
+    |w| flattened and sorted ascending (cached by the caller): the threshold is then a lookup.
 
     >>> magnitude_mask(torch.tensor([[3.0, -1.0], [0.5, 2.0]]), 0.5)
     tensor([[ True, False],
@@ -95,7 +96,7 @@ def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     if k <= 0:
         return torch.ones_like(w, dtype=torch.bool)
     a = w.abs().flatten()
-    threshold = kth_smallest(a, k)
+    threshold = kth_smallest(a, k) if sorted_abs is None else sorted_abs[k - 1]
     keep = a > threshold
     ties = ~keep & (a == threshold)
     excess = n - int(keep.sum()) - k  # entries at the threshold that must stay

@@ -18,6 +18,8 @@ ALL_OPTIONS = [
     Recipe(pattern="1:8", bits=8),
     Recipe(include_embeddings=True),
     Recipe(layers=r"\.mlp\."),
+    Recipe(group="attention"),
+    Recipe(group="mlp", layers="layers\\.0\\."),
     Recipe(rank_ratio=0.5, bits=4, group_size=64, symmetric=False, sparsity=0.3, include_embeddings=True, layers="q_proj"),
 ]
 
@@ -54,6 +56,7 @@ def test_pattern_sets_sparsity():
     ({"pattern": "2:4", "sparsity": 0.3}, "sparsity"),
     ({"symmetric": "yes"}, "symmetric"),
     ({"layers": "("}, "layers"),
+    ({"group": "ffn"}, "group"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(RecipeError, match=rf"^{field}:"):

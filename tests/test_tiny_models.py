@@ -2,6 +2,7 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from engine import transforms as T
 from engine.layers import weight_matrix
 from engine.recipe import Recipe
 from engine.session import Explorer
@@ -108,3 +109,43 @@ def test_exact_sparsity_on_every_layer(explorers):
         if r.compressed:
             stored = r.bytes.rank * sum(r.info.shape) if r.bytes.rank else r.info.params
             assert r.sparsity == pytest.approx(round(0.3 * stored) / stored, abs=2 / stored)
+
+
+EXPECTED_GROUPS = {
+    "gpt2": {"attention": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_fc", "mlp.c_proj"]},
+    "llama": {"attention": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+              "mlp": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]},
+    "bert": {"attention": ["attention.self.query", "attention.self.key", "attention.self.value",
+                           "attention.output.dense"], "mlp": ["intermediate.dense", "output.dense"]},
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_GROUPS))
+def test_attention_and_mlp_groups_found_by_module_type(explorers, name):
+    ex = explorers[name]
+    for group, suffixes in EXPECTED_GROUPS[name].items():
+        chosen = [i.name for i in ex.selected(Recipe(group=group))]
+        assert len(chosen) == 2 * len(suffixes)  # two blocks
+        for block in range(2):
+            assert [n.split(f".{block}.", 1)[1] for n in chosen if f".{block}." in n] == suffixes
+    everything = {i.name for i in ex.selected(Recipe())}
+    both = {i.name for g in ("attention", "mlp") for i in ex.selected(Recipe(group=g))}
+    assert both <= everything and everything - both <= {"pooler.dense"}
+
+
+def test_group_and_name_filter_combine(explorers):
+    ex = explorers["llama"]
+    assert [i.name for i in ex.selected(Recipe(group="mlp", layers=r"layers\.1\."))] == [
+        f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")]
+    assert ex.selected(Recipe(group="attention", layers="mlp")) == []
+
+
+def test_cached_magnitudes_give_the_same_mask(explorers):
+    ex = explorers["bert"]
+    work = ex.workspace()
+    for s in (0.2, 0.5, 0.9):
+        work.apply(Recipe(sparsity=s))
+        for info in ex.selected(Recipe()):
+            w = ex.weight(info.name)
+            got = work.holders[info.name].matrix() != 0
+            assert torch.equal(got, T.magnitude_mask(w, s) & (w != 0))

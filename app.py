@@ -1,0 +1,26 @@
+"""The compression explorer: `streamlit run app.py` (or `make run`).
+
+The sidebar holds the model and the three controls on every page; pages are thin: they
+read the context this file prepares, call the engine (through ui.state's caches) and draw.
+"""
+import streamlit as st
+
+from ui import state
+
+st.set_page_config(page_title="Compression explorer", page_icon=":material/compress:", layout="wide")
+state.start_run()
+
+pages = [
+    st.Page("views/explore.py", title="Explore", icon=":material/tune:", default=True),
+    st.Page("views/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
+    st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+]
+page = st.navigation(pages)
+ref, device, recipe = state.sidebar()
+st.session_state["_ctx"] = None
+if recipe is not None:
+    ctx = st.session_state["_ctx"] = state.open_context(ref, device, recipe)
+    if ctx is not None and ctx.explorer.loaded.note:
+        st.info(f"Note: {ctx.explorer.loaded.note}.")
+page.run()

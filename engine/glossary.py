@@ -1,0 +1,52 @@
+"""One-sentence explanations of every concept the explorer shows, and how to read each metric.
+
+Plain text, shared by the app's help texts and the command line.
+"""
+
+CONCEPTS = {
+    "rank": "The number of independent directions a weight matrix keeps: a rank-r layer stores two thin "
+            "factors A (out x r) and B (r x in) instead of the full out x in matrix.",
+    "rank_ratio": "Rank as a fraction of each layer's full rank (the smaller of its two sides); 1 keeps the "
+                  "layer dense.",
+    "singular_value": "How much a matrix stretches along one of its independent directions; truncated SVD keeps "
+                      "the largest ones and drops the rest.",
+    "energy_kept": "The share of the sum of squared singular values kept at a rank: 1 minus the squared relative "
+                   "error of the truncated matrix.",
+    "break_even_rank": "The rank r at which the factors hold as many values as the dense matrix, r(m+n) = mn; "
+                       "above it low rank costs memory instead of saving it.",
+    "bits": "How many bits code each stored weight: 2^b levels between the smallest and largest value of a group "
+            "(16 = no quantization, kept as fp16).",
+    "group_size": "How many consecutive input weights share one scale: smaller groups follow the weights more "
+                  "closely but store more scales.",
+    "scale": "The fp16 step size that turns a group's integer codes back into weights (code x scale).",
+    "symmetric": "Symmetric codes are centred on zero with one scale per group; asymmetric adds a zero-point per "
+                 "group to fit lopsided ranges.",
+    "sparsity": "The fraction of stored weights set to zero (smallest magnitudes first); zeros need a mask or "
+                "index to be skipped.",
+    "nm": "N:M sparsity keeps N weights in every M consecutive ones (2:4 keeps half), a pattern GPUs can run "
+          "fast; its index costs log2(M) bits per kept weight.",
+    "layer_group": "Which layers the controls apply to: all, the attention projections, or the MLP "
+                   "(feed-forward) layers of each transformer block, optionally narrowed by a name filter.",
+    "perplexity": "How surprised the model is by held-out text: exp of the mean negative log-likelihood per "
+                  "token; lower is better, and a model that guesses uniformly over V tokens scores V.",
+    "kl_to_original": "KL divergence of the compressed model's next-token distribution from the original's, in "
+                      "nats: 0 means identical predictions.",
+    "top1_agreement": "The fraction of positions where both models' most likely next token is the same.",
+    "cosine_to_original": "Mean cosine similarity between each text's embedding under the compressed and the "
+                          "original model: 1 means the same direction.",
+    "lee_spearman": "Spearman correlation between embedding similarities and human similarity ratings of 50 "
+                    "news articles (Lee et al. 2005): higher means closer to human judgement.",
+    "polarity_accuracy": "Accuracy on 200 movie-review sentences of a sentiment classifier fitted on the original "
+                         "embeddings and applied to the compressed ones.",
+    "label_agreement": "The fraction of texts where the compressed classifier predicts the original's label.",
+    "relative_error": "||W - W_hat|| / ||W|| (Frobenius) of a layer's stored weight: 0 is exact.",
+    "sqnr_db": "Signal-to-quantization-noise ratio of a layer's weight, 10 log10(||W||^2 / ||W - W_hat||^2) dB: "
+               "about 6 dB per bit.",
+    "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
+}
+
+# metric -> True when higher is better
+HIGHER_IS_BETTER = {
+    "perplexity": False, "kl_to_original": False, "top1_agreement": True, "cosine_to_original": True,
+    "lee_spearman": True, "polarity_accuracy": True, "label_agreement": True,
+}

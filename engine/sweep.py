@@ -1,0 +1,61 @@
+"""A grid of recipes, one row of plain numbers per point, and the Pareto frontier."""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+from .recipe import Recipe
+
+
+def grid(rank_ratios, bits, sparsities, base: Recipe | None = None) -> list[Recipe]:
+    """Every combination, on top of `base`'s other fields. A rank ratio of 1 means no low rank;
+    with an N:M base pattern, a sparsity of 0 means no pruning and any other value the pattern."""
+    d = (base or Recipe()).to_dict()
+    recipes = []
+    for r, b, s in itertools.product(rank_ratios, bits, sparsities):
+        point = dict(d, rank=None, rank_ratio=None if r == 1 else r, bits=int(b))
+        if d["pattern"] != "unstructured":
+            point["sparsity"] = 0.0
+            if s == 0:
+                point["pattern"] = "unstructured"
+        else:
+            point["sparsity"] = s
+        recipe = Recipe.from_dict(point)
+        if recipe not in recipes:
+            recipes.append(recipe)
+    return recipes
+
+
+def point(work, recipe: Recipe, quick: bool = False, eval_text: str | None = None,
+          eval_name: str | None = None) -> dict:
+    """Apply `recipe` to a workspace and evaluate it: one CSV-ready row."""
+    applied = work.apply(recipe)
+    t0 = time.perf_counter()
+    metrics = work.evaluate(quick=quick, eval_text=eval_text, eval_name=eval_name)
+    return {
+        "rank_ratio": recipe.rank_ratio or 1, "bits": recipe.bits, "sparsity": recipe.sparsity,
+        "pattern": recipe.pattern, "granularity": recipe.granularity, "group_size": recipe.group_size,
+        "symmetric": recipe.symmetric, "label": recipe.describe(),
+        "original_bytes": applied.memory.original_bytes,
+        "compressed_bytes": applied.memory.compressed_bytes, "ratio": applied.memory.ratio,
+        **metrics, "estimate_only": quick, "apply_s": applied.seconds,
+        "evaluate_s": time.perf_counter() - t0, "recipe": json.dumps(recipe.to_dict()),
+    }
+
+
+def pareto(points: list[dict], x: str, y: str, higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both fewer `x` and better `y`, by rising x.
+
+    >>> pareto([{"b": 1, "q": 0.5}, {"b": 2, "q": 0.4}, {"b": 3, "q": 0.9}], "b", "q", True)
+    [0, 2]
+    """
+    sign = 1 if higher_is_better else -1
+    order = sorted(range(len(points)), key=lambda i: (points[i][x], -sign * points[i][y]))
+    front, best = [], None
+    for i in order:
+        v = sign * points[i][y]
+        if best is None or v > best:
+            front.append(i)
+            best = v
+    return front

@@ -1,0 +1,164 @@
+"""The app, driven page by page with Streamlit's AppTest on the real offline models."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.recipe import Recipe
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def start(page="views/explore.py", **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def compressed_bytes(at) -> float:
+    value = next(m.value for m in at.metric if m.label == "Compressed")
+    number, unit = value.split()
+    return float(number.replace(",", "")) * UNITS[unit]
+
+
+def recipe_caption(at) -> str:
+    return re.search(r"recipe: \*\*(.*)\*\*", at.caption[0].value).group(1)
+
+
+def ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+# control, how to change it, URL params to start from, what the recipe then says, bytes go up or down
+CONTROLS = [
+    ("bits", lambda at: at.select_slider(key="ctl_bits").set_value(4), {}, "int4 g128", "down"),
+    ("group size", lambda at: at.selectbox(key="ctl_group").set_value("32"), {"bits": 4}, "int4 g32", "up"),
+    ("symmetric", lambda at: at.toggle(key="ctl_sym").set_value(False), {"bits": 4}, "int4 g128 asym", "up"),
+    ("rank", lambda at: at.slider(key="ctl_rank").set_value(0.5), {}, "rank x0.5", "down"),
+    ("sparsity", lambda at: at.slider(key="ctl_sparsity").set_value(0.5), {}, "50% sparse", "down"),
+    ("pattern", lambda at: at.radio(key="ctl_pattern").set_value("2:4"), {}, "2:4", "down"),
+    ("layer group", lambda at: at.radio(key="ctl_scope").set_value("attention"), {"bits": 4},
+     "int4 g128 · attention layers only", "up"),
+    ("name filter", lambda at: at.text_input(key="ctl_filter").input(r"layer\.0\."), {"bits": 4},
+     r"int4 g128 · layers ~ /layer\.0\./", "up"),
+    ("embeddings", lambda at: at.checkbox(key="ctl_emb").check(), {"bits": 4}, "int4 g128 · with embeddings", "down"),
+]
+
+
+@pytest.mark.parametrize("name, change, params, expected, direction", CONTROLS, ids=[c[0] for c in CONTROLS])
+def test_each_control_changes_the_recipe_and_the_memory_shown(name, change, params, expected, direction):
+    at = ok(start(**params))
+    before, url_before = compressed_bytes(at), dict(at.query_params)
+    change(at)
+    ok(at.run())
+    assert recipe_caption(at) == expected
+    after = compressed_bytes(at)
+    assert (after < before) if direction == "down" else (after > before)
+    assert dict(at.query_params) != url_before  # the link follows the controls
+    # quality for the new recipe is the full protocol, with the encoder's three metrics
+    assert any("Full protocol" in c.value for c in at.caption)
+    labels = {m.label: m.value for m in at.metric}
+    assert {"cosine_to_original", "lee_spearman", "polarity_accuracy"} <= set(labels)
+
+
+def test_explore_shows_memory_errors_and_quality_of_a_real_recipe():
+    at = ok(start(bits=4, sparsity=0.5, rank=0.5))
+    assert recipe_caption(at) == "rank x0.5 · int4 g128 · 50% sparse"
+    assert len(at.get("plotly_chart")) == 2  # memory by component, per-layer error
+    cos = float(next(m.value for m in at.metric if m.label == "cosine_to_original"))
+    assert 0 < cos < 1
+    ratio = float(next(m.value for m in at.metric if m.label == "Ratio"))
+    assert 0 < ratio < 1
+    assert at.session_state["timings"]["memory"] < at.session_state["timings"]["full"]
+
+
+def test_link_opens_the_same_view_and_bad_values_are_reported():
+    at = ok(start(bits=3, group="64", sym="false", layers="mlp"))
+    assert recipe_caption(at) == "int3 g64 asym · mlp layers only"
+    at = start(bits=9, sparsity="lots")
+    assert recipe_caption(at) == "uncompressed"
+    assert any("bits" in w.value and "sparsity" in w.value for w in at.warning)
+
+
+def test_recipe_download_and_upload_round_trip():
+    at = ok(start(bits=5, rank=0.75))
+    text = Recipe(rank_ratio=0.25, bits=3, group_size=32, sparsity=0.3).to_json()
+    at.file_uploader(key="ctl_upload").upload("r.json", text.encode(), "application/json")
+    ok(at.run())
+    assert recipe_caption(at) == "rank x0.25 · int3 g32 · 30% sparse"
+    at.file_uploader(key="ctl_upload").set_value(("bad.json", b'{"bits": 1}', "application/json"))
+    at.run()
+    assert not at.exception
+    assert any("bits" in e.value for e in at.error)
+    assert recipe_caption(at) == "rank x0.25 · int3 g32 · 30% sparse"  # the user's settings are kept
+
+
+def test_invalid_name_filter_is_an_error_box_not_a_traceback():
+    at = start()
+    at.text_input(key="ctl_filter").input("(").run()
+    assert not at.exception
+    assert any(e.value.startswith("layers:") for e in at.error)
+
+
+def test_unknown_model_is_an_error_box():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["model"] = "./no-such-model-folder"
+    at.switch_page("views/explore.py").run()
+    assert not at.exception
+    assert any("Could not open ./no-such-model-folder" in e.value for e in at.error)
+
+
+def test_spectra_layer_choice_redraws_the_spectrum():
+    at = ok(start("views/spectra.py", rank=0.5))
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # one layer's spectrum, all layers' heatmap
+    first = charts[0].proto.spec
+    assert "rank 192" in first  # 384 x 384 layers at half rank
+    layers = at.selectbox(key="spectra_layer").options
+    at.selectbox(key="spectra_layer").set_value(layers[4]).run()
+    ok(at)
+    assert at.get("plotly_chart")[0].proto.spec != first
+    heat = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert len(heat["data"][0]["y"]) == len(layers)
+
+
+def test_tradeoffs_sweep_draws_frontier_and_offers_csv():
+    at = ok(start("views/tradeoffs.py"))
+    at.multiselect(key="tradeoffs_ratios").set_value([1.0])
+    at.multiselect(key="tradeoffs_bits").set_value([16, 8, 2])
+    at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
+    next(b for b in at.button if b.label == "Run sweep").click()
+    ok(at.run())
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    points = next(t for t in spec["data"] if t["name"] == "sweep points")
+    assert len(points["x"]) == 3
+    assert points["x"][0] > points["x"][1] > points["x"][2]  # 16 > 8 > 2 bits
+    assert any(t["name"] == "Pareto frontier" for t in spec["data"])
+    assert any(t["name"] == "current setting" for t in spec["data"])
+    assert at.get("download_button")
+
+
+def test_compare_encoder_ranks_sentences_under_both_models():
+    at = ok(start("views/compare.py", bits=2))
+    table = at.dataframe[0].value
+    assert len(table) == 10
+    assert sorted(table["rank (original)"]) == list(range(1, 11))
+    assert sorted(table["rank (compressed)"]) == list(range(1, 11))
+    assert (table["similarity (original)"] != table["similarity (compressed)"]).any()
+
+
+def test_compare_causal_lm_on_smollm2():
+    at = ok(start("views/compare.py", model="smollm2", bits=4))
+    texts = [t.value for t in at.text]
+    assert len(texts) == 2 and all(t.startswith("The most important idea") for t in texts)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["name"] for t in spec["data"]} == {"original", "compressed"}
+    assert any("dequantized" in i.value for i in at.info)  # its baseline is said on every page

@@ -1,0 +1,78 @@
+"""A real browser: the app served headless, Debian's chromium driven by Playwright."""
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from browser import ROOT, app_server, chromium, metric, wait_idle
+
+SHOTS = ROOT / "screenshots"
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+PAGES = ["", "spectra", "tradeoffs", "compare"]
+
+
+def as_bytes(text: str) -> float:
+    number, unit = text.split()
+    return float(number.replace(",", "")) * UNITS[unit]
+
+
+def move(page, key: str, arrow: str, times: int):
+    """Focus the slider of the widget with this key and press an arrow key, as a user would."""
+    thumb = page.locator(f".st-key-{key} input[type=range]")
+    thumb.focus()
+    for _ in range(times):
+        thumb.press(arrow)
+
+
+def changed(page, label: str, old: str, timeout=60_000):
+    page.wait_for_function(
+        """([label, old]) => [...document.querySelectorAll('[data-testid="stMetric"]')]
+             .some(m => m.innerText.includes(label) &&
+                   m.querySelector('[data-testid="stMetricValue"]').innerText.trim() !== old)""",
+        arg=[label, old], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def served():
+    with app_server() as (url, _):
+        yield url
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, color_scheme=scheme)
+        page.goto(served, timeout=120_000)
+        wait_idle(page, timeout=240_000)
+        start = metric(page, "Compressed")
+        assert start == metric(page, "Original (fp16)")  # uncompressed to begin with
+
+        move(page, "ctl_bits", "ArrowLeft", 1)  # 16 -> 8 bits
+        changed(page, "Compressed", start)
+        wait_idle(page)
+        eight = metric(page, "Compressed")
+        assert as_bytes(eight) < as_bytes(start)
+
+        move(page, "ctl_sparsity", "ArrowRight", 10)  # 0 -> 0.5
+        changed(page, "Compressed", eight)
+        wait_idle(page)
+        page.wait_for_function("() => location.search.includes('sparsity=0.5')", timeout=60_000)
+        sparse = metric(page, "Compressed")
+        assert as_bytes(sparse) < as_bytes(eight)
+        page.wait_for_selector("text=Full protocol", timeout=120_000)
+        assert "bits=8" in page.url and "sparsity=0.5" in page.url
+        page.screenshot(path=str(SHOTS / f"explore-{scheme}.png"))
+
+        query = page.url.split("?", 1)[1]
+        for name in PAGES[1:]:
+            page.goto(f"{served}/{name}?{query}", timeout=120_000)
+            if name == "tradeoffs":
+                page.get_by_role("button", name="Run sweep").click()
+            wait_idle(page, 240_000, '[data-testid="stDataFrame"]' if name == "compare" else ".js-plotly-plot")
+            if name == "tradeoffs":
+                page.wait_for_selector("text=on the frontier", timeout=240_000)
+            assert not page.locator('[data-testid="stException"]').count()
+            assert page.locator(".js-plotly-plot").count() or page.locator('[data-testid="stDataFrame"]').count()
+            page.screenshot(path=str(SHOTS / f"{name}-{scheme}.png"))
+        browser.close()

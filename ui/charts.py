@@ -1,0 +1,143 @@
+"""Plotly figures from the engine's plain numbers. Axes carry units; colours follow the theme."""
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+MIB = 2**20
+COMPONENTS = [  # engine key -> legend label
+    ("values", "quantized / kept values"),
+    ("factor_values", "low-rank factors"),
+    ("scales", "scales and zero-points"),
+    ("index", "masks and indices"),
+    ("untouched", "untouched parameters (fp16)"),
+]
+PNG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def _layout(fig: go.Figure, height: int = 360, **kw) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), **kw)
+    return fig
+
+
+def memory_bar(mem: dict) -> go.Figure:
+    """Original vs compressed bytes, stacked by component (MiB)."""
+    comp = mem["components"]
+    original_compressible = mem["original_bytes"] - comp["untouched"]
+    fig = go.Figure()
+    for key, label in COMPONENTS:
+        orig = original_compressible if key == "values" else (comp["untouched"] if key == "untouched" else 0)
+        fig.add_bar(name=label, y=["original (fp16)", "compressed"], x=[orig / MIB, comp[key] / MIB],
+                    orientation="h", hovertemplate="%{x:.3f} MiB<extra>" + label + "</extra>")
+    fig.update_layout(barmode="stack", xaxis_title="memory (MiB)")
+    return _layout(fig, 240)
+
+
+def layer_errors(layers: list[dict]) -> go.Figure:
+    rows = [r for r in layers if r["compressed"] and r["relative_error"] is not None]
+    fig = go.Figure()
+    groups = sorted({r.get("group", "other") for r in rows})
+    for g in groups:
+        sel = [r for r in rows if r.get("group", "other") == g]
+        fig.add_bar(name=g, x=[r["name"] for r in sel], y=[r["relative_error"] for r in sel],
+                    customdata=[[r["format"], r["sqnr_db"] if r["sqnr_db"] is not None else math.inf] for r in sel],
+                    hovertemplate="%{x}<br>relative error %{y:.4f}<br>SQNR %{customdata[1]:.1f} dB"
+                                  "<br>%{customdata[0]}<extra></extra>")
+    fig.update_layout(xaxis=dict(title="layer (in model order)", showticklabels=False,
+                                 categoryorder="array", categoryarray=[r["name"] for r in rows]),
+                      yaxis_title="relative Frobenius error ||W−Ŵ|| / ||W||")
+    return _layout(fig, 320)
+
+
+def spectrum(spec: dict, rank: int | None, energy: float | None) -> go.Figure:
+    """Singular values (log scale) with the kept part, the current rank and the break-even rank."""
+    s = spec["singular_values"]
+    k = list(range(1, len(s) + 1))
+    total = sum(v * v for v in s)
+    acc, cum = 0.0, []
+    for v in s:
+        acc += v * v
+        cum.append(acc / total)
+    fig = go.Figure()
+    fig.add_scatter(x=k, y=s, mode="lines", name="singular value", line=dict(width=2),
+                    hovertemplate="index %{x}<br>σ = %{y:.4g}<extra></extra>")
+    fig.add_scatter(x=k, y=cum, mode="lines", name="energy kept (right axis)", yaxis="y2",
+                    line=dict(dash="dot"), hovertemplate="rank %{x}: %{y:.1%} of the energy<extra></extra>")
+    if rank is not None:
+        fig.add_vrect(x0=0.5, x1=rank + 0.5, opacity=0.12, line_width=0, fillcolor="seagreen")
+        fig.add_vline(x=rank, line=dict(color="seagreen", width=2),
+                      annotation_text=f"rank {rank}: {energy:.1%} energy kept", annotation_position="top left")
+    be = spec["break_even_rank"]
+    if be <= len(s):
+        fig.add_vline(x=be, line=dict(color="firebrick", dash="dash"),
+                      annotation_text=f"break-even {be:.0f}", annotation_position="bottom right")
+    fig.update_layout(xaxis_title="singular value index (1 = largest)",
+                      yaxis=dict(title="singular value σ (log scale)", type="log"),
+                      yaxis2=dict(title="energy kept (fraction)", overlaying="y", side="right", range=[0, 1.02],
+                                  tickformat=".0%", showgrid=False))
+    return _layout(fig, 400)
+
+
+def energy_heatmap(grid: dict, ratio: float | None) -> go.Figure:
+    fig = go.Figure(go.Heatmap(
+        z=grid["energy"], x=grid["ratios"], y=grid["layers"], zmin=0, zmax=1, colorscale="Viridis",
+        colorbar=dict(title="energy kept", tickformat=".0%"),
+        hovertemplate="%{y}<br>rank %{x:.0%} of full: %{z:.1%} energy<extra></extra>"))
+    if ratio is not None:
+        fig.add_vline(x=ratio, line=dict(color="white", width=2, dash="dash"),
+                      annotation_text=f"current {ratio:.0%}", annotation_position="top")
+    fig.update_layout(xaxis=dict(title="rank / full rank", tickformat=".0%"),
+                      yaxis=dict(title="layer", autorange="reversed", showticklabels=len(grid["layers"]) <= 40))
+    return _layout(fig, max(360, min(900, 14 * len(grid["layers"]) + 120)))
+
+
+def tradeoff(points: list[dict], metric: str, higher: bool, front: list[int], current: dict | None,
+             metric_label: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in points], y=[p[metric] for p in points],
+                    mode="markers", name="sweep points", marker=dict(size=9, opacity=0.7),
+                    text=[p["label"] for p in points],
+                    hovertemplate="%{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
+    fp = [points[i] for i in front]
+    fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in fp], y=[p[metric] for p in fp],
+                    mode="lines", name="Pareto frontier", line=dict(shape="hv", width=2),
+                    hoverinfo="skip")
+    if current is not None:
+        fig.add_scatter(x=[current["compressed_bytes"] / MIB], y=[current[metric]], mode="markers",
+                        name="current setting", text=[current["label"]],
+                        marker=dict(symbol="star", size=18, line=dict(width=1, color="black")),
+                        hovertemplate="current: %{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
+    log_y = metric == "perplexity" and points and max(p[metric] for p in points) / max(
+        min(p[metric] for p in points), 1e-9) > 20
+    fig.update_layout(xaxis_title="compressed size (MiB)",
+                      yaxis=dict(title=metric_label + (" (log scale)" if log_y else ""),
+                                 type="log" if log_y else "linear"))
+    return _layout(fig, 440)
+
+
+def next_tokens(top: list[dict]) -> go.Figure:
+    labels = [repr(t["token"]) for t in top]
+    fig = go.Figure()
+    fig.add_bar(name="original", x=labels, y=[t["original"] for t in top])
+    fig.add_bar(name="compressed", x=labels, y=[t["compressed"] for t in top])
+    fig.update_layout(barmode="group", xaxis_title="next token", yaxis=dict(title="probability", tickformat=".0%"))
+    return _layout(fig, 340)
+
+
+def label_probs(rows: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    fig.add_bar(name="original", x=[r["label"] for r in rows], y=[r["original"] for r in rows])
+    fig.add_bar(name="compressed", x=[r["label"] for r in rows], y=[r["compressed"] for r in rows])
+    fig.update_layout(barmode="group", xaxis_title="label", yaxis=dict(title="probability", tickformat=".0%"))
+    return _layout(fig, 300)
+
+
+def human_bytes(n: int) -> str:
+    """'-1.25 MiB', '812.0 KiB', '96 B'"""
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{sign}{n / size:,.2f} {unit}"
+    return f"{sign}{n} B"

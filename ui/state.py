@@ -1,0 +1,354 @@
+"""Controls, the URL, caches and the per-session workspace.
+
+- The loaded model (engine Explorer) is cached once per process and never mutated.
+- Each browser session compresses its own working copy (engine Workspace).
+- Results are cached per (model, recipe) in a store shared by all sessions.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import streamlit as st
+
+from engine.errors import UserError
+from engine.glossary import CONCEPTS
+from engine.models import ALIASES, DEFAULT_MODEL, available_devices
+from engine.recipe import BITS, Recipe
+from engine.session import Explorer, Workspace
+
+OTHER = "Hub id or local folder…"
+GROUP_SIZES = ["32", "64", "128", "256", "per channel", "per tensor"]
+PATTERNS = ["unstructured", "2:4", "4:8", "1:4"]
+SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP"}
+# URL parameter -> (session key, default, parser)
+URL = {
+    "model": ("ctl_model", DEFAULT_MODEL, str),
+    "device": ("ctl_device", "auto", str),
+    "rank": ("ctl_rank", 1.0, float),
+    "bits": ("ctl_bits", 16, int),
+    "group": ("ctl_group", "128", str),
+    "sym": ("ctl_sym", True, lambda v: v.lower() in ("1", "true", "yes")),
+    "sparsity": ("ctl_sparsity", 0.0, float),
+    "pattern": ("ctl_pattern", "unstructured", str),
+    "layers": ("ctl_scope", "all", str),
+    "filter": ("ctl_filter", "", str),
+    "emb": ("ctl_emb", False, lambda v: v.lower() in ("1", "true", "yes")),
+}
+CHOICES = {"ctl_bits": BITS, "ctl_group": GROUP_SIZES, "ctl_pattern": PATTERNS, "ctl_scope": tuple(SCOPES)}
+
+
+@dataclass
+class Context:
+    """What a page needs: the shared model, this session's workspace and the current recipe."""
+
+    ref: str
+    device: str
+    explorer: Explorer
+    work: Workspace
+    recipe: Recipe
+
+    @property
+    def key(self) -> str:
+        return f"{self.ref}@{self.device}"
+
+
+# ---------------------------------------------------------------------------------------
+# Timing marks (server side), read by the latency benchmark
+# ---------------------------------------------------------------------------------------
+
+
+def start_run():
+    st.session_state["_t0"] = time.perf_counter()
+    st.session_state["timings"] = {}
+
+
+def mark(name: str):
+    st.session_state.setdefault("timings", {})[name] = time.perf_counter() - st.session_state.get("_t0", 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# URL <-> controls
+# ---------------------------------------------------------------------------------------
+
+
+def _init_from_url():
+    if st.session_state.get("ctl_ready"):
+        return
+    bad = []
+    for param, (key, default, parse) in URL.items():
+        value = default
+        if param in st.query_params:
+            try:
+                value = parse(st.query_params[param])
+            except ValueError:
+                bad.append(param)
+            if key in CHOICES and value not in CHOICES[key]:
+                bad.append(param)
+                value = default
+        st.session_state[key] = value
+    r = st.session_state["ctl_rank"]
+    st.session_state["ctl_rank"] = min(1.0, max(0.05, round(r * 20) / 20))
+    st.session_state["ctl_sparsity"] = min(0.95, max(0.0, round(st.session_state["ctl_sparsity"] * 20) / 20))
+    ref = st.session_state["ctl_model"]
+    st.session_state["ctl_source"] = ref if ref in ALIASES else OTHER
+    st.session_state["ctl_ref"] = "" if ref in ALIASES else ref
+    st.session_state["url_errors"] = bad
+    st.session_state["ctl_ready"] = True
+
+
+def _write_url():
+    for param, (key, default, _) in URL.items():
+        value = st.session_state.get(key, default)
+        if value == default:
+            st.query_params.pop(param, None)
+        else:
+            st.query_params[param] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _load_recipe_file():
+    """on_change of the recipe uploader: set every control from the file (before widgets draw)."""
+    f = st.session_state.get("ctl_upload")
+    if f is None:
+        return
+    try:
+        r = Recipe.from_json(f.getvalue().decode("utf-8", errors="replace"))
+    except UserError as e:
+        st.session_state["upload_error"] = f"{f.name}: {e}"
+        return
+    st.session_state["upload_error"] = None
+    ratio = r.rank_ratio if r.rank_ratio is not None else 1.0
+    if r.rank is not None:
+        st.session_state["upload_error"] = f"{f.name}: an absolute rank ({r.rank}) is shown as the nearest ratio"
+        ratio = 0.5
+    st.session_state.update({
+        "ctl_rank": min(1.0, max(0.05, round(ratio * 20) / 20)),
+        "ctl_bits": r.bits,
+        "ctl_group": {"tensor": "per tensor", "channel": "per channel"}.get(r.granularity, str(r.group_size)),
+        "ctl_sym": r.symmetric,
+        "ctl_sparsity": 0.0 if r.pattern != "unstructured" else min(0.95, round(r.sparsity * 20) / 20),
+        "ctl_pattern": r.pattern if r.pattern in PATTERNS else "unstructured",
+        "ctl_scope": r.group,
+        "ctl_filter": r.layers or "",
+        "ctl_emb": r.include_embeddings,
+    })
+    if str(r.group_size) not in GROUP_SIZES and r.granularity == "group":
+        st.session_state["ctl_group"] = "128"
+        st.session_state["upload_error"] = f"{f.name}: group size {r.group_size} is not offered here; shown as 128"
+
+
+# ---------------------------------------------------------------------------------------
+# Sidebar
+# ---------------------------------------------------------------------------------------
+
+
+def sidebar() -> tuple[str, str, Recipe | None]:
+    """Draw the model picker and the three controls; returns (model ref, device, recipe or None)."""
+    _init_from_url()
+    sb = st.sidebar
+    sb.subheader("Model")
+    sb.selectbox("Model", [*ALIASES, OTHER], key="ctl_source",
+                 format_func=lambda a: f"{a} ({ALIASES[a].kind})" if a in ALIASES else a,
+                 help="The offline aliases, any Hugging Face hub id (needs a network), or a local model folder.")
+    ref = st.session_state["ctl_source"]
+    if ref == OTHER:
+        ref = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model").strip()
+    sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
+                 help="auto: the GPU when there is one, else the CPU.")
+    st.session_state["ctl_model"] = ref or DEFAULT_MODEL
+
+    sb.subheader("Low rank")
+    sb.slider("Rank (fraction of full rank)", 0.05, 1.0, step=0.05, key="ctl_rank",
+              help=CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"])
+    sb.subheader("Quantization")
+    sb.select_slider("Bit width", BITS, key="ctl_bits", format_func=lambda b: "16 (off)" if b == 16 else str(b),
+                     help=CONCEPTS["bits"])
+    quant_on = st.session_state["ctl_bits"] < 16
+    sb.selectbox("Group size", GROUP_SIZES, key="ctl_group", disabled=not quant_on,
+                 help=CONCEPTS["group_size"] + " " + CONCEPTS["scale"])
+    sb.toggle("Symmetric", key="ctl_sym", disabled=not quant_on, help=CONCEPTS["symmetric"])
+    sb.subheader("Pruning")
+    sb.radio("Pattern", PATTERNS, key="ctl_pattern", horizontal=True, help=CONCEPTS["nm"])
+    nm = st.session_state["ctl_pattern"] != "unstructured"
+    sb.slider("Sparsity", 0.0, 0.95, step=0.05, key="ctl_sparsity", disabled=nm,
+              help=CONCEPTS["sparsity"] + (" (set by the N:M pattern)" if nm else ""))
+    sb.subheader("Layers")
+    sb.radio("Apply to", list(SCOPES), key="ctl_scope", format_func=SCOPES.get, horizontal=True,
+             help=CONCEPTS["layer_group"])
+    sb.text_input("Name filter (regular expression)", key="ctl_filter", placeholder=r"e.g. layers\.[0-3]\.",
+                  help="Only layers whose name matches are compressed; empty: no filter.")
+    sb.checkbox("Include embeddings and output head", key="ctl_emb",
+                help="Off by default: the input embeddings and a tied output head stay at 16 bits.")
+    _write_url()
+
+    recipe = None
+    try:
+        recipe = current_recipe()
+    except UserError as e:
+        sb.error(str(e))
+    with sb.expander("Recipe file"):
+        if recipe is not None:
+            st.download_button("Download recipe (JSON)", recipe.to_json(), "recipe.json", "application/json",
+                               width="stretch")
+        st.file_uploader("Load a recipe", type=["json"], key="ctl_upload", on_change=_load_recipe_file)
+        if st.session_state.get("upload_error"):
+            st.error(st.session_state["upload_error"])
+    if st.session_state.get("url_errors"):
+        sb.warning("Ignored bad link values: " + ", ".join(st.session_state["url_errors"]))
+    return st.session_state["ctl_model"], st.session_state["ctl_device"], recipe
+
+
+def current_recipe() -> Recipe:
+    s = st.session_state
+    group = s["ctl_group"]
+    nm = s["ctl_pattern"] != "unstructured"
+    return Recipe(
+        rank_ratio=None if s["ctl_rank"] >= 1 else round(s["ctl_rank"], 2),
+        bits=int(s["ctl_bits"]),
+        granularity={"per tensor": "tensor", "per channel": "channel"}.get(group, "group"),
+        group_size=int(group) if group.isdigit() else 128,
+        symmetric=bool(s["ctl_sym"]),
+        sparsity=0.0 if nm else round(s["ctl_sparsity"], 2),
+        pattern=s["ctl_pattern"],
+        include_embeddings=bool(s["ctl_emb"]),
+        group=s["ctl_scope"],
+        layers=s["ctl_filter"].strip() or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The model, loaded once per process, and this session's workspace
+# ---------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _explorer(ref: str, device: str) -> Explorer:
+    return Explorer.open(ref, None if device == "auto" else device)
+
+
+_factorize_lock = threading.Lock()
+
+
+def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
+    """Load (with progress) and factorize once; None, with an error box, when that fails."""
+    try:
+        cached = st.session_state.get("loaded_keys", set())
+        key = f"{ref}@{device}"
+        if key in cached:
+            ex = _explorer(ref, device)
+        else:
+            with st.status(f"Loading {ref}…", expanded=True) as status:
+                st.write("Reading the weights and tokenizer.")
+                ex = _explorer(ref, device)
+                st.write(f"{ex.kind}, {ex.total_params:,} parameters, on {ex.loaded.device}.")
+                if not ex.factorized():
+                    bar = st.progress(0.0, text="Singular value decomposition of every layer (once per model)")
+                    with _factorize_lock:
+                        ex.factorize(progress=lambda k, n, name: bar.progress(k / n, text=f"SVD {k}/{n}: {name}"))
+                status.update(label=f"{ref} ready", state="complete", expanded=False)
+            st.session_state["loaded_keys"] = cached | {key}
+    except UserError as e:
+        st.error(f"Could not open {ref}: {e}")
+        return None
+    except Exception as e:  # a model the engine cannot handle: say so, keep the page
+        st.error(f"Could not open {ref}: {type(e).__name__}: {e}")
+        return None
+    works = st.session_state.setdefault("workspaces", {})
+    if key not in works:
+        works.clear()  # one compressed copy per session: the model in use
+        works[key] = ex.workspace()
+    return Context(ref, device, ex, works[key], recipe)
+
+
+def context() -> Context | None:
+    return st.session_state.get("_ctx")
+
+
+# ---------------------------------------------------------------------------------------
+# Results per (model, recipe), shared by every session
+# ---------------------------------------------------------------------------------------
+
+
+class ResultStore:
+    """A bounded map (model, recipe) -> {'memory', 'errors', 'quick', 'full', 'compare:...'}."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, field: str):
+        with self._lock:
+            entry = self._d.get(key)
+            return None if entry is None else entry.get(field)
+
+    def put(self, key: tuple, field: str, value):
+        with self._lock:
+            self._d.setdefault(key, {})[field] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def store() -> ResultStore:
+    return ResultStore()
+
+
+def cached(ctx: Context, recipe: Recipe, field: str, compute):
+    key = (ctx.key, recipe.to_json())
+    value = store().get(key, field)
+    if value is None:
+        ctx.work.ensure(recipe)
+        value = compute()
+        store().put(key, field, value)
+    return value
+
+
+def memory(ctx: Context, recipe: Recipe | None = None) -> dict:
+    """Memory report (engine MemoryReport.to_dict) with each layer's relative error and SQNR."""
+    recipe = recipe or ctx.recipe
+
+    def compute():
+        mem = ctx.work.applied.memory.to_dict()
+        errors = {e["name"]: e for e in ctx.work.layer_errors()}
+        for layer in mem["layers"]:
+            e = errors.get(layer["name"], {})
+            layer["relative_error"] = e.get("relative_error")
+            layer["sqnr_db"] = e.get("sqnr_db")
+        mem["apply_s"] = ctx.work.applied.seconds
+        return mem
+
+    return cached(ctx, recipe, "memory", compute)
+
+
+def quality(ctx: Context, quick: bool, recipe: Recipe | None = None) -> dict:
+    recipe = recipe or ctx.recipe
+    return cached(ctx, recipe, "quick" if quick else "full", lambda: ctx.work.evaluate(quick=quick))
+
+
+def quality_if_known(ctx: Context, recipe: Recipe | None = None) -> dict | None:
+    return store().get((ctx.key, (recipe or ctx.recipe).to_json()), "full")
+
+
+def energy_grid(ctx: Context) -> dict:
+    return _cached_model(ctx, "energy_grid", ctx.explorer.energy_grid)
+
+
+def _cached_model(ctx: Context, field: str, compute):
+    key = (ctx.key, "model")
+    value = store().get(key, field)
+    if value is None:
+        value = compute()
+        store().put(key, field, value)
+    return value
+
+
+def baseline(ctx: Context) -> dict:
+    return _cached_model(ctx, "baseline", lambda: ctx.explorer.evaluator().baseline())
+
+
+def protocol(ctx: Context) -> dict:
+    return ctx.explorer.evaluator().protocol

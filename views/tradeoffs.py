@@ -1,0 +1,77 @@
+"""Trade-offs: a sweep over rank / bits / sparsity, quality against memory, the Pareto frontier."""
+import dataclasses
+
+import pandas as pd
+import streamlit as st
+
+from engine import sweep
+from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
+from ui import charts, state
+
+ctx = state.context()
+if ctx is None:
+    st.stop()
+ex, recipe = ctx.explorer, ctx.recipe
+st.title("Trade-offs")
+st.caption("Every combination of the values below, on top of the sidebar's other settings (group size, "
+           "symmetry, N:M pattern, layers). " + CONCEPTS["pareto"])
+
+with st.form("tradeoffs_grid"):
+    c = st.columns(3)
+    ratios = c[0].multiselect("Rank (fraction of full)", [1.0, 0.9, 0.75, 0.5, 0.25], default=[1.0, 0.75, 0.5],
+                              key="tradeoffs_ratios", help=CONCEPTS["rank_ratio"])
+    bits = c[1].multiselect("Bit widths", [16, 8, 6, 5, 4, 3, 2], default=[16, 8, 4, 3], key="tradeoffs_bits",
+                            help=CONCEPTS["bits"])
+    nm = recipe.pattern != "unstructured"
+    sparsities = c[2].multiselect(
+        "Sparsity" + (f" (0 or the {recipe.pattern} pattern)" if nm else ""),
+        [0.0, 0.5] if nm else [0.0, 0.25, 0.5, 0.75], default=[0.0, 0.5], key="tradeoffs_sparsity",
+        help=CONCEPTS["sparsity"])
+    full = st.toggle("Full protocol for every point (slower; off: the first estimate on a small slice)",
+                     key="tradeoffs_full")
+    run = st.form_submit_button("Run sweep", type="primary")
+
+results = st.session_state.setdefault("sweeps", {})
+if run:
+    if not (ratios and bits and sparsities):
+        st.error("Choose at least one value of each control.")
+    else:
+        base = dataclasses.replace(recipe, rank=None, rank_ratio=None, bits=16,
+                                   sparsity=0.0 if nm else recipe.sparsity)
+        grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
+                          base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
+        bar = st.progress(0.0, text=f"0 of {len(grid)} points")
+        rows = []
+        for k, r in enumerate(grid):
+            mem = state.memory(ctx, r)
+            metrics = state.quality(ctx, quick=not full, recipe=r)
+            rows.append({"label": r.describe(), "rank_ratio": r.rank_ratio or 1.0, "bits": r.bits,
+                         "sparsity": r.sparsity, "pattern": r.pattern, "compressed_bytes": mem["compressed_bytes"],
+                         "original_bytes": mem["original_bytes"], "ratio": mem["ratio"], **metrics,
+                         "estimate_only": not full, "recipe": r.to_json().replace("\n", "")})
+            bar.progress((k + 1) / len(grid), text=f"{k + 1} of {len(grid)} points: {r.describe()}")
+        bar.empty()
+        results[ctx.key] = {"rows": rows, "full": full}
+
+done = results.get(ctx.key)
+if not done:
+    st.info("Choose the values and press **Run sweep**.")
+    st.stop()
+rows = done["rows"]
+metrics = [m for m in HIGHER_IS_BETTER if all(m in r for r in rows)]
+metric = st.selectbox("Quality metric", metrics, key="tradeoffs_metric", help=CONCEPTS.get(metrics[0]))
+higher = HIGHER_IS_BETTER[metric]
+front = sweep.pareto(rows, "compressed_bytes", metric, higher)
+cur_mem = state.memory(ctx)
+cur_q = state.quality(ctx, quick=not done["full"])
+current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_bytes"], **cur_q}
+label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
+st.plotly_chart(charts.tradeoff(rows, metric, higher, front, current if metric in cur_q else None, label),
+                config=charts.PNG, key="tradeoffs_chart")
+st.caption(f"{len(rows)} points, {len(front)} on the frontier. Hover a point for its recipe; the camera icon "
+           "saves the chart as PNG.")
+df = pd.DataFrame(rows)
+df["on_frontier"] = [i in set(front) for i in range(len(rows))]
+st.download_button("Download points (CSV)", df.to_csv(index=False), f"{ctx.ref.replace('/', '_')}-sweep.csv",
+                   "text/csv")
+st.dataframe(df.drop(columns=["recipe"]), hide_index=True, width="stretch")
