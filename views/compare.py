@@ -53,9 +53,9 @@ def encoder():
     moved = sum(r["original_rank"] != r["compressed_rank"] for r in rows)
     st.caption(f"{moved} of {len(rows)} sentences change place in the ranking.")
     st.dataframe([{
-        "rank (original)": r["original_rank"], "rank (compressed)": r["compressed_rank"],
+        "sentence": r["sentence"], "rank (original)": r["original_rank"], "rank (compressed)": r["compressed_rank"],
         "similarity (original)": round(r["original_similarity"], 4),
-        "similarity (compressed)": round(r["compressed_similarity"], 4), "sentence": r["sentence"],
+        "similarity (compressed)": round(r["compressed_similarity"], 4),
     } for r in rows], hide_index=True, width="stretch")
 
 
