@@ -121,7 +121,8 @@ def _load_recipe_file():
     st.session_state["upload_error"] = None
     ratio = r.rank_ratio if r.rank_ratio is not None else 1.0
     if r.rank is not None:
-        st.session_state["upload_error"] = f"{f.name}: an absolute rank ({r.rank}) is shown as the nearest ratio"
+        st.session_state["upload_error"] = (f"{f.name}: the app sets rank as a fraction of full rank; the file's "
+                                            f"absolute rank {r.rank} was replaced by 0.5 (the command line takes it)")
         ratio = 0.5
     st.session_state.update({
         "ctl_rank": min(1.0, max(0.05, round(ratio * 20) / 20)),
