@@ -27,7 +27,7 @@ browser:  ## install Debian's chromium for the browser test (apt-get, as root or
 
 run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change)
 	@echo "Compression explorer: open http://localhost:$(PORT) (Ctrl+C stops it)"
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m ui.serve --server.port $(PORT)
 
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5

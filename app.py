@@ -23,4 +23,8 @@ if recipe is not None:
     ctx = st.session_state["_ctx"] = state.open_context(ref, device, recipe)
     if ctx is not None and ctx.explorer.loaded.note:
         st.info(f"Note: {ctx.explorer.loaded.note}.")
+    if ctx is not None and (recipe.rank is not None or recipe.rank_ratio is not None or page.title == "Spectra"):
+        state.ensure_factors(ctx)
+    if ctx is not None:
+        state.ensure_calibration(ctx)
 page.run()

@@ -5,7 +5,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ from .errors import UserError
 from .recipe import Recipe, RecipeError
 
 RECIPE_FLAGS = ("rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric",
-                "sparsity", "pattern", "include_embeddings", "group", "layers")
+                "sparsity", "pattern", "include_embeddings", "group", "layers", "lowrank_method",
+                "prune_method", "quant_method", "act_order")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +49,15 @@ def _recipe_args(p, sweep=False):
     g.add_argument("--group", choices=("all", "attention", "mlp"),
                    help="compress all layers (default), or only the attention or MLP layers of the blocks")
     g.add_argument("--layers", help="regular expression: compress only layers whose name matches")
+    m = p.add_argument_group("methods (whitened, wanda and gptq run the calibration text through the model once)")
+    m.add_argument("--lowrank-method", choices=("svd", "whitened"),
+                   help="svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs")
+    m.add_argument("--prune-method", choices=("magnitude", "wanda"),
+                   help="magnitude (default) or wanda: |W| x input column norm, per output row")
+    m.add_argument("--quant-method", choices=("rtn", "gptq", "kmeans"),
+                   help="rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook")
+    m.add_argument("--act-order", action="store_const", const=True,
+                   help="gptq: quantize columns by decreasing input energy")
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; flags given here override its fields")
 
@@ -159,18 +168,14 @@ def cmd_run(args):
     t0 = time.perf_counter()
     ev = ex.evaluator(text, name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
+    calibration = ex.calibration() if recipe.calibrated and ex.selected(recipe) else None
     applied = work.apply(recipe)
     if not ex.selected(recipe):
         logging.getLogger(__name__).warning("the recipe selects no layer: nothing was compressed")
     t0 = time.perf_counter()
     metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
     evaluate_s = time.perf_counter() - t0
-    errors = {e["name"]: e for e in work.layer_errors()}
-    memory = applied.memory.to_dict()
-    for layer in memory["layers"]:
-        e = errors.get(layer["name"])
-        layer["relative_error"] = None if e is None else e["relative_error"]
-        layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+    memory = work.report()
     out = {
         "model": args.model,
         "source": ex.loaded.source,
@@ -181,7 +186,9 @@ def cmd_run(args):
         "metrics": {**metrics, "protocol": {**ev.protocol, "estimate_only": args.quick}},
         "baseline_metrics": ev.baseline(),
         "memory": memory,
+        "calibration": calibration.to_dict() if calibration else None,
         "seconds": {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
+                    "calibrate": calibration.seconds if calibration else 0.0,
                     "apply": applied.seconds, "evaluate": evaluate_s},
     }
     if args.json:
@@ -193,6 +200,9 @@ def cmd_run(args):
 def _print_run(out):
     m = out["memory"]
     print(f"{out['model']} ({out['kind']}, {out['device']}): {Recipe.from_dict(out['recipe']).describe()}")
+    if out["calibration"]:
+        c = out["calibration"]
+        print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}")
     if out["note"]:
         print(f"note: {out['note']}")
     print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
@@ -263,6 +273,65 @@ def _floats(text: str, flag: str) -> list[float]:
     return values
 
 
+def _progress_bar(total_desc):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=total_desc, unit="step", file=sys.stderr)
+
+    def update(k, n, what):
+        bar.total = n
+        bar.set_postfix_str(what, refresh=False)
+        bar.update(k - bar.n)
+
+    return bar, update
+
+
+def cmd_sensitivity(args):
+    from . import plan
+
+    recipe = _recipe_from(args)
+    out_path = Path(args.out)
+    if out_path.parent and not out_path.parent.exists():
+        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    ex = _open(args)
+    bar, update = _progress_bar(f"sensitivity {args.model} by {args.by}")
+    result = plan.sensitivity(ex.workspace(), recipe, args.by, quick=not args.full, progress=update)
+    bar.close()
+    rows = result["rows"]
+    with open(out_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} units to {out_path}: {result['metric']} change with only that unit at "
+          f"{recipe.describe()} ({'full protocol' if args.full else 'first estimate'})", file=sys.stderr)
+    for r in sorted(rows, key=lambda r: -r["loss"])[:5]:
+        print(f"  {r['unit']:<52} {result['metric']} loss {r['loss']:+.4g}", file=sys.stderr)
+
+
+def cmd_plan(args):
+    from . import plan
+
+    base = _recipe_from(args)
+    ladder = [int(b) for b in _floats(args.ladder, "--ladder")]
+    ex = _open(args)
+    bar, update = _progress_bar(f"plan {args.model}")
+    result = plan.plan(ex.workspace(), args.target_ratio, base, args.by, ladder, progress=update)
+    bar.close()
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    m = result["metric"]
+    print(f"{args.model}: target {args.target_ratio} of fp16, bits per {args.by} from {ladder}")
+    for u in result["units"]:
+        print(f"  {u['unit']:<52} {u['bits']} bits")
+    p, uni = result["plan"], result["uniform"]
+    print(f"planned: {_mb(p['compressed_bytes'])} (ratio {p['ratio']:.4f}), {m} {p['metrics'][m]:.4g}")
+    print(f"uniform {uni['recipe']}: {_mb(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}), "
+          f"{m} {uni['metrics'][m]:.4g}; baseline {result['baseline'][m]:.4g}")
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB"
 
@@ -299,6 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="first estimates only")
     s.add_argument("--out", required=True, help="CSV file to write")
     s.set_defaults(fn=cmd_sweep)
+
+    se = sub.add_parser("sensitivity", help="compress one layer, block or layer type at a time; CSV of the quality change")
+    _model_args(se)
+    _recipe_args(se)
+    se.add_argument("--by", choices=("layer", "block", "type"), default="type",
+                    help="unit: one layer, one transformer block, or one kind of layer across blocks (default)")
+    se.add_argument("--full", action="store_true", help="full protocol per unit (default: the first estimate)")
+    se.add_argument("--out", required=True, help="CSV file to write")
+    se.set_defaults(fn=cmd_sensitivity)
+
+    pl = sub.add_parser("plan", help="per-unit bit widths reaching a memory target with the least measured loss")
+    _model_args(pl)
+    _recipe_args(pl)
+    pl.add_argument("--target-ratio", type=float, required=True, help="compressed / fp16 bytes to reach, in (0, 1)")
+    pl.add_argument("--by", choices=("layer", "block", "type"), default="type", help="unit that gets its own bit width")
+    pl.add_argument("--ladder", default="8,6,5,4,3,2", help="bit widths to choose from (default 8,6,5,4,3,2)")
+    pl.add_argument("--out", help="also write the plan as JSON to this file")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plan)
 
     b = sub.add_parser("bench", help="time load, factorize, apply and evaluate against the naive way")
     b.add_argument("--models", default="minilm,smollm2")

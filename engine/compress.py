@@ -8,6 +8,7 @@ import torch
 
 from .memory import LayerBytes, tensor_bytes
 from .recipe import Recipe
+from .methods import gptq_quantize, kmeans_quantize, row_mask, wanda_scores
 from .transforms import fake_quantize, low_rank_factors, magnitude_mask, nm_mask
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,), Vh (k, in)
@@ -27,34 +28,94 @@ class CompressedMatrix:
         return self.zeros / self.stored
 
 
+@dataclass(frozen=True)
+class Shaped:
+    """A matrix after low rank and pruning, before quantization: (W,) or (A, B), masked."""
+
+    rank: int | None
+    mats: tuple[torch.Tensor, ...]
+    keeps: tuple[torch.Tensor | None, ...]  # the pruning mask of each matrix (None: not pruned)
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        return tuple(m.numel() if k is None else int(k.sum()) for m, k in zip(self.mats, self.keeps))
+
+
+def _input_hessians(shaped_mats, hessian):
+    """H of each stored matrix's inputs: W and B see the layer's inputs x (H); A sees B x,
+    so its H is B H B^T (from B as stored)."""
+    if hessian is None:
+        return [None] * len(shaped_mats)
+    if len(shaped_mats) == 1:
+        return [hessian]
+    b = shaped_mats[1]
+    return [b @ hessian @ b.T, hessian]  # (r, in) (in, in) (in, r)
+
+
+def shape_matrix(
+    w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
+    sorted_abs: Callable[[], torch.Tensor | None] | None = None,
+    hessian: torch.Tensor | None = None,
+) -> Shaped:
+    """Low rank, then pruning, of the (out, in) matrix `w`: `factors()` gives (U, s, V^T) of the
+    recipe's low-rank method when a rank needs it (A = U_r sqrt(s_r), B = sqrt(s_r) V_r^T), then
+    a mask zeroes entries of each stored matrix, by magnitude (`sorted_abs()`, optional: |w|
+    flattened and sorted, a lookup instead of a selection) or by Wanda's score, which needs
+    `hessian` (H of the inputs; None, e.g. for an embedding: magnitude instead). B is pruned
+    before A, whose inputs it makes. Depends only on the recipe's `structure_key()`."""
+    rank = recipe.rank_for(min(w.shape))
+    mats = [w] if rank is None else list(low_rank_factors(*factors(), rank))
+    keeps = [None] * len(mats)
+    nm = recipe.nm
+    wanda = recipe.prune_method == "wanda" and hessian is not None
+    if nm is not None or recipe.sparsity > 0:
+        for k in reversed(range(len(mats))):  # B, then A
+            m = mats[k]
+            if wanda:
+                h = _input_hessians(mats, hessian)[k]
+                score = wanda_scores(m, h.diagonal())
+                keep = nm_mask(score, *nm) if nm is not None else row_mask(score, recipe.sparsity)
+            elif nm is not None:
+                keep = nm_mask(m, *nm)
+            else:
+                keep = magnitude_mask(m, recipe.sparsity, sorted_abs() if sorted_abs and rank is None else None)
+            mats[k], keeps[k] = m * keep, keep
+    return Shaped(rank, tuple(mats), tuple(keeps))
+
+
+def quantize_shaped(name: str, shape: tuple[int, int], shaped: Shaped, recipe: Recipe,
+                    hessian: torch.Tensor | None = None) -> CompressedMatrix:
+    """Quantize the shaped matrices by the recipe's method and count their bytes. GPTQ needs
+    `hessian` (without it, e.g. for an embedding, round to nearest is used); for factors it
+    quantizes B first and gives A the H of B's quantized outputs."""
+    results = list(shaped.mats)
+    method = recipe.quant_method if recipe.bits < 16 else "rtn"
+    if method == "gptq" and hessian is None:
+        method = "rtn"
+    for k in reversed(range(len(results))):
+        m, keep = shaped.mats[k], shaped.keeps[k]
+        if method == "gptq":
+            h = _input_hessians(results, hessian)[k]
+            results[k] = gptq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
+                                       recipe.symmetric, keep, recipe.act_order)
+        elif method == "kmeans":
+            results[k] = kmeans_quantize(m, recipe.bits, keep)
+        else:
+            results[k] = fake_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric)
+    parts = tuple(tensor_bytes(m.shape[0], m.shape[1], kept, recipe.bits, recipe.granularity, recipe.group_size,
+                               recipe.symmetric, recipe.nm, codebook=method == "kmeans")
+                  for m, kept in zip(shaped.mats, shaped.kept))
+    stored = sum(m.numel() for m in shaped.mats)
+    return CompressedMatrix(tuple(results), LayerBytes(name, tuple(shape), shaped.rank, parts),
+                            stored - sum(shaped.kept), stored)
+
+
 def compress_matrix(
     name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
-    sorted_abs: Callable[[], torch.Tensor] | None = None,
+    sorted_abs: Callable[[], torch.Tensor | None] | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> CompressedMatrix:
-    """Apply `recipe` to the (out, in) matrix `w`; `factors()` gives its SVD when a rank needs it,
-    `sorted_abs()` (optional) |w| flattened and sorted, to prune the dense matrix without a selection.
-
-    Composition: low rank first (A = U_r sqrt(S_r), B = sqrt(S_r) Vh_r); pruning then zeroes
-    entries of each stored matrix; quantization then codes the kept values.
-    """
-    out_f, in_f = w.shape
-    rank = recipe.rank_for(min(out_f, in_f))
-    mats = (w,) if rank is None else low_rank_factors(*factors(), rank)
-    nm = recipe.nm
-    results, parts, zeros = [], [], 0
-    for m in mats:
-        keep = None
-        if nm is not None:
-            keep = nm_mask(m, *nm)
-        elif recipe.sparsity > 0:
-            keep = magnitude_mask(m, recipe.sparsity, sorted_abs() if sorted_abs and rank is None else None)
-        kept = m.numel() if keep is None else int(keep.sum())
-        if keep is not None:
-            m = m * keep
-        m = fake_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric)
-        zeros += m.numel() - kept
-        results.append(m)
-        parts.append(tensor_bytes(m.shape[0], m.shape[1], kept, recipe.bits, recipe.granularity,
-                                  recipe.group_size, recipe.symmetric, nm))
-    stored = sum(m.numel() for m in mats)
-    return CompressedMatrix(tuple(results), LayerBytes(name, (out_f, in_f), rank, tuple(parts)), zeros, stored)
+    """Apply `recipe` to the (out, in) matrix `w`: low rank, then pruning (shape_matrix), then
+    quantization of the kept values (quantize_shaped)."""
+    shaped = shape_matrix(w, recipe, factors, sorted_abs, hessian)
+    return quantize_shaped(name, tuple(w.shape), shaped, recipe, hessian)

@@ -42,6 +42,19 @@ CONCEPTS = {
     "relative_error": "||W - W_hat|| / ||W|| (Frobenius) of a layer's stored weight: 0 is exact.",
     "sqnr_db": "Signal-to-quantization-noise ratio of a layer's weight, 10 log10(||W||^2 / ||W - W_hat||^2) dB: "
                "about 6 dB per bit.",
+    "lowrank_method": "SVD truncates the weight's own spectrum; whitened SVD truncates the spectrum of the "
+                      "weight times the whitened calibration inputs, so it keeps what matters for the outputs "
+                      "(same rank, same bytes).",
+    "prune_method": "Magnitude drops the smallest |W| of the whole matrix; Wanda drops the smallest |W| x input "
+                    "column norm within each output row (same count, same bytes).",
+    "quant_method": "RTN rounds every weight to its nearest level; GPTQ rounds column by column and pushes each "
+                    "rounding error onto the columns not yet rounded, weighted by the input statistics (same "
+                    "grid, same bytes); k-means replaces the weights by 2^b shared values found per layer, "
+                    "stored as b-bit indices plus a codebook.",
+    "act_order": "GPTQ only: round the columns with the largest inputs first, while the most columns remain to "
+                 "absorb their error.",
+    "calibration": "A small set of real text, separate from the evaluation text, run once through the model to "
+                   "record each layer's input statistics for Wanda, whitened SVD and GPTQ.",
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
 }
 

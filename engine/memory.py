@@ -10,6 +10,9 @@ Conventions (every figure the explorer shows follows them):
   position + the kept values), CSR (kept values + an int32 column index per kept value +
   int32 row pointers), and for an N:M pattern, N:M (kept values + ceil(log2 M) bits of
   index per kept value);
+- weight sharing (k-means) stores b-bit indices in place of the codes and one codebook of
+  2^b fp16 values per matrix in place of the scales; a pruned entry has no code, so a pruned
+  k-means matrix is never stored dense;
 - a low-rank layer stores its factors A (out, r) and B (r, in), each counted by these rules;
 - everything not compressed (embeddings, norms, biases) takes 2 bytes per parameter.
 """
@@ -57,8 +60,10 @@ def tensor_bytes(
     group_size: int = 128,
     symmetric: bool = True,
     nm: tuple[int, int] | None = None,
+    codebook: bool = False,
 ) -> TensorBytes:
-    """Bytes of a (rows, cols) matrix with `kept` non-pruned values.
+    """Bytes of a (rows, cols) matrix with `kept` non-pruned values (`codebook`: k-means
+    weight sharing, indices into 2^bits fp16 values, instead of scaled integer codes).
 
     >>> tensor_bytes(4, 8, kept=32, bits=4, granularity="channel")  # 16 B codes + 4 fp16 scales
     TensorBytes(values=16, scales=8, index=0, format='dense')
@@ -66,10 +71,12 @@ def tensor_bytes(
     n = rows * cols
     quantized = bits < VALUE_BITS_UNCOMPRESSED
     scales = 0
-    if quantized:
+    if quantized and codebook:
+        scales = 2 * 2**bits
+    elif quantized:
         groups = quant_groups(rows, cols, granularity, group_size)
         scales = 2 * groups + (0 if symmetric else _packed(groups, bits))
-    candidates = [TensorBytes(_packed(n, bits), scales, 0, "dense")]
+    candidates = [] if codebook and quantized and kept < n else [TensorBytes(_packed(n, bits), scales, 0, "dense")]
     if kept < n:
         kv = _packed(kept, bits)
         if nm is not None:

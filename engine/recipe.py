@@ -21,6 +21,10 @@ from .errors import UserError
 GRANULARITIES = ("tensor", "channel", "group")
 GROUPS = ("all", "attention", "mlp")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+LOWRANK_METHODS = ("svd", "whitened")
+PRUNE_METHODS = ("magnitude", "wanda")
+QUANT_METHODS = ("rtn", "gptq", "kmeans")
+CALIBRATED = {"whitened", "wanda", "gptq"}  # methods that need the calibration statistics
 
 
 class RecipeError(UserError):
@@ -62,6 +66,14 @@ class Recipe:
     group: 'all', or only the 'attention' or 'mlp' layers of the transformer blocks.
     layers: a regular expression; only layers whose name it matches (re.search) are
         compressed. None: all compressible layers. Both group and layers must select a layer.
+    lowrank_method: 'svd' (plain truncation) or 'whitened' (truncation-aware SVD on whitened
+        calibration inputs, SVD-LLM); same rank, same bytes.
+    prune_method: 'magnitude' (smallest |W| in the tensor) or 'wanda' (smallest |W| x input
+        column norm, per output row); with an N:M pattern, the score picks the N of each M.
+    quant_method: 'rtn' (round to nearest), 'gptq' (rounding with error feedback through the
+        inverse input Hessian; same grid and bytes as rtn) or 'kmeans' (a per-layer codebook of
+        2^bits shared values; granularity and group size do not apply).
+    act_order: GPTQ only: quantize columns by decreasing input energy (static groups).
     """
 
     rank: int | None = None
@@ -75,6 +87,10 @@ class Recipe:
     include_embeddings: bool = False
     group: str = "all"
     layers: str | None = None
+    lowrank_method: str = "svd"
+    prune_method: str = "magnitude"
+    quant_method: str = "rtn"
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank_ratio is not None:
@@ -113,6 +129,14 @@ class Recipe:
                     f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
                     f"got {self.sparsity!r} (leave sparsity out)"
                 )
+        for field, allowed in (("lowrank_method", LOWRANK_METHODS), ("prune_method", PRUNE_METHODS),
+                               ("quant_method", QUANT_METHODS)):
+            if getattr(self, field) not in allowed:
+                raise RecipeError(f"{field}: must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
+        if not isinstance(self.act_order, bool):
+            raise RecipeError(f"act_order: must be true or false, got {self.act_order!r}")
+        if self.act_order and self.quant_method != "gptq":
+            raise RecipeError("act_order: only with quant_method gptq")
         if self.group not in GROUPS:
             raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
@@ -127,6 +151,19 @@ class Recipe:
     @property
     def nm(self) -> tuple[int, int] | None:
         return parse_pattern(self.pattern)
+
+    def structure_key(self) -> tuple:
+        """What a layer's shape (low rank and pruning mask) depends on: recipes equal on it
+        differ only in quantization."""
+        return (self.rank, self.rank_ratio, self.sparsity, self.pattern, self.lowrank_method, self.prune_method)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a method in use needs the calibration statistics."""
+        used = {self.quant_method if self.bits < 16 else "rtn",
+                self.prune_method if self.sparsity > 0 else "magnitude",
+                self.lowrank_method if (self.rank or self.rank_ratio) else "svd"}
+        return bool(used & CALIBRATED)
 
     def rank_for(self, full_rank: int) -> int | None:
         """The rank a layer of this full rank gets, or None when it stays unfactorized.
@@ -178,18 +215,23 @@ class Recipe:
     def describe(self) -> str:
         """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
         parts = []
+        low = " whitened" if self.lowrank_method == "whitened" else ""
         if self.rank is not None:
-            parts.append(f"rank {self.rank}")
+            parts.append(f"rank {self.rank}{low}")
         elif self.rank_ratio is not None and self.rank_ratio < 1:
-            parts.append(f"rank x{self.rank_ratio:g}")
-        if self.bits < 16:
+            parts.append(f"rank x{self.rank_ratio:g}{low}")
+        if self.bits < 16 and self.quant_method == "kmeans":
+            parts.append(f"k-means {self.bits}-bit")
+        elif self.bits < 16:
             g = {"tensor": "per-tensor", "channel": "per-channel"}.get(
                 self.granularity, f"g{self.group_size}"
             )
-            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}")
+            gptq = (" GPTQ" + (" act-order" if self.act_order else "")) if self.quant_method == "gptq" else ""
+            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{gptq}")
         if self.sparsity > 0:
             parts.append(
-                self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse"
+                (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
+                + (" Wanda" if self.prune_method == "wanda" else "")
             )
         if self.group != "all":
             parts.append(f"{self.group} layers only")

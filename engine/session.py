@@ -12,14 +12,16 @@ cached factorizations.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
-from . import compare, transforms
-from .compress import CompressedMatrix, compress_matrix
+from . import calibrate, compare, methods, transforms
+from .calibrate import Calibration
+from .compress import CompressedMatrix, quantize_shaped, shape_matrix
 from .evaluate import make_evaluator
 from .layers import LayerInfo, find_layers, install, weight_matrix
 from .memory import LayerBytes
@@ -121,6 +123,7 @@ class Applied:
     recipe: Recipe
     memory: MemoryReport
     seconds: float
+    per_layer: dict | None = None  # layer -> its own recipe, for a plan
 
 
 class Explorer:
@@ -132,8 +135,12 @@ class Explorer:
         self.total_params = sum(p.numel() for p in loaded.model.parameters())
         self._svd: dict[str, tuple] = {}
         self._sorted_abs: dict[str, torch.Tensor] = {}
+        self._preparing: threading.Thread | None = None
+        self._signal: dict[str, float] = {}
         self._evaluators: dict = {}
         self._lock = threading.RLock()
+        self._eval_lock = threading.Lock()  # reference outputs take seconds: not under _lock
+        self._calibration: Calibration | None = None
 
     @classmethod
     def open(cls, ref: str, device: str | None = None, trust_remote_code: bool = False) -> "Explorer":
@@ -159,20 +166,80 @@ class Explorer:
         ]
 
     # -- factorizations and spectra -------------------------------------------------------
-    def factors(self, name: str):
-        """(U, S, Vh) of a layer, computed once and cached."""
+    def factors(self, name: str, method: str = "svd"):
+        """(U, S, Vh) of a layer, computed once and cached: the plain SVD, or for 'whitened'
+        the SVD of W S with H = S S^T from calibration, returned as (U, s, V^T S^-1)
+        (methods.whitened_svd; a layer without input statistics, an embedding, gets the plain one)."""
+        if method == "whitened":
+            h = self.hessian(name)
+            if h is not None:
+                with self._lock:
+                    if ("whitened", name) not in self._svd:
+                        self._svd[("whitened", name)] = methods.whitened_svd(self.weight(name), h)
+                    return self._svd[("whitened", name)]
         with self._lock:
             if name not in self._svd:
                 self._svd[name] = transforms.svd(self.weight(name))
             return self._svd[name]
 
-    def sorted_abs(self, name: str) -> torch.Tensor:
+    # -- calibration ----------------------------------------------------------------------
+    def calibration(self) -> Calibration:
+        """The calibration statistics of every compressible layer (computed once: the
+        calibration text through the original model with forward hooks)."""
+        with self._eval_lock:
+            if self._calibration is None:
+                model = self.loaded.model
+                modules = {i.name: model.get_submodule(i.name) for i in self.layers
+                           if i.tied_to is None and i.role != "embedding"}
+                self._calibration = calibrate.collect(model, self.loaded.tokenizer, modules)
+            return self._calibration
+
+    def calibrated(self) -> bool:
+        """Whether the calibration statistics are computed already."""
+        return self._calibration is not None
+
+    def hessian(self, name: str) -> torch.Tensor | None:
+        """H = X^T X / n of a layer's inputs on the calibration text; None for an embedding."""
+        return self.calibration().hessians.get(name)
+
+    def sorted_abs(self, name: str) -> torch.Tensor | None:
         """|W| of a layer, flattened and sorted, computed once: any sparsity's magnitude
-        threshold is then a lookup (one more copy of the layer's weights in memory)."""
+        threshold is then a lookup (one more copy of the layer's weights in memory). While
+        `prepare_in_background` is still building them, None (the caller selects instead)."""
         with self._lock:
-            if name not in self._sorted_abs:
-                self._sorted_abs[name] = self.weight(name).abs().flatten().sort().values
+            if name in self._sorted_abs:
+                return self._sorted_abs[name]
+            if self._preparing is not None and self._preparing.is_alive():
+                return None
+            self._sorted_abs[name] = self.weight(name).abs().flatten().sort().values
             return self._sorted_abs[name]
+
+    def prepare_in_background(self, factorize: bool = False) -> threading.Thread:
+        """Build the sorted magnitudes of every layer but embeddings and head in a background
+        thread (a second or more per model), so the first pruning after loading need not wait;
+        then, with `factorize`, their SVDs, so the first low-rank recipe need not either.
+        Not a daemon: the process waits for it on exit (torch killed mid-sort aborts)."""
+        def build():
+            names = [i.name for i in self.selected(Recipe())]
+            for name in names:
+                if name not in self._sorted_abs:
+                    v = self.weight(name).abs().flatten().sort().values
+                    with self._lock:
+                        self._sorted_abs[name] = v
+            if factorize:
+                self.factorize(names)
+
+        with self._lock:
+            if self._preparing is None:
+                self._preparing = threading.Thread(target=build, name="prepare")
+                self._preparing.start()
+            return self._preparing
+
+    def signal(self, name: str) -> float:
+        """||W||^2 of a layer's original weight (cached): the denominator of its error."""
+        if name not in self._signal:
+            self._signal[name] = torch.linalg.vector_norm(self.weight(name)).item() ** 2
+        return self._signal[name]
 
     def factorize(self, names=None, progress=None) -> float:
         """Compute (and cache) the SVD of the given layers, default all but embeddings/head.
@@ -211,24 +278,31 @@ class Explorer:
             energy.append([e[round(r * n)].item() for r in ratios])
         return {"layers": names, "ratios": ratios, "energy": energy}
 
-    def spectrum(self, name: str) -> dict:
-        """Singular values of a layer and what they imply."""
+    def spectrum(self, name: str, rank: int | None = None) -> dict:
+        """Singular values of a layer and what they imply: the cumulative energy curve
+        (energy[k-1] = fraction of squared singular values in the top k) and, for `rank`,
+        the energy kept at it (None: the layer stays dense)."""
         info = self.layer(name)
         s = self.factors(name)[1]
+        e = s.double().square().cumsum(0)
+        energy = (e / e[-1]) if e[-1] > 0 else torch.ones_like(e)
         return {
             "name": name,
             "shape": list(info.shape),
             "singular_values": s.tolist(),
+            "energy": energy.tolist(),
+            "rank": rank,
+            "energy_kept": None if rank is None else transforms.energy_kept(s, rank),
             "effective_rank": transforms.effective_rank(s),
             "break_even_rank": transforms.break_even_rank(*info.shape),
-            "rank_for_90pct_energy": int((s.double().square().cumsum(0) / s.double().square().sum() < 0.9).sum()) + 1,
+            "rank_for_90pct_energy": int((energy < 0.9).sum()) + 1,
         }
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluator(self, eval_text: str | None = None, eval_name: str | None = None):
         """The quality evaluator for this model (reference outputs computed on first use)."""
         key = (eval_text, eval_name)
-        with self._lock:
+        with self._eval_lock:
             if key not in self._evaluators:
                 self._evaluators[key] = make_evaluator(self.loaded, eval_text, eval_name)
             return self._evaluators[key]
@@ -248,14 +322,23 @@ class Workspace:
         self.model = copy.deepcopy(original, memo)
         self.holders = install(self.model, explorer.layers)
         self.applied: Applied | None = None
+        self._shaped: dict = {}  # layer -> compress.Shaped under the last recipe's structure
+        self._structure: tuple | None = None
 
-    def apply(self, recipe: Recipe, factors=None) -> Applied:
-        """Fill every layer from the original weights under `recipe`. `factors(name)` overrides
-        the SVD source (the benchmark passes one that recomputes, to time the naive way)."""
+    def apply(self, recipe: Recipe, factors=None, per_layer: dict[str, Recipe] | None = None) -> Applied:
+        """Fill every layer from the original weights under `recipe`. `per_layer` (name -> recipe)
+        gives some layers their own recipe (a plan; those layers are compressed whatever
+        `recipe` selects). `factors(name, method)` overrides the SVD source (the benchmark
+        passes one that recomputes, to time the naive way)."""
         ex = self.explorer
+        per_layer = per_layer or {}
+        cached_factors = factors is None and not per_layer
         factors = factors or ex.factors
         t0 = time.perf_counter()
-        chosen = {i.name for i in ex.selected(recipe)}
+        chosen = {i.name for i in ex.selected(recipe)} | set(per_layer)
+        # layers shaped (low rank, pruned) as the last recipe shaped them only need quantizing
+        reuse = cached_factors and self._structure == recipe.structure_key()
+        shapes: dict = {}
         reports = []
         with torch.inference_mode():
             for info in ex.layers:
@@ -266,16 +349,22 @@ class Workspace:
                     self.holders[info.name].set(w=w)
                     reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
                     continue
-                cm: CompressedMatrix = compress_matrix(info.name, w, recipe, lambda n=info.name: factors(n),
-                                                       lambda n=info.name: ex.sorted_abs(n))
+                lr = per_layer.get(info.name, recipe)
+                h = ex.hessian(info.name) if lr.calibrated else None
+                shaped = self._shaped.get(info.name) if reuse else None
+                if shaped is None:
+                    shaped = shape_matrix(w, lr, lambda n=info.name: factors(n, lr.lowrank_method),
+                                          lambda n=info.name: ex.sorted_abs(n), h)
+                shapes[info.name] = shaped
+                cm: CompressedMatrix = quantize_shaped(info.name, info.shape, shaped, lr, h)
                 if len(cm.tensors) == 1:
                     self.holders[info.name].set(w=cm.tensors[0])
                 else:
                     self.holders[info.name].set(a=cm.tensors[0], b=cm.tensors[1])
                 energy = None
                 if cm.bytes.rank is not None:
-                    energy = transforms.energy_kept(factors(info.name)[1], cm.bytes.rank)
-                reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, recipe.bits, energy))
+                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], cm.bytes.rank)
+                reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, lr.bits, energy))
         # a tied head is listed after its embedding, sharing its storage
         for info in ex.layers:
             if info.tied_to is not None:
@@ -283,7 +372,9 @@ class Workspace:
                 reports.append(LayerReport(info, src.compressed, src.bytes, src.sparsity, src.bits, src.energy_kept))
         order = {i.name: k for k, i in enumerate(ex.layers)}
         reports.sort(key=lambda r: order[r.info.name])
-        self.applied = Applied(recipe, MemoryReport(ex.total_params, tuple(reports)), time.perf_counter() - t0)
+        self._shaped, self._structure = shapes, (recipe.structure_key() if cached_factors else None)
+        self.applied = Applied(recipe, MemoryReport(ex.total_params, tuple(reports)), time.perf_counter() - t0,
+                               dict(per_layer))
         return self.applied
 
     @torch.inference_mode()
@@ -293,13 +384,28 @@ class Workspace:
         for r in self.applied.memory.layers if self.applied else ():
             if not r.compressed or r.info.tied_to is not None:
                 continue
-            rel, sqnr = transforms.error_stats(self.explorer.weight(r.info.name), self.holders[r.info.name].matrix())
-            out.append({"name": r.info.name, "relative_error": rel, "sqnr_db": sqnr})
+            name = r.info.name
+            rel, sqnr = transforms.error_stats(self.explorer.weight(name), self.holders[name].matrix(),
+                                               self.explorer.signal(name))
+            out.append({"name": name, "relative_error": rel, "sqnr_db": sqnr})
         return out
+
+    def report(self) -> dict:
+        """The applied recipe's memory report (MemoryReport.to_dict) with, per layer, its
+        relative error and SQNR in dB (None where not compressed; SQNR None where exact),
+        and the seconds the apply took."""
+        mem = self.applied.memory.to_dict()
+        errors = {e["name"]: e for e in self.layer_errors()}
+        for layer in mem["layers"]:
+            e = errors.get(layer["tied_to"] or layer["name"])
+            layer["relative_error"] = None if e is None else e["relative_error"]
+            layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+        mem["apply_s"] = self.applied.seconds
+        return mem
 
     def ensure(self, recipe: Recipe) -> Applied:
         """Apply `recipe` unless it is what the workspace already holds."""
-        if self.applied is None or self.applied.recipe != recipe:
+        if self.applied is None or self.applied.recipe != recipe or self.applied.per_layer:
             return self.apply(recipe)
         return self.applied
 

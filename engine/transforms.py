@@ -204,10 +204,15 @@ def fake_quantize(
 # ---------------------------------------------------------------------------------------
 
 
-def error_stats(w: torch.Tensor, w_hat: torch.Tensor) -> tuple[float, float]:
-    """(relative Frobenius error ||W - W'|| / ||W||, SQNR in dB = 10 log10(||W||^2 / ||W - W'||^2))."""
-    signal = w.double().square().sum().item()
-    noise = (w.double() - w_hat.double()).square().sum().item()
+def error_stats(w: torch.Tensor, w_hat: torch.Tensor, signal: float | None = None) -> tuple[float, float]:
+    """(relative Frobenius error ||W - W'|| / ||W||, SQNR in dB = 10 log10(||W||^2 / ||W - W'||^2)).
+
+    Norms are taken in the inputs' dtype (float32: relative precision ~1e-6, enough to show);
+    `signal`, if given, is ||W||^2 computed once by the caller.
+    """
+    if signal is None:
+        signal = torch.linalg.vector_norm(w).item() ** 2
+    noise = torch.linalg.vector_norm(w - w_hat).item() ** 2
     rel = math.sqrt(noise / signal) if signal > 0 else 0.0
     sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     return rel, sqnr

@@ -162,3 +162,36 @@ def test_compare_causal_lm_on_smollm2():
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t["name"] for t in spec["data"]} == {"original", "compressed"}
     assert any("dequantized" in i.value for i in at.info)  # its baseline is said on every page
+
+
+def _metric(at, label):
+    return float(next(m.value for m in at.metric if m.label == label))
+
+
+@pytest.mark.parametrize("params, key, value, expected", [
+    ({"sparsity": 0.5}, "ctl_prune_method", "wanda", "50% sparse Wanda"),
+    ({"bits": 3}, "ctl_quant_method", "gptq", "int3 g128 GPTQ"),
+    ({"rank": 0.4}, "ctl_lowrank_method", "whitened", "rank x0.4 whitened"),
+])
+def test_method_controls_keep_the_bytes_and_raise_quality(params, key, value, expected):
+    at = ok(start(**params))
+    before_bytes, before_cos = compressed_bytes(at), _metric(at, "cosine_to_original")
+    at.selectbox(key=key).set_value(value)
+    ok(at.run())
+    assert recipe_caption(at) == expected
+    assert compressed_bytes(at) == before_bytes
+    assert _metric(at, "cosine_to_original") > before_cos
+    assert any("Calibration" in c.value and "Wikipedia" in c.value for c in at.caption)
+    assert value in at.query_params.values()
+
+
+def test_kmeans_and_act_order_controls():
+    at = ok(start(bits=4))
+    assert not [t for t in at.toggle if t.key == "ctl_act_order"]  # GPTQ only
+    at.selectbox(key="ctl_quant_method").set_value("kmeans")
+    ok(at.run())
+    assert recipe_caption(at) == "k-means 4-bit"
+    at.selectbox(key="ctl_quant_method").set_value("gptq").run()
+    at.toggle(key="ctl_act_order").set_value(True)
+    ok(at.run())
+    assert recipe_caption(at) == "int4 g128 GPTQ act-order" and at.query_params["actorder"] == "true"

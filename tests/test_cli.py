@@ -53,7 +53,10 @@ def test_run_minilm_json():
     assert out["memory"]["ratio"] < 0.7
     assert out["recipe"] == {"rank": None, "rank_ratio": 0.5, "bits": 4, "granularity": "group", "group_size": 128,
                              "symmetric": True, "sparsity": 0.5, "pattern": "unstructured",
-                             "include_embeddings": False, "group": "all", "layers": None}
+                             "include_embeddings": False, "group": "all", "layers": None,
+                             "lowrank_method": "svd", "prune_method": "magnitude", "quant_method": "rtn",
+                             "act_order": False}
+    assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
 
 def test_run_smollm2_json():

@@ -149,3 +149,62 @@ def test_cached_magnitudes_give_the_same_mask(explorers):
             w = ex.weight(info.name)
             got = work.holders[info.name].matrix() != 0
             assert torch.equal(got, T.magnitude_mask(w, s) & (w != 0))
+
+
+def test_masks_are_the_same_while_magnitudes_are_built_in_the_background(tiny_models):
+    ex = Explorer.open(tiny_models["llama"], device="cpu")
+    work = ex.workspace()
+    with ex._lock:  # the builder cannot store anything yet: every threshold comes from a selection
+        thread = ex.prepare_in_background()
+        work.apply(Recipe(sparsity=0.5))
+        assert thread.is_alive() and not ex._sorted_abs
+        during = [work.holders[i.name].matrix().clone() for i in ex.selected(Recipe())]
+    thread.join()
+    assert all(ex.sorted_abs(i.name) is not None for i in ex.selected(Recipe()))
+    work.apply(Recipe(sparsity=0.5))
+    for info, before in zip(ex.selected(Recipe()), during):
+        assert torch.equal(before != 0, work.holders[info.name].matrix() != 0)
+
+
+def test_report_carries_each_layers_error(explorers):
+    ex = explorers["gpt2"]
+    work = ex.workspace()
+    work.apply(Recipe(bits=4))
+    report = work.report()
+    errors = {e["name"]: e for e in work.layer_errors()}
+    for layer in report["layers"]:
+        if layer["name"] in errors:
+            assert layer["relative_error"] == errors[layer["name"]]["relative_error"] > 0
+            assert layer["sqnr_db"] == pytest.approx(-20 * torch.log10(torch.tensor(layer["relative_error"])).item())
+        else:
+            assert layer["relative_error"] is None and not layer["compressed"]
+    assert report["compressed_bytes"] == work.applied.memory.compressed_bytes and report["apply_s"] > 0
+
+
+def test_spectrum_energy_curve_matches_energy_kept(explorers):
+    ex = explorers["bert"]
+    name = ex.selected(Recipe())[0].name
+    spec = ex.spectrum(name, rank=3)
+    s = torch.tensor(spec["singular_values"], dtype=torch.float64)
+    assert spec["energy"][-1] == pytest.approx(1.0)
+    assert spec["energy"][2] == pytest.approx(spec["energy_kept"]) == pytest.approx((s[:3] ** 2).sum() / (s**2).sum())
+    assert all(a <= b for a, b in zip(spec["energy"], spec["energy"][1:]))
+    assert ex.spectrum(name)["energy_kept"] is None
+
+
+@pytest.mark.parametrize("first", [Recipe(rank_ratio=0.5, sparsity=0.5, bits=8), Recipe(pattern="2:4", bits=4)])
+def test_a_quantization_change_reuses_the_shape_and_matches_a_fresh_apply(explorers, first):
+    ex = explorers["gpt2"]
+    work, fresh = ex.workspace(), ex.workspace()
+    work.apply(first)
+    then = Recipe.from_dict({**first.to_dict(), "bits": 3, "symmetric": False, "group_size": 32})
+    assert then.structure_key() == first.structure_key()
+    got, want = work.apply(then), fresh.apply(then)
+    assert got.memory.compressed_bytes == want.memory.compressed_bytes
+    for info in ex.selected(then):
+        assert torch.equal(work.holders[info.name].matrix(), fresh.holders[info.name].matrix())
+    changed = Recipe.from_dict({**then.to_dict(), "rank_ratio": 0.25})  # a new structure: shaped again
+    work.apply(changed)
+    fresh.apply(changed)
+    for info in ex.selected(changed):
+        assert torch.equal(work.holders[info.name].matrix(), fresh.holders[info.name].matrix())

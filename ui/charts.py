@@ -51,15 +51,11 @@ def layer_errors(layers: list[dict]) -> go.Figure:
     return _layout(fig, 320)
 
 
-def spectrum(spec: dict, rank: int | None, energy: float | None) -> go.Figure:
-    """Singular values (log scale) with the kept part, the current rank and the break-even rank."""
-    s = spec["singular_values"]
+def spectrum(spec: dict) -> go.Figure:
+    """Singular values (log scale) with the kept part, the current rank and the break-even rank
+    (spec: engine Explorer.spectrum)."""
+    s, cum, rank, energy = spec["singular_values"], spec["energy"], spec["rank"], spec["energy_kept"]
     k = list(range(1, len(s) + 1))
-    total = sum(v * v for v in s)
-    acc, cum = 0.0, []
-    for v in s:
-        acc += v * v
-        cum.append(acc / total)
     fig = go.Figure()
     fig.add_scatter(x=k, y=s, mode="lines", name="singular value", line=dict(width=2),
                     hovertemplate="index %{x}<br>σ = %{y:.4g}<extra></extra>")

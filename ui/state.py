@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import streamlit as st
@@ -16,7 +17,7 @@ import streamlit as st
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
-from engine.recipe import BITS, Recipe
+from engine.recipe import BITS, LOWRANK_METHODS, PRUNE_METHODS, QUANT_METHODS, Recipe
 from engine.session import Explorer, Workspace
 
 OTHER = "Hub id or local folder…"
@@ -36,8 +37,17 @@ URL = {
     "layers": ("ctl_scope", "all", str),
     "filter": ("ctl_filter", "", str),
     "emb": ("ctl_emb", False, lambda v: v.lower() in ("1", "true", "yes")),
+    "lowrank": ("ctl_lowrank_method", "svd", str),
+    "prune": ("ctl_prune_method", "magnitude", str),
+    "quant": ("ctl_quant_method", "rtn", str),
+    "actorder": ("ctl_act_order", False, lambda v: v.lower() in ("1", "true", "yes")),
 }
-CHOICES = {"ctl_bits": BITS, "ctl_group": GROUP_SIZES, "ctl_pattern": PATTERNS, "ctl_scope": tuple(SCOPES)}
+CHOICES = {"ctl_bits": BITS, "ctl_group": GROUP_SIZES, "ctl_pattern": PATTERNS, "ctl_scope": tuple(SCOPES),
+           "ctl_lowrank_method": LOWRANK_METHODS, "ctl_prune_method": PRUNE_METHODS,
+           "ctl_quant_method": QUANT_METHODS}
+METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
+                 "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
+                 "kmeans": "k-means codebook"}
 
 
 @dataclass
@@ -134,6 +144,10 @@ def _load_recipe_file():
         "ctl_scope": r.group,
         "ctl_filter": r.layers or "",
         "ctl_emb": r.include_embeddings,
+        "ctl_lowrank_method": r.lowrank_method,
+        "ctl_prune_method": r.prune_method,
+        "ctl_quant_method": r.quant_method,
+        "ctl_act_order": r.act_order,
     })
     if str(r.group_size) not in GROUP_SIZES and r.granularity == "group":
         st.session_state["ctl_group"] = "128"
@@ -163,6 +177,8 @@ def sidebar() -> tuple[str, str, Recipe | None]:
     sb.subheader("Low rank")
     sb.slider("Rank (fraction of full rank)", 0.05, 1.0, step=0.05, key="ctl_rank",
               help=CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"])
+    sb.selectbox("Low-rank method", LOWRANK_METHODS, key="ctl_lowrank_method", format_func=METHOD_LABELS.get,
+                 disabled=st.session_state["ctl_rank"] >= 1, help=CONCEPTS["lowrank_method"])
     sb.subheader("Quantization")
     sb.select_slider("Bit width", BITS, key="ctl_bits", format_func=lambda b: "16 (off)" if b == 16 else str(b),
                      help=CONCEPTS["bits"])
@@ -170,11 +186,17 @@ def sidebar() -> tuple[str, str, Recipe | None]:
     sb.selectbox("Group size", GROUP_SIZES, key="ctl_group", disabled=not quant_on,
                  help=CONCEPTS["group_size"] + " " + CONCEPTS["scale"])
     sb.toggle("Symmetric", key="ctl_sym", disabled=not quant_on, help=CONCEPTS["symmetric"])
+    sb.selectbox("Quantization method", QUANT_METHODS, key="ctl_quant_method", format_func=METHOD_LABELS.get,
+                 disabled=not quant_on, help=CONCEPTS["quant_method"])
+    if st.session_state["ctl_quant_method"] == "gptq":
+        sb.toggle("Activation order", key="ctl_act_order", disabled=not quant_on, help=CONCEPTS["act_order"])
     sb.subheader("Pruning")
     sb.radio("Pattern", PATTERNS, key="ctl_pattern", horizontal=True, help=CONCEPTS["nm"])
     nm = st.session_state["ctl_pattern"] != "unstructured"
     sb.slider("Sparsity", 0.0, 0.95, step=0.05, key="ctl_sparsity", disabled=nm,
               help=CONCEPTS["sparsity"] + (" (set by the N:M pattern)" if nm else ""))
+    sb.selectbox("Pruning method", PRUNE_METHODS, key="ctl_prune_method", format_func=METHOD_LABELS.get,
+                 disabled=not nm and st.session_state["ctl_sparsity"] == 0, help=CONCEPTS["prune_method"])
     sb.subheader("Layers")
     sb.radio("Apply to", list(SCOPES), key="ctl_scope", format_func=SCOPES.get, horizontal=True,
              help=CONCEPTS["layer_group"])
@@ -216,6 +238,10 @@ def current_recipe() -> Recipe:
         include_embeddings=bool(s["ctl_emb"]),
         group=s["ctl_scope"],
         layers=s["ctl_filter"].strip() or None,
+        lowrank_method=s["ctl_lowrank_method"],
+        prune_method=s["ctl_prune_method"],
+        quant_method=s["ctl_quant_method"],
+        act_order=bool(s["ctl_act_order"]) and s["ctl_quant_method"] == "gptq",
     )
 
 
@@ -224,19 +250,51 @@ def current_recipe() -> Recipe:
 # ---------------------------------------------------------------------------------------
 
 
+_preloads: dict[tuple[str, str], Future] = {}
+
+
+def preload(ref: str, device: str = "auto") -> None:
+    """Start loading a model in a background thread (the launcher does this for the default
+    model while the browser connects); the first page then takes it from there. After the
+    model, also in the background: its reference outputs, sorted magnitudes and SVDs."""
+    future: Future = Future()
+
+    def work():
+        try:
+            ex = Explorer.open(ref, None if device == "auto" else device)
+        except BaseException as e:  # noqa: BLE001 -- the page opens it again and shows the error
+            future.set_exception(e)
+            return
+        future.set_result(ex)
+        ex.prepare_in_background(factorize=True)
+        ex.evaluator()
+
+    _preloads[(ref, device)] = future
+    threading.Thread(target=work, name=f"preload-{ref}").start()
+
+
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _explorer(ref: str, device: str) -> Explorer:
-    return Explorer.open(ref, None if device == "auto" else device)
+    future = _preloads.pop((ref, device), None)
+    ex = None
+    if future is not None:
+        try:
+            ex = future.result()
+        except Exception:  # noqa: BLE001 -- open it here, where the error reaches the page
+            ex = None
+    ex = ex or Explorer.open(ref, None if device == "auto" else device)
+    ex.prepare_in_background(factorize=True)
+    return ex
 
 
 _factorize_lock = threading.Lock()
 
 
 def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
-    """Load (with progress) and factorize once; None, with an error box, when that fails."""
+    """Load the model (with progress) once per process; None, with an error box, when that fails."""
+    key = f"{ref}@{device}"
     try:
         cached = st.session_state.get("loaded_keys", set())
-        key = f"{ref}@{device}"
         if key in cached:
             ex = _explorer(ref, device)
         else:
@@ -244,10 +302,6 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
                 st.write("Reading the weights and tokenizer.")
                 ex = _explorer(ref, device)
                 st.write(f"{ex.kind}, {ex.total_params:,} parameters, on {ex.loaded.device}.")
-                if not ex.factorized():
-                    bar = st.progress(0.0, text="Singular value decomposition of every layer (once per model)")
-                    with _factorize_lock:
-                        ex.factorize(progress=lambda k, n, name: bar.progress(k / n, text=f"SVD {k}/{n}: {name}"))
                 status.update(label=f"{ref} ready", state="complete", expanded=False)
             st.session_state["loaded_keys"] = cached | {key}
     except UserError as e:
@@ -261,6 +315,29 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
         works.clear()  # one compressed copy per session: the model in use
         works[key] = ex.workspace()
     return Context(ref, device, ex, works[key], recipe)
+
+
+def ensure_calibration(ctx: Context) -> None:
+    """Run the calibration text through the model (once per model) before a calibrated method."""
+    ex = ctx.explorer
+    if ctx.recipe.calibrated and not ex.calibrated():
+        with st.spinner("Calibration: running the calibration text through the model (once per model)…"):
+            ex.calibration()
+
+
+def ensure_factors(ctx: Context) -> None:
+    """The SVD of every layer, once per model, with a progress bar: before the first low-rank
+    recipe, the Spectra page or a sweep with ranks (usually already done in the background
+    since loading; the bar then shows the layers that were left)."""
+    ex = ctx.explorer
+    if ex.factorized():
+        return
+    with _factorize_lock:
+        if ex.factorized():
+            return
+        bar = st.progress(0.0, text="Singular value decomposition of every layer (once per model)")
+        ex.factorize(progress=lambda k, n, name: bar.progress(k / n, text=f"SVD {k}/{n}: {name}"))
+        bar.empty()
 
 
 def context() -> Context | None:
@@ -312,17 +389,7 @@ def memory(ctx: Context, recipe: Recipe | None = None) -> dict:
     """Memory report (engine MemoryReport.to_dict) with each layer's relative error and SQNR."""
     recipe = recipe or ctx.recipe
 
-    def compute():
-        mem = ctx.work.applied.memory.to_dict()
-        errors = {e["name"]: e for e in ctx.work.layer_errors()}
-        for layer in mem["layers"]:
-            e = errors.get(layer["name"], {})
-            layer["relative_error"] = e.get("relative_error")
-            layer["sqnr_db"] = e.get("sqnr_db")
-        mem["apply_s"] = ctx.work.applied.seconds
-        return mem
-
-    return cached(ctx, recipe, "memory", compute)
+    return cached(ctx, recipe, "memory", ctx.work.report)
 
 
 def quality(ctx: Context, quick: bool, recipe: Recipe | None = None) -> dict:

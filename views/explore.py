@@ -12,6 +12,8 @@ ex, recipe = ctx.explorer, ctx.recipe
 st.title("Explore")
 st.caption(f"**{ctx.ref}** · {ex.kind} · {ex.total_params:,} parameters · {ex.loaded.device} · "
            f"recipe: **{recipe.describe()}**")
+if recipe.calibrated:
+    st.caption(f"Calibration ({CONCEPTS['calibration']}): {ex.calibration().describe()}.")
 ranks = ex.ranks_for(recipe)
 if not ranks:
     st.warning("The layer choice selects no layer: nothing is compressed.")

@@ -17,13 +17,9 @@ chosen = {i.name for i in ex.selected(recipe)}
 @st.fragment
 def one_layer():
     name = st.selectbox("Layer", names, key="spectra_layer", help="Any compressible layer of the model.")
-    spec = ex.spectrum(name)
     info = ex.layer(name)
-    rank = recipe.rank_for(info.full_rank) if name in chosen else None
-    energy = None
-    if rank is not None:
-        s2 = [v * v for v in spec["singular_values"]]
-        energy = sum(s2[:rank]) / sum(s2)
+    spec = ex.spectrum(name, recipe.rank_for(info.full_rank) if name in chosen else None)
+    rank, energy = spec["rank"], spec["energy_kept"]
     c = st.columns(4)
     c[0].metric("Shape (out × in)", f"{info.shape[0]} × {info.shape[1]}")
     c[1].metric("Current rank", "full (dense)" if rank is None else f"{rank} of {info.full_rank}",
@@ -33,7 +29,7 @@ def one_layer():
     st.caption(f"Effective rank {spec['effective_rank']:.1f}; 90% of the energy needs rank "
                f"{spec['rank_for_90pct_energy']}."
                + ("" if name in chosen else " This layer is not selected by the current layer choice."))
-    st.plotly_chart(charts.spectrum(spec, rank, energy), config=charts.PNG, key="spectra_one")
+    st.plotly_chart(charts.spectrum(spec), config=charts.PNG, key="spectra_one")
 
 
 one_layer()

@@ -40,6 +40,8 @@ if run:
                                    sparsity=0.0 if nm else recipe.sparsity)
         grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
                           base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
+        if any(r.rank_ratio is not None for r in grid):
+            state.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(grid)} points")
         rows = []
         for k, r in enumerate(grid):

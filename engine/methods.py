@@ -1,0 +1,199 @@
+"""Better than naive: the methods the literature shows beat plain SVD, magnitude pruning and
+round-to-nearest, as pure functions from tensors to tensors.
+
+Every function takes a weight matrix in (out, in) layout and, where it uses activations,
+H = X^T X / n (in, in): the mean outer product of the layer's inputs over the calibration
+tokens (see engine.calibrate). The output error of a weight change D is then
+tr(D H D^T) = ||(W - W') X^T||^2 / n.
+"""
+from __future__ import annotations
+
+import torch
+
+from .transforms import _grouped, quant_params
+
+# ---------------------------------------------------------------------------------------
+# Low rank: truncation-aware SVD on whitened inputs (SVD-LLM)
+# ---------------------------------------------------------------------------------------
+
+
+def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """H + damp * mean(diag H) * I, with dead inputs (zero diagonal) given a unit diagonal."""
+    h = h.clone()
+    diag = h.diagonal()
+    diag[diag <= 0] = 1.0
+    diag += damp * diag.mean()
+    return h
+
+
+def whitened_svd(w: torch.Tensor, h: torch.Tensor, damp: float = 1e-4):
+    """Factors of W whose truncation minimizes the output error ||(W - W') X^T||, not ||W - W'||.
+
+    With H = S S^T (Cholesky, S lower-triangular): SVD of W S = U diag(s) V^T; returns
+    (U, s, V^T S^-1) so that low_rank_factors(U, s, V^T S^-1, r) gives W' = U_r diag(s_r) V_r^T S^-1,
+    the best rank-r output approximation; at full rank it is W again (the whitening undone).
+    """
+    s_chol = torch.linalg.cholesky(_damped(h.double(), damp))
+    u, s, vh = torch.linalg.svd(w.double() @ s_chol, full_matrices=False)
+    # (k, in) @ S^-1: solve X S = V^T
+    vh_unwhite = torch.linalg.solve_triangular(s_chol, vh, upper=False, left=False)
+    return u.to(w.dtype), s.to(w.dtype), vh_unwhite.to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Pruning: Wanda (|W| x input column norm, per output row)
+# ---------------------------------------------------------------------------------------
+
+
+def wanda_scores(w: torch.Tensor, h_diag: torch.Tensor) -> torch.Tensor:
+    """|W_ij| * ||X_j||: a weight matters as much as the inputs it multiplies (Sun et al. 2023).
+    `h_diag` is diag(H), the mean squared input per column (the norm up to a constant)."""
+    return w.abs() * h_diag.clamp(min=0).sqrt()[None, :]
+
+
+def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask zeroing the lowest-scoring entries of every row, round(sparsity * n) in all
+    (the same count as magnitude pruning of the whole tensor, so the bytes are equal): each
+    row loses k // rows, and the first k % rows rows one more.
+
+    >>> row_mask(torch.tensor([[1.0, 4.0, 2.0, 3.0]]), 0.5)
+    tensor([[False,  True, False,  True]])
+    """
+    rows, cols = score.shape
+    k = round(sparsity * score.numel())
+    per_row = torch.full((rows,), k // rows)
+    per_row[: k % rows] += 1
+    order = score.argsort(dim=1)  # ascending: the first per_row[i] of row i go
+    drop = torch.arange(cols)[None, :] < per_row[:, None]
+    keep = torch.ones_like(score, dtype=torch.bool)
+    keep.scatter_(1, order, ~drop)
+    return keep
+
+
+# ---------------------------------------------------------------------------------------
+# Quantization: GPTQ (rounding with error feedback through the inverse Hessian)
+# ---------------------------------------------------------------------------------------
+
+
+def _column_quantizer(bits: int, symmetric: bool):
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+    def q(col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        return ((col / scale).round() + zero).clamp(lo, hi).sub(zero).mul(scale)
+
+    return q
+
+
+def _static_params(w, bits, granularity, group_size, symmetric):
+    """Per-entry (out, in) scale and zero-point from the weights as they are (one per group)."""
+    rows, cols = w.shape
+    g, pad = _grouped(w, granularity, group_size)
+    scale, zero = quant_params(g, bits, symmetric)
+    size = g.shape[1]
+    scale = scale[:, None].expand(-1, size)
+    zero = zero[:, None].expand(-1, size)
+    if granularity == "tensor":
+        return scale.reshape(rows, cols), zero.reshape(rows, cols)
+    return (scale.reshape(rows, cols + pad)[:, :cols].contiguous(),
+            zero.reshape(rows, cols + pad)[:, :cols].contiguous())
+
+
+@torch.no_grad()
+def gptq_quantize(
+    w: torch.Tensor, h: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
+    symmetric: bool = True, keep: torch.Tensor | None = None, act_order: bool = False,
+    damp: float = 0.01, block: int = 128,
+) -> torch.Tensor:
+    """GPTQ (Frantar et al. 2022): quantize W column by column; after each column, spread its
+    rounding error over the columns not yet quantized, through the Cholesky factor of H^-1,
+    so that the output error tr(D H D^T) stays small. Returns the dequantized values, on the
+    same grid (bits, groups, fp16 scales) as round-to-nearest: same bytes.
+
+    Group scales are taken from each group's weights as updated when the group is reached;
+    with `act_order` the columns go by decreasing diag(H) and the scales are fixed from the
+    original weights first (static groups), so the stored layout does not change. `keep`:
+    a pruning mask whose zeros stay zero. On 2 columns with H = [[1, c], [c, 1]] the second
+    column absorbs -c times the first column's rounding error (see the tests).
+    """
+    rows, cols = w.shape
+    quant = _column_quantizer(bits, symmetric)
+    W = w.clone().float()
+    H = _damped(h.float(), damp)
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else None
+    static = act_order or granularity != "group"
+    if static:
+        scale, zero = _static_params(W, bits, granularity, group_size, symmetric)
+    if perm is not None:
+        W, H = W[:, perm], H[perm][:, perm]
+        scale, zero = scale[:, perm], zero[:, perm]
+        keep = None if keep is None else keep[:, perm]
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    g = min(group_size, cols)
+    block = block if static else g
+    Q = torch.zeros_like(W)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(W1)
+        if not static:  # this block is one group: its scale from the weights as updated so far
+            s_g, z_g = quant_params(W1, bits, symmetric)
+        for i in range(i2 - i1):
+            col = W1[:, i]
+            if static:
+                q = quant(col, scale[:, i1 + i], zero[:, i1 + i])
+            else:
+                q = quant(col, s_g, z_g)
+            if keep is not None:
+                q = q * keep[:, i1 + i]
+            Q[:, i1 + i] = q
+            e = (col - q) / Hinv1[i, i]
+            W1[:, i:] -= e[:, None] * Hinv1[i, i:][None, :]
+            err1[:, i] = e
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q.to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Weight sharing: a k-means codebook per layer (Deep Compression)
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None, iters: int = 100,
+                    max_fit: int = 1 << 16) -> torch.Tensor:
+    """Replace every kept value by the nearest of 2^b shared values (its codebook), found by
+    1-D k-means (Lloyd) from a linear initialization over [min, max] (Han et al. 2016); the
+    codebook is stored at fp16, so the returned values are fp16-exact. Pruned entries
+    (keep False) stay zero and take no part. The codebook is fitted on at most `max_fit`
+    values (an evenly strided sample); every value is then coded by its nearest center.
+
+    >>> kmeans_quantize(torch.tensor([[0.0, 0.1, 1.0, 1.1]]), bits=1)
+    tensor([[0.0500, 0.0500, 1.0498, 1.0498]])
+    """
+    x = w.flatten().float() if keep is None else w.flatten()[keep.flatten()].float()
+    if x.numel() == 0:
+        return w
+    k = 2**bits
+    centers = torch.linspace(x.min().item(), x.max().item(), k, dtype=torch.float64)
+    xd = x.double()
+    fit = xd if xd.numel() <= max_fit else xd[:: -(-xd.numel() // max_fit)].contiguous()  # a strided sample fits
+    for _ in range(iters):
+        idx = torch.bucketize(fit, (centers[1:] + centers[:-1]) / 2)
+        sums = torch.zeros(k, dtype=torch.float64).scatter_add_(0, idx, fit)
+        counts = torch.zeros(k, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(fit))
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
+        new, _ = new.sort()
+        if torch.equal(new, centers):
+            break
+        centers = new
+    centers = centers.to(torch.float16).double().unique()  # as stored; merged duplicates shrink it
+    idx = torch.bucketize(xd, (centers[1:] + centers[:-1]) / 2)
+    coded = centers[idx].to(w.dtype)
+    out = torch.zeros_like(w).flatten()
+    if keep is None:
+        out = coded
+    else:
+        out[keep.flatten()] = coded
+    return out.view_as(w)

@@ -1,0 +1,152 @@
+"""Sensitivity (one unit of layers compressed at a time) and a memory-budget planner.
+
+    rows = sensitivity(work, Recipe(bits=3), by="type")      # quality change per unit
+    p = plan(work, target_ratio=0.6, base=Recipe(bits=4))    # per-unit bits reaching 60% of fp16
+
+A unit is one layer ('layer'), every layer of one transformer block ('block'), or one kind of
+layer across the blocks ('type', e.g. every `mlp.down_proj`). The planner measures, for every
+unit, the quality loss of each bit width on a ladder with the rest of the model left alone;
+treats the losses as additive; and picks the bit width of every unit that fits the target with
+the least total loss (a multiple-choice knapsack, solved exactly). Then it measures the plan
+and the uniform bit width of the nearest size with the full protocol. Give it the ratio of a
+uniform setting (`uniform_ratio`) to compare at equal bytes: the plan is then no larger.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections import OrderedDict
+
+from .errors import UserError
+from .glossary import HIGHER_IS_BETTER
+from .recipe import BITS, Recipe
+
+UNITS = ("layer", "block", "type")
+LADDER = (8, 6, 5, 4, 3, 2)
+
+
+def units(explorer, recipe: Recipe, by: str = "type") -> "OrderedDict[str, list[str]]":
+    """Unit name -> the names of its layers, among the layers `recipe` selects."""
+    if by not in UNITS:
+        raise UserError(f"--by: must be one of {', '.join(UNITS)}, got {by!r}")
+    out: OrderedDict[str, list[str]] = OrderedDict()
+    for info in explorer.selected(recipe):
+        if by == "layer":
+            key = info.name
+        elif by == "block":
+            m = re.search(r"\.(\d+)\.", f".{info.name}.")
+            key = f"block {m.group(1)}" if m else info.name
+        else:
+            key = re.sub(r"\.\d+\.", ".*.", info.name)
+        out.setdefault(key, []).append(info.name)
+    return out
+
+
+def _loss(metrics: dict, baseline: dict, metric: str) -> float:
+    """Quality lost against the baseline on `metric` (positive = worse)."""
+    d = metrics[metric] - baseline[metric]
+    return -d if HIGHER_IS_BETTER[metric] else d
+
+
+def sensitivity(work, recipe: Recipe, by: str = "type", quick: bool = True, progress=None) -> dict:
+    """Compress one unit at a time under `recipe` (everything else left alone) and measure.
+    Returns {'metric', 'baseline', 'by', 'recipe', 'rows': [{'unit', 'layers', 'bytes_saved',
+    <metrics>, 'loss'}]}, rows in model order; `loss` is the primary metric's change for the worse."""
+    ex = work.explorer
+    ev = ex.evaluator()
+    baseline = ev.baseline()  # the first estimate of the primary metric is on the same scale
+    groups = units(ex, recipe, by)
+    if not groups:
+        raise UserError("the recipe selects no layer")
+    rows = []
+    for k, (unit, names) in enumerate(groups.items()):
+        applied = work.apply(Recipe(), per_layer={n: recipe for n in names})
+        metrics = work.evaluate(quick=quick)
+        rows.append({"unit": unit, "layers": len(names),
+                     "bytes_saved": applied.memory.original_bytes - applied.memory.compressed_bytes,
+                     **metrics, "loss": _loss(metrics, baseline, ev.primary)})
+        if progress:
+            progress(k + 1, len(groups), unit)
+    return {"metric": ev.primary, "baseline": baseline, "by": by, "recipe": recipe.to_dict(),
+            "quick": quick, "rows": rows}
+
+
+def uniform_ratio(work, base: Recipe) -> float:
+    """The size (fraction of fp16) of `base` applied to the layers it selects."""
+    return work.apply(base).memory.ratio
+
+
+def _least_loss(unit_names, ladder, cost, saved, need, buckets: int = 4000) -> dict:
+    """The bit width per unit with the least total loss whose savings reach `need` bytes: a
+    multiple-choice knapsack solved exactly by dynamic programming over savings counted in
+    `need / buckets` steps, rounded down (so the real savings are never less than counted)."""
+    step = max(need / buckets, 1.0)
+    full = math.ceil(need / step) if need > 0 else 0
+    best = {0: (0.0, ())}  # savings bucket (capped at full) -> (loss, choices so far)
+    for u in unit_names:
+        nxt = {}
+        for s, (c, picks) in best.items():
+            for b in ladder:
+                s2 = min(full, s + int(saved[u, b] // step))
+                c2 = c + cost[u, b]
+                if s2 not in nxt or c2 < nxt[s2][0]:
+                    nxt[s2] = (c2, picks + (b,))
+        best = nxt
+    if full not in best:  # only the smallest setting fits, and rounding hid it
+        return {u: ladder[-1] for u in unit_names}
+    return dict(zip(unit_names, best[full][1]))
+
+
+def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDER, progress=None) -> dict:
+    """Per-unit bit widths (other fields from `base`) reaching `target_ratio` of the fp16 bytes
+    with the least estimated quality loss, and, measured with the full protocol, the plan
+    beside the uniform bit width whose size is nearest the plan's."""
+    if not 0 < target_ratio < 1:
+        raise UserError(f"--target-ratio: must be in (0, 1), got {target_ratio!r}")
+    ladder = sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
+    ex = work.explorer
+    ev = ex.evaluator()
+    groups = units(ex, base, by)
+    if not groups:
+        raise UserError("the recipe selects no layer")
+    recipes = {b: dataclasses.replace(base, bits=b) for b in ladder}
+    smallest = work.apply(Recipe(), per_layer={n: recipes[ladder[-1]] for ns in groups.values() for n in ns})
+    if smallest.memory.ratio > target_ratio:
+        raise UserError(f"the target {target_ratio} cannot be reached with {ladder[-1]} bits on the selected "
+                        f"layers (smallest: {smallest.memory.ratio:.3f} of fp16)")
+    # bytes of each unit at each step, and its measured loss (quick slice, the rest left alone)
+    cost, saved = {}, {}
+    total_steps, step = len(groups) * len(ladder), 0
+    baseline = ev.baseline()
+    for unit, names in groups.items():
+        for b in ladder:
+            applied = work.apply(Recipe(), per_layer={n: recipes[b] for n in names})
+            cost[unit, b] = _loss(work.evaluate(quick=True), baseline, ev.primary)
+            saved[unit, b] = applied.memory.original_bytes - applied.memory.compressed_bytes
+            step += 1
+            if progress:
+                progress(step, total_steps, f"{unit} at {b} bits")
+    original = 2 * ex.total_params
+    choice = _least_loss(list(groups), ladder, cost, saved, need=original - target_ratio * original)
+    per_layer = {n: recipes[choice[u]] for u, names in groups.items() for n in names}
+    planned = work.apply(Recipe(), per_layer=per_layer)
+    plan_metrics = work.evaluate()
+    plan_bytes = planned.memory.compressed_bytes
+    uniform = None
+    for b in ladder:  # the uniform bit width whose size is nearest the plan's
+        applied = work.apply(Recipe(), per_layer={n: recipes[b] for n in per_layer})
+        size_b = applied.memory.compressed_bytes
+        if uniform is None or abs(size_b - plan_bytes) < abs(uniform["compressed_bytes"] - plan_bytes):
+            uniform = {"bits": b, "recipe": recipes[b].describe(), "compressed_bytes": size_b,
+                       "ratio": applied.memory.ratio}
+    work.apply(Recipe(), per_layer={n: recipes[uniform["bits"]] for n in per_layer})
+    uniform["metrics"] = work.evaluate()
+    return {
+        "metric": ev.primary, "baseline": baseline, "target_ratio": target_ratio, "by": by,
+        "base": base.to_dict(), "ladder": ladder,
+        "units": [{"unit": u, "layers": groups[u], "bits": choice[u],
+                   "loss_by_bits": {b: cost[u, b] for b in ladder}} for u in groups],
+        "plan": {"compressed_bytes": plan_bytes, "ratio": planned.memory.ratio, "metrics": plan_metrics},
+        "uniform": uniform,
+    }
