@@ -195,3 +195,24 @@ def test_kmeans_and_act_order_controls():
     at.toggle(key="ctl_act_order").set_value(True)
     ok(at.run())
     assert recipe_caption(at) == "int4 g128 GPTQ act-order" and at.query_params["actorder"] == "true"
+
+
+def test_tradeoffs_puts_methods_side_by_side():
+    at = ok(start("views/tradeoffs.py"))
+    at.multiselect(key="tradeoffs_ratios").set_value([1.0])
+    at.multiselect(key="tradeoffs_bits").set_value([8, 3])
+    at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
+    at.multiselect(key="tradeoffs_methods").set_value(["Plain (SVD, magnitude, round to nearest)",
+                                                        "Calibrated (whitened SVD, Wanda, GPTQ)"])
+    next(b for b in at.button if b.label == "Run sweep").click()
+    ok(at.run())
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in spec["data"]]
+    assert "Plain (SVD, magnitude, round to nearest): frontier" in names
+    assert "Calibrated (whitened SVD, Wanda, GPTQ): frontier" in names
+    plain = next(t for t in spec["data"] if t["name"].startswith("Plain") and t["name"].endswith("points"))
+    aware = next(t for t in spec["data"] if t["name"].startswith("Calibrated") and t["name"].endswith("points"))
+    assert plain["x"] == aware["x"]  # same bits, same bytes
+    assert aware["y"][1] > plain["y"][1]  # GPTQ at 3 bits keeps the embeddings closer than RTN
+    table = at.dataframe[0].value
+    assert set(table["method"]) == {"Plain (SVD, magnitude, round to nearest)", "Calibrated (whitened SVD, Wanda, GPTQ)"}

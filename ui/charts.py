@@ -6,6 +6,7 @@ import math
 import plotly.graph_objects as go
 
 MIB = 2**20
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # one colour per method on Trade-offs
 COMPONENTS = [  # engine key -> legend label
     ("values", "quantized / kept values"),
     ("factor_values", "low-rank factors"),
@@ -89,17 +90,23 @@ def energy_heatmap(grid: dict, ratio: float | None) -> go.Figure:
     return _layout(fig, max(360, min(900, 14 * len(grid["layers"]) + 120)))
 
 
-def tradeoff(points: list[dict], metric: str, higher: bool, front: list[int], current: dict | None,
+def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, list[int]], current: dict | None,
              metric_label: str) -> go.Figure:
+    """Quality against size: the points and one Pareto frontier per method (fronts: method ->
+    indices of its frontier points, by rising size), and the current setting."""
     fig = go.Figure()
-    fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in points], y=[p[metric] for p in points],
-                    mode="markers", name="sweep points", marker=dict(size=9, opacity=0.7),
-                    text=[p["label"] for p in points],
-                    hovertemplate="%{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
-    fp = [points[i] for i in front]
-    fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in fp], y=[p[metric] for p in fp],
-                    mode="lines", name="Pareto frontier", line=dict(shape="hv", width=2),
-                    hoverinfo="skip")
+    many = len(fronts) > 1
+    for k, (method, front) in enumerate(fronts.items()):
+        color = PALETTE[k % len(PALETTE)]
+        sel = [p for p in points if p.get("method", method) == method]
+        fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in sel], y=[p[metric] for p in sel],
+                        mode="markers", name=f"{method}: points" if many else "sweep points",
+                        marker=dict(size=9, opacity=0.7, color=color), text=[p["label"] for p in sel],
+                        hovertemplate="%{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
+        fp = [points[i] for i in front]
+        fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in fp], y=[p[metric] for p in fp],
+                        mode="lines", name=f"{method}: frontier" if many else "Pareto frontier",
+                        line=dict(shape="hv", width=2, color=color), hoverinfo="skip")
     if current is not None:
         fig.add_scatter(x=[current["compressed_bytes"] / MIB], y=[current[metric]], mode="markers",
                         name="current setting", text=[current["label"]],

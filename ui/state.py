@@ -317,10 +317,27 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     return Context(ref, device, ex, works[key], recipe)
 
 
-def ensure_calibration(ctx: Context) -> None:
+METHOD_VARIANTS = {
+    "As in the sidebar": None,
+    "Plain (SVD, magnitude, round to nearest)": {"lowrank_method": "svd", "prune_method": "magnitude",
+                                                 "quant_method": "rtn", "act_order": False},
+    "Calibrated (whitened SVD, Wanda, GPTQ)": {"lowrank_method": "whitened", "prune_method": "wanda",
+                                               "quant_method": "gptq", "act_order": False},
+    "k-means weight sharing": {"quant_method": "kmeans", "act_order": False},
+}
+
+
+def with_methods(recipe: Recipe, variant: str, sidebar: Recipe) -> Recipe:
+    """`recipe` with the methods of a Trade-offs variant (the sidebar's for 'As in the sidebar')."""
+    fields = METHOD_VARIANTS[variant] or {k: getattr(sidebar, k) for k in
+                                          ("lowrank_method", "prune_method", "quant_method", "act_order")}
+    return Recipe.from_dict({**recipe.to_dict(), **fields})
+
+
+def ensure_calibration(ctx: Context, recipe: Recipe | None = None) -> None:
     """Run the calibration text through the model (once per model) before a calibrated method."""
     ex = ctx.explorer
-    if ctx.recipe.calibrated and not ex.calibrated():
+    if (recipe or ctx.recipe).calibrated and not ex.calibrated():
         with st.spinner("Calibration: running the calibration text through the model (once per model)…"):
             ex.calibration()
 

@@ -27,31 +27,38 @@ with st.form("tradeoffs_grid"):
         "Sparsity" + (f" (0 or the {recipe.pattern} pattern)" if nm else ""),
         [0.0, 0.5] if nm else [0.0, 0.25, 0.5, 0.75], default=[0.0, 0.5], key="tradeoffs_sparsity",
         help=CONCEPTS["sparsity"])
+    variants = st.multiselect(
+        "Methods (one frontier each)", list(state.METHOD_VARIANTS), default=["As in the sidebar"],
+        key="tradeoffs_methods",
+        help="Put methods side by side on the same grid: " + CONCEPTS["quant_method"] + " " + CONCEPTS["prune_method"])
     full = st.toggle("Full protocol for every point (slower; off: the first estimate on a small slice)",
                      key="tradeoffs_full")
     run = st.form_submit_button("Run sweep", type="primary")
 
 results = st.session_state.setdefault("sweeps", {})
 if run:
-    if not (ratios and bits and sparsities):
-        st.error("Choose at least one value of each control.")
+    if not (ratios and bits and sparsities and variants):
+        st.error("Choose at least one value of each control and one method.")
     else:
         base = dataclasses.replace(recipe, rank=None, rank_ratio=None, bits=16,
                                    sparsity=0.0 if nm else recipe.sparsity)
         grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
                           base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
-        if any(r.rank_ratio is not None for r in grid):
+        points = [(v, state.with_methods(r, v, recipe)) for v in variants for r in grid]
+        if any(r.rank_ratio is not None for _, r in points):
             state.ensure_factors(ctx)
-        bar = st.progress(0.0, text=f"0 of {len(grid)} points")
+        bar = st.progress(0.0, text=f"0 of {len(points)} points")
         rows = []
-        for k, r in enumerate(grid):
+        for k, (variant, r) in enumerate(points):
+            if r.calibrated:
+                state.ensure_calibration(ctx, r)
             mem = state.memory(ctx, r)
             metrics = state.quality(ctx, quick=not full, recipe=r)
-            rows.append({"label": r.describe(), "rank_ratio": r.rank_ratio or 1.0, "bits": r.bits,
+            rows.append({"method": variant, "label": r.describe(), "rank_ratio": r.rank_ratio or 1.0, "bits": r.bits,
                          "sparsity": r.sparsity, "pattern": r.pattern, "compressed_bytes": mem["compressed_bytes"],
                          "original_bytes": mem["original_bytes"], "ratio": mem["ratio"], **metrics,
                          "estimate_only": not full, "recipe": r.to_json().replace("\n", "")})
-            bar.progress((k + 1) / len(grid), text=f"{k + 1} of {len(grid)} points: {r.describe()}")
+            bar.progress((k + 1) / len(points), text=f"{k + 1} of {len(points)} points: {r.describe()}")
         bar.empty()
         results[ctx.key] = {"rows": rows, "full": full}
 
@@ -63,14 +70,19 @@ rows = done["rows"]
 metrics = [m for m in HIGHER_IS_BETTER if all(m in r for r in rows)]
 metric = st.selectbox("Quality metric", metrics, key="tradeoffs_metric", help=CONCEPTS.get(metrics[0]))
 higher = HIGHER_IS_BETTER[metric]
-front = sweep.pareto(rows, "compressed_bytes", metric, higher)
+methods = list(dict.fromkeys(r["method"] for r in rows))
+fronts = {}
+for m in methods:
+    idx = [i for i, r in enumerate(rows) if r["method"] == m]
+    fronts[m] = [idx[j] for j in sweep.pareto([rows[i] for i in idx], "compressed_bytes", metric, higher)]
+front = sorted({i for f in fronts.values() for i in f})
 cur_mem = state.memory(ctx)
 cur_q = state.quality(ctx, quick=not done["full"])
 current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_bytes"], **cur_q}
 label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
-st.plotly_chart(charts.tradeoff(rows, metric, higher, front, current if metric in cur_q else None, label),
+st.plotly_chart(charts.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),
                 config=charts.PNG, key="tradeoffs_chart")
-st.caption(f"{len(rows)} points, {len(front)} on the frontier. Hover a point for its recipe; the camera icon "
+st.caption(f"{len(rows)} points, {len(front)} on a frontier ({len(methods)} method(s)). Hover a point for its recipe; the camera icon "
            "saves the chart as PNG.")
 df = pd.DataFrame(rows)
 df["on_frontier"] = [i in set(front) for i in range(len(rows))]
