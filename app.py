@@ -15,6 +15,7 @@ pages = [
     st.Page("views/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
     st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/sensitivity.py", title="Sensitivity and plan", icon=":material/grid_view:"),
 ]
 page = st.navigation(pages)
 ref, device, recipe = state.sidebar()

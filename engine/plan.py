@@ -72,6 +72,32 @@ def sensitivity(work, recipe: Recipe, by: str = "type", quick: bool = True, prog
             "quick": quick, "rows": rows}
 
 
+def sensitivity_grid(work, base: Recipe, by: str = "type", ladder=LADDER, progress=None) -> dict:
+    """Every unit at every bit width of `ladder` (other fields from `base`), one at a time, on
+    the first estimate: {'metric', 'units', 'bits', 'loss': [[per bit width] per unit],
+    'bytes_saved': [[...]]}, for a heatmap and for the planner."""
+    ex = work.explorer
+    ev = ex.evaluator()
+    baseline = ev.baseline()
+    groups = units(ex, base, by)
+    if not groups:
+        raise UserError("the recipe selects no layer")
+    ladder = sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
+    loss, saved = [], []
+    total, step = len(groups) * len(ladder), 0
+    for unit, names in groups.items():
+        loss.append([])
+        saved.append([])
+        for b in ladder:
+            applied = work.apply(Recipe(), per_layer={n: dataclasses.replace(base, bits=b) for n in names})
+            loss[-1].append(_loss(work.evaluate(quick=True), baseline, ev.primary))
+            saved[-1].append(applied.memory.original_bytes - applied.memory.compressed_bytes)
+            step += 1
+            if progress:
+                progress(step, total, f"{unit} at {b} bits")
+    return {"metric": ev.primary, "by": by, "units": list(groups), "bits": ladder, "loss": loss, "bytes_saved": saved}
+
+
 def uniform_ratio(work, base: Recipe) -> float:
     """The size (fraction of fp16) of `base` applied to the layers it selects."""
     return work.apply(base).memory.ratio
@@ -115,18 +141,10 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
     if smallest.memory.ratio > target_ratio:
         raise UserError(f"the target {target_ratio} cannot be reached with {ladder[-1]} bits on the selected "
                         f"layers (smallest: {smallest.memory.ratio:.3f} of fp16)")
-    # bytes of each unit at each step, and its measured loss (quick slice, the rest left alone)
-    cost, saved = {}, {}
-    total_steps, step = len(groups) * len(ladder), 0
     baseline = ev.baseline()
-    for unit, names in groups.items():
-        for b in ladder:
-            applied = work.apply(Recipe(), per_layer={n: recipes[b] for n in names})
-            cost[unit, b] = _loss(work.evaluate(quick=True), baseline, ev.primary)
-            saved[unit, b] = applied.memory.original_bytes - applied.memory.compressed_bytes
-            step += 1
-            if progress:
-                progress(step, total_steps, f"{unit} at {b} bits")
+    grid = sensitivity_grid(work, base, by, ladder, progress)
+    cost = {(u, b): grid["loss"][i][j] for i, u in enumerate(grid["units"]) for j, b in enumerate(ladder)}
+    saved = {(u, b): grid["bytes_saved"][i][j] for i, u in enumerate(grid["units"]) for j, b in enumerate(ladder)}
     original = 2 * ex.total_params
     choice = _least_loss(list(groups), ladder, cost, saved, need=original - target_ratio * original)
     per_layer = {n: recipes[choice[u]] for u, names in groups.items() for n in names}
@@ -147,6 +165,7 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
         "base": base.to_dict(), "ladder": ladder,
         "units": [{"unit": u, "layers": groups[u], "bits": choice[u],
                    "loss_by_bits": {b: cost[u, b] for b in ladder}} for u in groups],
+        "grid": grid,
         "plan": {"compressed_bytes": plan_bytes, "ratio": planned.memory.ratio, "metrics": plan_metrics},
         "uniform": uniform,
     }

@@ -216,3 +216,18 @@ def test_tradeoffs_puts_methods_side_by_side():
     assert aware["y"][1] > plain["y"][1]  # GPTQ at 3 bits keeps the embeddings closer than RTN
     table = at.dataframe[0].value
     assert set(table["method"]) == {"Plain (SVD, magnitude, round to nearest)", "Calibrated (whitened SVD, Wanda, GPTQ)"}
+
+
+def test_sensitivity_heatmap_and_plan():
+    at = ok(start("views/sensitivity.py"))
+    at.multiselect(key="sensitivity_bits").set_value([4, 2])
+    at.slider(key="sensitivity_target").set_value(0.62)
+    next(b for b in at.button if b.label == "Measure and plan").click()
+    ok(at.run())
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    heat = spec["data"][0]
+    assert heat["type"] == "heatmap" and heat["x"] == ["4 bits", "2 bits"] and len(heat["y"]) == 7
+    assert all(row[1] >= row[0] - 1e-6 for row in heat["z"])  # 2 bits never hurts less than 4 (cosine)
+    plan_rows = at.dataframe[0].value
+    assert set(plan_rows["bits"]) <= {4, 2} and plan_rows["layers"].sum() == 37
+    assert any(m.label.startswith("Planned") for m in at.metric) and at.get("download_button")

@@ -120,6 +120,18 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
     return _layout(fig, 440)
 
 
+def sensitivity_heatmap(grid: dict) -> go.Figure:
+    """Loss of each unit (row) at each bit width (column), from engine plan.sensitivity_grid."""
+    fig = go.Figure(go.Heatmap(
+        z=grid["loss"], x=[f"{b} bits" for b in grid["bits"]], y=grid["units"], colorscale="Reds",
+        colorbar=dict(title=f"{grid['metric']} loss"),
+        hovertemplate="%{y} at %{x}: loss %{z:.4g}<extra></extra>"))
+    fig.update_layout(xaxis=dict(title="bit width of that unit alone"),
+                      yaxis=dict(title=grid["by"], autorange="reversed",
+                                 showticklabels=len(grid["units"]) <= 40))
+    return _layout(fig, max(320, min(900, 16 * len(grid["units"]) + 140)))
+
+
 def next_tokens(top: list[dict]) -> go.Figure:
     labels = [repr(t["token"]) for t in top]
     fig = go.Figure()
