@@ -188,7 +188,11 @@ class Explorer:
         calibration text through the original model with forward hooks)."""
         with self._eval_lock:
             if self._calibration is None:
-                model = self.loaded.model
+                # hooks go on a copy of the modules (sharing every tensor), so that another
+                # session running the original meanwhile is neither recorded nor disturbed
+                original = self.loaded.model
+                memo = {id(t): t for t in [*original.parameters(), *original.buffers()]}
+                model = copy.deepcopy(original, memo)
                 modules = {i.name: model.get_submodule(i.name) for i in self.layers
                            if i.tied_to is None and i.role != "embedding"}
                 self._calibration = calibrate.collect(model, self.loaded.tokenizer, modules)
