@@ -71,7 +71,7 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
                 page.get_by_role("button", name="Run sweep").click()
             wait_idle(page, 240_000, '[data-testid="stDataFrame"]' if name == "compare" else ".js-plotly-plot")
             if name == "tradeoffs":
-                page.wait_for_selector("text=on the frontier", timeout=240_000)
+                page.wait_for_selector("text=on a frontier", timeout=240_000)
             if name == "spectra":  # the one layer's spectrum and the heatmap of every layer
                 page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2",
                                        timeout=120_000)
