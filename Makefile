@@ -35,9 +35,10 @@ demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse)
 test: $(STAMP) browser  ## install, then run every test (the browser test included)
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)  ## time the engine against the naive way, and the app's latency (minilm, smollm2)
+bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one
 	$(PY) -m engine bench
 	$(PY) benchmarks/app_latency.py
+	$(PY) benchmarks/methods.py
 
 clean:  ## remove .venv and caches (not the converted-model cache)
 	rm -rf $(VENV) .pytest_cache
