@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import sweep
 from .errors import UserError
+from .plan import UNITS
 from .recipe import Recipe, RecipeError
 
 RECIPE_FLAGS = ("rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric",
@@ -85,6 +86,14 @@ def _recipe_from(args) -> Recipe:
     if base.get("pattern") not in (None, "unstructured") and getattr(args, "sparsity", None) is None:
         base["sparsity"] = 0.0  # let the pattern set it
     return Recipe.from_dict(base)
+
+
+def _out_path(out: str) -> Path:
+    """--out as a Path, refused at once when its folder does not exist."""
+    path = Path(out)
+    if path.parent and not path.parent.exists():
+        raise UserError(f"--out: folder {str(path.parent)!r} does not exist")
+    return path
 
 
 def _open(args):
@@ -234,9 +243,7 @@ def cmd_sweep(args):
         fixed["sparsity"] = 0.0
     recipes = sweep.grid(ratios, bits, sparsities, Recipe.from_dict(fixed))
     text, name = _eval_text(args)
-    out_path = Path(args.out)
-    if out_path.parent and not out_path.parent.exists():
-        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    out_path = _out_path(args.out)
     ex = _open(args)
     work = ex.workspace()
     ev = ex.evaluator(text, name)
@@ -290,9 +297,7 @@ def cmd_sensitivity(args):
     from . import plan
 
     recipe = _recipe_from(args)
-    out_path = Path(args.out)
-    if out_path.parent and not out_path.parent.exists():
-        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    out_path = _out_path(args.out)
     ex = _open(args)
     bar, update = _progress_bar(f"sensitivity {args.model} by {args.by}")
     result = plan.sensitivity(ex.workspace(), recipe, args.by, quick=not args.full, progress=update)
@@ -372,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("sensitivity", help="compress one layer, block or layer type at a time; CSV of the quality change")
     _model_args(se)
     _recipe_args(se)
-    se.add_argument("--by", choices=("layer", "block", "type"), default="type",
+    se.add_argument("--by", choices=UNITS, default="type",
                     help="unit: one layer, one transformer block, or one kind of layer across blocks (default)")
     se.add_argument("--full", action="store_true", help="full protocol per unit (default: the first estimate)")
     se.add_argument("--out", required=True, help="CSV file to write")
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(pl)
     _recipe_args(pl)
     pl.add_argument("--target-ratio", type=float, required=True, help="compressed / fp16 bytes to reach, in (0, 1)")
-    pl.add_argument("--by", choices=("layer", "block", "type"), default="type", help="unit that gets its own bit width")
+    pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own bit width")
     pl.add_argument("--ladder", default="8,6,5,4,3,2", help="bit widths to choose from (default 8,6,5,4,3,2)")
     pl.add_argument("--out", help="also write the plan as JSON to this file")
     pl.add_argument("--json", action="store_true")

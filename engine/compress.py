@@ -41,15 +41,13 @@ class Shaped:
         return tuple(m.numel() if k is None else int(k.sum()) for m, k in zip(self.mats, self.keeps))
 
 
-def _input_hessians(shaped_mats, hessian):
-    """H of each stored matrix's inputs: W and B see the layer's inputs x (H); A sees B x,
+def _input_hessian(mats, hessian, k):
+    """H of the inputs of stored matrix k: W and B see the layer's inputs x (H); A sees B x,
     so its H is B H B^T (from B as stored)."""
-    if hessian is None:
-        return [None] * len(shaped_mats)
-    if len(shaped_mats) == 1:
-        return [hessian]
-    b = shaped_mats[1]
-    return [b @ hessian @ b.T, hessian]  # (r, in) (in, in) (in, r)
+    if hessian is None or len(mats) == 1 or k == 1:
+        return hessian
+    b = mats[1]
+    return b @ hessian @ b.T  # (r, in) (in, in) (in, r)
 
 
 def shape_matrix(
@@ -72,7 +70,7 @@ def shape_matrix(
         for k in reversed(range(len(mats))):  # B, then A
             m = mats[k]
             if wanda:
-                h = _input_hessians(mats, hessian)[k]
+                h = _input_hessian(mats, hessian, k)
                 score = wanda_scores(m, h.diagonal())
                 keep = nm_mask(score, *nm) if nm is not None else row_mask(score, recipe.sparsity)
             elif nm is not None:
@@ -95,7 +93,7 @@ def quantize_shaped(name: str, shape: tuple[int, int], shaped: Shaped, recipe: R
     for k in reversed(range(len(results))):
         m, keep = shaped.mats[k], shaped.keeps[k]
         if method == "gptq":
-            h = _input_hessians(results, hessian)[k]
+            h = _input_hessian(results, hessian, k)
             results[k] = gptq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
                                        recipe.symmetric, keep, recipe.act_order)
         elif method == "kmeans":

@@ -43,6 +43,23 @@ def units(explorer, recipe: Recipe, by: str = "type") -> "OrderedDict[str, list[
     return out
 
 
+def _groups(explorer, recipe: Recipe, by: str) -> "OrderedDict[str, list[str]]":
+    groups = units(explorer, recipe, by)
+    if not groups:
+        raise UserError("the recipe selects no layer")
+    return groups
+
+
+def _ladder(ladder) -> list[int]:
+    """The bit widths to choose from, widest first."""
+    return sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
+
+
+def _only(work, names, recipe: Recipe):
+    """Apply `recipe` to the layers `names` only, the rest of the model left alone."""
+    return work.apply(Recipe(), per_layer={n: recipe for n in names})
+
+
 def _loss(metrics: dict, baseline: dict, metric: str) -> float:
     """Quality lost against the baseline on `metric` (positive = worse)."""
     d = metrics[metric] - baseline[metric]
@@ -56,12 +73,10 @@ def sensitivity(work, recipe: Recipe, by: str = "type", quick: bool = True, prog
     ex = work.explorer
     ev = ex.evaluator()
     baseline = ev.baseline()  # the first estimate of the primary metric is on the same scale
-    groups = units(ex, recipe, by)
-    if not groups:
-        raise UserError("the recipe selects no layer")
+    groups = _groups(ex, recipe, by)
     rows = []
     for k, (unit, names) in enumerate(groups.items()):
-        applied = work.apply(Recipe(), per_layer={n: recipe for n in names})
+        applied = _only(work, names, recipe)
         metrics = work.evaluate(quick=quick)
         rows.append({"unit": unit, "layers": len(names),
                      "bytes_saved": applied.memory.original_bytes - applied.memory.compressed_bytes,
@@ -79,17 +94,15 @@ def sensitivity_grid(work, base: Recipe, by: str = "type", ladder=LADDER, progre
     ex = work.explorer
     ev = ex.evaluator()
     baseline = ev.baseline()
-    groups = units(ex, base, by)
-    if not groups:
-        raise UserError("the recipe selects no layer")
-    ladder = sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
+    groups = _groups(ex, base, by)
+    ladder = _ladder(ladder)
     loss, saved = [], []
     total, step = len(groups) * len(ladder), 0
     for unit, names in groups.items():
         loss.append([])
         saved.append([])
         for b in ladder:
-            applied = work.apply(Recipe(), per_layer={n: dataclasses.replace(base, bits=b) for n in names})
+            applied = _only(work, names, dataclasses.replace(base, bits=b))
             loss[-1].append(_loss(work.evaluate(quick=True), baseline, ev.primary))
             saved[-1].append(applied.memory.original_bytes - applied.memory.compressed_bytes)
             step += 1
@@ -130,14 +143,13 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
     beside the uniform bit width whose size is nearest the plan's."""
     if not 0 < target_ratio < 1:
         raise UserError(f"--target-ratio: must be in (0, 1), got {target_ratio!r}")
-    ladder = sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
+    ladder = _ladder(ladder)
     ex = work.explorer
     ev = ex.evaluator()
-    groups = units(ex, base, by)
-    if not groups:
-        raise UserError("the recipe selects no layer")
+    groups = _groups(ex, base, by)
+    layers = [n for names in groups.values() for n in names]
     recipes = {b: dataclasses.replace(base, bits=b) for b in ladder}
-    smallest = work.apply(Recipe(), per_layer={n: recipes[ladder[-1]] for ns in groups.values() for n in ns})
+    smallest = _only(work, layers, recipes[ladder[-1]])
     if smallest.memory.ratio > target_ratio:
         raise UserError(f"the target {target_ratio} cannot be reached with {ladder[-1]} bits on the selected "
                         f"layers (smallest: {smallest.memory.ratio:.3f} of fp16)")
@@ -151,15 +163,12 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
     planned = work.apply(Recipe(), per_layer=per_layer)
     plan_metrics = work.evaluate()
     plan_bytes = planned.memory.compressed_bytes
-    uniform = None
-    for b in ladder:  # the uniform bit width whose size is nearest the plan's
-        applied = work.apply(Recipe(), per_layer={n: recipes[b] for n in per_layer})
-        size_b = applied.memory.compressed_bytes
-        if uniform is None or abs(size_b - plan_bytes) < abs(uniform["compressed_bytes"] - plan_bytes):
-            uniform = {"bits": b, "recipe": recipes[b].describe(), "compressed_bytes": size_b,
-                       "ratio": applied.memory.ratio}
-    work.apply(Recipe(), per_layer={n: recipes[uniform["bits"]] for n in per_layer})
-    uniform["metrics"] = work.evaluate()
+    # each layer's bytes are its own, so a uniform width's size is the sum of the measured savings
+    sizes = {b: original - sum(saved[u, b] for u in groups) for b in ladder}
+    b = min(ladder, key=lambda b: abs(sizes[b] - plan_bytes))  # the uniform width nearest the plan's size
+    _only(work, layers, recipes[b])
+    uniform = {"bits": b, "recipe": recipes[b].describe(), "compressed_bytes": sizes[b],
+               "ratio": sizes[b] / original, "metrics": work.evaluate()}
     return {
         "metric": ev.primary, "baseline": baseline, "target_ratio": target_ratio, "by": by,
         "base": base.to_dict(), "ladder": ladder,

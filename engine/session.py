@@ -126,6 +126,12 @@ class Applied:
     per_layer: dict | None = None  # layer -> its own recipe, for a plan
 
 
+def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the modules that shares every tensor with `model` (nothing may write to them)."""
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo)
+
+
 class Explorer:
     """One loaded model, shared by every workspace: never modified after loading."""
 
@@ -190,9 +196,7 @@ class Explorer:
             if self._calibration is None:
                 # hooks go on a copy of the modules (sharing every tensor), so that another
                 # session running the original meanwhile is neither recorded nor disturbed
-                original = self.loaded.model
-                memo = {id(t): t for t in [*original.parameters(), *original.buffers()]}
-                model = copy.deepcopy(original, memo)
+                model = _module_copy(self.loaded.model)
                 modules = {i.name: model.get_submodule(i.name) for i in self.layers
                            if i.tied_to is None and i.role != "embedding"}
                 self._calibration = calibrate.collect(model, self.loaded.tokenizer, modules)
@@ -215,8 +219,11 @@ class Explorer:
                 return self._sorted_abs[name]
             if self._preparing is not None and self._preparing.is_alive():
                 return None
-            self._sorted_abs[name] = self.weight(name).abs().flatten().sort().values
+            self._sorted_abs[name] = self._magnitudes(name)
             return self._sorted_abs[name]
+
+    def _magnitudes(self, name: str) -> torch.Tensor:
+        return self.weight(name).abs().flatten().sort().values
 
     def prepare_in_background(self, factorize: bool = False) -> threading.Thread:
         """Build the sorted magnitudes of every layer but embeddings and head in a background
@@ -227,7 +234,7 @@ class Explorer:
             names = [i.name for i in self.selected(Recipe())]
             for name in names:
                 if name not in self._sorted_abs:
-                    v = self.weight(name).abs().flatten().sort().values
+                    v = self._magnitudes(name)
                     with self._lock:
                         self._sorted_abs[name] = v
             if factorize:
@@ -320,10 +327,7 @@ class Workspace:
 
     def __init__(self, explorer: Explorer):
         self.explorer = explorer
-        original = explorer.loaded.model
-        # share every tensor with the original (nothing here writes to them); copy only modules
-        memo = {id(t): t for t in [*original.parameters(), *original.buffers()]}
-        self.model = copy.deepcopy(original, memo)
+        self.model = _module_copy(explorer.loaded.model)
         self.holders = install(self.model, explorer.layers)
         self.applied: Applied | None = None
         self._shaped: dict = {}  # layer -> compress.Shaped under the last recipe's structure

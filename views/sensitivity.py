@@ -12,7 +12,7 @@ from ui import charts, state
 ctx = state.context()
 if ctx is None:
     st.stop()
-ex, recipe = ctx.explorer, ctx.recipe
+recipe = ctx.recipe
 st.title("Sensitivity and plan")
 st.caption("Each unit of layers is quantized alone at each bit width (the rest of the model left alone, the "
            "sidebar's other settings kept) and the first estimate of quality measured. The planner then picks "
