@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from .recipe import Recipe, RecipeError
 
 RECIPE_FLAGS = ("rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric",
                 "sparsity", "pattern", "include_embeddings", "group", "layers", "lowrank_method",
-                "prune_method", "quant_method", "act_order")
+                "prune_method", "quant_method", "act_order", "distill_steps", "distill_lr")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,9 @@ def _recipe_args(p, sweep=False):
                    help="rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook")
     m.add_argument("--act-order", action="store_const", const=True,
                    help="gptq: quantize columns by decreasing input energy")
+    m.add_argument("--distill-steps", type=int, metavar="N",
+                   help="after compressing, N steps of distillation from the original on calibration text (default 0)")
+    m.add_argument("--distill-lr", type=float, metavar="LR", help="learning rate of those steps (Adam, default 1e-4)")
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; flags given here override its fields")
 
@@ -178,12 +182,22 @@ def cmd_run(args):
     ev = ex.evaluator(text, name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
     calibration = ex.calibration() if recipe.calibrated and ex.selected(recipe) else None
-    applied = work.apply(recipe)
+    applied = work.apply(dataclasses.replace(recipe, distill_steps=0))
     if not ex.selected(recipe):
         logging.getLogger(__name__).warning("the recipe selects no layer: nothing was compressed")
     t0 = time.perf_counter()
     metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
     evaluate_s = time.perf_counter() - t0
+    distillation = None
+    if recipe.distill_steps and ex.selected(recipe):
+        bar, update = _progress_bar(f"distill {args.model}")
+        applied = work.distill(recipe.distill_steps, recipe.distill_lr,
+                               progress=lambda k, n, loss: update(k, n, f"loss {loss:.4f}"))
+        bar.close()
+        distillation = {**applied.distillation.to_dict(), "metrics_before": metrics}
+        t0 = time.perf_counter()
+        metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
+        evaluate_s += time.perf_counter() - t0
     memory = work.report()
     out = {
         "model": args.model,
@@ -196,9 +210,11 @@ def cmd_run(args):
         "baseline_metrics": ev.baseline(),
         "memory": memory,
         "calibration": calibration.to_dict() if calibration else None,
+        "distillation": distillation,
         "seconds": {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
                     "calibrate": calibration.seconds if calibration else 0.0,
-                    "apply": applied.seconds, "evaluate": evaluate_s},
+                    "apply": applied.seconds - (distillation["seconds"] if distillation else 0.0),
+                    "distill": distillation["seconds"] if distillation else 0.0, "evaluate": evaluate_s},
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -216,10 +232,16 @@ def _print_run(out):
         print(f"note: {out['note']}")
     print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {_mb(m['original_bytes_fp32'])} at fp32)")
-    print("quality (baseline -> compressed):" + ("  [first estimate]" if out["metrics"]["protocol"]["estimate_only"] else ""))
+    d = out["distillation"]
+    if d:
+        print(f"distillation: {d['steps']} steps, lr {d['lr']:g}, {d['seconds']:.1f} s; {d['objective']} "
+              f"{d['loss_first']:.4f} -> {d['loss_last']:.4f} on {d['text']}")
+    print(("quality (baseline -> compressed -> distilled):" if d else "quality (baseline -> compressed):")
+          + ("  [first estimate]" if out["metrics"]["protocol"]["estimate_only"] else ""))
     for k, v in out["metrics"].items():
         if k != "protocol":
-            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {v:.4f}")
+            before = f"{d['metrics_before'][k]:.4f} -> " if d else ""
+            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {before}{v:.4f}")
     print(f"{'layer':<48} {'format':<26} {'rank':>5} {'spars':>6} {'bytes':>10} {'rel.err':>8}")
     for layer in m["layers"]:
         if layer["compressed"]:

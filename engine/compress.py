@@ -8,20 +8,41 @@ import torch
 
 from .memory import LayerBytes, tensor_bytes
 from .recipe import Recipe
-from .methods import gptq_quantize, kmeans_quantize, row_mask, wanda_scores
-from .transforms import fake_quantize, low_rank_factors, magnitude_mask, nm_mask
+from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
+from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,), Vh (k, in)
 
 
 @dataclass(frozen=True)
+class Grid:
+    """Where the values of one stored matrix may lie: a uniform grid per group (scale and
+    zero-point, as transforms.quant_grid orders them), a codebook, or anywhere (16 bits)."""
+
+    scale: torch.Tensor | None = None
+    zero: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+
+    def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+        """w moved to the nearest value on the grid: values on it stay exactly where they are."""
+        if self.codebook is not None:
+            return on_codebook(w, self.codebook)
+        if self.scale is None:
+            return w
+        return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
+                       recipe.symmetric)
+
+
+@dataclass(frozen=True)
 class CompressedMatrix:
-    """What a layer stores after a recipe: (W,) or (A, B), as the dequantized values they code."""
+    """What a layer stores after a recipe: (W,) or (A, B), as the dequantized values they code,
+    and the grid each one's values lie on."""
 
     tensors: tuple[torch.Tensor, ...]
     bytes: LayerBytes
     zeros: int  # stored values that are zero after pruning
     stored: int  # stored values in all
+    grids: tuple[Grid, ...] = ()
 
     @property
     def sparsity(self) -> float:
@@ -86,26 +107,29 @@ def quantize_shaped(name: str, shape: tuple[int, int], shaped: Shaped, recipe: R
     """Quantize the shaped matrices by the recipe's method and count their bytes. GPTQ needs
     `hessian` (without it, e.g. for an embedding, round to nearest is used); for factors it
     quantizes B first and gives A the H of B's quantized outputs."""
-    results = list(shaped.mats)
-    method = recipe.quant_method if recipe.bits < 16 else "rtn"
+    results, grids = list(shaped.mats), [Grid()] * len(shaped.mats)
+    method = recipe.quant_method if recipe.bits < 16 else "none"
     if method == "gptq" and hessian is None:
         method = "rtn"
     for k in reversed(range(len(results))):
         m, keep = shaped.mats[k], shaped.keeps[k]
         if method == "gptq":
             h = _input_hessian(results, hessian, k)
-            results[k] = gptq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
-                                       recipe.symmetric, keep, recipe.act_order)
+            results[k], (scale, zero) = gptq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
+                                                      recipe.symmetric, keep, recipe.act_order, return_grid=True)
+            grids[k] = Grid(scale, zero)
         elif method == "kmeans":
-            results[k] = kmeans_quantize(m, recipe.bits, keep)
-        else:
-            results[k] = fake_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric)
+            results[k], codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
+            grids[k] = Grid(codebook=codebook)
+        elif method == "rtn":
+            grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
+            results[k] = grids[k].snap(m, recipe)
     parts = tuple(tensor_bytes(m.shape[0], m.shape[1], kept, recipe.bits, recipe.granularity, recipe.group_size,
                                recipe.symmetric, recipe.nm, codebook=method == "kmeans")
                   for m, kept in zip(shaped.mats, shaped.kept))
     stored = sum(m.numel() for m in shaped.mats)
     return CompressedMatrix(tuple(results), LayerBytes(name, tuple(shape), shaped.rank, parts),
-                            stored - sum(shaped.kept), stored)
+                            stored - sum(shaped.kept), stored, tuple(grids))
 
 
 def compress_matrix(

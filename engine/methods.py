@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .transforms import _grouped, quant_params
+from .transforms import quant_grid, quant_params
 
 # ---------------------------------------------------------------------------------------
 # Low rank: truncation-aware SVD on whitened inputs (SVD-LLM)
@@ -84,26 +84,23 @@ def _column_quantizer(bits: int, symmetric: bool):
     return q
 
 
-def _static_params(w, bits, granularity, group_size, symmetric):
-    """Per-entry (out, in) scale and zero-point from the weights as they are (one per group)."""
-    rows, cols = w.shape
-    g, pad = _grouped(w, granularity, group_size)
-    scale, zero = quant_params(g, bits, symmetric)
-    size = g.shape[1]
-    scale = scale[:, None].expand(-1, size)
-    zero = zero[:, None].expand(-1, size)
-    if granularity == "tensor":
-        return scale.reshape(rows, cols), zero.reshape(rows, cols)
-    return (scale.reshape(rows, cols + pad)[:, :cols].contiguous(),
-            zero.reshape(rows, cols + pad)[:, :cols].contiguous())
+def _per_entry(grid, rows, cols, granularity, group_size):
+    """Per-group (scale, zero) in quant_grid's order -> per-entry (out, in) tensors."""
+    g, pad = (rows * cols, 0) if granularity == "tensor" else (cols, 0) if granularity == "channel" \
+        else (min(group_size, cols), (-cols) % min(group_size, cols))
+    out = []
+    for t in grid:
+        t = t[:, None].expand(-1, g)
+        out.append(t.reshape(rows, cols) if granularity == "tensor" else t.reshape(rows, cols + pad)[:, :cols].contiguous())
+    return out
 
 
 @torch.no_grad()
 def gptq_quantize(
     w: torch.Tensor, h: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
     symmetric: bool = True, keep: torch.Tensor | None = None, act_order: bool = False,
-    damp: float = 0.01, block: int = 128,
-) -> torch.Tensor:
+    damp: float = 0.01, block: int = 128, return_grid: bool = False,
+):
     """GPTQ (Frantar et al. 2022): quantize W column by column; after each column, spread its
     rounding error over the columns not yet quantized, through the Cholesky factor of H^-1,
     so that the output error tr(D H D^T) stays small. Returns the dequantized values, on the
@@ -112,7 +109,8 @@ def gptq_quantize(
     Group scales are taken from each group's weights as updated when the group is reached;
     with `act_order` the columns go by decreasing diag(H) and the scales are fixed from the
     original weights first (static groups), so the stored layout does not change. `keep`:
-    a pruning mask whose zeros stay zero. On 2 columns with H = [[1, c], [c, 1]] the second
+    a pruning mask whose zeros stay zero. With `return_grid`, returns (values, (scale, zero)):
+    the grid it used, per group in quant_grid's order. On 2 columns with H = [[1, c], [c, 1]] the second
     column absorbs -c times the first column's rounding error (see the tests).
     """
     rows, cols = w.shape
@@ -122,7 +120,8 @@ def gptq_quantize(
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else None
     static = act_order or granularity != "group"
     if static:
-        scale, zero = _static_params(W, bits, granularity, group_size, symmetric)
+        grid = quant_grid(W, bits, granularity, group_size, symmetric)
+        scale, zero = _per_entry(grid, rows, cols, granularity, group_size)
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
         scale, zero = scale[:, perm], zero[:, perm]
@@ -131,12 +130,14 @@ def gptq_quantize(
     g = min(group_size, cols)
     block = block if static else g
     Q = torch.zeros_like(W)
+    dynamic = []  # per block (one group): its (scale, zero)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         err1 = torch.zeros_like(W1)
         if not static:  # this block is one group: its scale from the weights as updated so far
             s_g, z_g = quant_params(W1, bits, symmetric)
+            dynamic.append((s_g, z_g))
         for i in range(i2 - i1):
             col = W1[:, i]
             if static:
@@ -152,7 +153,11 @@ def gptq_quantize(
         W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return Q.to(w.dtype)
+    if not return_grid:
+        return Q.to(w.dtype)
+    if not static:  # (rows, groups) -> row-major
+        grid = tuple(torch.stack([d[k] for d in dynamic], 1).reshape(-1) for k in (0, 1))
+    return Q.to(w.dtype), grid
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,19 +167,20 @@ def gptq_quantize(
 
 @torch.no_grad()
 def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None, iters: int = 100,
-                    max_fit: int = 1 << 16) -> torch.Tensor:
+                    max_fit: int = 1 << 16, return_codebook: bool = False):
     """Replace every kept value by the nearest of 2^b shared values (its codebook), found by
     1-D k-means (Lloyd) from a linear initialization over [min, max] (Han et al. 2016); the
     codebook is stored at fp16, so the returned values are fp16-exact. Pruned entries
     (keep False) stay zero and take no part. The codebook is fitted on at most `max_fit`
     values (an evenly strided sample); every value is then coded by its nearest center.
+    With `return_codebook`, returns (values, codebook): the centers, ascending.
 
     >>> kmeans_quantize(torch.tensor([[0.0, 0.1, 1.0, 1.1]]), bits=1)
     tensor([[0.0500, 0.0500, 1.0498, 1.0498]])
     """
     x = w.flatten().float() if keep is None else w.flatten()[keep.flatten()].float()
     if x.numel() == 0:
-        return w
+        return (w, w.new_zeros(1)) if return_codebook else w
     k = 2**bits
     centers = torch.linspace(x.min().item(), x.max().item(), k, dtype=torch.float64)
     xd = x.double()
@@ -189,11 +195,15 @@ def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None
             break
         centers = new
     centers = centers.to(torch.float16).double().unique()  # as stored; merged duplicates shrink it
-    idx = torch.bucketize(xd, (centers[1:] + centers[:-1]) / 2)
-    coded = centers[idx].to(w.dtype)
+    coded = on_codebook(xd, centers).to(w.dtype)
     out = torch.zeros_like(w).flatten()
     if keep is None:
         out = coded
     else:
         out[keep.flatten()] = coded
-    return out.view_as(w)
+    return (out.view_as(w), centers.to(w.dtype)) if return_codebook else out.view_as(w)
+
+
+def on_codebook(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Every value of w replaced by the nearest of `centers` (ascending)."""
+    return centers[torch.bucketize(w.contiguous(), (centers[1:] + centers[:-1]) / 2)]

@@ -24,6 +24,7 @@ BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 LOWRANK_METHODS = ("svd", "whitened")
 PRUNE_METHODS = ("magnitude", "wanda")
 QUANT_METHODS = ("rtn", "gptq", "kmeans")
+DISTILL_LR = 1e-4
 CALIBRATED = {"whitened", "wanda", "gptq"}  # methods that need the calibration statistics
 
 
@@ -74,6 +75,9 @@ class Recipe:
         inverse input Hessian; same grid and bytes as rtn) or 'kmeans' (a per-layer codebook of
         2^bits shared values; granularity and group size do not apply).
     act_order: GPTQ only: quantize columns by decreasing input energy (static groups).
+    distill_steps: after compression, this many steps of knowledge distillation from the
+        uncompressed model on the calibration text (engine.distill); 0: none. Same bytes.
+    distill_lr: the learning rate of those steps (Adam).
     """
 
     rank: int | None = None
@@ -91,6 +95,8 @@ class Recipe:
     prune_method: str = "magnitude"
     quant_method: str = "rtn"
     act_order: bool = False
+    distill_steps: int = 0
+    distill_lr: float = DISTILL_LR
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank_ratio is not None:
@@ -137,6 +143,10 @@ class Recipe:
             raise RecipeError(f"act_order: must be true or false, got {self.act_order!r}")
         if self.act_order and self.quant_method != "gptq":
             raise RecipeError("act_order: only with quant_method gptq")
+        if _not_int(self.distill_steps) or not 0 <= self.distill_steps <= 100_000:
+            raise RecipeError(f"distill_steps: must be an integer from 0 to 100000, got {self.distill_steps!r}")
+        if _not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
+            raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
         if self.group not in GROUPS:
             raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
@@ -239,6 +249,8 @@ class Recipe:
             parts.append(f"layers ~ /{self.layers}/")
         if self.include_embeddings:
             parts.append("with embeddings")
+        if self.distill_steps:
+            parts.append(f"distilled {self.distill_steps} steps" + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
         return " · ".join(parts) or "uncompressed"
 
 

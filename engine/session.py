@@ -12,6 +12,7 @@ cached factorizations.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ import torch
 from . import calibrate, compare, methods, transforms
 from .calibrate import Calibration
 from .compress import CompressedMatrix, quantize_shaped, shape_matrix
+from .distill import Distillation, Trainable, distill
 from .evaluate import make_evaluator
 from .layers import LayerInfo, find_layers, install, weight_matrix
 from .memory import LayerBytes
@@ -124,6 +126,7 @@ class Applied:
     memory: MemoryReport
     seconds: float
     per_layer: dict | None = None  # layer -> its own recipe, for a plan
+    distillation: Distillation | None = None  # when the recipe distils
 
 
 def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -331,10 +334,13 @@ class Workspace:
         self.holders = install(self.model, explorer.layers)
         self.applied: Applied | None = None
         self._shaped: dict = {}  # layer -> compress.Shaped under the last recipe's structure
+        self._grids: dict = {}  # layer -> its stored matrices' grids under the last recipe
         self._structure: tuple | None = None
 
-    def apply(self, recipe: Recipe, factors=None, per_layer: dict[str, Recipe] | None = None) -> Applied:
-        """Fill every layer from the original weights under `recipe`. `per_layer` (name -> recipe)
+    def apply(self, recipe: Recipe, factors=None, per_layer: dict[str, Recipe] | None = None,
+              progress=None) -> Applied:
+        """Fill every layer from the original weights under `recipe`, then distil if the recipe
+        asks (see `distill`; `progress(step, steps, loss)`). `per_layer` (name -> recipe)
         gives some layers their own recipe (a plan; those layers are compressed whatever
         `recipe` selects). `factors(name, method)` overrides the SVD source (the benchmark
         passes one that recomputes, to time the naive way)."""
@@ -347,6 +353,7 @@ class Workspace:
         # layers shaped (low rank, pruned) as the last recipe shaped them only need quantizing
         reuse = cached_factors and self._structure == recipe.structure_key()
         shapes: dict = {}
+        self._grids = {}
         reports = []
         with torch.inference_mode():
             for info in ex.layers:
@@ -365,6 +372,7 @@ class Workspace:
                                           lambda n=info.name: ex.sorted_abs(n), h)
                 shapes[info.name] = shaped
                 cm: CompressedMatrix = quantize_shaped(info.name, info.shape, shaped, lr, h)
+                self._grids[info.name] = cm.grids
                 if len(cm.tensors) == 1:
                     self.holders[info.name].set(w=cm.tensors[0])
                 else:
@@ -381,8 +389,29 @@ class Workspace:
         order = {i.name: k for k, i in enumerate(ex.layers)}
         reports.sort(key=lambda r: order[r.info.name])
         self._shaped, self._structure = shapes, (recipe.structure_key() if cached_factors else None)
-        self.applied = Applied(recipe, MemoryReport(ex.total_params, tuple(reports)), time.perf_counter() - t0,
+        compressed = dataclasses.replace(recipe, distill_steps=0)
+        self.applied = Applied(compressed, MemoryReport(ex.total_params, tuple(reports)), time.perf_counter() - t0,
                                dict(per_layer))
+        if recipe.distill_steps:
+            self.distill(recipe.distill_steps, recipe.distill_lr, progress)
+        return self.applied
+
+    def distill(self, steps: int, lr: float, progress=None) -> Applied:
+        """Knowledge distillation of the applied, not yet distilled, recipe (engine.distill):
+        the compressed layers' stored values train to match the original model, on their
+        grids and masks, so the bytes do not change. The result is the applied recipe with
+        `distill_steps` and `distill_lr` set, and its Distillation report."""
+        applied = self.applied
+        if applied is None or applied.distillation is not None:
+            raise ValueError("distill: apply a recipe without distillation first")
+        per_layer = applied.per_layer or {}
+        parts = [Trainable(self.holders[name], self._shaped[name].mats, grids, self._shaped[name].keeps,
+                           per_layer.get(name, applied.recipe)) for name, grids in self._grids.items()]
+        ex = self.explorer
+        report = distill(self.model, ex.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
+        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)
+        self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
+                                           seconds=applied.seconds + report.seconds)
         return self.applied
 
     @torch.inference_mode()

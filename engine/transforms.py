@@ -184,16 +184,28 @@ def fake_quantize(
     """
     if bits >= 16:
         return w
+    return on_grid(w, *quant_grid(w, bits, granularity, group_size, symmetric), bits, granularity, group_size,
+                   symmetric)
+
+
+def quant_grid(w: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
+               symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The round-to-nearest grid of w: (scale, zero-point), one per group, in the order of
+    _grouped's rows (row-major: group j of row i is i * groups_per_row + j)."""
+    return quant_params(_grouped(w, granularity, group_size)[0], bits, symmetric)
+
+
+def on_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, granularity: str = "group",
+            group_size: int = 128, symmetric: bool = True) -> torch.Tensor:
+    """w rounded to a given grid (per-group scale and zero-point, as quant_grid gives them)
+    and dequantized: a value already on the grid stays exactly where it is."""
     rows, cols = w.shape
     g, pad = _grouped(w, granularity, group_size)
-    scale, zero = quant_params(g, bits, symmetric)
     scale, zero = scale[:, None], zero[:, None]
     if symmetric:
-        q = (g / scale).round().clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-        out = q * scale
+        out = (g / scale).round().clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * scale
     else:
-        q = ((g / scale).round() + zero).clamp(0, 2**bits - 1)
-        out = (q - zero) * scale
+        out = (((g / scale).round() + zero).clamp(0, 2**bits - 1) - zero) * scale
     if granularity == "group":
         out = out.reshape(rows, cols + pad)[:, :cols]
     return out.reshape(rows, cols)

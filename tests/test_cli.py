@@ -55,12 +55,12 @@ def test_run_minilm_json():
                              "symmetric": True, "sparsity": 0.5, "pattern": "unstructured",
                              "include_embeddings": False, "group": "all", "layers": None,
                              "lowrank_method": "svd", "prune_method": "magnitude", "quant_method": "rtn",
-                             "act_order": False}
+                             "act_order": False, "distill_steps": 0, "distill_lr": 1e-4}
     assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
 
 def test_run_smollm2_json():
-    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5")
+    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1")
     layers = check_shape(out, "causal-lm", ["perplexity", "kl_to_original", "top1_agreement"])
     assert len(layers) == 210
     assert "dequantized" in out["note"] and "4-bit" in out["note"]
@@ -71,6 +71,9 @@ def test_run_smollm2_json():
     assert 10 < base < 100  # a working 135M model on news text
     assert out["metrics"]["perplexity"] > base and out["metrics"]["kl_to_original"] > 0
     assert 0 <= out["metrics"]["top1_agreement"] < 1
+    d = out["distillation"]  # one step of KL distillation of the factors, reported beside the metrics before it
+    assert d["objective"].startswith("KL") and d["loss_first"] > 0 and len(d["loss"]) == 1
+    assert out["metrics"]["perplexity"] != d["metrics_before"]["perplexity"] > base
 
 
 def test_error_falls_as_bits_rise_on_smollm2():

@@ -21,6 +21,7 @@ ALL_OPTIONS = [
     Recipe(group="attention"),
     Recipe(group="mlp", layers="layers\\.0\\."),
     Recipe(rank_ratio=0.5, bits=4, group_size=64, symmetric=False, sparsity=0.3, include_embeddings=True, layers="q_proj"),
+    Recipe(bits=3, sparsity=0.5, distill_steps=20, distill_lr=3e-5),
 ]
 
 
@@ -57,6 +58,10 @@ def test_pattern_sets_sparsity():
     ({"symmetric": "yes"}, "symmetric"),
     ({"layers": "("}, "layers"),
     ({"group": "ffn"}, "group"),
+    ({"distill_steps": -1}, "distill_steps"),
+    ({"distill_steps": 2.0}, "distill_steps"),
+    ({"distill_lr": 0}, "distill_lr"),
+    ({"distill_lr": 2.0}, "distill_lr"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(RecipeError, match=rf"^{field}:"):
