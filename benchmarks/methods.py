@@ -6,6 +6,9 @@ workspace and scored with the full evaluation protocol; the compressed bytes of 
 factors of all compressible layers hold 80% of their parameters in all. The planner (engine
 plan, bits per layer type from 8, 6, 5, 4, 3, 2 by measured first-estimate loss) is given the
 size of uniform 3 bits and measured beside it ("apply s" is then the planner's whole run).
+Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored before and
+after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
+then the distillation's time).
 
     .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--json]
 """
@@ -51,7 +54,11 @@ def pairs(ex: Explorer) -> list[tuple[str, Recipe, list[Recipe]]]:
     ]
 
 
-def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True) -> dict:
+DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
+DISTILL_STEPS = 64  # two passes over the 128 calibration paragraphs, 4 per step
+
+
+def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True, with_distill: bool = True) -> dict:
     ex = Explorer.open(ref)
     work = ex.workspace()
     ev = ex.evaluator()
@@ -77,6 +84,14 @@ def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True) -> dict
         bits = ", ".join(f"{u['unit'].split('.')[-1]} {u['bits']}" for u in p["units"])
         rows.append({"setting": label, "recipe": f"planned per layer type: {bits}",
                      "bytes": p["plan"]["compressed_bytes"], "apply_s": seconds, **p["plan"]["metrics"]})
+    if with_distill:
+        label = f"distillation, {DISTILL_STEPS} steps"
+        applied = work.apply(DISTILL_RECIPE)
+        rows.append({"setting": label, "recipe": DISTILL_RECIPE.describe(), "bytes": applied.memory.compressed_bytes,
+                     "apply_s": applied.seconds, **work.evaluate()})
+        applied = work.distill(DISTILL_STEPS, DISTILL_RECIPE.distill_lr)
+        rows.append({"setting": label, "recipe": applied.recipe.describe(), "bytes": applied.memory.compressed_bytes,
+                     "apply_s": applied.distillation.seconds, **work.evaluate()})
     return {"model": ref, "note": ex.loaded.note, "primary": ev.primary, "baseline": ev.baseline(),
             "original_bytes": 2 * ex.total_params, "calibration": cal.to_dict(), "rows": rows}
 
@@ -84,10 +99,12 @@ def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True) -> dict
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
-    ap.add_argument("--only", choices=("pairs", "plan"), help="only the method pairs, or only the planner")
+    ap.add_argument("--only", choices=("pairs", "plan", "distill"),
+                    help="only the method pairs, only the planner, or only distillation")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    results = [run_model(m, args.only != "plan", args.only != "pairs") for m in args.models.split(",")]
+    parts = [args.only in (None, k) for k in ("pairs", "plan", "distill")]
+    results = [run_model(m, *parts) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -53,6 +53,9 @@ CONCEPTS = {
                     "stored as b-bit indices plus a codebook.",
     "act_order": "GPTQ only: round the columns with the largest inputs first, while the most columns remain to "
                  "absorb their error.",
+    "distillation": "Recovery after compression: the compressed layers' stored values are trained to make the "
+                    "model's outputs match the uncompressed model's on the calibration text, keeping every mask, "
+                    "rank and quantization grid, so the bytes do not change.",
     "calibration": "A small set of real text, separate from the evaluation text, run once through the model to "
                    "record each layer's input statistics for Wanda, whitened SVD and GPTQ.",
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",

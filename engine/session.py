@@ -408,7 +408,11 @@ class Workspace:
         parts = [Trainable(self.holders[name], self._shaped[name].mats, grids, self._shaped[name].keeps,
                            per_layer.get(name, applied.recipe)) for name, grids in self._grids.items()]
         ex = self.explorer
-        report = distill(self.model, ex.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
+        try:
+            report = distill(self.model, ex.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
+        except BaseException:  # stopped part-way: the holders match no recipe, so the next ensure re-applies
+            self.applied = None
+            raise
         recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)
         self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
                                            seconds=applied.seconds + report.seconds)

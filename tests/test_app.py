@@ -80,6 +80,21 @@ def test_explore_shows_memory_errors_and_quality_of_a_real_recipe():
     assert at.session_state["timings"]["memory"] < at.session_state["timings"]["full"]
 
 
+def test_distillation_runs_from_explore_and_reports_before_and_after():
+    at = ok(start(bits=3))
+    assert len(at.get("plotly_chart")) == 2 and not at.get("arrow_data_frame")[1:]
+    at.number_input(key="explore_distill_steps").set_value(3)
+    at.button(key="explore_distill").click()
+    ok(at.run())
+    assert len(at.get("plotly_chart")) == 3  # and the loss at each step
+    assert any(c.value.startswith("3 steps at learning rate 0.0001") and "Memory unchanged" in c.value
+               for c in at.caption)
+    table = at.dataframe[-1].value
+    row = table[table["metric"] == "cosine_to_original"].iloc[0]
+    assert row["baseline"] == 1 and row["distilled"] != row["compressed"]
+    assert recipe_caption(at) == "int3 g128"  # the sidebar's recipe, not distilled, is what the page shows
+
+
 def test_link_opens_the_same_view_and_bad_values_are_reported():
     at = ok(start(bits=3, group="64", sym="false", layers="mlp"))
     assert recipe_caption(at) == "int3 g64 asym · mlp layers only"

@@ -52,6 +52,14 @@ def layer_errors(layers: list[dict]) -> go.Figure:
     return _layout(fig, 320)
 
 
+def distill_loss(loss: list[float], objective: str) -> go.Figure:
+    """The distillation loss at every step (each step on its own calibration batch)."""
+    fig = go.Figure(go.Scatter(x=list(range(1, len(loss) + 1)), y=loss, mode="lines+markers",
+                               hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(xaxis_title="step", yaxis_title="loss", title=dict(text=objective, font=dict(size=13)))
+    return _layout(fig, 260)
+
+
 def spectrum(spec: dict) -> go.Figure:
     """Singular values (log scale) with the kept part, the current rank and the break-even rank
     (spec: engine Explorer.spectrum)."""

@@ -418,6 +418,26 @@ def quality_if_known(ctx: Context, recipe: Recipe | None = None) -> dict | None:
     return store().get((ctx.key, (recipe or ctx.recipe).to_json()), "full")
 
 
+def distilled(ctx: Context, steps: int, lr: float, run: bool) -> tuple[Recipe, dict | None]:
+    """The current recipe distilled `steps` steps at `lr`, and its result ({'distillation',
+    'full', 'memory'}) when known; with `run`, computes it first, with a progress bar."""
+    recipe = Recipe.from_dict({**ctx.recipe.to_dict(), "distill_steps": steps, "distill_lr": lr})
+    key = (ctx.key, recipe.to_json())
+    if run and store().get(key, "distillation") is None:
+        ctx.work.ensure(ctx.recipe)
+        bar = st.progress(0.0, text="Distillation")
+        applied = ctx.work.distill(steps, lr, progress=lambda k, n, loss: bar.progress(
+            k / n, text=f"Distillation: step {k}/{n}, loss {loss:.4f}"))
+        bar.empty()
+        with st.spinner("Scoring the distilled model (full protocol)…"):
+            store().put(key, "full", ctx.work.evaluate())
+            store().put(key, "memory", ctx.work.report())
+        store().put(key, "distillation", applied.distillation.to_dict())
+    if store().get(key, "distillation") is None:
+        return recipe, None
+    return recipe, {f: store().get(key, f) for f in ("distillation", "full", "memory")}
+
+
 def energy_grid(ctx: Context) -> dict:
     return _cached_model(ctx, "energy_grid", ctx.explorer.energy_grid)
 
