@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _model_args(p):
-    p.add_argument("model", help="alias (minilm, smollm2), local folder, or Hugging Face hub id")
+    p.add_argument("model", help="alias (minilm, smollm2), local folder, Hugging Face hub id, or (run) an export folder")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model's repository")
 
@@ -172,7 +172,17 @@ def cmd_inspect(args):
 
 
 def cmd_run(args):
-    recipe = _recipe_from(args)
+    from . import export
+
+    folder = args.model if export.is_export(args.model) else None
+    if folder:  # an export: its recipe and source model come from its manifest
+        if any(getattr(args, k, None) is not None for k in RECIPE_FLAGS) or args.recipe:
+            raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
+        manifest, _ = export.read(folder)
+        recipe = Recipe.from_dict(manifest["recipe"])
+        args.model = manifest["model"]["ref"]
+    else:
+        recipe = _recipe_from(args)
     text, name = _eval_text(args)
     ex = _open(args)
     work = ex.workspace()
@@ -181,8 +191,12 @@ def cmd_run(args):
     t0 = time.perf_counter()
     ev = ex.evaluator(text, name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
-    calibration = ex.calibration() if recipe.calibrated and ex.selected(recipe) else None
-    applied = work.apply(dataclasses.replace(recipe, distill_steps=0))
+    calibration = ex.calibration() if recipe.calibrated and ex.selected(recipe) and not folder else None
+    if folder:
+        applied = export.load_into(work, folder)
+        recipe = dataclasses.replace(recipe, distill_steps=0)  # distilled already: the values are in the files
+    else:
+        applied = work.apply(dataclasses.replace(recipe, distill_steps=0))
     if not ex.selected(recipe):
         logging.getLogger(__name__).warning("the recipe selects no layer: nothing was compressed")
     t0 = time.perf_counter()
@@ -201,11 +215,12 @@ def cmd_run(args):
     memory = work.report()
     out = {
         "model": args.model,
+        "export": str(folder) if folder else None,
         "source": ex.loaded.source,
         "kind": ex.kind,
         "device": str(ex.loaded.device),
         "note": ex.loaded.note,
-        "recipe": recipe.to_dict(),
+        "recipe": (manifest["recipe"] if folder else recipe.to_dict()),
         "metrics": {**metrics, "protocol": {**ev.protocol, "estimate_only": args.quick}},
         "baseline_metrics": ev.baseline(),
         "memory": memory,
@@ -253,6 +268,33 @@ def _print_run(out):
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
     if any(layer["factors_exceed_dense"] for layer in m["layers"]):
         print("! factors hold more values than the dense matrix at this rank (above break-even r(m+n) = mn)")
+
+
+def cmd_export(args):
+    from . import export
+
+    recipe = _recipe_from(args)
+    out_path = Path(args.out)
+    if not out_path.parent.is_dir():
+        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    ex = _open(args)
+    work = ex.workspace()
+    work.apply(dataclasses.replace(recipe, distill_steps=0))
+    if recipe.distill_steps:
+        bar, update = _progress_bar(f"distill {args.model}")
+        work.distill(recipe.distill_steps, recipe.distill_lr, progress=lambda k, n, loss: update(k, n, f"loss {loss:.4f}"))
+        bar.close()
+    manifest = export.write(work, out_path)
+    on_disk = sum(f["bytes"] for f in manifest["files"].values())
+    if args.json:
+        print(json.dumps({**manifest, "folder": str(out_path), "bytes_on_disk": on_disk}, indent=2))
+        return
+    print(f"wrote {out_path}: {recipe.describe()}")
+    print(f"  tensor data {manifest['tensor_bytes']:,} bytes (predicted {manifest['predicted_bytes']:,}), "
+          f"safetensors header {manifest['header_bytes']:,} bytes")
+    print("  files: " + ", ".join(f"{n} {f['bytes']:,}" for n, f in manifest["files"].items())
+          + f"; {on_disk:,} bytes in all, manifest.json aside")
+    print(f"  load it back: python -m engine run {out_path}")
 
 
 def cmd_sweep(args):
@@ -380,13 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
 
-    r = sub.add_parser("run", help="apply a recipe, evaluate, report")
+    r = sub.add_parser("run", help="apply a recipe (or load an export folder), evaluate, report")
     _model_args(r)
     _recipe_args(r)
     r.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
     r.add_argument("--quick", action="store_true", help="first estimate only (the small slice the app shows first)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("export", help="write the compressed model as it would be stored (packed), to reload with run")
+    _model_args(e)
+    _recipe_args(e)
+    e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    e.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    e.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("sweep", help="a grid of recipes, one CSV row per point")
     _model_args(s)

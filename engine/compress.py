@@ -17,7 +17,8 @@ Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,),
 @dataclass(frozen=True)
 class Grid:
     """Where the values of one stored matrix may lie: a uniform grid per group (scale and
-    zero-point, as transforms.quant_grid orders them), a codebook, or anywhere (16 bits)."""
+    zero-point, as transforms.quant_grid orders them), a codebook, or, with neither, the
+    fp16 numbers (a 16-bit value is stored as fp16)."""
 
     scale: torch.Tensor | None = None
     zero: torch.Tensor | None = None
@@ -28,7 +29,7 @@ class Grid:
         if self.codebook is not None:
             return on_codebook(w, self.codebook)
         if self.scale is None:
-            return w
+            return w.half().to(w.dtype)
         return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
                        recipe.symmetric)
 
@@ -121,8 +122,9 @@ def quantize_shaped(name: str, shape: tuple[int, int], shaped: Shaped, recipe: R
         elif method == "kmeans":
             results[k], codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
             grids[k] = Grid(codebook=codebook)
-        elif method == "rtn":
-            grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
+        else:
+            if method == "rtn":
+                grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
             results[k] = grids[k].snap(m, recipe)
     parts = tuple(tensor_bytes(m.shape[0], m.shape[1], kept, recipe.bits, recipe.granularity, recipe.group_size,
                                recipe.symmetric, recipe.nm, codebook=method == "kmeans")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .transforms import quant_grid, quant_params
+from .transforms import per_entry, quant_grid, quant_params
 
 # ---------------------------------------------------------------------------------------
 # Low rank: truncation-aware SVD on whitened inputs (SVD-LLM)
@@ -84,17 +84,6 @@ def _column_quantizer(bits: int, symmetric: bool):
     return q
 
 
-def _per_entry(grid, rows, cols, granularity, group_size):
-    """Per-group (scale, zero) in quant_grid's order -> per-entry (out, in) tensors."""
-    g, pad = (rows * cols, 0) if granularity == "tensor" else (cols, 0) if granularity == "channel" \
-        else (min(group_size, cols), (-cols) % min(group_size, cols))
-    out = []
-    for t in grid:
-        t = t[:, None].expand(-1, g)
-        out.append(t.reshape(rows, cols) if granularity == "tensor" else t.reshape(rows, cols + pad)[:, :cols].contiguous())
-    return out
-
-
 @torch.no_grad()
 def gptq_quantize(
     w: torch.Tensor, h: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
@@ -121,7 +110,7 @@ def gptq_quantize(
     static = act_order or granularity != "group"
     if static:
         grid = quant_grid(W, bits, granularity, group_size, symmetric)
-        scale, zero = _per_entry(grid, rows, cols, granularity, group_size)
+        scale, zero = per_entry(grid, rows, cols, granularity, group_size)
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
         scale, zero = scale[:, perm], zero[:, perm]

@@ -7,7 +7,9 @@
 
 The original model is never modified: a workspace deep-copies it once, installs holders in
 its compressible layers, and each `apply` refills them from the original weights and the
-cached factorizations.
+cached factorizations. The workspace computes with the values as they would be stored: what
+stays at 16 bits (norms, biases, layers left alone, unquantized factors) is rounded to fp16,
+so a compressed model's quality is that of what an export holds.
 """
 from __future__ import annotations
 
@@ -133,6 +135,30 @@ def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of the modules that shares every tensor with `model` (nothing may write to them)."""
     memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return copy.deepcopy(model, memo)
+
+
+def _round_to_fp16(model: torch.nn.Module) -> None:
+    """Give `model` its own copies of its parameters (norms, biases, position embeddings: all
+    but the compressible layers' weights, which live in holders) rounded to fp16, as they are
+    stored: the model then computes with exactly the values an export holds."""
+    copies: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if id(p) not in copies:
+                copies[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
+            setattr(module, pname, copies[id(p)])
+
+
+def memory_report(ex: "Explorer", reports: list[LayerReport]) -> MemoryReport:
+    """The memory report of a model from its layers' reports (a tied head, not among them,
+    is listed after its embedding, sharing its storage), in model order."""
+    reports = list(reports)
+    for info in ex.layers:
+        if info.tied_to is not None:
+            src = next(r for r in reports if r.info.name == info.tied_to)
+            reports.append(LayerReport(info, src.compressed, src.bytes, src.sparsity, src.bits, src.energy_kept))
+    order = {i.name: k for k, i in enumerate(ex.layers)}
+    return MemoryReport(ex.total_params, tuple(sorted(reports, key=lambda r: order[r.info.name])))
 
 
 class Explorer:
@@ -332,6 +358,7 @@ class Workspace:
         self.explorer = explorer
         self.model = _module_copy(explorer.loaded.model)
         self.holders = install(self.model, explorer.layers)
+        _round_to_fp16(self.model)
         self.applied: Applied | None = None
         self._shaped: dict = {}  # layer -> compress.Shaped under the last recipe's structure
         self._grids: dict = {}  # layer -> its stored matrices' grids under the last recipe
@@ -361,7 +388,7 @@ class Workspace:
                     continue
                 w = ex.weight(info.name)
                 if info.name not in chosen:
-                    self.holders[info.name].set(w=w)
+                    self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
                     reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
                     continue
                 lr = per_layer.get(info.name, recipe)
@@ -381,17 +408,9 @@ class Workspace:
                 if cm.bytes.rank is not None:
                     energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], cm.bytes.rank)
                 reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, lr.bits, energy))
-        # a tied head is listed after its embedding, sharing its storage
-        for info in ex.layers:
-            if info.tied_to is not None:
-                src = next(r for r in reports if r.info.name == info.tied_to)
-                reports.append(LayerReport(info, src.compressed, src.bytes, src.sparsity, src.bits, src.energy_kept))
-        order = {i.name: k for k, i in enumerate(ex.layers)}
-        reports.sort(key=lambda r: order[r.info.name])
         self._shaped, self._structure = shapes, (recipe.structure_key() if cached_factors else None)
         compressed = dataclasses.replace(recipe, distill_steps=0)
-        self.applied = Applied(compressed, MemoryReport(ex.total_params, tuple(reports)), time.perf_counter() - t0,
-                               dict(per_layer))
+        self.applied = Applied(compressed, memory_report(ex, reports), time.perf_counter() - t0, dict(per_layer))
         if recipe.distill_steps:
             self.distill(recipe.distill_steps, recipe.distill_lr, progress)
         return self.applied
@@ -417,6 +436,10 @@ class Workspace:
         self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
                                            seconds=applied.seconds + report.seconds)
         return self.applied
+
+    def forget_shapes(self) -> None:
+        """Drop what the last apply kept for reuse (the holders were filled another way)."""
+        self._shaped, self._grids, self._structure = {}, {}, None
 
     @torch.inference_mode()
     def layer_errors(self) -> list[dict]:

@@ -195,6 +195,18 @@ def quant_grid(w: torch.Tensor, bits: int, granularity: str = "group", group_siz
     return quant_params(_grouped(w, granularity, group_size)[0], bits, symmetric)
 
 
+def per_entry(grid: tuple[torch.Tensor, ...], rows: int, cols: int, granularity: str = "group",
+              group_size: int = 128) -> list[torch.Tensor]:
+    """Per-group tensors in quant_grid's order (scale, zero-point) -> per-entry (rows, cols) ones."""
+    if granularity == "tensor":
+        return [t.reshape(1, 1).expand(rows, cols) for t in grid]
+    if granularity == "channel":
+        return [t[:, None].expand(rows, cols) for t in grid]
+    g = min(group_size, cols)
+    pad = (-cols) % g
+    return [t[:, None].expand(-1, g).reshape(rows, cols + pad)[:, :cols].contiguous() for t in grid]
+
+
 def on_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, granularity: str = "group",
             group_size: int = 128, symmetric: bool = True) -> torch.Tensor:
     """w rounded to a given grid (per-group scale and zero-point, as quant_grid gives them)

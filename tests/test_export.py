@@ -1,0 +1,153 @@
+"""Packed export and reload: exact bytes, identical values and metrics, atomic writes, bad files refused."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine import export
+from engine.compress import compress_matrix, quantize_shaped, shape_matrix
+from engine.errors import UserError
+from engine.recipe import Recipe
+from engine.session import Explorer
+from engine.transforms import svd
+
+from test_cli import ROOT, engine, run_json
+
+
+def _compressed(recipe, shape=(24, 40), seed=0):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    shaped = shape_matrix(w, recipe, lambda: svd(w))
+    return shaped, quantize_shaped("m", shape, shaped, recipe)
+
+
+FORMATS = [
+    (Recipe(bits=b), "dense") for b in (2, 3, 4, 5, 6, 7, 8)
+] + [
+    (Recipe(bits=3, symmetric=False, group_size=16), "dense"),
+    (Recipe(bits=4, granularity="channel", sparsity=0.5), "bitmask"),
+    (Recipe(bits=5, granularity="tensor", sparsity=0.99), "csr"),
+    (Recipe(bits=3, pattern="2:4", symmetric=False), "N:M"),
+    (Recipe(bits=7, pattern="1:8", group_size=8), "N:M"),
+    (Recipe(bits=3, quant_method="kmeans", sparsity=0.6), "bitmask"),
+    (Recipe(bits=2, quant_method="kmeans"), "dense"),
+    (Recipe(sparsity=0.99), "csr"),
+    (Recipe(rank=6, bits=4, group_size=8, sparsity=0.5), "bitmask"),
+]
+
+
+@pytest.mark.parametrize("recipe, fmt", FORMATS, ids=lambda x: x.describe() if isinstance(x, Recipe) else x)
+def test_each_format_decodes_to_exactly_the_compressed_values_in_the_predicted_bytes(recipe, fmt):
+    # 42: groups and N:M groups that do not divide the row; CSR wins only on long, very sparse rows
+    shaped, cm = _compressed(recipe, shape=(4, 3000) if fmt == "csr" else (24, 42))
+    kmeans = recipe.quant_method == "kmeans"
+    for m, keep, grid, part in zip(cm.tensors, shaped.keeps, cm.grids, cm.bytes.parts):
+        forced = part.format if fmt != "N:M" else f"{recipe.nm[0]}:{recipe.nm[1]}"
+        if fmt != "N:M":
+            assert part.format == fmt  # the memory count chose this format
+        t = export.encode_matrix(m, keep, grid, recipe, forced, kmeans)
+        written = sum(x.numel() * x.element_size() for x in t.values())
+        if forced == part.format:
+            assert written == part.total
+        kept = m.numel() if keep is None else int(keep.sum())
+        assert torch.equal(export.decode_matrix(t, tuple(m.shape), kept, recipe, forced, kmeans), m)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    ex = Explorer.open("minilm", device="cpu")
+    return ex, ex.workspace()
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe(rank_ratio=0.4, bits=4, sparsity=0.5, include_embeddings=True),
+    Recipe(bits=3, symmetric=False, pattern="2:4", quant_method="gptq", distill_steps=1),
+    Recipe(bits=3, quant_method="kmeans", sparsity=0.9, layers=r"layer\.[0-2]\."),
+], ids=["low rank+int4+50%+embeddings", "gptq asym 2:4 distilled", "kmeans 90% some layers"])
+def test_export_reloads_with_identical_metrics_and_exact_bytes(minilm, tmp_path, recipe):
+    ex, work = minilm
+    work.apply(recipe)
+    before = work.evaluate()
+    manifest = export.write(work, tmp_path / "out")
+    assert manifest["tensor_bytes"] == manifest["predicted_bytes"] == work.applied.memory.compressed_bytes
+    size = (tmp_path / "out" / "model.safetensors").stat().st_size
+    assert size == manifest["tensor_bytes"] + manifest["header_bytes"] and 0 < manifest["header_bytes"] < 64 * 1024
+    again = ex.workspace()
+    applied = export.load_into(again, tmp_path / "out")
+    assert applied.memory.compressed_bytes == manifest["predicted_bytes"] and applied.recipe == recipe
+    after = again.evaluate()
+    assert after == pytest.approx(before, rel=1e-6)
+    for name in list(work.holders)[:6]:
+        assert torch.equal(work.holders[name].matrix(), again.holders[name].matrix())
+
+
+def test_cli_export_then_run_the_folder(tmp_path):
+    out = tmp_path / "int4"
+    p = engine("export", "minilm", "--bits", "4", "--sparsity", "0.5", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "(predicted " in p.stdout
+    loaded = run_json(str(out), "--quick")
+    direct = run_json("minilm", "--bits", "4", "--sparsity", "0.5", "--quick")
+    assert loaded["export"] == str(out) and loaded["memory"]["compressed_bytes"] == direct["memory"]["compressed_bytes"]
+    assert loaded["metrics"]["cosine_to_original"] == pytest.approx(direct["metrics"]["cosine_to_original"], rel=1e-6)
+    p = engine("run", str(out), "--bits", "3")
+    assert p.returncode == 2 and "do not apply to an export" in p.stderr
+
+
+def test_corrupt_truncated_or_missing_files_are_refused_by_name(minilm, tmp_path):
+    _, work = minilm
+    work.apply(Recipe(bits=4))
+    folder = tmp_path / "e"
+    export.write(work, folder)
+    data = folder / "model.safetensors"
+    good = data.read_bytes()
+    raw = bytearray(good)
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="model.safetensors is corrupt"):
+        export.read(folder)
+    data.write_bytes(bytes(raw[: len(raw) // 3]))
+    with pytest.raises(UserError, match="model.safetensors has .* bytes.*truncated"):
+        export.read(folder)
+    data.write_bytes(good)
+    export.read(folder)  # whole again
+    (folder / "recipe.json").unlink()
+    with pytest.raises(UserError, match="recipe.json is missing"):
+        export.read(folder)
+    (folder / "manifest.json").write_text("{", encoding="utf-8")
+    with pytest.raises(UserError, match="manifest.json is missing or not an export manifest"):
+        export.read(folder)
+    p = engine("run", str(folder))
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "manifest.json" in p.stderr
+
+
+def test_a_folder_that_is_not_an_export_is_never_overwritten(minilm, tmp_path):
+    _, work = minilm
+    work.apply(Recipe(bits=8))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(UserError, match="exists and is not an export"):
+        export.write(work, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_whole(tmp_path):
+    out = tmp_path / "model"
+    p = engine("export", "minilm", "--bits", "8", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    first = export.read(out)[0]
+    # a second export of the same name, killed while it writes
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "export", "minilm", "--bits", "2", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(n.startswith(".model.partial") for n in os.listdir(tmp_path)):
+        time.sleep(0.005)
+    assert proc.poll() is None, "the writer ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest, _ = export.read(out)  # still the first export, every file checked
+    assert manifest == first and manifest["recipe"]["bits"] == 8
+    assert [n for n in os.listdir(tmp_path) if not n.startswith(".")] == ["model"]
