@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import export
-from engine.compress import compress_matrix, quantize_shaped, shape_matrix
+from engine.compress import quantize_shaped, shape_matrix
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.session import Explorer
