@@ -388,7 +388,8 @@ class Workspace:
                     continue
                 w = ex.weight(info.name)
                 if info.name not in chosen:
-                    self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
+                    with torch.inference_mode(False):  # a normal tensor: distillation runs autograd through it
+                        self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
                     reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
                     continue
                 lr = per_layer.get(info.name, recipe)
