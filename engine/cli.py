@@ -204,10 +204,7 @@ def cmd_run(args):
     evaluate_s = time.perf_counter() - t0
     distillation = None
     if recipe.distill_steps and ex.selected(recipe):
-        bar, update = _progress_bar(f"distill {args.model}")
-        applied = work.distill(recipe.distill_steps, recipe.distill_lr,
-                               progress=lambda k, n, loss: update(k, n, f"loss {loss:.4f}"))
-        bar.close()
+        applied = _distill(work, recipe, args.model)
         distillation = {**applied.distillation.to_dict(), "metrics_before": metrics}
         t0 = time.perf_counter()
         metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
@@ -274,16 +271,12 @@ def cmd_export(args):
     from . import export
 
     recipe = _recipe_from(args)
-    out_path = Path(args.out)
-    if not out_path.parent.is_dir():
-        raise UserError(f"--out: folder {str(out_path.parent)!r} does not exist")
+    out_path = _out_path(args.out)
     ex = _open(args)
     work = ex.workspace()
     work.apply(dataclasses.replace(recipe, distill_steps=0))
     if recipe.distill_steps:
-        bar, update = _progress_bar(f"distill {args.model}")
-        work.distill(recipe.distill_steps, recipe.distill_lr, progress=lambda k, n, loss: update(k, n, f"loss {loss:.4f}"))
-        bar.close()
+        _distill(work, recipe, args.model)
     manifest = export.write(work, out_path)
     on_disk = sum(f["bytes"] for f in manifest["files"].values())
     if args.json:
@@ -355,6 +348,15 @@ def _progress_bar(total_desc):
         bar.update(k - bar.n)
 
     return bar, update
+
+
+def _distill(work, recipe: Recipe, model: str):
+    """The recipe's distillation of the workspace's applied recipe, with a progress bar."""
+    bar, update = _progress_bar(f"distill {model}")
+    applied = work.distill(recipe.distill_steps, recipe.distill_lr,
+                           progress=lambda k, n, loss: update(k, n, f"loss {loss:.4f}"))
+    bar.close()
+    return applied
 
 
 def cmd_sensitivity(args):

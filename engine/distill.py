@@ -99,7 +99,7 @@ def distill(student, teacher, tokenizer, kind: str, parts: list[Trainable], step
     parts = [Trainable(t.holder, t.unquantized, tuple(Grid(*(_copy(x) for x in (g.scale, g.zero, g.codebook)))
                                                       for g in t.grids),
                        tuple(_copy(k) for k in t.keeps), t.recipe) for t in parts]
-    params = [[_start(q, u, g, t.recipe) for q, u, g in zip(_stored(t.holder), t.unquantized, t.grids)]
+    params = [[_start(q, u, g, t.recipe) for q, u, g in zip(t.holder.tensors(), t.unquantized, t.grids)]
               for t in parts]
     flat = [p for ps in params for p in ps]
     opt = torch.optim.Adam(flat, lr=lr)
@@ -109,7 +109,7 @@ def distill(student, teacher, tokenizer, kind: str, parts: list[Trainable], step
             qs = [_quantized(p, g, k, t.recipe) for p, g, k in zip(ps, t.grids, t.keeps)]
             if not train:
                 qs = [q.detach() for q in qs]
-            t.holder.set(w=qs[0]) if len(qs) == 1 else t.holder.set(a=qs[0], b=qs[1])
+            t.holder.fill(qs)
 
     losses, tokens = [], []
     try:
@@ -133,10 +133,6 @@ def distill(student, teacher, tokenizer, kind: str, parts: list[Trainable], step
             fill(train=False)
     return Distillation(steps, lr, BATCH, OBJECTIVES[kind], f"calibration text: {SOURCE}", tokens, losses,
                         time.perf_counter() - t0)
-
-
-def _stored(holder: Stored) -> list[torch.Tensor]:
-    return [holder.w] if holder.a is None else [holder.a, holder.b]
 
 
 def _copy(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from . import pack
+from .methods import codebook_index
 from .errors import UserError
 from .transforms import per_entry
 
@@ -57,7 +58,7 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
         out["values"] = flat.half()
     elif kmeans:
         book = grid.codebook.float().cpu()
-        idx = torch.bucketize(flat.contiguous(), (book[1:] + book[:-1]) / 2)
+        idx = codebook_index(flat, book)
         out["values"] = pack.pack_bits(idx, bits)
         out["codebook"] = torch.cat([book, book[-1:].expand(2**bits - book.numel())]).half()
     else:
@@ -172,7 +173,7 @@ def write(work, out: str | os.PathLike) -> dict:
             continue
         recipe = per_layer.get(info.name, applied.recipe)
         kmeans = recipe.quant_method == "kmeans" and recipe.bits < 16
-        mats = [holder.w] if holder.a is None else [holder.a, holder.b]
+        mats = holder.tensors()
         shaped = work._shaped[info.name]
         parts = []
         for k, (m, part) in enumerate(zip(mats, report.bytes.parts)):
@@ -293,7 +294,7 @@ def load_into(work, folder: str | os.PathLike):
                 prefix = f"{info.name}/{p['matrix']}."
                 t = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 mats.append(decode_matrix(t, tuple(p["shape"]), p["kept"], recipe, p["format"], kmeans))
-            holder.set(w=mats[0]) if len(mats) == 1 else holder.set(a=mats[0], b=mats[1])
+            holder.fill(mats)
             parts = tuple(TensorBytes(p["values"], p["scales"], p["index"], p["format"]) for p in layer["parts"])
             stored = sum(math.prod(p["shape"]) for p in layer["parts"])
             zeros = stored - sum(p["kept"] for p in layer["parts"])

@@ -92,6 +92,14 @@ class Stored(nn.Module):
     def set(self, w: torch.Tensor | None = None, a: torch.Tensor | None = None, b: torch.Tensor | None = None):
         self.w, self.a, self.b = w, a, b
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What is stored: (W,) or (A, B)."""
+        return (self.w,) if self.a is None else (self.a, self.b)
+
+    def fill(self, tensors) -> None:
+        """Store (W,) or (A, B)."""
+        self.set(w=tensors[0]) if len(tensors) == 1 else self.set(a=tensors[0], b=tensors[1])
+
     def matrix(self) -> torch.Tensor:
         return self.w if self.a is None else self.a @ self.b  # (out, r) @ (r, in)
 

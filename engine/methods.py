@@ -193,6 +193,11 @@ def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None
     return (out.view_as(w), centers.to(w.dtype)) if return_codebook else out.view_as(w)
 
 
+def codebook_index(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """For every value of w, the index of the nearest of `centers` (ascending)."""
+    return torch.bucketize(w.contiguous(), (centers[1:] + centers[:-1]) / 2)
+
+
 def on_codebook(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """Every value of w replaced by the nearest of `centers` (ascending)."""
-    return centers[torch.bucketize(w.contiguous(), (centers[1:] + centers[:-1]) / 2)]
+    return centers[codebook_index(w, centers)]

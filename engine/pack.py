@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK = 1 << 20  # values per pass, so packing a large matrix needs only a bounded buffer
+CHUNK = 1 << 20  # values per pass (a multiple of 8, so each pass fills whole bytes): a bounded buffer
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -24,11 +24,10 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if codes.numel() and (codes.min() < 0 or codes.max() >= 1 << bits):
         raise ValueError(f"pack_bits: values outside [0, {1 << bits}) for {bits} bits")
     out = torch.zeros(packed_size(codes.numel(), bits), dtype=torch.uint8)
-    step = CHUNK - CHUNK % 8  # a multiple of 8 values always fills whole bytes
     shifts = torch.arange(bits)
     weights = 1 << torch.arange(8)
-    for start in range(0, codes.numel(), step):
-        part = codes[start:start + step].cpu()
+    for start in range(0, codes.numel(), CHUNK):
+        part = codes[start:start + CHUNK].cpu()
         stream = ((part[:, None] >> shifts) & 1).flatten()  # (n * bits,) bits
         stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8))
         packed = (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
@@ -43,10 +42,9 @@ def unpack_bits(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         raise ValueError(f"unpack_bits: {data.numel()} bytes, expected {packed_size(count, bits)} "
                          f"for {count} values of {bits} bits")
     out = torch.empty(count, dtype=torch.int64)
-    step = CHUNK - CHUNK % 8
     shifts = torch.arange(bits)
-    for start in range(0, count, step):
-        n = min(step, count - start)
+    for start in range(0, count, CHUNK):
+        n = min(CHUNK, count - start)
         first = start * bits // 8
         raw = data[first:first + packed_size(n, bits)].to(torch.int64)
         stream = ((raw[:, None] >> torch.arange(8)) & 1).flatten()[: n * bits].view(n, bits)

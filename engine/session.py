@@ -401,10 +401,7 @@ class Workspace:
                 shapes[info.name] = shaped
                 cm: CompressedMatrix = quantize_shaped(info.name, info.shape, shaped, lr, h)
                 self._grids[info.name] = cm.grids
-                if len(cm.tensors) == 1:
-                    self.holders[info.name].set(w=cm.tensors[0])
-                else:
-                    self.holders[info.name].set(a=cm.tensors[0], b=cm.tensors[1])
+                self.holders[info.name].fill(cm.tensors)
                 energy = None
                 if cm.bytes.rank is not None:
                     energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], cm.bytes.rank)
