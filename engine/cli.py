@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import sweep
+from . import cli_fit, sweep
 from .errors import UserError
 from .plan import UNITS
 from .recipe import Recipe, RecipeError
@@ -465,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="also write the plan as JSON to this file")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
+
+    cli_fit.add_parser(sub, _recipe_args, _recipe_from)
 
     b = sub.add_parser("bench", help="time load, factorize, apply and evaluate against the naive way")
     b.add_argument("--models", default="minilm,smollm2")

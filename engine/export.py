@@ -262,9 +262,9 @@ def load_into(work, folder: str | os.PathLike):
     """Fill a workspace (of the export's source model) from an export instead of applying a
     recipe: every layer and parameter takes the values decoded from the files. Returns the
     workspace's new Applied, whose memory report is the manifest's byte counts."""
-    from .memory import LayerBytes, TensorBytes
+    from .memory import LayerBytes, LayerReport, TensorBytes, memory_report
     from .recipe import Recipe
-    from .session import Applied, LayerReport, memory_report
+    from .session import Applied
 
     t0 = time.perf_counter()
     manifest, tensors = read(folder)
@@ -283,7 +283,7 @@ def load_into(work, folder: str | os.PathLike):
             layer = layers.get(info.name)
             if layer is None:
                 holder.set(w=tensors[f"{info.name}/weight"].float())
-                reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
+                reports.append(LayerReport.left_alone(info))
                 continue
             recipe = Recipe.from_dict(layer["recipe"])
             if recipe != top:
@@ -303,5 +303,5 @@ def load_into(work, folder: str | os.PathLike):
         for name, p in work.model.named_parameters():
             p.copy_(tensors[f"param/{name}"].to(p.dtype))
     work.forget_shapes()
-    work.applied = Applied(top, memory_report(ex, reports), time.perf_counter() - t0, per_layer)
+    work.applied = Applied(top, memory_report(ex.layers, ex.total_params, reports), time.perf_counter() - t0, per_layer)
     return work.applied

@@ -77,6 +77,16 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
     return found
 
 
+def select(layers: list[LayerInfo], recipe) -> list[LayerInfo]:
+    """The layers a recipe compresses: those its group and name pattern select, embeddings and
+    head only when it includes them, and never a tied head (it follows its embedding)."""
+    return [
+        i for i in layers
+        if i.tied_to is None and recipe.selects(i.name, i.group)
+        and (recipe.include_embeddings or i.role not in ("embedding", "head"))
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # The compressed stand-ins
 # ---------------------------------------------------------------------------------------

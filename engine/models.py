@@ -196,13 +196,23 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -> Loaded:
-    """Load a model by alias, local folder or hub id, in fp32 on the chosen device."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "classifier": "AutoModelForSequenceClassification",
+                "encoder": "AutoModel"}
 
-    dev = pick_device(device)
-    t0 = time.perf_counter()
+
+def auto_class(kind: str):
+    """The transformers Auto class that builds a model of this kind."""
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[kind])
+
+
+def open_config(ref: str, trust_remote_code: bool = False) -> tuple[object, str, str | None, dict]:
+    """The config of an alias, local folder or hub id: (config, source, note, keyword
+    arguments for from_pretrained). A hub id is read from the local Hugging Face cache when it
+    is there; only then is the network tried."""
+    from transformers import AutoConfig
+
     source, note, is_hub = resolve(ref)
     kw = {"trust_remote_code": trust_remote_code}
     if is_hub:  # try the local hub cache first; only then go to the network
@@ -216,20 +226,52 @@ def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -
                     f"cannot load {ref!r}: it is not an alias or a local folder, it is not in the "
                     "Hugging Face cache, and the Hub cannot be reached (no network?)"
                 ) from None
+    return read_config(source, ref, **kw), source, note, kw
+
+
+def read_config(source: str, ref: str, **kw):
+    """AutoConfig.from_pretrained; a config it cannot read (not JSON, a field of the wrong
+    type, an unknown model type) is a one-line UserError."""
+    from transformers import AutoConfig
+
     try:
         with _quiet():
-            config = AutoConfig.from_pretrained(source, **kw)
-            kind = kind_of(config)
-            auto = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
-            model = auto.from_pretrained(source, dtype=torch.float32, **kw)
-            tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+            return AutoConfig.from_pretrained(source, **kw)
+    except Exception as e:  # noqa: BLE001 -- any failure here is the user's file
+        raise UserError(f"cannot read the config of {ref!r}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message on one line (at most 300 characters)."""
+    text = " ".join(str(e).split())
+    return (text[:297] + "...") if len(text) > 300 else (text or type(e).__name__)
+
+
+def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    """Load a model by alias, local folder or hub id, in fp32 on the chosen device."""
+    from transformers import AutoTokenizer
+
+    dev = pick_device(device)
+    t0 = time.perf_counter()
+    config, source, note, kw = open_config(ref, trust_remote_code)
+    kind = kind_of(config)
+    with _loading(ref):
+        model = auto_class(kind).from_pretrained(source, dtype=torch.float32, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    model.eval().requires_grad_(False).to(dev)
+    return Loaded(ref, source, kind, model, tokenizer, dev, note, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _loading(ref: str):
+    """Quiet, and a failure to read the model's files as a one-line UserError."""
+    try:
+        with _quiet():
+            yield
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {ref!r}: {first}") from None
-    model.eval().requires_grad_(False).to(dev)
-    return Loaded(ref, source, kind, model, tokenizer, dev, note, time.perf_counter() - t0)
+        raise UserError(f"cannot load {ref!r}: {_first_line(e)}") from None
 
 
 @contextlib.contextmanager

@@ -27,99 +27,10 @@ from .calibrate import Calibration
 from .compress import CompressedMatrix, quantize_shaped, shape_matrix
 from .distill import Distillation, Trainable, distill
 from .evaluate import make_evaluator
-from .layers import LayerInfo, find_layers, install, weight_matrix
-from .memory import LayerBytes
+from .layers import LayerInfo, find_layers, install, select, weight_matrix
+from .memory import LayerReport, MemoryReport, memory_report
 from .models import Loaded, load
 from .recipe import Recipe
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    info: LayerInfo
-    compressed: bool
-    bytes: LayerBytes
-    sparsity: float
-    bits: int
-    energy_kept: float | None  # fraction of squared singular values kept, for factorized layers
-
-    def to_dict(self) -> dict:
-        b = self.bytes
-        tied = self.info.tied_to is not None
-        return {
-            "name": self.info.name,
-            "shape": list(self.info.shape),
-            "role": self.info.role,
-            "group": self.info.group,
-            "tied_to": self.info.tied_to,
-            "compressed": self.compressed,
-            "original_bytes": 0 if tied else b.original_bytes,
-            "compressed_bytes": 0 if tied else (b.compressed_bytes if self.compressed else b.original_bytes),
-            "format": ("tied (stored with " + self.info.tied_to + ")") if tied
-            else (b.format if self.compressed else "fp16 (left alone)"),
-            "rank": b.rank,
-            "factors_exceed_dense": b.factors_exceed_dense,
-            "energy_kept": self.energy_kept,
-            "sparsity": self.sparsity,
-            "bits": self.bits,
-            "components": {
-                "values": sum(p.values for p in b.parts),
-                "scales": sum(p.scales for p in b.parts),
-                "index": sum(p.index for p in b.parts),
-            } if self.compressed and not tied else None,
-        }
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    total_params: int
-    layers: tuple[LayerReport, ...]
-
-    @property
-    def original_bytes(self) -> int:
-        return 2 * self.total_params
-
-    @property
-    def original_bytes_fp32(self) -> int:
-        return 4 * self.total_params
-
-    @property
-    def untouched_params(self) -> int:
-        return self.total_params - sum(
-            r.info.params for r in self.layers if r.compressed and r.info.tied_to is None
-        )
-
-    @property
-    def compressed_bytes(self) -> int:
-        return 2 * self.untouched_params + sum(
-            r.bytes.compressed_bytes for r in self.layers if r.compressed and r.info.tied_to is None
-        )
-
-    @property
-    def ratio(self) -> float:
-        return self.compressed_bytes / self.original_bytes
-
-    def components(self) -> dict:
-        """Bytes by kind, for a stacked bar: values (of dense and factored layers), scales and
-        zero-points, masks and indices, and untouched parameters at 16 bits."""
-        comp = {"values": 0, "factor_values": 0, "scales": 0, "index": 0, "untouched": 2 * self.untouched_params}
-        for r in self.layers:
-            if r.compressed and r.info.tied_to is None:
-                for p in r.bytes.parts:
-                    comp["factor_values" if r.bytes.rank is not None else "values"] += p.values
-                    comp["scales"] += p.scales
-                    comp["index"] += p.index
-        return comp
-
-    def to_dict(self) -> dict:
-        return {
-            "original_bytes": self.original_bytes,
-            "original_bytes_fp32": self.original_bytes_fp32,
-            "compressed_bytes": self.compressed_bytes,
-            "ratio": self.ratio,
-            "untouched_params": self.untouched_params,
-            "components": self.components(),
-            "layers": [r.to_dict() for r in self.layers],
-        }
 
 
 @dataclass(frozen=True)
@@ -147,18 +58,6 @@ def _round_to_fp16(model: torch.nn.Module) -> None:
             if id(p) not in copies:
                 copies[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
             setattr(module, pname, copies[id(p)])
-
-
-def memory_report(ex: "Explorer", reports: list[LayerReport]) -> MemoryReport:
-    """The memory report of a model from its layers' reports (a tied head, not among them,
-    is listed after its embedding, sharing its storage), in model order."""
-    reports = list(reports)
-    for info in ex.layers:
-        if info.tied_to is not None:
-            src = next(r for r in reports if r.info.name == info.tied_to)
-            reports.append(LayerReport(info, src.compressed, src.bytes, src.sparsity, src.bits, src.energy_kept))
-    order = {i.name: k for k, i in enumerate(ex.layers)}
-    return MemoryReport(ex.total_params, tuple(sorted(reports, key=lambda r: order[r.info.name])))
 
 
 class Explorer:
@@ -194,11 +93,7 @@ class Explorer:
 
     def selected(self, recipe: Recipe) -> list[LayerInfo]:
         """Layers the recipe compresses (a tied head follows its embedding)."""
-        return [
-            i for i in self.layers
-            if i.tied_to is None and recipe.selects(i.name, i.group)
-            and (recipe.include_embeddings or i.role not in ("embedding", "head"))
-        ]
+        return select(self.layers, recipe)
 
     # -- factorizations and spectra -------------------------------------------------------
     def factors(self, name: str, method: str = "svd"):
@@ -390,7 +285,7 @@ class Workspace:
                 if info.name not in chosen:
                     with torch.inference_mode(False):  # a normal tensor: distillation runs autograd through it
                         self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
-                    reports.append(LayerReport(info, False, LayerBytes(info.name, info.shape, None, ()), 0.0, 16, None))
+                    reports.append(LayerReport.left_alone(info))
                     continue
                 lr = per_layer.get(info.name, recipe)
                 h = ex.hessian(info.name) if lr.calibrated else None
@@ -408,7 +303,7 @@ class Workspace:
                 reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, lr.bits, energy))
         self._shaped, self._structure = shapes, (recipe.structure_key() if cached_factors else None)
         compressed = dataclasses.replace(recipe, distill_steps=0)
-        self.applied = Applied(compressed, memory_report(ex, reports), time.perf_counter() - t0, dict(per_layer))
+        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports), time.perf_counter() - t0, dict(per_layer))
         if recipe.distill_steps:
             self.distill(recipe.distill_steps, recipe.distill_lr, progress)
         return self.applied

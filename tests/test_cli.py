@@ -77,6 +77,7 @@ def test_run_smollm2_json():
 
 
 def test_error_falls_as_bits_rise_on_smollm2():
+    from engine import footprint
     from engine.recipe import Recipe
     from engine.session import Explorer
 
@@ -93,6 +94,10 @@ def test_error_falls_as_bits_rise_on_smollm2():
     work.apply(Recipe(bits=8))
     e8 = [e["relative_error"] for e in work.layer_errors()]
     assert all(a > b > 0 for a, b in zip(e4, e8))
+    # planning from the config alone counts the same parameters and bytes
+    sk = footprint.open_skeleton("smollm2")
+    assert sk.total_params == work.explorer.total_params and sk.layers == work.explorer.layers
+    assert footprint.predict(sk, Recipe(bits=8)).to_dict() == work.applied.memory.to_dict()
 
 
 def test_sweep_writes_one_row_per_point(tmp_path):
