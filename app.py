@@ -16,11 +16,13 @@ pages = [
     st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/sensitivity.py", title="Sensitivity and plan", icon=":material/grid_view:"),
+    st.Page("views/fit.py", title="Will it fit?", icon=":material/memory:"),
 ]
 page = st.navigation(pages)
 ref, device, recipe = state.sidebar()
 st.session_state["_ctx"] = None
-if recipe is not None:
+st.session_state["_recipe"] = recipe
+if recipe is not None and page.title != "Will it fit?":  # planned from configs: no weights loaded
     ctx = st.session_state["_ctx"] = state.open_context(ref, device, recipe)
     if ctx is not None and ctx.explorer.loaded.note:
         st.info(f"Note: {ctx.explorer.loaded.note}.")

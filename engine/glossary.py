@@ -58,6 +58,8 @@ CONCEPTS = {
                     "rank and quantization grid, so the bytes do not change.",
     "calibration": "A small set of real text, separate from the evaluation text, run once through the model to "
                    "record each layer's input statistics for Wanda, whitened SVD and GPTQ.",
+    "kv_cache": "The keys and values of every past token, kept per layer so generation does not recompute them: "
+                "2 x layers x kv heads x head dim x bytes per token, growing with batch and context.",
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
 }
 

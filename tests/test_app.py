@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.recipe import Recipe
+from ui import state
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -246,3 +247,29 @@ def test_sensitivity_heatmap_and_plan():
     plan_rows = at.dataframe[0].value
     assert set(plan_rows["bits"]) <= {4, 2} and plan_rows["layers"].sum() == 37
     assert any(m.label.startswith("Planned") for m in at.metric) and at.get("download_button")
+
+
+def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
+    from engine import footprint
+
+    at = ok(start("views/fit.py", bits=4))
+    assert at.session_state["_ctx"] is None  # no model was loaded for this page
+    metrics = {m.label: m.value for m in at.metric}
+    sk = footprint.open_skeleton("llama-3-8b")
+    fp = footprint.footprint(sk, Recipe(bits=4))
+    assert metrics["Parameters"] == "8.030 B"
+    assert metrics["Weights"] == f"{fp['weights']['compressed_bytes'] / 2**30:,.2f} GiB"
+    table = at.dataframe[0].value
+    by_device = {d.split(" (")[0]: row for d, row in zip(table["device"], table.to_dict("records"))}
+    assert by_device["16 GiB"]["mildest ladder recipe that fits"] == "uncompressed"  # 14.96 GiB at fp16
+    assert by_device["12 GiB"]["mildest ladder recipe that fits"] == "int8 per-channel"
+    assert by_device["12 GiB"]["this recipe"] == "fits"  # int4: 5.31 GiB of weights
+    assert by_device["8 GiB"]["mildest ladder recipe that fits"] == "int6 g128"
+
+    at.selectbox(key="fit_model").set_value("llama-3-70b").run()
+    assert ok(at).metric[0].value == "70.554 B"
+    at.selectbox(key="fit_model").set_value(state.CONFIG_REF).run()
+    bad = tmp_path / "config.json"
+    bad.write_text("not json")
+    at.text_input(key="fit_ref").input(str(bad)).run()
+    assert not at.exception and "cannot read the config" in at.error[0].value

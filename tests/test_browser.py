@@ -7,7 +7,7 @@ from browser import ROOT, app_server, chromium, metric, wait_idle
 
 SHOTS = ROOT / "screenshots"
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
-PAGES = ["", "spectra", "tradeoffs", "compare"]
+PAGES = ["", "spectra", "tradeoffs", "compare", "fit"]
 
 
 def as_bytes(text: str) -> float:

@@ -157,6 +157,27 @@ def label_probs(rows: list[dict]) -> go.Figure:
     return _layout(fig, 300)
 
 
+def fit_bars(fp: dict, devices: list[dict]) -> go.Figure:
+    """What the recipe needs (weights, KV cache, activations stacked) above each device's memory (GiB),
+    green where the recipe fits."""
+    gib = 2**30
+    need = [("weights", fp["weights"]["compressed_bytes"]), ("KV cache", fp["kv_cache"]["bytes"]),
+            ("activations (estimate)", fp["activations"]["bytes"])]
+    fig = go.Figure()
+    for (label, n), colour in zip(need, ["#1f77b4", "#ff7f0e", "#9467bd"]):
+        fig.add_bar(name=label, y=["needed"], x=[n / gib], orientation="h", marker_color=colour,
+                    hovertemplate="%{x:,.2f} GiB<extra>" + label + "</extra>")
+    fits = [d["capacity_bytes"] >= fp["total_bytes"] for d in devices]
+    fig.add_bar(name="device memory", y=[d["device"] for d in devices], x=[d["capacity_bytes"] / gib for d in devices],
+                orientation="h", marker_color=["#2ca02c" if f else "#b0b0b0" for f in fits],
+                hovertemplate="%{x:,.1f} GiB<extra>%{y}</extra>")
+    fig.add_vline(x=fp["total_bytes"] / gib, line_dash="dot",
+                  annotation_text=f"needed: {fp['total_bytes'] / gib:,.2f} GiB", annotation_position="top right")
+    fig.update_layout(barmode="stack", xaxis_title="memory (GiB)", yaxis=dict(autorange="reversed"),
+                      legend_traceorder="normal")
+    return _layout(fig, 120 + 34 * (len(devices) + 1))
+
+
 def human_bytes(n: int) -> str:
     """'-1.25 MiB', '812.0 KiB', '96 B'"""
     sign, n = ("-" if n < 0 else ""), abs(n)

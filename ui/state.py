@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from engine import footprint
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
@@ -21,6 +22,8 @@ from engine.recipe import BITS, LOWRANK_METHODS, PRUNE_METHODS, QUANT_METHODS, R
 from engine.session import Explorer, Workspace
 
 OTHER = "Hub id or local folder…"
+SIDEBAR_MODEL = "the sidebar's model"
+CONFIG_REF = "A config.json, model folder or hub id…"
 GROUP_SIZES = ["32", "64", "128", "256", "per channel", "per tensor"]
 PATTERNS = ["unstructured", "2:4", "4:8", "1:4"]
 SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP"}
@@ -457,3 +460,31 @@ def baseline(ctx: Context) -> dict:
 
 def protocol(ctx: Context) -> dict:
     return ctx.explorer.evaluator().protocol
+
+
+# ---------------------------------------------------------------------------------------
+# Will it fit? Planning from configs (no weights)
+# ---------------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False)
+def shipped_configs() -> dict[str, str]:
+    return footprint.shipped()
+
+
+def fit_ladder() -> list[str]:
+    return [r.describe() for r in footprint.LADDER]
+
+
+@st.cache_resource(show_spinner="Building the model from its config on the meta device…", max_entries=16)
+def _skeleton(ref: str) -> footprint.Skeleton:
+    return footprint.open_skeleton(ref)
+
+
+@st.cache_data(show_spinner=False, ttl=60, max_entries=256)
+def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tuple[dict, list[dict]]:
+    """(footprint of the recipe, per device the mildest ladder recipe that fits); this machine's
+    free memory is read again after a minute."""
+    sk = _skeleton(ref)
+    return (footprint.footprint(sk, recipe, batch, tokens, kv_bits),
+            footprint.fitting(sk, batch, tokens, kv_bits))
