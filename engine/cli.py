@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import cli_fit, sweep
+from .peak import Peak
 from .errors import UserError
 from .plan import UNITS
 from .recipe import Recipe, RecipeError
@@ -200,7 +201,8 @@ def cmd_run(args):
     if not ex.selected(recipe):
         logging.getLogger(__name__).warning("the recipe selects no layer: nothing was compressed")
     t0 = time.perf_counter()
-    metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
+    with Peak(ex.loaded.device) as peak:
+        metrics = work.evaluate(quick=args.quick, eval_text=text, eval_name=name)
     evaluate_s = time.perf_counter() - t0
     distillation = None
     if recipe.distill_steps and ex.selected(recipe):
@@ -223,6 +225,7 @@ def cmd_run(args):
         "memory": memory,
         "calibration": calibration.to_dict() if calibration else None,
         "distillation": distillation,
+        "peak_memory": peak.to_dict(),
         "seconds": {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
                     "calibrate": calibration.seconds if calibration else 0.0,
                     "apply": applied.seconds - (distillation["seconds"] if distillation else 0.0),
@@ -244,6 +247,10 @@ def _print_run(out):
         print(f"note: {out['note']}")
     print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {_mb(m['original_bytes_fp32'])} at fp32)")
+    p = out["peak_memory"]
+    if p:
+        print(f"peak memory of the evaluation: {_mb(p['peak_bytes'])} ({p['measure']}; "
+              f"{_mb(p['start_bytes'])} before it, the models in fp32 included)")
     d = out["distillation"]
     if d:
         print(f"distillation: {d['steps']} steps, lr {d['lr']:g}, {d['seconds']:.1f} s; {d['objective']} "

@@ -48,6 +48,9 @@ def test_run_minilm_json():
         assert 0 < l["relative_error"] < 1
     m = out["metrics"]
     assert 0 < m["cosine_to_original"] < 0.95  # a heavy recipe moves the embeddings
+    peak = out["peak_memory"]  # the process holds two copies of minilm in fp32 (87 MiB each) and more
+    assert peak["device"] == "cpu" and "VmHWM" in peak["measure"]
+    assert peak["peak_bytes"] >= peak["start_bytes"] > 2 * 4 * 22_713_216
     assert out["baseline_metrics"]["lee_spearman"] == pytest.approx(0.508, abs=0.01)
     assert 0.45 <= m["polarity_accuracy"] <= 1
     assert out["memory"]["ratio"] < 0.7

@@ -49,3 +49,17 @@ def test_low_rank_layer_totals_and_break_even():
     assert LayerBytes("x", (300, 200), 121, (a, b)).factors_exceed_dense  # 121 * 500 > 60000
     assert not LayerBytes("x", (300, 200), 120, (a, b)).factors_exceed_dense  # exactly break-even
     assert layer.format == "low-rank(dense)"
+
+
+def test_peak_measures_memory_allocated_inside():
+    import torch
+
+    from engine.peak import Peak
+
+    with Peak("cpu") as peak:
+        t = torch.ones(64 * 2**20 // 4)  # 64 MiB, written so its pages are resident
+        del t
+    assert peak.to_dict()["added_bytes"] >= 60 * 2**20
+    with Peak("cpu") as after:  # the 64 MiB are freed; the high-water mark is reset at the start
+        pass
+    assert after.to_dict()["added_bytes"] < 60 * 2**20
