@@ -24,6 +24,13 @@ st.session_state["_ctx"] = None
 st.session_state["_recipe"] = recipe
 if recipe is not None and page.title != "Will it fit?":  # planned from configs: no weights loaded
     ctx = st.session_state["_ctx"] = state.open_context(ref, device, recipe)
+    if ctx is not None and ctx.export:
+        if state.holds_export(ctx):
+            st.info(f"Export {ctx.export}: {ctx.recipe.describe()}, loaded from its files (checked against its "
+                    "manifest). The pages show these stored values.")
+        else:
+            st.warning(f"The controls no longer show the recipe of the export {ctx.export}: the pages show "
+                       f"{ctx.explorer.loaded.ref} compressed anew. Set the export's recipe again to see it.")
     if ctx is not None and ctx.explorer.loaded.note:
         st.info(f"Note: {ctx.explorer.loaded.note}.")
     if ctx is not None and (recipe.rank is not None or recipe.rank_ratio is not None or page.title == "Spectra"):

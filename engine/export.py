@@ -21,6 +21,7 @@ renamed into place when complete, so an interrupted export never leaves a folder
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -144,6 +145,24 @@ def is_export(path: str | os.PathLike) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
+def zipped(work, name: str, limit: int = 512 * 2**20) -> bytes:
+    """The workspace's applied recipe as an export folder `name`, in a zip held in memory (stored,
+    not deflated: the files are the bytes counted). Refused above `limit` bytes of tensors."""
+    import tempfile
+    import zipfile
+
+    if work.applied.memory.compressed_bytes > limit:
+        raise UserError(f"export: {work.applied.memory.compressed_bytes / 2**20:,.0f} MiB is too large to download "
+                        f"from the app (limit {limit / 2**20:,.0f} MiB): use python -m engine export")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = write(work, Path(tmp) / name)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for f in [*manifest["files"], "manifest.json"]:
+                z.write(Path(tmp) / name / f, f"{name}/{f}")
+    return buf.getvalue()
+
+
 def write(work, out: str | os.PathLike) -> dict:
     """Write the workspace's applied recipe as an export folder at `out` (atomically); returns
     the manifest. An existing export at `out` is replaced only once the new one is complete;
@@ -189,6 +208,7 @@ def write(work, out: str | os.PathLike) -> dict:
         tensors[f"param/{name}"] = p.detach().cpu().half().contiguous()
     data_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
 
+    _clean_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -216,6 +236,30 @@ def write(work, out: str | os.PathLike) -> dict:
     return manifest
 
 
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed export of `out` left beside it: its hidden partial folder, or the
+    earlier export it had moved aside, which goes back in place when `out` is missing (the
+    writer died between the two renames of `_swap`)."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(p, out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _swap(tmp: Path, out: Path) -> None:
     """Put the complete folder `tmp` at `out`; an earlier folder there is moved aside first
     and deleted only after the new one is in place."""
@@ -226,22 +270,27 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """An export's manifest, read and its format checked (its files are not: see `read`)."""
+    mpath = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        assert isinstance(manifest["files"], dict) and manifest["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"export {str(folder)!r}: {mpath.name} is missing or not an export manifest") from None
+    if manifest.get("version") != VERSION:
+        raise UserError(f"export {str(folder)!r}: format version {manifest.get('version')}, this engine reads {VERSION}")
+    return manifest
+
+
 def read(folder: str | os.PathLike) -> tuple[dict, dict]:
     """(manifest, tensors) of an export, every file checked against the manifest first; a
     missing, truncated or altered file is refused with a message that names it."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    mpath = folder / "manifest.json"
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        assert manifest["format"] == FORMAT
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise UserError(f"export {str(folder)!r}: {mpath.name} is missing or not an export manifest") from None
-    if manifest.get("version") != VERSION:
-        raise UserError(f"export {str(folder)!r}: format version {manifest.get('version')}, this engine reads {VERSION}")
-    for name, want in files.items():
+    manifest = read_manifest(folder)
+    for name, want in manifest["files"].items():
         path = folder / name
         if not path.is_file():
             raise UserError(f"export {str(folder)!r}: file {name} is missing")
@@ -303,5 +352,6 @@ def load_into(work, folder: str | os.PathLike):
         for name, p in work.model.named_parameters():
             p.copy_(tensors[f"param/{name}"].to(p.dtype))
     work.forget_shapes()
-    work.applied = Applied(top, memory_report(ex.layers, ex.total_params, reports), time.perf_counter() - t0, per_layer)
+    work.applied = Applied(top, memory_report(ex.layers, ex.total_params, reports), time.perf_counter() - t0,
+                           per_layer, export=str(folder))
     return work.applied

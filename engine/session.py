@@ -40,6 +40,7 @@ class Applied:
     seconds: float
     per_layer: dict | None = None  # layer -> its own recipe, for a plan
     distillation: Distillation | None = None  # when the recipe distils
+    export: str | None = None  # the export folder the values were read from (export.load_into)
 
 
 def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -361,8 +362,10 @@ class Workspace:
         return mem
 
     def ensure(self, recipe: Recipe) -> Applied:
-        """Apply `recipe` unless it is what the workspace already holds."""
-        if self.applied is None or self.applied.recipe != recipe or self.applied.per_layer:
+        """Apply `recipe` unless it is what the workspace already holds (a plan is not its
+        top recipe, but an export loaded with that recipe is)."""
+        held = self.applied
+        if held is None or held.recipe != recipe or (held.per_layer and held.export is None):
             return self.apply(recipe)
         return self.applied
 

@@ -273,3 +273,42 @@ def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
     bad.write_text("not json")
     at.text_input(key="fit_ref").input(str(bad)).run()
     assert not at.exception and "cannot read the config" in at.error[0].value
+
+
+def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path):
+    import io
+    import zipfile
+
+    from engine import export
+    from engine.session import Explorer
+
+    at = ok(start(bits=3, sparsity=0.5))
+    shown = compressed_bytes(at)
+    at.button(key="explore_export").click().run()
+    button = [b for b in ok(at).get("download_button") if b.key == "explore_export_download"]
+    assert len(button) == 1 and "minilm-int3-g128-50-sparse.zip" in button[0].proto.label
+    name, data = at.session_state["export_zip"][2:]
+    zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path)
+    folder = tmp_path / name[:-4]
+    manifest, _ = export.read(folder)  # every file checked against the manifest
+    assert manifest["tensor_bytes"] == manifest["predicted_bytes"]
+    assert abs(manifest["tensor_bytes"] - shown) <= 0.005 * shown  # the figure shown, to its digits
+
+    at = ok(start(model=str(folder)))  # the picker: an export folder in "Hub id or local folder"
+    assert at.session_state["ctl_bits"] == 3 and at.session_state["ctl_sparsity"] == 0.5  # set from its recipe
+    assert "loaded from its files" in at.info[0].value
+    assert at.session_state["_ctx"].work.applied.export == str(folder)
+    ex = Explorer.open("minilm", device="cpu")
+    work = ex.workspace()
+    work.apply(Recipe(bits=3, sparsity=0.5))
+    expected = work.evaluate()["cosine_to_original"]
+    shown_cos = next(m.value for m in at.metric if m.label == "cosine_to_original")
+    assert float(shown_cos) == pytest.approx(expected, abs=6e-4)  # shown to 4 digits
+    at.select_slider(key="ctl_bits").set_value(4).run()
+    assert "no longer show the recipe of the export" in ok(at).warning[0].value
+
+
+def test_a_broken_export_in_the_model_picker_is_an_error_box(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    at = start(model=str(tmp_path))
+    assert not at.exception and any("not an export manifest" in e.value for e in at.error)

@@ -134,6 +134,18 @@ def test_a_folder_that_is_not_an_export_is_never_overwritten(minilm, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
+def test_zipped_holds_the_export_and_refuses_large_models(minilm):
+    import io
+    import zipfile
+
+    _, work = minilm
+    work.apply(Recipe(bits=8))
+    names = zipfile.ZipFile(io.BytesIO(export.zipped(work, "m8"))).namelist()
+    assert sorted(names) == ["m8/config.json", "m8/manifest.json", "m8/model.safetensors", "m8/recipe.json"]
+    with pytest.raises(UserError, match="too large to download"):
+        export.zipped(work, "m8", limit=2**20)
+
+
 def test_an_interrupted_export_leaves_the_earlier_one_whole(tmp_path):
     out = tmp_path / "model"
     p = engine("export", "minilm", "--bits", "8", "--out", str(out))
@@ -151,3 +163,10 @@ def test_an_interrupted_export_leaves_the_earlier_one_whole(tmp_path):
     manifest, _ = export.read(out)  # still the first export, every file checked
     assert manifest == first and manifest["recipe"]["bits"] == 8
     assert [n for n in os.listdir(tmp_path) if not n.startswith(".")] == ["model"]
+    # what the killed writer left is cleared by the next export of that name, before it writes
+    assert any(n.startswith(".model.partial") for n in os.listdir(tmp_path))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    os.replace(out, tmp_path / f".model.old-{dead}")  # as if a writer died between its two renames
+    export._clean_stale(out)
+    assert os.listdir(tmp_path) == ["model"] and export.read(out)[0] == first  # put back whole

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from engine import footprint
+from engine import export, footprint
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
-from engine.recipe import BITS, LOWRANK_METHODS, PRUNE_METHODS, QUANT_METHODS, Recipe
+from engine.recipe import BITS, DISTILL_LR, LOWRANK_METHODS, PRUNE_METHODS, QUANT_METHODS, Recipe
 from engine.session import Explorer, Workspace
 
 OTHER = "Hub id or local folder…"
@@ -62,10 +63,12 @@ class Context:
     explorer: Explorer
     work: Workspace
     recipe: Recipe
+    export: str | None = None  # the export folder whose values the workspace holds
+
 
     @property
     def key(self) -> str:
-        return f"{self.ref}@{self.device}"
+        return f"{self.ref}@{self.device}" + (f"@export:{self.export}" if self.export else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,11 +134,16 @@ def _load_recipe_file():
     except UserError as e:
         st.session_state["upload_error"] = f"{f.name}: {e}"
         return
-    st.session_state["upload_error"] = None
+    st.session_state["upload_error"] = _set_controls(r, f.name)
+
+
+def _set_controls(r: Recipe, name: str) -> str | None:
+    """Set every control from a recipe (before the widgets draw); a message when a field cannot be shown."""
+    problem = None
     ratio = r.rank_ratio if r.rank_ratio is not None else 1.0
     if r.rank is not None:
-        st.session_state["upload_error"] = (f"{f.name}: the app sets rank as a fraction of full rank; the file's "
-                                            f"absolute rank {r.rank} was replaced by 0.5 (the command line takes it)")
+        problem = (f"{name}: the app sets rank as a fraction of full rank; the file's "
+                   f"absolute rank {r.rank} was replaced by 0.5 (the command line takes it)")
         ratio = 0.5
     st.session_state.update({
         "ctl_rank": min(1.0, max(0.05, round(ratio * 20) / 20)),
@@ -154,11 +162,27 @@ def _load_recipe_file():
     })
     if str(r.group_size) not in GROUP_SIZES and r.granularity == "group":
         st.session_state["ctl_group"] = "128"
-        st.session_state["upload_error"] = f"{f.name}: group size {r.group_size} is not offered here; shown as 128"
+        problem = f"{name}: group size {r.group_size} is not offered here; shown as 128"
+    return problem
 
 
-# ---------------------------------------------------------------------------------------
-# Sidebar
+def _open_export(folder: str) -> str:
+    """The sidebar was given an export folder: remember it, set the controls from its recipe
+    when it is new, and return its source model's ref."""
+    try:
+        manifest = export.read_manifest(folder)
+    except UserError as e:
+        st.session_state["export"] = None
+        st.sidebar.error(str(e))
+        return folder
+    known = st.session_state.get("export") or {}
+    if known.get("folder") != folder:
+        st.session_state["upload_error"] = _set_controls(Recipe.from_dict(manifest["recipe"]), folder)
+    st.session_state["export"] = {"folder": folder, "recipe": manifest["recipe"], "model": manifest["model"]["ref"],
+                                  "tensor_bytes": manifest["tensor_bytes"]}
+    return manifest["model"]["ref"]
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -172,10 +196,17 @@ def sidebar() -> tuple[str, str, Recipe | None]:
                  help="The offline aliases, any Hugging Face hub id (needs a network), or a local model folder.")
     ref = st.session_state["ctl_source"]
     if ref == OTHER:
-        ref = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model").strip()
+        ref = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model",
+                            help="A model folder, a hub id, or an export folder (python -m engine export, or "
+                                 "the Explore page's download, unzipped): its source model loads with the "
+                                 "export's stored values.").strip()
     sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
                  help="auto: the GPU when there is one, else the CPU.")
     st.session_state["ctl_model"] = ref or DEFAULT_MODEL
+    if ref and export.is_export(ref):  # the URL keeps the folder; the source model is what loads
+        ref = _open_export(ref)
+    else:
+        st.session_state["export"] = None
 
     sb.subheader("Low rank")
     sb.slider("Rank (fraction of full rank)", 0.05, 1.0, step=0.05, key="ctl_rank",
@@ -223,7 +254,7 @@ def sidebar() -> tuple[str, str, Recipe | None]:
             st.error(st.session_state["upload_error"])
     if st.session_state.get("url_errors"):
         sb.warning("Ignored bad link values: " + ", ".join(st.session_state["url_errors"]))
-    return st.session_state["ctl_model"], st.session_state["ctl_device"], recipe
+    return ref or DEFAULT_MODEL, st.session_state["ctl_device"], recipe
 
 
 def current_recipe() -> Recipe:
@@ -294,8 +325,11 @@ _factorize_lock = threading.Lock()
 
 
 def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
-    """Load the model (with progress) once per process; None, with an error box, when that fails."""
-    key = f"{ref}@{device}"
+    """Load the model (with progress) once per process; None, with an error box, when that fails.
+    With an export picked in the sidebar, this session's workspace holds the export's values
+    (its files checked against the manifest) for as long as the controls show its recipe."""
+    exported = st.session_state.get("export")
+    key = f"{ref}@{device}" + (f"@export:{exported['folder']}" if exported else "")
     try:
         cached = st.session_state.get("loaded_keys", set())
         if key in cached:
@@ -317,7 +351,20 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     if key not in works:
         works.clear()  # one compressed copy per session: the model in use
         works[key] = ex.workspace()
-    return Context(ref, device, ex, works[key], recipe)
+    work = works[key]
+    if exported:
+        stored = Recipe.from_dict(exported["recipe"])
+        if recipe == dataclasses.replace(stored, distill_steps=0, distill_lr=DISTILL_LR):
+            recipe = stored  # the controls show the export's recipe (distillation is in its values)
+            if work.applied is None or work.applied.export != exported["folder"]:
+                try:
+                    with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
+                        export.load_into(work, exported["folder"])
+                except UserError as e:
+                    work.applied = None  # the holders may be part-filled: the next ensure applies anew
+                    st.error(str(e))
+                    return None
+    return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
 
 
 METHOD_VARIANTS = {
@@ -488,3 +535,34 @@ def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tupl
     sk = _skeleton(ref)
     return (footprint.footprint(sk, recipe, batch, tokens, kv_bits),
             footprint.fitting(sk, batch, tokens, kv_bits))
+
+
+def holds_export(ctx: Context) -> bool:
+    """Whether the workspace holds the values read from the sidebar's export."""
+    held = ctx.work.applied
+    return bool(ctx.export) and held is not None and held.export == ctx.export and held.recipe == ctx.recipe
+
+
+def export_zip(ctx: Context) -> tuple[str, bytes]:
+    """(file name, zip) of the current recipe's export: written from the workspace, or, when the
+    workspace holds a loaded export, that export's own files."""
+    import io
+    import zipfile
+    from pathlib import Path
+
+    if holds_export(ctx):
+        folder = Path(ctx.export)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for f in [*export.read_manifest(folder)["files"], "manifest.json"]:
+                z.write(folder / f, f"{folder.name}/{f}")
+        return f"{folder.name}.zip", buf.getvalue()
+    ctx.work.ensure(ctx.recipe)
+    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
+    return f"{name}.zip", export.zipped(ctx.work, name)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]

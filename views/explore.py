@@ -3,6 +3,7 @@ import streamlit as st
 
 from engine.calibrate import SOURCE
 from engine.distill import BATCH, OBJECTIVES, SAMPLES
+from engine.errors import UserError
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, state
 
@@ -91,8 +92,29 @@ state.mark("full")
 with st.expander("How quality is measured"):
     st.json(protocol)
 
+# -- the export: the bytes as stored ----------------------------------------------------------
+st.subheader("Export: the bytes as stored")
+st.caption("A folder with model.safetensors (b-bit codes packed, fp16 scales, masks and indices: the tensor bytes "
+           "equal the Compressed figure above), the recipe, the config and a manifest with every file's size and "
+           "SHA-256. Unzip it and give the folder in the sidebar (Hub id or local folder) or to "
+           "`python -m engine run FOLDER` to load it back and score it.")
+if st.button("Build the export (zip)", key="explore_export"):
+    try:
+        with st.spinner("Writing the export…"):
+            st.session_state["export_zip"] = (ctx.key, recipe, *state.export_zip(ctx))
+    except UserError as e:
+        st.error(str(e))
+built = st.session_state.get("export_zip")
+if built and built[:2] == (ctx.key, recipe):
+    st.download_button(f"Download {built[2]} ({charts.human_bytes(len(built[3]))})", built[3], built[2],
+                       "application/zip", key="explore_export_download")
+
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])
+if state.holds_export(ctx):
+    st.caption("These are the export's stored values. Distillation starts from a recipe compressed here: "
+               "move a control, or pick the source model.")
+    st.stop()
 if not ranks:
     st.caption("Nothing is compressed: nothing to recover.")
     st.stop()
