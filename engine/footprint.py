@@ -7,11 +7,12 @@
 accelerate's `init_empty_weights` builds the transformers model with every parameter on the
 meta device: shapes without storage, so a 70B model takes no memory. The layers are found by
 type as for a loaded model, and each layer's bytes under a recipe follow from its shape
-(memory.layer_bytes), so the count equals the one made from the weights, byte for byte.
+(memory.predicted), so the count equals the one made from the weights, byte for byte.
 The configs in assets/configs are the published config.json files of a few public models.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 from .errors import UserError
 from .layers import LayerInfo, find_layers, select
 from .memory import LayerReport, MemoryReport, memory_report, predicted
-from .models import auto_class, kind_of, open_config, read_config
+from .models import auto_class, kind_of, one_line, open_config, read_config
 from .recipe import Recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
@@ -68,8 +69,6 @@ class Skeleton:
 
 def shipped() -> dict[str, str]:
     """Shipped config name -> the hub id it is the config of."""
-    import json
-
     return {p.stem: json.loads(p.read_text()).get("_name_or_path", p.stem) for p in sorted(CONFIGS.glob("*.json"))}
 
 
@@ -92,7 +91,7 @@ def open_skeleton(ref: str, trust_remote_code: bool = False) -> Skeleton:
             model = auto_class(kind).from_config(config, trust_remote_code=trust_remote_code)
         model.tie_weights()  # on the meta device the tie is lost while building; the config says whether to tie
     except Exception as e:  # noqa: BLE001 -- a config transformers cannot build from
-        raise UserError(f"cannot build {ref!r} from its config: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"cannot build {ref!r} from its config: {one_line(e)}") from None
     total = sum(p.numel() for p in model.parameters())
     return Skeleton(ref, source, kind, config, find_layers(model), total, note)
 

@@ -238,10 +238,10 @@ def read_config(source: str, ref: str, **kw):
         with _quiet():
             return AutoConfig.from_pretrained(source, **kw)
     except Exception as e:  # noqa: BLE001 -- any failure here is the user's file
-        raise UserError(f"cannot read the config of {ref!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot read the config of {ref!r}: {one_line(e)}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     """An exception's message on one line (at most 300 characters)."""
     text = " ".join(str(e).split())
     return (text[:297] + "...") if len(text) > 300 else (text or type(e).__name__)
@@ -271,7 +271,7 @@ def _loading(ref: str):
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load {ref!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot load {ref!r}: {one_line(e)}") from None
 
 
 @contextlib.contextmanager

@@ -65,7 +65,6 @@ class Context:
     recipe: Recipe
     export: str | None = None  # the export folder whose values the workspace holds
 
-
     @property
     def key(self) -> str:
         return f"{self.ref}@{self.device}" + (f"@export:{self.export}" if self.export else "")
@@ -178,11 +177,12 @@ def _open_export(folder: str) -> str:
     known = st.session_state.get("export") or {}
     if known.get("folder") != folder:
         st.session_state["upload_error"] = _set_controls(Recipe.from_dict(manifest["recipe"]), folder)
-    st.session_state["export"] = {"folder": folder, "recipe": manifest["recipe"], "model": manifest["model"]["ref"],
-                                  "tensor_bytes": manifest["tensor_bytes"]}
+    st.session_state["export"] = {"folder": folder, "recipe": manifest["recipe"]}
     return manifest["model"]["ref"]
 
 
+# ---------------------------------------------------------------------------------------
+# Sidebar
 # ---------------------------------------------------------------------------------------
 
 
