@@ -146,20 +146,28 @@ def is_export(path: str | os.PathLike) -> bool:
 
 
 def zipped(work, name: str, limit: int = 512 * 2**20) -> bytes:
-    """The workspace's applied recipe as an export folder `name`, in a zip held in memory (stored,
-    not deflated: the files are the bytes counted). Refused above `limit` bytes of tensors."""
+    """The workspace's applied recipe as an export folder `name`, in a zip (zip_folder).
+    Refused above `limit` bytes of tensors."""
     import tempfile
-    import zipfile
 
     if work.applied.memory.compressed_bytes > limit:
         raise UserError(f"export: {work.applied.memory.compressed_bytes / 2**20:,.0f} MiB is too large to download "
                         f"from the app (limit {limit / 2**20:,.0f} MiB): use python -m engine export")
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write(work, Path(tmp) / name)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-            for f in [*manifest["files"], "manifest.json"]:
-                z.write(Path(tmp) / name / f, f"{name}/{f}")
+        write(work, Path(tmp) / name)
+        return zip_folder(Path(tmp) / name)
+
+
+def zip_folder(folder: str | os.PathLike) -> bytes:
+    """An export folder's files (those its manifest lists, and the manifest) in a zip held in
+    memory, under the folder's name; stored, not deflated: the files are the bytes counted."""
+    import zipfile
+
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for f in [*read_manifest(folder)["files"], "manifest.json"]:
+            z.write(folder / f, f"{folder.name}/{f}")
     return buf.getvalue()
 
 

@@ -546,17 +546,10 @@ def holds_export(ctx: Context) -> bool:
 def export_zip(ctx: Context) -> tuple[str, bytes]:
     """(file name, zip) of the current recipe's export: written from the workspace, or, when the
     workspace holds a loaded export, that export's own files."""
-    import io
-    import zipfile
     from pathlib import Path
 
     if holds_export(ctx):
-        folder = Path(ctx.export)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-            for f in [*export.read_manifest(folder)["files"], "manifest.json"]:
-                z.write(folder / f, f"{folder.name}/{f}")
-        return f"{folder.name}.zip", buf.getvalue()
+        return f"{Path(ctx.export).name}.zip", export.zip_folder(ctx.export)
     ctx.work.ensure(ctx.recipe)
     name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
     return f"{name}.zip", export.zipped(ctx.work, name)
