@@ -215,6 +215,8 @@ def cmd_run(args):
     out = {
         "model": args.model,
         "export": str(folder) if folder else None,
+        "export_stored": {k: manifest[k] for k in ("tensor_bytes", "header_bytes", "predicted_bytes")} | {
+            "entropy": manifest.get("entropy", False)} if folder else None,
         "source": ex.loaded.source,
         "kind": ex.kind,
         "device": str(ex.loaded.device),
@@ -247,6 +249,11 @@ def _print_run(out):
         print(f"note: {out['note']}")
     print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {_mb(m['original_bytes_fp32'])} at fp32)")
+    st = out["export_stored"]
+    if st:
+        coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
+        print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of tensors ({coded}), "
+              f"{st['header_bytes']:,} of safetensors header")
     p = out["peak_memory"]
     if p:
         print(f"peak memory of the evaluation: {_mb(p['peak_bytes'])} ({p['measure']}; "
@@ -284,14 +291,23 @@ def cmd_export(args):
     work.apply(dataclasses.replace(recipe, distill_steps=0))
     if recipe.distill_steps:
         _distill(work, recipe, args.model)
-    manifest = export.write(work, out_path)
+    manifest = export.write(work, out_path, entropy=args.entropy)
     on_disk = sum(f["bytes"] for f in manifest["files"].values())
     if args.json:
         print(json.dumps({**manifest, "folder": str(out_path), "bytes_on_disk": on_disk}, indent=2))
         return
     print(f"wrote {out_path}: {recipe.describe()}")
-    print(f"  tensor data {manifest['tensor_bytes']:,} bytes (predicted {manifest['predicted_bytes']:,}), "
-          f"safetensors header {manifest['header_bytes']:,} bytes")
+    if args.entropy:
+        parts = [p for layer in manifest["layers"] for p in layer["parts"]]
+        coded = [p for p in parts if p["coding"] == "huffman"]
+        print(f"  tensor data {manifest['tensor_bytes']:,} bytes Huffman-coded, {manifest['predicted_bytes']:,} "
+              f"at fixed width ({manifest['tensor_bytes'] / manifest['predicted_bytes']:.3f}); "
+              f"{len(coded)} of {len(parts)} matrices coded, their values {sum(p['values'] for p in coded):,} -> "
+              f"{sum(p['values_written'] for p in coded):,} bytes")
+        print(f"  safetensors header {manifest['header_bytes']:,} bytes")
+    else:
+        print(f"  tensor data {manifest['tensor_bytes']:,} bytes (predicted {manifest['predicted_bytes']:,}), "
+              f"safetensors header {manifest['header_bytes']:,} bytes")
     print("  files: " + ", ".join(f"{n} {f['bytes']:,}" for n, f in manifest["files"].items())
           + f"; {on_disk:,} bytes in all, manifest.json aside")
     print(f"  load it back: python -m engine run {out_path}")
@@ -443,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(e)
     _recipe_args(e)
     e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    e.add_argument("--entropy", action="store_true",
+                   help="Huffman-code each matrix's b-bit codes where that is smaller; reports coded and fixed-width bytes")
     e.add_argument("--json", action="store_true", help="print the manifest as JSON")
     e.set_defaults(fn=cmd_export)
 

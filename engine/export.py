@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from . import pack
+from . import huffman, pack
 from .methods import codebook_index
 from .errors import UserError
 from .transforms import per_entry
@@ -47,8 +47,10 @@ TENSORS = "model.safetensors"
 # ---------------------------------------------------------------------------------------
 
 
-def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt: str, kmeans: bool) -> dict:
-    """The tensors that store the (rows, cols) matrix `v` (values as compressed, on `grid`)."""
+def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt: str, kmeans: bool,
+                  entropy: bool = False) -> dict:
+    """The tensors that store the (rows, cols) matrix `v` (values as compressed, on `grid`).
+    With `entropy`, b-bit codes are Huffman-coded (`_coded`) where that is smaller."""
     rows, cols = v.shape
     v = v.detach().float().cpu()
     sel = None if fmt == "dense" or keep is None else keep.cpu().flatten()
@@ -60,14 +62,14 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
     elif kmeans:
         book = grid.codebook.float().cpu()
         idx = codebook_index(flat, book)
-        out["values"] = pack.pack_bits(idx, bits)
+        out.update(_coded(idx, bits, entropy))
         out["codebook"] = torch.cat([book, book[-1:].expand(2**bits - book.numel())]).half()
     else:
         scale, zero = (t.flatten() if sel is None else t.flatten()[sel] for t in
                        per_entry((grid.scale.float().cpu(), grid.zero.float().cpu()), rows, cols,
                                  recipe.granularity, recipe.group_size))
         offset = 2 ** (bits - 1) if recipe.symmetric else zero
-        out["values"] = pack.pack_bits((flat / scale).round() + offset, bits)
+        out.update(_coded((flat / scale).round() + offset, bits, entropy))
         out["scales"] = grid.scale.cpu().half()
         if not recipe.symmetric:
             out["zeros"] = pack.pack_bits(grid.zero.cpu(), bits)
@@ -83,6 +85,29 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
             m = int(fmt.split(":")[1])
             out["nm_index"] = pack.pack_bits(keep.nonzero(as_tuple=True)[1] % m, math.ceil(math.log2(m)))
     return out
+
+
+def _coded(codes: torch.Tensor, bits: int, entropy: bool) -> dict:
+    """b-bit codes packed ('values'), or with `entropy` Huffman-coded ('huffman', its
+    'code_lengths' and 'runs', see engine.huffman) when those bytes are fewer."""
+    packed = {"values": pack.pack_bits(codes, bits)}
+    if not entropy or codes.numel() == 0:
+        return packed
+    codes = codes.to(torch.int64)
+    lengths = huffman.code_lengths(torch.bincount(codes, minlength=1 << bits))
+    stream, runs = huffman.encode(codes, lengths)
+    coded = {"huffman": stream, "code_lengths": lengths, "runs": runs}
+    return coded if _nbytes(coded) < _nbytes(packed) else packed
+
+
+def _nbytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _codes(t: dict, bits: int, count: int) -> torch.Tensor:
+    if "huffman" in t:
+        return huffman.decode(t["huffman"], t["code_lengths"], t["runs"], count)
+    return pack.unpack_bits(t["values"], bits, count)
 
 
 def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str, kmeans: bool) -> torch.Tensor:
@@ -111,7 +136,7 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str, 
     if bits >= 16:
         values = t["values"].float()
     elif kmeans:
-        values = t["codebook"].float()[pack.unpack_bits(t["values"], bits, count)]
+        values = t["codebook"].float()[_codes(t, bits, count)]
     else:
         scale = t["scales"].float()
         zero = pack.unpack_bits(t["zeros"], bits, scale.numel()).float() if "zeros" in t \
@@ -120,7 +145,7 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str, 
         if positions is not None:
             idx = positions.nonzero(as_tuple=True)[0] if positions.dtype == torch.bool else positions
             s_e, z_e = s_e[idx], z_e[idx]
-        values = (pack.unpack_bits(t["values"], bits, count).float() - z_e) * s_e
+        values = (_codes(t, bits, count).float() - z_e) * s_e
     if positions is None:
         return values.view(rows, cols)
     out = torch.zeros(n)
@@ -145,17 +170,17 @@ def is_export(path: str | os.PathLike) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def zipped(work, name: str, limit: int = 512 * 2**20) -> bytes:
-    """The workspace's applied recipe as an export folder `name`, in a zip (zip_folder).
-    Refused above `limit` bytes of tensors."""
+def zipped(work, name: str, limit: int = 512 * 2**20, entropy: bool = False) -> tuple[bytes, dict]:
+    """The workspace's applied recipe as an export folder `name` (write), in a zip (zip_folder),
+    and its manifest. Refused above `limit` bytes of tensors."""
     import tempfile
 
     if work.applied.memory.compressed_bytes > limit:
         raise UserError(f"export: {work.applied.memory.compressed_bytes / 2**20:,.0f} MiB is too large to download "
                         f"from the app (limit {limit / 2**20:,.0f} MiB): use python -m engine export")
     with tempfile.TemporaryDirectory() as tmp:
-        write(work, Path(tmp) / name)
-        return zip_folder(Path(tmp) / name)
+        manifest = write(work, Path(tmp) / name, entropy)
+        return zip_folder(Path(tmp) / name), manifest
 
 
 def zip_folder(folder: str | os.PathLike) -> bytes:
@@ -171,10 +196,13 @@ def zip_folder(folder: str | os.PathLike) -> bytes:
     return buf.getvalue()
 
 
-def write(work, out: str | os.PathLike) -> dict:
+def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
     """Write the workspace's applied recipe as an export folder at `out` (atomically); returns
     the manifest. An existing export at `out` is replaced only once the new one is complete;
-    any other existing, non-empty folder is refused."""
+    any other existing, non-empty folder is refused. With `entropy`, each matrix's b-bit
+    codes are Huffman-coded where that is smaller (its part's `coding` says which, and
+    `values_written` its bytes); `tensor_bytes` is then what was written, beside the
+    fixed-width `predicted_bytes`."""
     from safetensors.torch import save_file
     import safetensors
     import transformers
@@ -205,11 +233,15 @@ def write(work, out: str | os.PathLike) -> dict:
         parts = []
         for k, (m, part) in enumerate(zip(mats, report.bytes.parts)):
             label = "W" if len(mats) == 1 else "AB"[k]
-            enc = encode_matrix(m, shaped.keeps[k], work._grids[info.name][k], recipe, part.format, kmeans)
+            enc = encode_matrix(m, shaped.keeps[k], work._grids[info.name][k], recipe, part.format, kmeans, entropy)
             for key, t in enc.items():
                 tensors[f"{info.name}/{label}.{key}"] = t.contiguous()
+            huff = "huffman" in enc
             parts.append({"matrix": label, "shape": list(m.shape), "kept": shaped.kept[k], "format": part.format,
-                          "values": part.values, "scales": part.scales, "index": part.index})
+                          "values": part.values, "scales": part.scales, "index": part.index,
+                          "coding": "huffman" if huff else "fixed",
+                          "values_written": _nbytes({k: enc[k] for k in ("huffman", "code_lengths", "runs")})
+                          if huff else part.values})
         layers.append({"name": info.name, "shape": list(info.shape), "rank": report.bytes.rank,
                        "recipe": recipe.to_dict(), "parts": parts})
     for name, p in work.model.named_parameters():
@@ -231,6 +263,7 @@ def write(work, out: str | os.PathLike) -> dict:
             "libraries": {"python": platform.python_version(), "torch": torch.__version__,
                           "transformers": transformers.__version__, "safetensors": safetensors.__version__},
             "recipe": applied.recipe.to_dict(),
+            "entropy": entropy,
             "predicted_bytes": applied.memory.compressed_bytes,
             "tensor_bytes": data_bytes,
             "header_bytes": files[TENSORS]["bytes"] - data_bytes,

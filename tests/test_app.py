@@ -287,12 +287,20 @@ def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path):
     at.button(key="explore_export").click().run()
     button = [b for b in ok(at).get("download_button") if b.key == "explore_export_download"]
     assert len(button) == 1 and "minilm-int3-g128-50-sparse.zip" in button[0].proto.label
-    name, data = at.session_state["export_zip"][2:]
+    name, data = at.session_state["export_zip"][3:5]
     zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path)
     folder = tmp_path / name[:-4]
     manifest, _ = export.read(folder)  # every file checked against the manifest
     assert manifest["tensor_bytes"] == manifest["predicted_bytes"]
     assert abs(manifest["tensor_bytes"] - shown) <= 0.005 * shown  # the figure shown, to its digits
+    assert any(f"In it: {manifest['tensor_bytes']:,} bytes of tensors (fixed width)" in c.value for c in at.caption)
+
+    at.checkbox(key="explore_entropy").check().run()  # Huffman-coded: a new build, fewer bytes, said so
+    assert not [b for b in ok(at).get("download_button") if b.key == "explore_export_download"]
+    at.button(key="explore_export").click().run()
+    coded_name, coded = at.session_state["export_zip"][3:5]
+    assert coded_name == "minilm-int3-g128-50-sparse-huffman.zip" and len(coded) < len(data)
+    assert any("Huffman-coded (" in c.value and "at fixed width" in c.value for c in ok(at).caption)
 
     at = ok(start(model=str(folder)))  # the picker: an export folder in "Hub id or local folder"
     assert at.session_state["ctl_bits"] == 3 and at.session_state["ctl_sparsity"] == 0.5  # set from its recipe

@@ -54,6 +54,15 @@ def test_each_format_decodes_to_exactly_the_compressed_values_in_the_predicted_b
             assert written == part.total
         kept = m.numel() if keep is None else int(keep.sum())
         assert torch.equal(export.decode_matrix(t, tuple(m.shape), kept, recipe, forced, kmeans), m)
+        coded = export.encode_matrix(m, keep, grid, recipe, forced, kmeans, entropy=True)
+        assert torch.equal(export.decode_matrix(coded, tuple(m.shape), kept, recipe, forced, kmeans), m)
+        assert all(torch.equal(coded[k], t[k]) for k in t if k != "values")  # only the values may change
+        if "huffman" in coded:  # and only where the coded bytes are fewer
+            assert "values" not in coded and export._nbytes(coded) < written
+        else:
+            assert torch.equal(coded["values"], t["values"])
+        if 2 <= recipe.bits <= 4 and fmt == "dense" and recipe.symmetric and not kmeans:  # codes bunch at 0: coding pays
+            assert "huffman" in coded
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +91,32 @@ def test_export_reloads_with_identical_metrics_and_exact_bytes(minilm, tmp_path,
     assert after == pytest.approx(before, rel=1e-6)
     for name in list(work.holders)[:6]:
         assert torch.equal(work.holders[name].matrix(), again.holders[name].matrix())
+    # Huffman-coded: fewer bytes, exactly the same values, so the same metrics
+    coded = export.write(work, tmp_path / "coded", entropy=True)
+    parts = [p for layer in coded["layers"] for p in layer["parts"]]
+    saved = sum(p["values"] - p["values_written"] for p in parts)
+    assert coded["entropy"] and any(p["coding"] == "huffman" for p in parts) and saved > 0
+    assert coded["tensor_bytes"] == manifest["tensor_bytes"] - saved  # the real size of what was written
+    size = (tmp_path / "coded" / "model.safetensors").stat().st_size
+    assert size == coded["tensor_bytes"] + coded["header_bytes"]
+    third = ex.workspace()
+    export.load_into(third, tmp_path / "coded")
+    for name in work.holders:
+        assert torch.equal(third.holders[name].matrix(), again.holders[name].matrix()), name
 
 
 def test_cli_export_then_run_the_folder(tmp_path):
     out = tmp_path / "int4"
-    p = engine("export", "minilm", "--bits", "4", "--sparsity", "0.5", "--out", str(out))
+    p = engine("export", "minilm", "--bits", "4", "--sparsity", "0.5", "--out", str(out), "--entropy")
     assert p.returncode == 0, p.stderr
-    assert "(predicted " in p.stdout
+    manifest = export.read_manifest(out)
+    assert f"tensor data {manifest['tensor_bytes']:,} bytes Huffman-coded, {manifest['predicted_bytes']:,} at fixed" \
+        in p.stdout and manifest["tensor_bytes"] < manifest["predicted_bytes"]
     loaded = run_json(str(out), "--quick")
     direct = run_json("minilm", "--bits", "4", "--sparsity", "0.5", "--quick")
     assert loaded["export"] == str(out) and loaded["memory"]["compressed_bytes"] == direct["memory"]["compressed_bytes"]
+    assert loaded["export_stored"] == {"tensor_bytes": manifest["tensor_bytes"], "header_bytes": manifest["header_bytes"],
+                                       "predicted_bytes": manifest["predicted_bytes"], "entropy": True}
     assert loaded["metrics"]["cosine_to_original"] == pytest.approx(direct["metrics"]["cosine_to_original"], rel=1e-6)
     p = engine("run", str(out), "--bits", "3")
     assert p.returncode == 2 and "do not apply to an export" in p.stderr
@@ -140,7 +165,9 @@ def test_zipped_holds_the_export_and_refuses_large_models(minilm):
 
     _, work = minilm
     work.apply(Recipe(bits=8))
-    names = zipfile.ZipFile(io.BytesIO(export.zipped(work, "m8"))).namelist()
+    data, manifest = export.zipped(work, "m8")
+    assert manifest["tensor_bytes"] == work.applied.memory.compressed_bytes
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert sorted(names) == ["m8/config.json", "m8/manifest.json", "m8/model.safetensors", "m8/recipe.json"]
     with pytest.raises(UserError, match="too large to download"):
         export.zipped(work, "m8", limit=2**20)

@@ -543,16 +543,25 @@ def holds_export(ctx: Context) -> bool:
     return bool(ctx.export) and held is not None and held.export == ctx.export and held.recipe == ctx.recipe
 
 
-def export_zip(ctx: Context) -> tuple[str, bytes]:
-    """(file name, zip) of the current recipe's export: written from the workspace, or, when the
-    workspace holds a loaded export, that export's own files."""
+def export_zip(ctx: Context, entropy: bool = False) -> tuple[str, bytes, str]:
+    """(file name, zip, what its tensor bytes are) of the current recipe's export: written from
+    the workspace (Huffman-coded with `entropy`), or, when the workspace holds a loaded
+    export, that export's own files."""
     from pathlib import Path
 
     if holds_export(ctx):
-        return f"{Path(ctx.export).name}.zip", export.zip_folder(ctx.export)
-    ctx.work.ensure(ctx.recipe)
-    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
-    return f"{name}.zip", export.zipped(ctx.work, name)
+        data, manifest = export.zip_folder(ctx.export), export.read_manifest(ctx.export)
+        name = Path(ctx.export).name
+    else:
+        ctx.work.ensure(ctx.recipe)
+        name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
+        if entropy:
+            name += "-huffman"
+        data, manifest = export.zipped(ctx.work, name, entropy=entropy)
+    stored, fixed = manifest["tensor_bytes"], manifest["predicted_bytes"]
+    what = (f"{stored:,} bytes of tensors, Huffman-coded ({fixed:,} at fixed width: {stored / fixed:.1%})"
+            if manifest.get("entropy") else f"{stored:,} bytes of tensors (fixed width)")
+    return f"{name}.zip", data, what
 
 
 def _slug(text: str) -> str:

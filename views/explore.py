@@ -98,16 +98,20 @@ st.caption("A folder with model.safetensors (b-bit codes packed, fp16 scales, ma
            "equal the Compressed figure above), the recipe, the config and a manifest with every file's size and "
            "SHA-256. Unzip it and give the folder in the sidebar (Hub id or local folder) or to "
            "`python -m engine run FOLDER` to load it back and score it.")
+entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled=state.holds_export(ctx),
+                      help="Deep Compression's last stage: each matrix's b-bit codes get a Huffman code built "
+                           "from their own counts, where that takes fewer bytes. Decoded exactly on reload.")
 if st.button("Build the export (zip)", key="explore_export"):
     try:
         with st.spinner("Writing the export…"):
-            st.session_state["export_zip"] = (ctx.key, recipe, *state.export_zip(ctx))
+            st.session_state["export_zip"] = (ctx.key, recipe, entropy, *state.export_zip(ctx, entropy))
     except UserError as e:
         st.error(str(e))
 built = st.session_state.get("export_zip")
-if built and built[:2] == (ctx.key, recipe):
-    st.download_button(f"Download {built[2]} ({charts.human_bytes(len(built[3]))})", built[3], built[2],
+if built and built[:3] == (ctx.key, recipe, entropy):
+    st.download_button(f"Download {built[3]} ({charts.human_bytes(len(built[4]))})", built[4], built[3],
                        "application/zip", key="explore_export_download")
+    st.caption(f"In it: {built[5]}.")
 
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])
