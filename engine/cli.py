@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_fit, sweep
+from . import cli_fit, cli_offload, sweep
 from .peak import Peak
 from .errors import UserError
 from .plan import UNITS
@@ -176,6 +176,15 @@ def cmd_run(args):
     from . import export
 
     folder = args.model if export.is_export(args.model) else None
+    if args.max_memory or args.offload_folder:
+        if folder:
+            raise UserError("run: --max-memory does not apply to an export folder")
+        if not args.max_memory:
+            raise UserError("run: --offload-folder needs --max-memory")
+        text, name = _eval_text(args)
+        out = cli_offload.run(args, _recipe_from(args), text, name)
+        print(json.dumps(out, indent=2)) if args.json else _print_run(out)
+        return
     if folder:  # an export: its recipe and source model come from its manifest
         if any(getattr(args, k, None) is not None for k in RECIPE_FLAGS) or args.recipe:
             raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
@@ -254,6 +263,14 @@ def _print_run(out):
         coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
         print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of tensors ({coded}), "
               f"{st['header_bytes']:,} of safetensors header")
+    off = out.get("offload")
+    if off:
+        print("loaded within --max-memory " + ", ".join(f"{k}={v}" for k, v in off["max_memory"].items()) + ": "
+              + ", ".join(f"{_mb(b)} on {k}" for k, b in off["placement_bytes"].items())
+              + " (fp32), compressed in place one layer at a time")
+        c = off["peak_memory_compress"]
+        if c:
+            print(f"peak memory while compressing: {_mb(c['peak_bytes'])} ({c['measure']})")
     p = out["peak_memory"]
     if p:
         print(f"peak memory of the evaluation: {_mb(p['peak_bytes'])} ({p['measure']}; "
@@ -452,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(r)
     r.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
     r.add_argument("--quick", action="store_true", help="first estimate only (the small slice the app shows first)")
+    r.add_argument("--max-memory", metavar="SPEC",
+                   help="load across devices with accelerate's device_map=auto within these sizes, e.g. cpu=2GiB or "
+                        "0=20GiB,cpu=30GiB; the rest is offloaded to disk, and the model is compressed layer by layer")
+    r.add_argument("--offload-folder", metavar="DIR",
+                   help="with --max-memory: where offloaded weights go (default: the system's temporary folder)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(fn=cmd_run)
 

@@ -85,6 +85,14 @@ def open_skeleton(ref: str, trust_remote_code: bool = False) -> Skeleton:
         source = f"shipped config of {shipped()[ref]}" if path.parent == CONFIGS else str(path)
     else:
         config, source, note, _ = open_config(ref, trust_remote_code)
+    return skeleton_of(config, ref, source, note, trust_remote_code)
+
+
+def skeleton_of(config, ref: str, source: str, note: str | None = None, trust_remote_code: bool = False) -> Skeleton:
+    """The model a config builds, on the meta device, tied as the config says: its layers
+    and parameter count."""
+    from accelerate import init_empty_weights
+
     kind = kind_of(config)
     try:
         with init_empty_weights():

@@ -1,0 +1,237 @@
+"""Models larger than memory: loaded by accelerate across the GPUs, the CPU and the disk, then
+compressed and evaluated one layer at a time.
+
+    off = load("smollm2", {"cpu": "200MiB"}, folder)  # device_map="auto", max_memory
+    evaluator = make_evaluator(off.loaded)             # reference outputs, before any change
+    out = run(off, Recipe(bits=4), evaluator)          # compressed layer by layer, then evaluated
+
+`device_map="auto"` puts each block where `max_memory` leaves room (GPUs first, then the CPU,
+then `offload_folder` on disk); accelerate's hooks bring an offloaded block's weights in for
+its forward pass and drop them after. Compression follows the same rule: one layer's weight is
+read (from the device, the CPU, or the disk), compressed, and written back where it was read,
+so there is never a second copy of the model, only of one layer. Offloaded weights are written
+as new files in the offload folder, never into the model's own checkpoint. What stays at 16
+bits is rounded to fp16, as in a Workspace, so the model computes with the values an export
+holds. The model is changed in place: a loaded model serves one recipe.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import transforms
+from .compress import compress_matrix
+from .errors import UserError
+from .layers import LayerInfo, select
+from .memory import LayerReport, memory_report
+from .models import Loaded, _loading, auto_class, kind_of, open_config
+
+
+def parse_max_memory(text: str) -> dict:
+    """'cpu=200MiB,0=20GiB' -> {'cpu': '200MiB', 0: '20GiB'} (GPU indices as int), each size
+    checked; devices are 'cpu', 'disk' or a GPU index."""
+    from accelerate.utils import convert_file_size_to_int
+
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        device, eq, size = item.partition("=")
+        device = device.strip()
+        if not eq or not (device in ("cpu", "disk") or device.isdigit()):
+            raise UserError(f"--max-memory: {item!r} is not DEVICE=SIZE (DEVICE cpu or a GPU index, e.g. cpu=2GiB,0=20GiB)")
+        try:
+            if convert_file_size_to_int(size.strip()) <= 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise UserError(f"--max-memory: {size.strip()!r} is not a size (e.g. 200MiB, 2GiB, 20GB)") from None
+        key = int(device) if device.isdigit() else device
+        if isinstance(key, int) and key >= torch.cuda.device_count():
+            raise UserError(f"--max-memory: GPU {key} asked for, but this machine has {torch.cuda.device_count()}")
+        out[key] = size.strip()
+    if "cpu" not in out:
+        raise UserError("--max-memory: give the CPU's share too (e.g. cpu=2GiB); what fits nowhere goes to disk")
+    return out
+
+
+@dataclass
+class Offloaded:
+    """A model dispatched by accelerate, and its layers as its config builds them (on the
+    meta device a tied head can come apart from its embedding; the config says it is tied)."""
+
+    loaded: Loaded
+    layers: list[LayerInfo]
+    total_params: int
+
+
+def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: bool = False) -> Offloaded:
+    """Load a model with device_map="auto" within `max_memory`, the rest offloaded to
+    `offload_folder` (fp32; a folder the caller owns and removes)."""
+    from .footprint import skeleton_of
+
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    config, source, note, kw = open_config(ref, trust_remote_code)
+    kind = kind_of(config)
+    said = logging.getLogger("accelerate.big_modeling")  # "Some parameters are on the meta device": see placement()
+    level = said.level
+    said.setLevel(logging.ERROR)
+    try:
+        with _loading(ref):
+            model = auto_class(kind).from_pretrained(source, dtype=torch.float32, device_map="auto",
+                                                     max_memory=dict(max_memory), offload_folder=offload_folder, **kw)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    finally:
+        said.setLevel(level)
+    model.eval().requires_grad_(False)
+    gpus = sorted(d for d in device_map(model).values() if isinstance(d, int))
+    device = torch.device(f"cuda:{gpus[0]}") if gpus else torch.device("cpu")
+    loaded = Loaded(ref, source, kind, model, tokenizer, device, note, time.perf_counter() - t0)
+    sk = skeleton_of(config, ref, source, note, trust_remote_code)
+    return Offloaded(loaded, sk.layers, sk.total_params)
+
+
+def device_map(model) -> dict:
+    """Module prefix -> where it was placed ('cpu', 'disk' or a GPU index); {'': device}
+    when the whole model fitted on one device (accelerate then sets no map)."""
+    found = getattr(model, "hf_device_map", None)
+    if found:
+        return found
+    device = next(model.parameters()).device
+    return {"": device.index if device.type == "cuda" else device.type}
+
+
+def placement(model) -> dict:
+    """Bytes of parameters (fp32, as loaded) per place: 'cuda:N', 'cpu', 'disk'."""
+    out: dict[str, int] = {}
+    params = dict(model.named_parameters())
+    for prefix, where in device_map(model).items():
+        place = f"cuda:{where}" if isinstance(where, int) else str(where)
+        n = sum(p.numel() * p.element_size() for name, p in params.items()
+                if not prefix or name == prefix or name.startswith(prefix + "."))
+        out[place] = out.get(place, 0) + n
+    return out
+
+
+class _Weights:
+    """Read and write a parameter of a dispatched model wherever it lives: on its device, or
+    (on the meta device) in accelerate's offloaded weights, in memory or on disk."""
+
+    def __init__(self, model):
+        self.loader = None
+        for m in model.modules():
+            wm = getattr(getattr(m, "_hf_hook", None), "weights_map", None)
+            if wm is not None:
+                self.loader = wm.dataset
+                break
+
+    def get(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        if p.device.type != "meta":
+            return p.detach()
+        if self.loader is None or self.loader.save_folder is None:
+            raise UserError(f"{name}: offloaded, but not through an offload folder this engine can write to")
+        return self.loader[name]
+
+    def put(self, name: str, p: torch.Tensor, value: torch.Tensor) -> None:
+        from accelerate.utils import offload_weight
+
+        value = value.to(torch.float32)
+        if p.device.type != "meta":
+            p.data.copy_(value.to(p.device))
+        elif name in self.loader.state_dict:  # offloaded to the CPU's memory
+            self.loader.state_dict[name].copy_(value.cpu())
+        else:  # on disk: a new file in the offload folder (the checkpoint stays untouched)
+            offload_weight(value.cpu(), name, self.loader.save_folder, self.loader.index)
+
+
+def check(recipe) -> None:
+    """Refuse what this path cannot do yet (a one-line UserError)."""
+    if recipe.calibrated or recipe.distill_steps:
+        raise UserError("--max-memory: the calibrated methods (whitened, wanda, gptq) and distillation are not "
+                        "available on an offloaded model; use svd, magnitude, rtn or kmeans")
+
+
+def compress_in_place(off: Offloaded, recipe, progress=None) -> tuple[list[LayerReport], dict]:
+    """Apply `recipe` to a model loaded by `load`, one layer at a time (`progress(done, total,
+    name)` after each); every other parameter is rounded to fp16. Returns the layers' reports
+    and, per compressed layer, its relative error and SQNR (dB)."""
+    check(recipe)
+    model = off.loaded.model
+    weights = _Weights(model)
+    chosen = {i.name for i in select(off.layers, recipe)}
+    # every name a parameter goes by (a tied head's weight is its embedding's, perhaps offloaded twice)
+    names: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        names.setdefault(name, [name])
+    for info in off.layers:
+        if info.tied_to is not None:
+            names[f"{info.tied_to}.weight"].append(f"{info.name}.weight")
+            names.pop(f"{info.name}.weight", None)
+
+    def put(name, value):
+        done = set()
+        for n in names.pop(name):
+            p = model.get_parameter(n)
+            if p.device.type == "meta" or id(p) not in done:
+                weights.put(n, p, value)
+                done.add(id(p))
+
+    reports, errors = [], {}
+    with torch.inference_mode():
+        for k, info in enumerate(off.layers):
+            if info.tied_to is not None:
+                continue
+            name = f"{info.name}.weight"
+            conv = info.role == "conv1d"  # GPT-2's Conv1D keeps (in, out)
+            stored = weights.get(name, model.get_parameter(name))
+            w = (stored.t() if conv else stored).float()
+            if info.name not in chosen:
+                put(name, w.half().t() if conv else w.half())
+                reports.append(LayerReport.left_alone(info))
+            else:
+                cache = {}
+
+                def factors(w=w, cache=cache):
+                    if "usv" not in cache:
+                        cache["usv"] = transforms.svd(w)
+                    return cache["usv"]
+
+                cm = compress_matrix(info.name, w, recipe, factors)
+                new = cm.tensors[0] if len(cm.tensors) == 1 else cm.tensors[0] @ cm.tensors[1]  # (out, r) @ (r, in)
+                rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
+                errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
+                energy = transforms.energy_kept(cache["usv"][1], cm.bytes.rank) if cm.bytes.rank else None
+                reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, recipe.bits, energy))
+                put(name, new.t() if conv else new)
+            if progress:
+                progress(k + 1, len(off.layers), info.name)
+        for name in list(names):  # norms, biases, position embeddings: fp16
+            put(name, weights.get(name, model.get_parameter(name)).half())
+    return reports, errors
+
+
+def run(off: Offloaded, recipe, evaluator, quick: bool = False) -> dict:
+    """Compress the model in place under `recipe` and evaluate it with `evaluator` (built
+    before, from the original): the memory report with each layer's error, the metrics, the
+    peak memory of compressing and of evaluating, and the seconds of each."""
+    from .peak import Peak
+
+    device = off.loaded.device
+    t0 = time.perf_counter()
+    with Peak(device) as peak_compress:
+        reports, errors = compress_in_place(off, recipe)
+    apply_s = time.perf_counter() - t0
+    memory = memory_report(off.layers, off.total_params, reports).to_dict()
+    for layer in memory["layers"]:
+        e = errors.get(layer["tied_to"] or layer["name"])
+        layer["relative_error"] = None if e is None else e["relative_error"]
+        layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+    t0 = time.perf_counter()
+    with Peak(device) as peak_eval:
+        metrics = evaluator(off.loaded.model, quick=quick)
+    return {"memory": memory, "metrics": metrics, "peak_memory": peak_eval.to_dict(),
+            "peak_memory_compress": peak_compress.to_dict(),
+            "seconds": {"apply": apply_s, "evaluate": time.perf_counter() - t0}}
