@@ -76,9 +76,11 @@ def sequences(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN) -> list
 
 
 @torch.no_grad()
-def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: int = SEQ_LEN) -> Calibration:
+def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: int = SEQ_LEN,
+            device=None) -> Calibration:
     """Run the calibration sequences through `model` (one at a time) with a forward pre-hook on
-    each module of `modules` (name -> nn.Linear or Conv1D), accumulating H per layer."""
+    each module of `modules` (name -> nn.Linear or Conv1D), accumulating H per layer. The
+    inputs go to `device` (default: that of the model's first parameter)."""
     t0 = time.perf_counter()
     sums, counts, handles = {}, {}, []
 
@@ -91,7 +93,7 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
 
     for name, module in modules.items():
         handles.append(module.register_forward_pre_hook(hook(name)))
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     seqs = sequences(tokenizer, samples, seq_len)
     try:
         for ids in seqs:

@@ -181,6 +181,9 @@ def cmd_run(args):
             raise UserError("run: --max-memory does not apply to an export folder")
         if not args.max_memory:
             raise UserError("run: --offload-folder needs --max-memory")
+    if args.calibration_memory and not args.max_memory:
+        raise UserError("run: --calibration-memory needs --max-memory")
+    if args.max_memory:
         text, name = _eval_text(args)
         out = cli_offload.run(args, _recipe_from(args), text, name)
         print(json.dumps(out, indent=2)) if args.json else _print_run(out)
@@ -253,7 +256,9 @@ def _print_run(out):
     print(f"{out['model']} ({out['kind']}, {out['device']}): {Recipe.from_dict(out['recipe']).describe()}")
     if out["calibration"]:
         c = out["calibration"]
-        print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}")
+        print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}"
+              + (f"; {c['passes']} pass{'es' if c['passes'] > 1 else ''}, at most {_mb(c['stats_budget_bytes'])} of statistics held at once"
+                 if "passes" in c else ""))
     if out["note"]:
         print(f"note: {out['note']}")
     print(f"memory: {_mb(m['original_bytes'])} -> {_mb(m['compressed_bytes'])} "
@@ -472,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-memory", metavar="SPEC",
                    help="load across devices with accelerate's device_map=auto within these sizes, e.g. cpu=2GiB or "
                         "0=20GiB,cpu=30GiB; the rest is offloaded to disk, and the model is compressed layer by layer")
+    r.add_argument("--calibration-memory", metavar="SIZE",
+                   help="with --max-memory and a calibrated method: the most input statistics held at once "
+                        "(default 1GiB); more passes over the calibration text when they do not fit")
     r.add_argument("--offload-folder", metavar="DIR",
                    help="with --max-memory: where offloaded weights go (default: the system's temporary folder)")
     r.add_argument("--json", action="store_true", help="print one JSON object")

@@ -32,6 +32,9 @@ def run(args, recipe, text: str | None, name: str | None) -> dict:
     if args.device:
         raise UserError("--max-memory places the model itself (GPUs first, then the CPU, then disk): drop --device")
     max_memory = offload.parse_max_memory(args.max_memory)
+    budget = offload.STATS_BUDGET
+    if args.calibration_memory:
+        budget = offload.parse_size(args.calibration_memory, "--calibration-memory")
     offload.check(recipe)  # before minutes of loading
     scratch = _scratch(args.offload_folder)
     try:
@@ -41,14 +44,14 @@ def run(args, recipe, text: str | None, name: str | None) -> dict:
         t0 = time.perf_counter()
         evaluator = make_evaluator(loaded, text, name)  # reference outputs, before any change
         reference_s = time.perf_counter() - t0
-        result = offload.run(off, recipe, evaluator, quick=args.quick)
+        result = offload.run(off, recipe, evaluator, quick=args.quick, stats_budget=budget)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {
         "model": args.model, "export": None, "export_stored": None, "source": loaded.source, "kind": loaded.kind,
         "device": str(loaded.device), "note": loaded.note, "recipe": recipe.to_dict(),
         "metrics": {**result["metrics"], "protocol": {**evaluator.protocol, "estimate_only": args.quick}},
-        "baseline_metrics": evaluator.baseline(), "memory": result["memory"], "calibration": None,
+        "baseline_metrics": evaluator.baseline(), "memory": result["memory"], "calibration": result["calibration"],
         "distillation": None, "peak_memory": result["peak_memory"],
         "offload": {"max_memory": {str(k): v for k, v in max_memory.items()}, "placement_bytes": placement,
                     "device_map": {k: str(v) for k, v in offload.device_map(loaded.model).items()},

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import transforms
+from . import calibrate, methods, transforms
 from .compress import compress_matrix
 from .errors import UserError
 from .layers import LayerInfo, select
@@ -34,19 +34,13 @@ from .models import Loaded, _loading, auto_class, kind_of, open_config
 def parse_max_memory(text: str) -> dict:
     """'cpu=200MiB,0=20GiB' -> {'cpu': '200MiB', 0: '20GiB'} (GPU indices as int), each size
     checked; devices are 'cpu', 'disk' or a GPU index."""
-    from accelerate.utils import convert_file_size_to_int
-
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         device, eq, size = item.partition("=")
         device = device.strip()
         if not eq or not (device in ("cpu", "disk") or device.isdigit()):
             raise UserError(f"--max-memory: {item!r} is not DEVICE=SIZE (DEVICE cpu or a GPU index, e.g. cpu=2GiB,0=20GiB)")
-        try:
-            if convert_file_size_to_int(size.strip()) <= 0:
-                raise ValueError
-        except (ValueError, TypeError):
-            raise UserError(f"--max-memory: {size.strip()!r} is not a size (e.g. 200MiB, 2GiB, 20GB)") from None
+        parse_size(size, "--max-memory")
         key = int(device) if device.isdigit() else device
         if isinstance(key, int) and key >= torch.cuda.device_count():
             raise UserError(f"--max-memory: GPU {key} asked for, but this machine has {torch.cuda.device_count()}")
@@ -64,6 +58,19 @@ class Offloaded:
     loaded: Loaded
     layers: list[LayerInfo]
     total_params: int
+
+
+def parse_size(text: str, flag: str) -> int:
+    """'200MiB', '2GiB', '20GB' -> bytes (accelerate's reading); anything else a UserError."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(text.strip())
+        if size <= 0:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise UserError(f"{flag}: {text.strip()!r} is not a size (e.g. 200MiB, 2GiB, 20GB)") from None
+    return size
 
 
 def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: bool = False) -> Offloaded:
@@ -149,19 +156,54 @@ class _Weights:
 
 def check(recipe) -> None:
     """Refuse what this path cannot do yet (a one-line UserError)."""
-    if recipe.calibrated or recipe.distill_steps:
-        raise UserError("--max-memory: the calibrated methods (whitened, wanda, gptq) and distillation are not "
-                        "available on an offloaded model; use svd, magnitude, rtn or kmeans")
+    if recipe.distill_steps:
+        raise UserError("--max-memory: distillation is not available on an offloaded model (it trains through "
+                        "the whole model); drop --distill-steps")
 
 
-def compress_in_place(off: Offloaded, recipe, progress=None) -> tuple[list[LayerReport], dict]:
+STATS_BUDGET = 2**30  # bytes of calibration statistics held at once, by default
+
+
+def passes(layers: list[LayerInfo], budget: int) -> list[list[LayerInfo]]:
+    """The calibrated layers in model order, cut into runs whose statistics (H: in x in fp32,
+    4 in^2 bytes each) fit `budget`; a layer larger than the budget has a pass of its own.
+
+    >>> [[i.name for i in p] for p in passes(layers_with_in_128_128_512, 200_000)]
+    [['q', 'k'], ['down']]          # 65,536 + 65,536 bytes; then 1,048,576 alone
+    """
+    out, size = [], budget + 1
+    for info in layers:
+        need = 4 * info.shape[1] ** 2
+        if size + need > budget:
+            out.append([])
+            size = 0
+        out[-1].append(info)
+        size += need
+    return out
+
+
+def compress_in_place(off: Offloaded, recipe, progress=None,
+                      stats_budget: int = STATS_BUDGET) -> tuple[list[LayerReport], dict, dict | None]:
     """Apply `recipe` to a model loaded by `load`, one layer at a time (`progress(done, total,
-    name)` after each); every other parameter is rounded to fp16. Returns the layers' reports
-    and, per compressed layer, its relative error and SQNR (dB)."""
+    name)` after each); every other parameter is rounded to fp16. Returns the layers' reports,
+    per compressed layer its relative error and SQNR (dB), and the calibration (None when
+    the recipe needs none).
+
+    A calibrated method (whitened SVD, Wanda, GPTQ) needs each layer's input statistics. They
+    are collected in passes over the calibration text (`passes`: at most `stats_budget` bytes
+    of them held at once), each pass just before its layers are compressed, so a pass after
+    the first sees the inputs of a model whose earlier layers are compressed already (GPTQ's
+    sequential order). In one pass they are the original model's, as in a Workspace."""
     check(recipe)
     model = off.loaded.model
     weights = _Weights(model)
-    chosen = {i.name for i in select(off.layers, recipe)}
+    selected = select(off.layers, recipe)
+    chosen = {i.name for i in selected}
+    calibrated = [i for i in selected if i.role != "embedding"] if recipe.calibrated else []
+    runs = passes(calibrated, stats_budget)
+    first_of = {run[0].name: run for run in runs}
+    hessians: dict = {}
+    stats = {"passes": len(runs), "stats_budget_bytes": stats_budget, "seconds": 0.0, "layers": len(calibrated)}
     # every name a parameter goes by (a tied head's weight is its embedding's, perhaps offloaded twice)
     names: dict[str, list[str]] = {}
     for name, _ in model.named_parameters(remove_duplicate=False):
@@ -179,8 +221,16 @@ def compress_in_place(off: Offloaded, recipe, progress=None) -> tuple[list[Layer
                 weights.put(n, p, value)
                 done.add(id(p))
 
+    def collect(run):
+        cal = calibrate.collect(model, off.loaded.tokenizer, {i.name: model.get_submodule(i.name) for i in run},
+                                device=off.loaded.device)
+        hessians.update(cal.hessians)
+        stats.update(source=cal.source, samples=cal.samples, tokens=cal.tokens, seconds=stats["seconds"] + cal.seconds)
+
     reports, errors = [], {}
     with torch.inference_mode():
+        if runs:  # the first pass on the original model, before anything is written
+            collect(first_of.pop(runs[0][0].name))
         for k, info in enumerate(off.layers):
             if info.tied_to is not None:
                 continue
@@ -188,18 +238,22 @@ def compress_in_place(off: Offloaded, recipe, progress=None) -> tuple[list[Layer
             conv = info.role == "conv1d"  # GPT-2's Conv1D keeps (in, out)
             stored = weights.get(name, model.get_parameter(name))
             w = (stored.t() if conv else stored).float()
+            if info.name in first_of:  # the next pass: statistics of its layers, on the model as it is now
+                collect(first_of.pop(info.name))
             if info.name not in chosen:
                 put(name, w.half().t() if conv else w.half())
                 reports.append(LayerReport.left_alone(info))
             else:
                 cache = {}
+                h = hessians.pop(info.name, None)
 
-                def factors(w=w, cache=cache):
+                def factors(w=w, cache=cache, h=h):
                     if "usv" not in cache:
-                        cache["usv"] = transforms.svd(w)
+                        whiten = recipe.lowrank_method == "whitened" and h is not None
+                        cache["usv"] = methods.whitened_svd(w, h) if whiten else transforms.svd(w)
                     return cache["usv"]
 
-                cm = compress_matrix(info.name, w, recipe, factors)
+                cm = compress_matrix(info.name, w, recipe, factors, hessian=h)
                 new = cm.tensors[0] if len(cm.tensors) == 1 else cm.tensors[0] @ cm.tensors[1]  # (out, r) @ (r, in)
                 rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
                 errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
@@ -210,10 +264,10 @@ def compress_in_place(off: Offloaded, recipe, progress=None) -> tuple[list[Layer
                 progress(k + 1, len(off.layers), info.name)
         for name in list(names):  # norms, biases, position embeddings: fp16
             put(name, weights.get(name, model.get_parameter(name)).half())
-    return reports, errors
+    return reports, errors, (stats if runs else None)
 
 
-def run(off: Offloaded, recipe, evaluator, quick: bool = False) -> dict:
+def run(off: Offloaded, recipe, evaluator, quick: bool = False, stats_budget: int = STATS_BUDGET) -> dict:
     """Compress the model in place under `recipe` and evaluate it with `evaluator` (built
     before, from the original): the memory report with each layer's error, the metrics, the
     peak memory of compressing and of evaluating, and the seconds of each."""
@@ -222,7 +276,7 @@ def run(off: Offloaded, recipe, evaluator, quick: bool = False) -> dict:
     device = off.loaded.device
     t0 = time.perf_counter()
     with Peak(device) as peak_compress:
-        reports, errors = compress_in_place(off, recipe)
+        reports, errors, calibration = compress_in_place(off, recipe, stats_budget=stats_budget)
     apply_s = time.perf_counter() - t0
     memory = memory_report(off.layers, off.total_params, reports).to_dict()
     for layer in memory["layers"]:
@@ -232,6 +286,6 @@ def run(off: Offloaded, recipe, evaluator, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     with Peak(device) as peak_eval:
         metrics = evaluator(off.loaded.model, quick=quick)
-    return {"memory": memory, "metrics": metrics, "peak_memory": peak_eval.to_dict(),
+    return {"memory": memory, "metrics": metrics, "calibration": calibration, "peak_memory": peak_eval.to_dict(),
             "peak_memory_compress": peak_compress.to_dict(),
             "seconds": {"apply": apply_s, "evaluate": time.perf_counter() - t0}}

@@ -10,6 +10,7 @@ from engine import cli, offload
 from engine.errors import UserError
 from engine.evaluate import make_evaluator
 from engine.models import minilm_path
+from engine.layers import select
 from engine.recipe import Recipe
 from engine.session import Explorer
 
@@ -66,13 +67,67 @@ def test_cli_run_with_max_memory_offloads_minilm_and_scores_as_in_memory(tmp_pat
     assert out["peak_memory"]["peak_bytes"] > 0 and out["offload"]["peak_memory_compress"]["peak_bytes"] > 0
 
 
+CALIBRATED = Recipe(rank_ratio=0.5, lowrank_method="whitened", sparsity=0.5, prune_method="wanda", bits=4,
+                   group_size=16, quant_method="gptq", act_order=True)
+
+
+@pytest.fixture(scope="module")
+def calibrated_workspace(tiny_models):
+    work = Explorer.open(tiny_models["llama"], device="cpu").workspace()
+    work.apply(CALIBRATED)
+    return work
+
+
+def test_calibrated_methods_in_one_pass_equal_the_workspace(tiny_models, tmp_path, calibrated_workspace):
+    work = calibrated_workspace
+    off = offload.load(tiny_models["llama"], {"cpu": "1MB"}, str(tmp_path))
+    out = offload.run(off, CALIBRATED, make_evaluator(off.loaded))
+    assert out["calibration"]["passes"] == 1 and out["calibration"]["layers"] == 14
+    assert out["memory"]["compressed_bytes"] == work.applied.memory.compressed_bytes
+    assert out["calibration"]["tokens"] == work.explorer.calibration().tokens
+    # the same statistics give the same stored values: read back from the disk, layer by layer
+    weights = offload._Weights(off.loaded.model)
+    for info in off.layers:
+        p = off.loaded.model.get_parameter(f"{info.name}.weight")
+        assert torch.allclose(weights.get(f"{info.name}.weight", p), work.holders[info.name].matrix(),
+                              rtol=1e-4, atol=1e-6), info.name
+    # a random tiny model's next-token scores nearly tie, so top-1 agreement flips with rounding
+    # (the low-rank product computed once here, as two matrices in the workspace)
+    assert out["metrics"] == pytest.approx(work.evaluate(), rel=2e-3)
+
+
+def test_statistics_over_the_budget_are_collected_in_passes(tiny_models, tmp_path, calibrated_workspace):
+    # tiny Llama: q, k, v, o, gate, up take 32 inputs (H: 4 x 32^2 = 4,096 bytes), down 64 (16,384 bytes);
+    # at most 20,000 bytes: [q k v o] [gate up] [down], per block
+    off = offload.load(tiny_models["llama"], {"cpu": "1MB"}, str(tmp_path))
+    names = [i.name.split(".")[-1] for i in off.layers]
+    assert names[1:8] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    runs = offload.passes(select(off.layers, CALIBRATED), 20_000)
+    assert [[i.name.split(".")[-1] for i in r] for r in runs[:3]] == [
+        ["q_proj", "k_proj", "v_proj", "o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    out = offload.run(off, CALIBRATED, make_evaluator(off.loaded), quick=True, stats_budget=20_000)
+    assert out["calibration"]["passes"] == 6 and out["calibration"]["stats_budget_bytes"] == 20_000
+    assert out["memory"]["compressed_bytes"] == calibrated_workspace.applied.memory.compressed_bytes
+    # the first pass saw the original model, as the workspace's calibration did; later passes
+    # saw a model whose earlier layers were compressed: the same first layer, other later ones
+    single = {e["name"]: e["relative_error"] for e in calibrated_workspace.layer_errors()}
+    layers = {layer["name"]: layer["relative_error"] for layer in out["memory"]["layers"] if layer["compressed"]}
+    assert set(layers) == set(single)
+    first, last = "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"
+    assert layers[first] == pytest.approx(single[first], rel=1e-5)
+    assert layers[last] != pytest.approx(single[last], rel=1e-3)
+
+
 def test_offload_refuses_what_it_cannot_do(capsys):
-    for extra, says in [(["--quant-method", "gptq"], "calibrated methods"), (["--device", "cpu"], "drop --device"),
+    for extra, says in [(["--distill-steps", "2"], "distillation"), (["--device", "cpu"], "drop --device"),
                         (["--max-memory", "cpu=1GB,x=2GB"], "not DEVICE=SIZE")]:
         argv = ["run", "minilm", "--bits", "4", *(["--max-memory", "cpu=60MB"] if "--max-memory" not in extra else []),
                 *extra]
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
-    assert cli.main(["run", "minilm", "--offload-folder", "x"]) == 2
-    assert "needs --max-memory" in capsys.readouterr().err
+    for flag in ("--offload-folder", "--calibration-memory"):
+        assert cli.main(["run", "minilm", flag, "x"]) == 2
+        assert "needs --max-memory" in capsys.readouterr().err
+    assert cli.main(["run", "minilm", "--max-memory", "cpu=1GB", "--calibration-memory", "much"]) == 2
+    assert "--calibration-memory: 'much' is not a size" in capsys.readouterr().err
