@@ -186,7 +186,10 @@ def cmd_run(args):
     if args.max_memory:
         text, name = _eval_text(args)
         out = cli_offload.run(args, _recipe_from(args), text, name)
-        print(json.dumps(out, indent=2)) if args.json else _print_run(out)
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            _print_run(out)
         return
     if folder:  # an export: its recipe and source model come from its manifest
         if any(getattr(args, k, None) is not None for k in RECIPE_FLAGS) or args.recipe:
