@@ -91,6 +91,8 @@ def test_export_reloads_with_identical_metrics_and_exact_bytes(minilm, tmp_path,
     assert after == pytest.approx(before, rel=1e-6)
     for name in list(work.holders)[:6]:
         assert torch.equal(work.holders[name].matrix(), again.holders[name].matrix())
+    if recipe.quant_method != "rtn":  # Huffman-coded once, on the first recipe (time)
+        return
     # Huffman-coded: fewer bytes, exactly the same values, so the same metrics
     coded = export.write(work, tmp_path / "coded", entropy=True)
     parts = [p for layer in coded["layers"] for p in layer["parts"]]

@@ -29,9 +29,9 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
-def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tmp_path, name):
+def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tmp_path, name="gpt2"):
     # every weight offloaded (1 MB of CPU): GPT-2's Conv1D and its tied head read from and written to disk
+    # (the tiny Llama goes through the same path in the calibrated tests below)
     recipe = Recipe(rank_ratio=0.5, bits=4, group_size=16, sparsity=0.5, include_embeddings=True)
     off = offload.load(tiny_models[name], {"cpu": "1MB"}, str(tmp_path))
     assert set(offload.device_map(off.loaded.model).values()) == {"disk"}
