@@ -15,7 +15,9 @@ of which `kept` survive pruning, in the format the memory count chose:
 Codes: round(w / scale) + offset as b-bit unsigned integers (offset 2^(b-1) when symmetric,
 the group's zero-point when not), or the index into the codebook (k-means), or fp16 values
 (16 bits). The tensor bytes written equal the predicted `compressed_bytes` exactly; the
-safetensors header is reported apart. Writing goes to a hidden folder beside the target,
+safetensors header is reported apart. With entropy coding (`write(..., entropy=True)`), a
+matrix's b-bit codes may be stored instead as `huffman`, `code_lengths` and `runs`
+(engine.huffman) where those take fewer bytes; the manifest then says so per part. Writing goes to a hidden folder beside the target,
 renamed into place when complete, so an interrupted export never leaves a folder that loads.
 """
 from __future__ import annotations
@@ -240,7 +242,7 @@ def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
             parts.append({"matrix": label, "shape": list(m.shape), "kept": shaped.kept[k], "format": part.format,
                           "values": part.values, "scales": part.scales, "index": part.index,
                           "coding": "huffman" if huff else "fixed",
-                          "values_written": _nbytes({k: enc[k] for k in ("huffman", "code_lengths", "runs")})
+                          "values_written": _nbytes({key: enc[key] for key in ("huffman", "code_lengths", "runs")})
                           if huff else part.values})
         layers.append({"name": info.name, "shape": list(info.shape), "rank": report.bytes.rank,
                        "recipe": recipe.to_dict(), "parts": parts})

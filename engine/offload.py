@@ -76,9 +76,9 @@ def parse_size(text: str, flag: str) -> int:
 def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: bool = False) -> Offloaded:
     """Load a model with device_map="auto" within `max_memory`, the rest offloaded to
     `offload_folder` (fp32; a folder the caller owns and removes)."""
-    from .footprint import skeleton_of
-
     from transformers import AutoTokenizer
+
+    from .footprint import skeleton_of
 
     t0 = time.perf_counter()
     config, source, note, kw = open_config(ref, trust_remote_code)
