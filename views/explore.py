@@ -95,8 +95,8 @@ with st.expander("How quality is measured"):
 # -- the export: the bytes as stored ----------------------------------------------------------
 st.subheader("Export: the bytes as stored")
 st.caption("A folder with model.safetensors (b-bit codes packed, fp16 scales, masks and indices: the tensor bytes "
-           "equal the Compressed figure above), the recipe, the config and a manifest with every file's size and "
-           "SHA-256. Unzip it and give the folder in the sidebar (Hub id or local folder) or to "
+           "equal the Compressed figure above, or are fewer when Huffman-coded), the recipe, the config and a "
+           "manifest with every file's size and SHA-256. Unzip it and give the folder in the sidebar (Hub id or local folder) or to "
            "`python -m engine run FOLDER` to load it back and score it.")
 entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled=state.holds_export(ctx),
                       help="Deep Compression's last stage: each matrix's b-bit codes get a Huffman code built "
