@@ -233,7 +233,15 @@ class MemoryReport:
                     comp["index"] += p.index
         return comp
 
-    def to_dict(self) -> dict:
+    def to_dict(self, errors: dict | None = None) -> dict:
+        """The report as plain data. With `errors` (layer name -> {'relative_error', 'sqnr_db'},
+        for the compressed layers), every layer also gets those two fields: None where it was
+        not compressed (a tied head takes its embedding's), SQNR None where exact (infinite)."""
+        layers = [r.to_dict() for r in self.layers]
+        for layer in layers if errors is not None else ():
+            e = errors.get(layer["tied_to"] or layer["name"])
+            layer["relative_error"] = None if e is None else e["relative_error"]
+            layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
         return {
             "original_bytes": self.original_bytes,
             "original_bytes_fp32": self.original_bytes_fp32,
@@ -241,7 +249,7 @@ class MemoryReport:
             "ratio": self.ratio,
             "untouched_params": self.untouched_params,
             "components": self.components(),
-            "layers": [r.to_dict() for r in self.layers],
+            "layers": layers,
         }
 
 

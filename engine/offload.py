@@ -17,7 +17,6 @@ holds. The model is changed in place: a loaded model serves one recipe.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -278,11 +277,7 @@ def run(off: Offloaded, recipe, evaluator, quick: bool = False, stats_budget: in
     with Peak(device) as peak_compress:
         reports, errors, calibration = compress_in_place(off, recipe, stats_budget=stats_budget)
     apply_s = time.perf_counter() - t0
-    memory = memory_report(off.layers, off.total_params, reports).to_dict()
-    for layer in memory["layers"]:
-        e = errors.get(layer["tied_to"] or layer["name"])
-        layer["relative_error"] = None if e is None else e["relative_error"]
-        layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+    memory = memory_report(off.layers, off.total_params, reports).to_dict(errors)
     t0 = time.perf_counter()
     with Peak(device) as peak_eval:
         metrics = evaluator(off.loaded.model, quick=quick)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -352,12 +351,7 @@ class Workspace:
         """The applied recipe's memory report (MemoryReport.to_dict) with, per layer, its
         relative error and SQNR in dB (None where not compressed; SQNR None where exact),
         and the seconds the apply took."""
-        mem = self.applied.memory.to_dict()
-        errors = {e["name"]: e for e in self.layer_errors()}
-        for layer in mem["layers"]:
-            e = errors.get(layer["tied_to"] or layer["name"])
-            layer["relative_error"] = None if e is None else e["relative_error"]
-            layer["sqnr_db"] = None if e is None or math.isinf(e["sqnr_db"]) else e["sqnr_db"]
+        mem = self.applied.memory.to_dict(errors={e["name"]: e for e in self.layer_errors()})
         mem["apply_s"] = self.applied.seconds
         return mem
 

@@ -67,7 +67,12 @@ class Context:
 
     @property
     def key(self) -> str:
-        return f"{self.ref}@{self.device}" + (f"@export:{self.export}" if self.export else "")
+        return _key(self.ref, self.device, self.export)
+
+
+def _key(ref: str, device: str, export_folder: str | None) -> str:
+    """What a model's cached results are keyed by: its ref, its device, and the export it holds."""
+    return f"{ref}@{device}" + (f"@export:{export_folder}" if export_folder else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,7 +334,7 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     With an export picked in the sidebar, this session's workspace holds the export's values
     (its files checked against the manifest) for as long as the controls show its recipe."""
     exported = st.session_state.get("export")
-    key = f"{ref}@{device}" + (f"@export:{exported['folder']}" if exported else "")
+    key = _key(ref, device, exported["folder"] if exported else None)
     try:
         cached = st.session_state.get("loaded_keys", set())
         if key in cached:
