@@ -11,42 +11,15 @@ zeroes entries of what is stored, quantization then codes the kept values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 from dataclasses import dataclass
 
-from .errors import UserError
-
-GRANULARITIES = ("tensor", "channel", "group")
-GROUPS = ("all", "attention", "mlp")
-BITS = (2, 3, 4, 5, 6, 7, 8, 16)
-LOWRANK_METHODS = ("svd", "whitened")
-PRUNE_METHODS = ("magnitude", "wanda")
-QUANT_METHODS = ("rtn", "gptq", "kmeans")
-DISTILL_LR = 1e-4
-CALIBRATED = {"whitened", "wanda", "gptq"}  # methods that need the calibration statistics
-
-
-class RecipeError(UserError):
-    """A recipe value outside its allowed range; the message names the field."""
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """'unstructured' -> None, 'N:M' -> (N, M). Raises RecipeError on anything else.
-
-    >>> parse_pattern("2:4")
-    (2, 4)
-    """
-    if pattern == "unstructured":
-        return None
-    m = re.fullmatch(r"(\d+):(\d+)", pattern)
-    if not m:
-        raise RecipeError(f"pattern: expected 'unstructured' or 'N:M' (e.g. 2:4), got {pattern!r}")
-    n, m_ = int(m.group(1)), int(m.group(2))
-    if not 1 <= n < m_ <= 64:
-        raise RecipeError(f"pattern: N:M needs 1 <= N < M <= 64, got {pattern!r}")
-    return n, m_
+from .recipe_values import (BITS, CALIBRATED, DISTILL_LR, GRANULARITIES, GROUPS, LOWRANK_METHODS,  # noqa: F401
+                            PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared, not_int,
+                            not_number, parse_pattern, parse_rules)
 
 
 @dataclass(frozen=True)
@@ -78,42 +51,70 @@ class Recipe:
     distill_steps: after compression, this many steps of knowledge distillation from the
         uncompressed model on the calibration text (engine.distill); 0: none. Same bytes.
     distill_lr: the learning rate of those steps (Adam).
+    per_layer: rules that give some of the selected layers their own settings (a plan): each
+        rule is {"match": REGEX, FIELD: VALUE, ...}; a layer takes the fields of the first rule
+        whose regex it matches (re.search), the rest from this recipe (see `for_layer`).
+        In JSON a list of objects; in Python a tuple of (regex, ((field, value), ...)).
     """
 
-    rank: int | None = None
-    rank_ratio: float | None = None
-    bits: int = 16
-    granularity: str = "group"
-    group_size: int = 128
-    symmetric: bool = True
-    sparsity: float = 0.0
-    pattern: str = "unstructured"
-    include_embeddings: bool = False
-    group: str = "all"
-    layers: str | None = None
-    lowrank_method: str = "svd"
-    prune_method: str = "magnitude"
-    quant_method: str = "rtn"
-    act_order: bool = False
-    distill_steps: int = 0
-    distill_lr: float = DISTILL_LR
+    rank: int | None = declared(None, Field(int, "truncated-SVD rank per layer (capped at its full rank)", True))
+    rank_ratio: float | None = declared(None, Field(
+        float, "rank as a fraction of each layer's full rank, (0, 1]", True, url="rank"))
+    bits: int = declared(16, Field(int, "2-8, or 16 for no quantization (default 16)", choices=BITS, url="bits"))
+    granularity: str = declared("group", Field(
+        str, "one scale per tensor, output channel or group (default group)", choices=GRANULARITIES,
+        url="granularity"))
+    group_size: int = declared(128, Field(int, "input values per quantization group (default 128)", url="group"))
+    symmetric: bool = declared(True, Field(bool, "add a zero-point per group", flag="--asymmetric", url="sym"))
+    sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", url="sparsity"))
+    pattern: str = declared("unstructured", Field(str, "unstructured (default) or N:M, e.g. 2:4", url="pattern"))
+    include_embeddings: bool = declared(False, Field(
+        bool, "also compress embeddings and the output head", url="emb", per_layer=False))
+    group: str = declared("all", Field(
+        str, "compress all layers (default), or only the attention or MLP layers of the blocks", choices=GROUPS,
+        url="layers", per_layer=False))
+    layers: str | None = declared(None, Field(
+        str, "regular expression: compress only layers whose name matches", True, url="filter", per_layer=False))
+    lowrank_method: str = declared("svd", Field(
+        str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs",
+        choices=LOWRANK_METHODS, url="lowrank"))
+    prune_method: str = declared("magnitude", Field(
+        str, "magnitude (default) or wanda: |W| x input column norm, per output row", choices=PRUNE_METHODS,
+        url="prune"))
+    quant_method: str = declared("rtn", Field(
+        str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook",
+        choices=QUANT_METHODS, url="quant"))
+    act_order: bool = declared(False, Field(bool, "gptq: quantize columns by decreasing input energy", url="actorder"))
+    distill_steps: int = declared(0, Field(
+        int, "after compressing, N steps of distillation from the original on calibration text (default 0)",
+        per_layer=False))
+    distill_lr: float = declared(DISTILL_LR, Field(
+        float, "learning rate of those steps (Adam, default 1e-4)", per_layer=False))
+    per_layer: tuple = declared((), Field(
+        tuple, "per-layer rules (a plan): [{\"match\": REGEX, FIELD: VALUE, ...}], first match wins",
+        flag="", per_layer=False))
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        """Field name -> its declaration, in order."""
+        return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank_ratio is not None:
             raise RecipeError("rank: give either rank or rank_ratio, not both")
-        if self.rank is not None and (_not_int(self.rank) or self.rank < 1):
+        if self.rank is not None and (not_int(self.rank) or self.rank < 1):
             raise RecipeError(f"rank: must be an integer >= 1, got {self.rank!r}")
         if self.rank_ratio is not None and (
-            _not_number(self.rank_ratio) or not 0 < self.rank_ratio <= 1
+            not_number(self.rank_ratio) or not 0 < self.rank_ratio <= 1
         ):
             raise RecipeError(f"rank_ratio: must be in (0, 1], got {self.rank_ratio!r}")
-        if _not_int(self.bits) or self.bits not in BITS:
+        if not_int(self.bits) or self.bits not in BITS:
             raise RecipeError(f"bits: must be 2 to 8, or 16 for no quantization, got {self.bits!r}")
         if self.granularity not in GRANULARITIES:
             raise RecipeError(
                 f"granularity: must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
             )
-        if _not_int(self.group_size) or not 1 <= self.group_size <= 1 << 20:
+        if not_int(self.group_size) or not 1 <= self.group_size <= 1 << 20:
             raise RecipeError(f"group_size: must be an integer >= 1, got {self.group_size!r}")
         if not isinstance(self.symmetric, bool):
             raise RecipeError(f"symmetric: must be true or false, got {self.symmetric!r}")
@@ -121,7 +122,7 @@ class Recipe:
             raise RecipeError(
                 f"include_embeddings: must be true or false, got {self.include_embeddings!r}"
             )
-        if _not_number(self.sparsity) or not 0 <= self.sparsity < 1:
+        if not_number(self.sparsity) or not 0 <= self.sparsity < 1:
             raise RecipeError(f"sparsity: must be in [0, 1), got {self.sparsity!r}")
         nm = parse_pattern(self.pattern) if isinstance(self.pattern, str) else None
         if not isinstance(self.pattern, str):
@@ -143,19 +144,20 @@ class Recipe:
             raise RecipeError(f"act_order: must be true or false, got {self.act_order!r}")
         if self.act_order and self.quant_method != "gptq":
             raise RecipeError("act_order: only with quant_method gptq")
-        if _not_int(self.distill_steps) or not 0 <= self.distill_steps <= 100_000:
+        if not_int(self.distill_steps) or not 0 <= self.distill_steps <= 100_000:
             raise RecipeError(f"distill_steps: must be an integer from 0 to 100000, got {self.distill_steps!r}")
-        if _not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
+        if not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
             raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
         if self.group not in GROUPS:
             raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
-            if not isinstance(self.layers, str) or not self.layers:
-                raise RecipeError(f"layers: must be a non-empty regular expression, got {self.layers!r}")
+            check_regex("layers", self.layers)
+        object.__setattr__(self, "per_layer", parse_rules(self.per_layer, self.fields()))
+        for k, (match, items) in enumerate(self.per_layer):
             try:
-                re.compile(self.layers)
-            except re.error as e:
-                raise RecipeError(f"layers: not a valid regular expression ({e})") from None
+                self.base().updated(**dict(items))
+            except RecipeError as e:
+                raise RecipeError(f"per_layer[{k}] ({match}): {e}") from None
 
     # -- derived values -------------------------------------------------------------------
     @property
@@ -169,11 +171,47 @@ class Recipe:
 
     @property
     def calibrated(self) -> bool:
-        """Whether a method in use needs the calibration statistics."""
-        used = {self.quant_method if self.bits < 16 else "rtn",
+        """Whether a method in use (here or in a per-layer rule) needs the calibration statistics."""
+        return any(bool(r.methods_used() & CALIBRATED) for r in (self, *self.rule_recipes()))
+
+    def methods_used(self) -> set[str]:
+        """The methods this recipe (its own fields, not its rules) runs."""
+        return {self.quant_method if self.bits < 16 else "rtn",
                 self.prune_method if self.sparsity > 0 else "magnitude",
                 self.lowrank_method if (self.rank or self.rank_ratio) else "svd"}
-        return bool(used & CALIBRATED)
+
+    # -- per-layer rules ------------------------------------------------------------------
+    def base(self) -> "Recipe":
+        """This recipe without its per-layer rules."""
+        return dataclasses.replace(self, per_layer=()) if self.per_layer else self
+
+    def updated(self, **fields) -> "Recipe":
+        """This recipe with `fields` changed as a user means them: a rank clears the rank ratio
+        and the other way round, an N:M pattern given without a sparsity sets it, and a
+        quantization method other than GPTQ given alone turns act-order off.
+
+        >>> Recipe(rank=64, pattern="2:4").updated(rank_ratio=0.5, pattern="4:8").describe()
+        'rank x0.5 · 4:8'
+        """
+        d = self.to_dict()
+        if fields.get("rank") is not None:
+            d["rank_ratio"] = None
+        if fields.get("rank_ratio") is not None:
+            d["rank"] = None
+        if fields.get("pattern") not in (None, "unstructured") and "sparsity" not in fields:
+            d["sparsity"] = 0.0  # the pattern sets it
+        if fields.get("quant_method") not in (None, "gptq") and "act_order" not in fields:
+            d["act_order"] = False
+        return Recipe.from_dict({**d, **fields})
+
+    def for_layer(self, name: str) -> "Recipe":
+        """The recipe layer `name` is compressed with: the first per-layer rule it matches
+        applied to this recipe's fields, or these fields alone (never with rules)."""
+        return _for_layer(self, name) if self.per_layer else self
+
+    def rule_recipes(self) -> list["Recipe"]:
+        """The recipe of each per-layer rule."""
+        return [self.base().updated(**dict(items)) for _, items in self.per_layer]
 
     def rank_for(self, full_rank: int) -> int | None:
         """The rank a layer of this full rank gets, or None when it stays unfactorized.
@@ -197,7 +235,10 @@ class Recipe:
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON-ready data; `per_layer` as a list of {"match": regex, field: value} objects."""
+        d = {f: getattr(self, f) for f in self.fields()}
+        d["per_layer"] = [{"match": match, **dict(items)} for match, items in self.per_layer]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -249,14 +290,18 @@ class Recipe:
             parts.append(f"layers ~ /{self.layers}/")
         if self.include_embeddings:
             parts.append("with embeddings")
+        if self.per_layer:
+            parts.append(f"{len(self.per_layer)} per-layer rule{'s' if len(self.per_layer) > 1 else ''}")
         if self.distill_steps:
             parts.append(f"distilled {self.distill_steps} steps" + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
         return " · ".join(parts) or "uncompressed"
 
 
-def _not_int(x: object) -> bool:
-    return isinstance(x, bool) or not isinstance(x, int)
 
-
-def _not_number(x: object) -> bool:
-    return isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x)
+@functools.lru_cache(maxsize=4096)
+def _for_layer(recipe: Recipe, name: str) -> Recipe:
+    base = recipe.base()
+    for match, items in recipe.per_layer:
+        if re.search(match, name):
+            return base.updated(**dict(items))
+    return base

@@ -58,7 +58,7 @@ def test_run_minilm_json():
                              "symmetric": True, "sparsity": 0.5, "pattern": "unstructured",
                              "include_embeddings": False, "group": "all", "layers": None,
                              "lowrank_method": "svd", "prune_method": "magnitude", "quant_method": "rtn",
-                             "act_order": False, "distill_steps": 0, "distill_lr": 1e-4}
+                             "act_order": False, "distill_steps": 0, "distill_lr": 1e-4, "per_layer": []}
     assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
 

@@ -22,6 +22,8 @@ ALL_OPTIONS = [
     Recipe(group="mlp", layers="layers\\.0\\."),
     Recipe(rank_ratio=0.5, bits=4, group_size=64, symmetric=False, sparsity=0.3, include_embeddings=True, layers="q_proj"),
     Recipe(bits=3, sparsity=0.5, distill_steps=20, distill_lr=3e-5),
+    Recipe(bits=4, per_layer=[{"match": r"\.down_proj$", "bits": 6, "group_size": 64},
+                              {"match": "q_proj", "rank_ratio": 0.5, "pattern": "2:4"}]),
 ]
 
 
@@ -62,6 +64,13 @@ def test_pattern_sets_sparsity():
     ({"distill_steps": 2.0}, "distill_steps"),
     ({"distill_lr": 0}, "distill_lr"),
     ({"distill_lr": 2.0}, "distill_lr"),
+    ({"per_layer": {"match": "x"}}, "per_layer"),
+    ({"per_layer": [{"bits": 4}]}, r"per_layer\[0\] match"),
+    ({"per_layer": [{"match": "(", "bits": 4}]}, r"per_layer\[0\] match"),
+    ({"per_layer": [{"match": "x"}]}, r"per_layer\[0\]"),
+    ({"per_layer": [{"match": "x", "group": "mlp"}]}, r"per_layer\[0\]"),
+    ({"per_layer": [{"match": "x", "bits": 4}, {"match": "y", "bits": 9}]}, r"per_layer\[1\] \(y\): bits"),
+    ({"per_layer": [{"match": "x", "act_order": True}]}, r"per_layer\[0\] \(x\): act_order"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(RecipeError, match=rf"^{field}:"):
@@ -84,3 +93,30 @@ def test_rank_resolution():
     assert Recipe(rank=400).rank_for(384) is None
     assert Recipe(rank=100).rank_for(384) == 100
     assert Recipe().rank_for(384) is None
+
+
+def test_per_layer_rules_first_match_wins_and_fill_in_from_the_recipe():
+    r = Recipe(rank=64, bits=4, group_size=64, quant_method="gptq", act_order=True, per_layer=[
+        {"match": r"\.mlp\.", "bits": 8},
+        {"match": "down_proj", "bits": 2},  # never reached for an mlp down_proj: the first rule matched
+        {"match": "q_proj", "rank_ratio": 0.5, "pattern": "2:4", "quant_method": "rtn"},
+    ])
+    down = r.for_layer("model.layers.0.mlp.down_proj")
+    assert (down.bits, down.group_size, down.rank, down.act_order, down.per_layer) == (8, 64, 64, True, ())
+    q = r.for_layer("model.layers.0.self_attn.q_proj")
+    # a rank ratio clears the rank, a pattern sets the sparsity, rtn turns act-order off
+    assert (q.rank, q.rank_ratio, q.sparsity, q.quant_method, q.act_order) == (None, 0.5, 0.5, "rtn", False)
+    assert r.for_layer("model.layers.0.self_attn.k_proj") == r.base()
+    assert r.calibrated and not Recipe(per_layer=[{"match": "x", "bits": 4}]).calibrated
+    assert Recipe(per_layer=[{"match": "x", "quant_method": "gptq", "bits": 4}]).calibrated
+    assert r.describe() == "rank 64 · int4 g64 GPTQ act-order · 3 per-layer rules"
+
+
+def test_every_field_is_declared_once_with_its_command_line_and_url_names():
+    fields = Recipe.fields()
+    assert list(fields) == list(Recipe().to_dict())
+    urls = [f.url for f in fields.values() if f.url]
+    assert len(urls) == len(set(urls))
+    assert {n for n, f in fields.items() if f.per_layer} == {
+        "rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric", "sparsity", "pattern",
+        "lowrank_method", "prune_method", "quant_method", "act_order"}
