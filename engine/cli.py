@@ -173,7 +173,7 @@ def cmd_inspect(args):
 
 
 def cmd_run(args):
-    from . import export
+    from .storage import explorer as export
 
     folder = args.model if export.is_export(args.model) else None
     if args.max_memory or args.offload_folder:
@@ -307,7 +307,7 @@ def _print_run(out):
 
 
 def cmd_export(args):
-    from . import export
+    from .storage import explorer as export
 
     recipe = _recipe_from(args)
     out_path = _out_path(args.out)
@@ -437,7 +437,7 @@ def cmd_plan(args):
     result = plan.plan(ex.workspace(), args.target_ratio, base, args.by, ladder, progress=update)
     bar.close()
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        Path(args.out).write_text(json.dumps(result["recipe"], indent=2), encoding="utf-8")
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--target-ratio", type=float, required=True, help="compressed / fp16 bytes to reach, in (0, 1)")
     pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own bit width")
     pl.add_argument("--ladder", default="8,6,5,4,3,2", help="bit widths to choose from (default 8,6,5,4,3,2)")
-    pl.add_argument("--out", help="also write the plan as JSON to this file")
+    pl.add_argument("--out", help="also write the plan as a recipe (JSON, per-layer rules) to this file")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
 

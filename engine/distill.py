@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .calibrate import SOURCE, sequences
-from .compress import Grid
+from .pipeline import Grid
 from .layers import Stored
 from .recipe import Recipe
 

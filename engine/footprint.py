@@ -7,7 +7,7 @@
 accelerate's `init_empty_weights` builds the transformers model with every parameter on the
 meta device: shapes without storage, so a 70B model takes no memory. The layers are found by
 type as for a loaded model, and each layer's bytes under a recipe follow from its shape
-(memory.predicted), so the count equals the one made from the weights, byte for byte.
+(engine.pipeline.predict), so the count equals the one made from the weights, byte for byte.
 The configs in assets/configs are the published config.json files of a few public models.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from .errors import UserError
 from .layers import LayerInfo, find_layers, select
-from .memory import LayerReport, MemoryReport, memory_report, predicted
+from .memory import LayerReport, MemoryReport, memory_report
+from .pipeline import predict as predict_layer
 from .models import auto_class, kind_of, one_line, open_config, read_config
 from .recipe import Recipe
 
@@ -75,8 +76,6 @@ def shipped() -> dict[str, str]:
 def open_skeleton(ref: str, trust_remote_code: bool = False) -> Skeleton:
     """Build a model from its config alone: a shipped config name, a config.json file, an
     alias, a local model folder or a hub id (a hub id reads only config.json)."""
-    from accelerate import init_empty_weights
-
     note = None
     path = CONFIGS / f"{ref}.json"
     if path.is_file() or (ref.endswith(".json") and os.path.isfile(ref)):
@@ -107,7 +106,7 @@ def skeleton_of(config, ref: str, source: str, note: str | None = None, trust_re
 def predict(skeleton: Skeleton, recipe: Recipe) -> MemoryReport:
     """The memory report of a recipe from the shapes alone: what applying it to the weights reports."""
     chosen = {i.name for i in select(skeleton.layers, recipe)}
-    reports = [predicted(i, recipe) if i.name in chosen else LayerReport.left_alone(i)
+    reports = [predict_layer(i, recipe.for_layer(i.name)) if i.name in chosen else LayerReport.left_alone(i)
                for i in skeleton.layers if i.tied_to is None]
     return memory_report(skeleton.layers, skeleton.total_params, reports)
 

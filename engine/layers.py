@@ -32,12 +32,76 @@ class LayerInfo:
     def params(self) -> int:
         return self.shape[0] * self.shape[1]
 
+    @property
+    def kind(self) -> "LayerKind":
+        return KINDS[self.role]
+
+    @property
+    def param_name(self) -> str:
+        """The name of the parameter that holds the matrix."""
+        return f"{self.name}.weight"
+
+
+# ---------------------------------------------------------------------------------------
+# Layer kinds: where a kind of layer's matrix comes from and goes back to
+# ---------------------------------------------------------------------------------------
+
+
+class LayerKind:
+    """A kind of compressible layer. `read` gives its matrix as (out, in), `to_param` turns an
+    (out, in) matrix back into the layout of its parameter, and `stand_in` makes the module
+    that computes with a Stored holder in its place. Adding a kind is one subclass here and
+    one entry in KINDS."""
+
+    module_type: type = nn.Linear
+
+    def shape(self, module: nn.Module) -> tuple[int, int]:
+        return tuple(self.read(module).shape)
+
+    def read(self, module: nn.Module) -> torch.Tensor:
+        return module.weight
+
+    def to_param(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix
+
+    def from_param(self, param: torch.Tensor) -> torch.Tensor:
+        return self.to_param(param)  # every layout here is its own inverse
+
+    def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
+        return CompressedLinear(stored, module.bias)
+
+
+class Conv1DKind(LayerKind):
+    """GPT-2's Conv1D: y = x W + b with W stored (in, out), so the matrix is its transpose."""
+
+    module_type = Conv1D
+
+    def shape(self, module: nn.Module) -> tuple[int, int]:
+        return (module.nf, module.weight.shape[0])
+
+    def read(self, module: nn.Module) -> torch.Tensor:
+        return module.weight.t()
+
+    def to_param(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.t()
+
+
+class EmbeddingKind(LayerKind):
+    """The input embeddings: a (vocab, dim) table looked up by row."""
+
+    module_type = nn.Embedding
+
+    def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
+        return CompressedEmbedding(stored, module.padding_idx)
+
+
+KINDS: dict[str, LayerKind] = {"linear": LayerKind(), "head": LayerKind(), "conv1d": Conv1DKind(),
+                               "embedding": EmbeddingKind()}
+
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight as an (out, in) matrix; Conv1D stores (in, out) and is transposed (a view)."""
-    if isinstance(module, Conv1D):
-        return module.weight.t()
-    return module.weight
+    return (KINDS["conv1d"] if isinstance(module, Conv1D) else KINDS["linear"]).read(module)
 
 
 def layer_group(model: nn.Module, name: str) -> str:
@@ -57,6 +121,9 @@ def layer_group(model: nn.Module, name: str) -> str:
     return "mlp" if any(p.isdigit() for p in parts[:-1]) else "other"
 
 
+BLOCK_ROLES = ("linear", "conv1d")  # the kinds found anywhere by type (embeddings and head: by position)
+
+
 def find_layers(model: nn.Module) -> list[LayerInfo]:
     """Every compressible matrix, embeddings and head included (their role says which)."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -65,15 +132,14 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
     found = []
     for name, module in model.named_modules():
         if module is emb and isinstance(module, nn.Embedding):
-            found.append(LayerInfo(name, tuple(module.weight.shape), "embedding"))
+            found.append(LayerInfo(name, KINDS["embedding"].shape(module), "embedding"))
         elif module is head and isinstance(module, nn.Linear):
             tied = emb is not None and module.weight is getattr(emb, "weight", None)
-            found.append(LayerInfo(name, tuple(module.weight.shape), "head", names[id(emb)] if tied else None))
-        elif isinstance(module, nn.Linear):
-            found.append(LayerInfo(name, tuple(module.weight.shape), "linear", group=layer_group(model, name)))
-        elif isinstance(module, Conv1D):
-            found.append(LayerInfo(name, (module.nf, module.weight.shape[0]), "conv1d",
-                                   group=layer_group(model, name)))
+            found.append(LayerInfo(name, KINDS["head"].shape(module), "head", names[id(emb)] if tied else None))
+        else:
+            role = next((r for r in BLOCK_ROLES if isinstance(module, KINDS[r].module_type)), None)
+            if role is not None:
+                found.append(LayerInfo(name, KINDS[role].shape(module), role, group=layer_group(model, name)))
     return found
 
 
@@ -162,12 +228,8 @@ def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
         if info.tied_to is not None:
             continue
         module = model.get_submodule(info.name)
-        stored = Stored(weight_matrix(module).detach())
-        if info.role == "embedding":
-            new = CompressedEmbedding(stored, module.padding_idx)
-        else:
-            new = CompressedLinear(stored, module.bias)
-        _replace(model, info.name, new)
+        stored = Stored(info.kind.read(module).detach())
+        _replace(model, info.name, info.kind.stand_in(module, stored))
         holders[info.name] = stored
     for info in layers:
         if info.tied_to is not None:

@@ -135,22 +135,6 @@ def kept_count(rows: int, cols: int, sparsity: float, nm: tuple[int, int] | None
     return rows * cols - round(sparsity * (rows * cols))
 
 
-def predicted(info: "LayerInfo", recipe) -> "LayerReport":
-    """A compressed layer's report from its shape alone, equal to what compressing its weights
-    reports (bar the energy kept, which needs the spectrum): the rank, the kept counts and the
-    groups all follow from the shape."""
-    out, inp = info.shape
-    rank = recipe.rank_for(min(out, inp))
-    mats = [(out, inp)] if rank is None else [(out, rank), (rank, inp)]
-    kept = [kept_count(r, c, recipe.sparsity, recipe.nm) for r, c in mats]
-    codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED
-    parts = tuple(tensor_bytes(r, c, k, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
-                               recipe.nm, codebook=codebook) for (r, c), k in zip(mats, kept))
-    stored = sum(r * c for r, c in mats)
-    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, parts), (stored - sum(kept)) / stored,
-                       recipe.bits, None)
-
-
 @dataclass(frozen=True)
 class LayerReport:
     info: "LayerInfo"

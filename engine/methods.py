@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .transforms import per_entry, quant_grid, quant_params
+from .transforms import code_offset, dequantize, per_entry, quant_grid, quant_params, quantize
 
 # ---------------------------------------------------------------------------------------
 # Low rank: truncation-aware SVD on whitened inputs (SVD-LLM)
@@ -76,10 +76,9 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def _column_quantizer(bits: int, symmetric: bool):
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
-
     def q(col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        return ((col / scale).round() + zero).clamp(lo, hi).sub(zero).mul(scale)
+        offset = code_offset(zero, bits, symmetric)
+        return dequantize(quantize(col, scale, offset, bits), scale, offset)
 
     return q
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import calibrate, methods, transforms
-from .compress import compress_matrix
+from . import calibrate, methods, pipeline, transforms
 from .errors import UserError
 from .layers import LayerInfo, select
 from .memory import LayerReport, memory_report
@@ -233,32 +232,31 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
         for k, info in enumerate(off.layers):
             if info.tied_to is not None:
                 continue
-            name = f"{info.name}.weight"
-            conv = info.role == "conv1d"  # GPT-2's Conv1D keeps (in, out)
-            stored = weights.get(name, model.get_parameter(name))
-            w = (stored.t() if conv else stored).float()
+            name, kind = info.param_name, info.kind  # the parameter, in its own layout (Conv1D: (in, out))
+            w = kind.from_param(weights.get(name, model.get_parameter(name))).float()
             if info.name in first_of:  # the next pass: statistics of its layers, on the model as it is now
                 collect(first_of.pop(info.name))
             if info.name not in chosen:
-                put(name, w.half().t() if conv else w.half())
+                put(name, kind.to_param(w.half()))
                 reports.append(LayerReport.left_alone(info))
             else:
                 cache = {}
+                lr = recipe.for_layer(info.name)
                 h = hessians.pop(info.name, None)
 
-                def factors(w=w, cache=cache, h=h):
+                def factors(w=w, cache=cache, h=h, lr=lr):
                     if "usv" not in cache:
-                        whiten = recipe.lowrank_method == "whitened" and h is not None
+                        whiten = lr.lowrank_method == "whitened" and h is not None
                         cache["usv"] = methods.whitened_svd(w, h) if whiten else transforms.svd(w)
                     return cache["usv"]
 
-                cm = compress_matrix(info.name, w, recipe, factors, hessian=h)
-                new = cm.tensors[0] if len(cm.tensors) == 1 else cm.tensors[0] @ cm.tensors[1]  # (out, r) @ (r, in)
+                stored = pipeline.compress(info.name, w, lr, factors, hessian=h if lr.calibrated else None)
+                new = stored.matrix()
                 rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
                 errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
-                energy = transforms.energy_kept(cache["usv"][1], cm.bytes.rank) if cm.bytes.rank else None
-                reports.append(LayerReport(info, True, cm.bytes, cm.sparsity, recipe.bits, energy))
-                put(name, new.t() if conv else new)
+                energy = transforms.energy_kept(cache["usv"][1], stored.rank) if stored.rank else None
+                reports.append(stored.report(info, energy))
+                put(name, kind.to_param(new))
             if progress:
                 progress(k + 1, len(off.layers), info.name)
         for name in list(names):  # norms, biases, position embeddings: fp16

@@ -7,7 +7,9 @@ A unit is one layer ('layer'), every layer of one transformer block ('block'), o
 layer across the blocks ('type', e.g. every `mlp.down_proj`). The planner measures, for every
 unit, the quality loss of each bit width on a ladder with the rest of the model left alone;
 treats the losses as additive; and picks the bit width of every unit that fits the target with
-the least total loss (a multiple-choice knapsack, solved exactly). Then it measures the plan
+the least total loss (a multiple-choice knapsack, solved exactly). The plan is a recipe: the
+base recipe at the most common bit width, with a per-layer rule for every unit at another
+(`plan_recipe`), which loads, exports and sweeps like any recipe. Then it measures the plan
 and the uniform bit width of the nearest size with the full protocol. Give it the ratio of a
 uniform setting (`uniform_ratio`) to compare at equal bytes: the plan is then no larger.
 """
@@ -55,9 +57,38 @@ def _ladder(ladder) -> list[int]:
     return sorted({b for b in ladder if b in BITS and b < 16}, reverse=True)
 
 
+def names_regex(names) -> str:
+    """A regular expression that matches exactly these layer names (re.search)."""
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def unit_regex(unit: str, names: list[str], everything: list[str]) -> str:
+    """A rule's regex for a unit: for a layer type ('model.layers.*.mlp.down_proj') the pattern
+    with \\d+ for the block number, when among `everything` it matches just `names`; else
+    the names themselves."""
+    if ".*." in unit:
+        pattern = "^" + re.escape(unit).replace(r"\.\*\.", r"\.\d+\.") + "$"
+        if [n for n in everything if re.search(pattern, n)] == names:
+            return pattern
+    return names_regex(names)
+
+
 def _only(work, names, recipe: Recipe):
-    """Apply `recipe` to the layers `names` only, the rest of the model left alone."""
-    return work.apply(Recipe(), per_layer={n: recipe for n in names})
+    """Apply `recipe` to the layers `names` only (among those it selects), the rest of the
+    model left alone."""
+    return work.apply(dataclasses.replace(recipe, layers=names_regex(names), distill_steps=0, per_layer=()))
+
+
+def plan_recipe(base: Recipe, units: dict, choice: dict, everything: list[str]) -> Recipe:
+    """The plan as a recipe: `base` at the bit width most units take, and a per-layer rule
+    for every unit that takes another."""
+    counts: dict = {}
+    for u, names in units.items():
+        counts[choice[u]] = counts.get(choice[u], 0) + len(names)
+    top = max(counts, key=lambda b: (counts[b], b))
+    rules = [{"match": unit_regex(u, names, everything), "bits": choice[u]}
+             for u, names in units.items() if choice[u] != top]
+    return dataclasses.replace(base, bits=top, distill_steps=0, per_layer=rules)
 
 
 def _loss(metrics: dict, baseline: dict, metric: str) -> float:
@@ -159,8 +190,8 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
     saved = {(u, b): grid["bytes_saved"][i][j] for i, u in enumerate(grid["units"]) for j, b in enumerate(ladder)}
     original = 2 * ex.total_params
     choice = _least_loss(list(groups), ladder, cost, saved, need=original - target_ratio * original)
-    per_layer = {n: recipes[choice[u]] for u, names in groups.items() for n in names}
-    planned = work.apply(Recipe(), per_layer=per_layer)
+    recipe = plan_recipe(base, groups, choice, [i.name for i in ex.selected(base)])
+    planned = work.apply(recipe)
     plan_metrics = work.evaluate()
     plan_bytes = planned.memory.compressed_bytes
     # each layer's bytes are its own, so a uniform width's size is the sum of the measured savings
@@ -171,7 +202,7 @@ def plan(work, target_ratio: float, base: Recipe, by: str = "type", ladder=LADDE
                "ratio": sizes[b] / original, "metrics": work.evaluate()}
     return {
         "metric": ev.primary, "baseline": baseline, "target_ratio": target_ratio, "by": by,
-        "base": base.to_dict(), "ladder": ladder,
+        "base": base.to_dict(), "ladder": ladder, "recipe": recipe.to_dict(),
         "units": [{"unit": u, "layers": groups[u], "bits": choice[u],
                    "loss_by_bits": {b: cost[u, b] for b in ladder}} for u in groups],
         "grid": grid,

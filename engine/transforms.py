@@ -207,17 +207,34 @@ def per_entry(grid: tuple[torch.Tensor, ...], rows: int, cols: int, granularity:
     return [t[:, None].expand(-1, g).reshape(rows, cols + pad)[:, :cols].contiguous() for t in grid]
 
 
+def code_offset(zero: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """The code of 0.0 in the stored unsigned b-bit codes: 2^(b-1) when symmetric (the grid's
+    zero-point is then 0: signed codes shifted up), else the grid's own zero-point."""
+    return zero + 2 ** (bits - 1) if symmetric else zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """The stored codes of w: round(w / scale) + offset, clamped to [0, 2^b - 1] (as floats).
+
+    >>> quantize(torch.tensor([-1.0, 0.3, 1.0]), torch.tensor(0.5), torch.tensor(2.0), 2)
+    tensor([0., 3., 3.])
+    """
+    return ((w / scale).round() + offset).clamp(0, 2**bits - 1)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The values codes stand for: (code - offset) x scale."""
+    return (codes - offset) * scale
+
+
 def on_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, granularity: str = "group",
             group_size: int = 128, symmetric: bool = True) -> torch.Tensor:
     """w rounded to a given grid (per-group scale and zero-point, as quant_grid gives them)
     and dequantized: a value already on the grid stays exactly where it is."""
     rows, cols = w.shape
     g, pad = _grouped(w, granularity, group_size)
-    scale, zero = scale[:, None], zero[:, None]
-    if symmetric:
-        out = (g / scale).round().clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * scale
-    else:
-        out = (((g / scale).round() + zero).clamp(0, 2**bits - 1) - zero) * scale
+    scale, offset = scale[:, None], code_offset(zero[:, None], bits, symmetric)
+    out = dequantize(quantize(g, scale, offset, bits), scale, offset)
     if granularity == "group":
         out = out.reshape(rows, cols + pad)[:, :cols]
     return out.reshape(rows, cols)

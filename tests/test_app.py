@@ -279,7 +279,7 @@ def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path):
     import io
     import zipfile
 
-    from engine import export
+    from engine.storage import explorer as export
     from engine.session import Explorer
 
     at = ok(start(bits=3, sparsity=0.5))

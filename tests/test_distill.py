@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.compress import Grid
+from engine.pipeline import Grid
 from engine.distill import _quantized, _start
 from engine.methods import gptq_quantize
 from engine.recipe import Recipe
@@ -50,7 +50,7 @@ def test_distillation_keeps_bytes_masks_and_grids_and_recovers_quality_on_minilm
     recipe = Recipe(bits=3, sparsity=0.5)
     before = work.apply(recipe)
     cos_before = work.evaluate()["cosine_to_original"]
-    values_before = {n: work.holders[n].matrix().clone() for n in work._grids}
+    values_before = {n: work.holders[n].matrix().clone() for n in work.stored}
     steps = []
     after = work.distill(8, 1e-4, progress=lambda k, n, loss: steps.append((k, n)))
     assert steps == [(k, 8) for k in range(1, 9)]
@@ -59,9 +59,10 @@ def test_distillation_keeps_bytes_masks_and_grids_and_recovers_quality_on_minilm
     d = after.distillation
     assert len(d.loss) == 8 and d.tokens_per_step[0] >= 4 * 64 and d.seconds > 0
     changed = 0
-    for name, (grid,) in work._grids.items():
+    for name, stored in work.stored.items():
         w = work.holders[name].matrix()
-        (keep,) = work._shaped[name].keeps
+        assert torch.equal(stored.matrix(), w)  # the stored layers hold the trained values
+        ((grid, keep),) = [(m.grid, m.keep) for m in stored.matrices]
         assert not w[~keep].any() and int(keep.sum()) == keep.numel() // 2  # pruned stay pruned
         assert torch.equal(grid.snap(w, recipe) * keep, w)  # on the layer's 3-bit grid
         changed += int((w != values_before[name]).sum())
@@ -76,7 +77,7 @@ def test_distillation_trains_low_rank_factors_and_codebooks(minilm):
     name = "encoder.layer.0.attention.self.query"
     h = work.holders[name]
     assert h.a.shape == (384, 192) and h.b.shape == (192, 384)
-    for m, grid in zip((h.a, h.b), work._grids[name]):
+    for m, grid in zip((h.a, h.b), (s.grid for s in work.stored[name].matrices)):
         assert m.unique().numel() <= 8 and set(m.unique().tolist()) <= set(grid.codebook.tolist())
 
 

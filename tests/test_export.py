@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from engine import export
-from engine.compress import quantize_shaped, shape_matrix
+from engine.storage import explorer as export
+from engine.pipeline import compress
+from engine.storage.codec import decode_layer, decode_matrix, encode_layer, encode_matrix, nbytes
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.session import Explorer
@@ -20,8 +21,7 @@ from test_cli import ROOT, engine, run_json
 
 def _compressed(recipe, shape=(24, 40), seed=0):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    shaped = shape_matrix(w, recipe, lambda: svd(w))
-    return shaped, quantize_shaped("m", shape, shaped, recipe)
+    return compress("m", w, recipe, lambda: svd(w))
 
 
 FORMATS = [
@@ -42,27 +42,37 @@ FORMATS = [
 @pytest.mark.parametrize("recipe, fmt", FORMATS, ids=lambda x: x.describe() if isinstance(x, Recipe) else x)
 def test_each_format_decodes_to_exactly_the_compressed_values_in_the_predicted_bytes(recipe, fmt):
     # 42: groups and N:M groups that do not divide the row; CSR wins only on long, very sparse rows
-    shaped, cm = _compressed(recipe, shape=(4, 3000) if fmt == "csr" else (24, 42))
+    stored = _compressed(recipe, shape=(4, 3000) if fmt == "csr" else (24, 42))
     kmeans = recipe.quant_method == "kmeans"
-    for m, keep, grid, part in zip(cm.tensors, shaped.keeps, cm.grids, cm.bytes.parts):
+    for sm in stored.matrices:
+        m, keep, grid, part = sm.values, sm.keep, sm.grid, sm.bytes
         forced = part.format if fmt != "N:M" else f"{recipe.nm[0]}:{recipe.nm[1]}"
         if fmt != "N:M":
             assert part.format == fmt  # the memory count chose this format
-        t = export.encode_matrix(m, keep, grid, recipe, forced, kmeans)
+        t = encode_matrix(m, keep, grid, recipe, forced).tensors
         written = sum(x.numel() * x.element_size() for x in t.values())
         if forced == part.format:
             assert written == part.total
         kept = m.numel() if keep is None else int(keep.sum())
-        assert torch.equal(export.decode_matrix(t, tuple(m.shape), kept, recipe, forced, kmeans), m)
-        coded = export.encode_matrix(m, keep, grid, recipe, forced, kmeans, entropy=True)
-        assert torch.equal(export.decode_matrix(coded, tuple(m.shape), kept, recipe, forced, kmeans), m)
+        assert kept == sm.kept
+        values, grid_back, keep_back = decode_matrix(t, tuple(m.shape), kept, recipe, forced)
+        assert torch.equal(values, m)
+        on = torch.ones_like(m, dtype=torch.bool) if keep is None else keep
+        assert torch.equal(grid_back.snap(values, recipe)[on], values[on])  # the grid read back holds every kept value
+        if keep_back is not None:
+            assert torch.equal(keep_back, keep)
+        coded = encode_matrix(m, keep, grid, recipe, forced, entropy=True).tensors
+        assert torch.equal(decode_matrix(coded, tuple(m.shape), kept, recipe, forced)[0], m)
         assert all(torch.equal(coded[k], t[k]) for k in t if k != "values")  # only the values may change
         if "huffman" in coded:  # and only where the coded bytes are fewer
-            assert "values" not in coded and export._nbytes(coded) < written
+            assert "values" not in coded and nbytes(coded) < written
         else:
             assert torch.equal(coded["values"], t["values"])
         if 2 <= recipe.bits <= 4 and fmt == "dense" and recipe.symmetric and not kmeans:  # codes bunch at 0: coding pays
             assert "huffman" in coded
+    tensors, parts = encode_layer(stored)  # the whole layer, and back
+    back = decode_layer("m", stored.shape, recipe, stored.rank, parts, tensors)
+    assert back.bytes == stored.bytes and all(torch.equal(a, b) for a, b in zip(back.tensors(), stored.tensors()))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine import huffman
+from engine.storage import huffman
 
 
 def _kraft(lengths):

@@ -4,7 +4,7 @@ import torch
 
 from engine import methods as M
 from engine import transforms as T
-from engine.compress import compress_matrix
+from engine.pipeline import compress as compress_matrix
 from engine.memory import tensor_bytes
 from engine.recipe import Recipe, RecipeError
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine import pack
+from engine.storage import pack
 from engine.memory import _packed
 
 

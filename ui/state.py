@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from engine import export, footprint
+from engine import footprint
+from engine.storage import explorer as export
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
@@ -365,8 +366,7 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
                 try:
                     with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
                         export.load_into(work, exported["folder"])
-                except UserError as e:
-                    work.applied = None  # the holders may be part-filled: the next ensure applies anew
+                except UserError as e:  # refused before any layer was filled
                     st.error(str(e))
                     return None
     return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)

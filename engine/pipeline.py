@@ -1,0 +1,218 @@
+"""The layer pipeline: one matrix and a recipe in, what a compressed layer stores out.
+
+Every consumer goes through it: the workspace (engine.session), the offloaded model
+(engine.offload), the exports (engine.storage) and the count from shapes alone
+(engine.footprint).
+
+    stored = compress("q", w, Recipe(rank_ratio=0.5, bits=4, sparsity=0.5), factors=lambda: svd(w))
+    stored.matrix()                    # (out, in): the values the model computes with, A @ B
+    stored.bytes.compressed_bytes      # every byte: codes, scales, zero-points, masks, factors
+    storage.codec.encode_layer(stored) # the tensors as stored: packed codes, fp16 scales, ...
+    predict(info, recipe).bytes        # the same bytes from the shape alone
+
+On one layer, in this order: low rank (the layer then stores factors A and B), pruning of
+what is stored, quantization of the kept values (`shape` then `quantize`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .memory import VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, kept_count, tensor_bytes
+from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
+from .recipe import Recipe
+from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
+
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,), Vh (k, in)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the values of one stored matrix may lie: a uniform grid per group (scale and
+    zero-point, as transforms.quant_grid orders them), a codebook, or, with neither, the
+    fp16 numbers (a 16-bit value is stored as fp16)."""
+
+    scale: torch.Tensor | None = None
+    zero: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+
+    def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+        """w moved to the nearest value on the grid: values on it stay exactly where they are."""
+        if self.codebook is not None:
+            return on_codebook(w, self.codebook)
+        if self.scale is None:
+            return w.half().to(w.dtype)
+        return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
+                       recipe.symmetric)
+
+
+@dataclass(frozen=True)
+class StoredMatrix:
+    """One matrix a compressed layer stores (W, or the factor A or B)."""
+
+    values: torch.Tensor  # (rows, cols): the values its codes stand for, as the model computes with them
+    grid: Grid  # where the values lie: per-group scales and zero-points, a codebook, or fp16
+    keep: torch.Tensor | None  # the pruning mask (None: nothing pruned)
+    kept: int  # values that survive pruning
+    bytes: TensorBytes  # its bytes by component, in the cheapest format
+    unquantized: torch.Tensor | None = None  # after pruning, before quantization (None: read from a file)
+
+
+@dataclass(frozen=True)
+class StoredLayer:
+    """What one compressed layer stores: its recipe (the layer's own, see Recipe.for_layer),
+    its rank (None: dense) and its matrices, W or (A, B)."""
+
+    name: str
+    shape: tuple[int, int]  # (out, in)
+    recipe: Recipe
+    rank: int | None
+    matrices: tuple[StoredMatrix, ...]
+
+    @property
+    def bytes(self) -> LayerBytes:
+        return LayerBytes(self.name, self.shape, self.rank, tuple(m.bytes for m in self.matrices))
+
+    @property
+    def sparsity(self) -> float:
+        stored = sum(m.values.numel() for m in self.matrices)
+        return (stored - sum(m.kept for m in self.matrices)) / stored
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return ("W",) if len(self.matrices) == 1 else ("A", "B")
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(W,) or (A, B), as the model computes with them."""
+        return tuple(m.values for m in self.matrices)
+
+    def matrix(self) -> torch.Tensor:
+        """The (out, in) matrix the layer computes with: W, or A @ B."""
+        t = self.tensors()
+        return t[0] if len(t) == 1 else t[0] @ t[1]  # (out, r) @ (r, in)
+
+    def with_values(self, tensors) -> "StoredLayer":
+        """The same layer holding other values on the same grids and masks (after distillation)."""
+        return dataclasses.replace(self, matrices=tuple(dataclasses.replace(m, values=v)
+                                                        for m, v in zip(self.matrices, tensors)))
+
+    def report(self, info, energy_kept: float | None = None) -> LayerReport:
+        return LayerReport(info, True, self.bytes, self.sparsity, self.recipe.bits, energy_kept)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------
+
+
+def _input_hessian(mats, hessian, k):
+    """H of the inputs of stored matrix k: W and B see the layer's inputs x (H); A sees B x,
+    so its H is B H B^T (from B as stored)."""
+    if hessian is None or len(mats) == 1 or k == 1:
+        return hessian
+    b = mats[1]
+    return b @ hessian @ b.T  # (r, in) (in, in) (in, r)
+
+
+def shape(w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
+          sorted_abs: Callable[[], torch.Tensor | None] | None = None,
+          hessian: torch.Tensor | None = None) -> tuple[int | None, tuple, tuple]:
+    """Low rank, then pruning, of the (out, in) matrix `w`: (rank, matrices, masks). `factors()`
+    gives (U, s, V^T) of the recipe's low-rank method when a rank needs it (A = U_r sqrt(s_r),
+    B = sqrt(s_r) V_r^T); then a mask zeroes entries of each stored matrix, by magnitude
+    (`sorted_abs()`, optional: |w| flattened and sorted, a lookup instead of a selection) or by
+    Wanda's score, which needs `hessian` (H of the inputs; None, e.g. for an embedding:
+    magnitude instead). B is pruned before A, whose inputs it makes. Depends only on the
+    recipe's `structure_key()`."""
+    rank = recipe.rank_for(min(w.shape))
+    mats = [w] if rank is None else list(low_rank_factors(*factors(), rank))
+    keeps = [None] * len(mats)
+    nm = recipe.nm
+    wanda = recipe.prune_method == "wanda" and hessian is not None
+    if nm is not None or recipe.sparsity > 0:
+        for k in reversed(range(len(mats))):  # B, then A
+            m = mats[k]
+            if wanda:
+                score = wanda_scores(m, _input_hessian(mats, hessian, k).diagonal())
+                keep = nm_mask(score, *nm) if nm is not None else row_mask(score, recipe.sparsity)
+            elif nm is not None:
+                keep = nm_mask(m, *nm)
+            else:
+                keep = magnitude_mask(m, recipe.sparsity, sorted_abs() if sorted_abs and rank is None else None)
+            mats[k], keeps[k] = m * keep, keep
+    return rank, tuple(mats), tuple(keeps)
+
+
+def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tuple, keeps: tuple, recipe: Recipe,
+             hessian: torch.Tensor | None = None) -> StoredLayer:
+    """Quantize the shaped matrices by the recipe's method and count their bytes. GPTQ needs
+    `hessian` (without it, e.g. for an embedding, round to nearest is used); for factors it
+    quantizes B first and gives A the H of B's quantized outputs."""
+    results, grids = list(mats), [Grid()] * len(mats)
+    method = recipe.quant_method if recipe.bits < VALUE_BITS_UNCOMPRESSED else "none"
+    if method == "gptq" and hessian is None:
+        method = "rtn"
+    for k in reversed(range(len(results))):
+        m, keep = mats[k], keeps[k]
+        if method == "gptq":
+            results[k], (scale, zero) = gptq_quantize(m, _input_hessian(results, hessian, k), recipe.bits,
+                                                      recipe.granularity, recipe.group_size, recipe.symmetric,
+                                                      keep, recipe.act_order, return_grid=True)
+            grids[k] = Grid(scale, zero)
+        elif method == "kmeans":
+            results[k], codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
+            grids[k] = Grid(codebook=codebook)
+        else:
+            if method == "rtn":
+                grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
+            results[k] = grids[k].snap(m, recipe)
+    kept = [m.numel() if keep is None else int(keep.sum()) for m, keep in zip(mats, keeps)]
+    parts = _bytes([tuple(m.shape) for m in mats], kept, recipe)
+    return StoredLayer(name, tuple(layer_shape), recipe, rank, tuple(
+        StoredMatrix(v, g, keep, n, b, u) for v, g, keep, n, b, u in zip(results, grids, keeps, kept, parts, mats)))
+
+
+def requantize(stored: StoredLayer, recipe: Recipe, hessian: torch.Tensor | None = None) -> StoredLayer:
+    """A layer shaped (low rank, pruned) as `stored` is, quantized under `recipe`, whose
+    structure_key() must equal that of `stored.recipe`: a new bit width needs no new shaping."""
+    mats = tuple(m.unquantized for m in stored.matrices)
+    return quantize(stored.name, stored.shape, stored.rank, mats, tuple(m.keep for m in stored.matrices), recipe,
+                    hessian)
+
+
+def reusable(stored: StoredLayer | None, recipe: Recipe) -> bool:
+    """Whether `requantize(stored, recipe)` gives what `compress` would."""
+    return (stored is not None and stored.recipe.structure_key() == recipe.structure_key()
+            and all(m.unquantized is not None for m in stored.matrices))
+
+
+def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
+             sorted_abs: Callable[[], torch.Tensor | None] | None = None,
+             hessian: torch.Tensor | None = None) -> StoredLayer:
+    """Apply `recipe` (one layer's, see Recipe.for_layer) to the (out, in) matrix `w` of layer
+    `name`: low rank, then pruning (`shape`), then quantization of the kept values (`quantize`)."""
+    rank, mats, keeps = shape(w, recipe, factors, sorted_abs, hessian)
+    return quantize(name, tuple(w.shape), rank, mats, keeps, recipe, hessian)
+
+
+def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tuple[TensorBytes, ...]:
+    """The bytes of each stored matrix of these shapes and kept counts under `recipe`."""
+    codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED
+    return tuple(tensor_bytes(r, c, k, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
+                              recipe.nm, codebook=codebook) for (r, c), k in zip(shapes, kept))
+
+
+def predict(info, recipe: Recipe) -> LayerReport:
+    """A compressed layer's report from its shape alone under its recipe, equal to what
+    compressing its weights reports (bar the energy kept, which needs the spectrum): the rank,
+    the kept counts and the groups all follow from the shape."""
+    out, inp = info.shape
+    rank = recipe.rank_for(min(out, inp))
+    shapes = [(out, inp)] if rank is None else [(out, rank), (rank, inp)]
+    kept = [kept_count(r, c, recipe.sparsity, recipe.nm) for r, c in shapes]
+    stored = sum(r * c for r, c in shapes)
+    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, _bytes(shapes, kept, recipe)),
+                       (stored - sum(kept)) / stored, recipe.bits, None)

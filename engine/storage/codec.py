@@ -1,0 +1,182 @@
+"""One stored matrix <-> the tensors that hold it, byte for byte as engine.memory counts them.
+
+Per stored matrix (W, or the factors A and B) of a compressed layer, with n values of which
+`kept` survive pruning, in the format the memory count chose:
+
+    dense     values: n codes                       (zeros are coded too)
+    bitmask   values: kept codes, mask: n bits       (1 = kept, row-major)
+    csr       values: kept codes, col: int32 column per kept value, rowptr: int32 row pointers
+    N:M       values: kept codes, nm_index: ceil(log2 M) bits per kept value (its place in its M)
+
+Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize: offset
+2^(b-1) when symmetric, the group's zero-point when not; `scales` fp16, `zeros` b-bit packed),
+or the index into the codebook (k-means; `codebook`: 2^b fp16 values), or fp16 values
+(16 bits). With entropy coding, the b-bit codes may be stored instead as `huffman`,
+`code_lengths` and `runs` (engine.storage.huffman) where those take fewer bytes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..memory import TensorBytes
+from ..methods import codebook_index
+from ..pipeline import Grid, StoredLayer, StoredMatrix
+from ..transforms import code_offset, dequantize, per_entry, quantize
+from . import huffman, pack
+
+
+@dataclass(frozen=True)
+class Encoded:
+    tensors: dict[str, torch.Tensor]
+    coding: str  # 'fixed' | 'huffman'
+    values_written: int  # bytes of the codes as written
+
+
+def _kmeans(recipe) -> bool:
+    return recipe.quant_method == "kmeans" and recipe.bits < 16
+
+
+def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt: str,
+                  entropy: bool = False) -> Encoded:
+    """The tensors that store the (rows, cols) matrix `v` (values as compressed, on `grid`).
+    With `entropy`, b-bit codes are Huffman-coded (`_coded`) where that is smaller."""
+    rows, cols = v.shape
+    v = v.detach().float().cpu()
+    sel = None if fmt == "dense" or keep is None else keep.cpu().flatten()
+    flat = v.flatten() if sel is None else v.flatten()[sel]
+    out = {}
+    bits = recipe.bits
+    if bits >= 16:
+        out["values"] = flat.half()
+    elif _kmeans(recipe):
+        book = grid.codebook.float().cpu()
+        out.update(_coded(codebook_index(flat, book), bits, entropy))
+        out["codebook"] = torch.cat([book, book[-1:].expand(2**bits - book.numel())]).half()
+    else:
+        scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
+                         per_entry((grid.scale.float().cpu(), code_offset(grid.zero.float().cpu(), bits,
+                                                                           recipe.symmetric)),
+                                   rows, cols, recipe.granularity, recipe.group_size))
+        out.update(_coded(quantize(flat, scale, offset, bits), bits, entropy))
+        out["scales"] = grid.scale.cpu().half()
+        if not recipe.symmetric:
+            out["zeros"] = pack.pack_bits(grid.zero.cpu(), bits)
+    if sel is not None:
+        keep = keep.cpu()
+        if fmt == "bitmask":
+            out["mask"] = pack.pack_bits(keep.flatten(), 1)
+        elif fmt == "csr":
+            out["col"] = keep.nonzero(as_tuple=True)[1].int()
+            out["rowptr"] = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]).int()
+        else:  # N:M: each kept value's place within its group of M
+            m = int(fmt.split(":")[1])
+            out["nm_index"] = pack.pack_bits(keep.nonzero(as_tuple=True)[1] % m, math.ceil(math.log2(m)))
+    coded = "huffman" in out
+    written = nbytes({k: out[k] for k in ("huffman", "code_lengths", "runs")}) if coded else \
+        (nbytes({"values": out["values"]}))
+    return Encoded({k: t.contiguous() for k, t in out.items()}, "huffman" if coded else "fixed", written)
+
+
+def _coded(codes: torch.Tensor, bits: int, entropy: bool) -> dict:
+    """b-bit codes packed ('values'), or with `entropy` Huffman-coded ('huffman', its
+    'code_lengths' and 'runs', see engine.storage.huffman) when those bytes are fewer."""
+    packed = {"values": pack.pack_bits(codes, bits)}
+    if not entropy or codes.numel() == 0:
+        return packed
+    codes = codes.to(torch.int64)
+    lengths = huffman.code_lengths(torch.bincount(codes, minlength=1 << bits))
+    stream, runs = huffman.encode(codes, lengths)
+    coded = {"huffman": stream, "code_lengths": lengths, "runs": runs}
+    return coded if nbytes(coded) < nbytes(packed) else packed
+
+
+def nbytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _codes(t: dict, bits: int, count: int) -> torch.Tensor:
+    if "huffman" in t:
+        return huffman.decode(t["huffman"], t["code_lengths"], t["runs"], count)
+    return pack.unpack_bits(t["values"], bits, count)
+
+
+def _positions(t: dict, rows: int, cols: int, count: int, fmt: str) -> torch.Tensor | None:
+    """Where the kept values sit, as flat indices (or a flat bool mask); None when dense."""
+    if fmt == "dense":
+        return None
+    if fmt == "bitmask":
+        return pack.unpack_bits(t["mask"], 1, rows * cols).bool()
+    if fmt == "csr":
+        ptr = t["rowptr"].long()
+        row = torch.repeat_interleave(torch.arange(rows), ptr[1:] - ptr[:-1])
+        return row * cols + t["col"].long()
+    n, m = (int(x) for x in fmt.split(":"))
+    place = pack.unpack_bits(t["nm_index"], math.ceil(math.log2(m)), count)
+    groups = -(-cols // m)
+    per_group = torch.full((groups,), n)
+    per_group[-1] = min(n, cols - (groups - 1) * m)
+    group = torch.repeat_interleave(torch.arange(groups), per_group).repeat(rows)
+    row = torch.arange(rows).repeat_interleave(int(per_group.sum()))
+    return row * cols + group * m + place
+
+
+def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
+    """The inverse of encode_matrix: (values (rows, cols) float32, their Grid, the keep-mask or
+    None when the format stores none)."""
+    rows, cols = shape
+    count = rows * cols if fmt == "dense" else kept
+    bits = recipe.bits
+    positions = _positions(t, rows, cols, count, fmt)
+    grid = Grid()
+    if bits >= 16:
+        values = t["values"].float()
+    elif _kmeans(recipe):
+        grid = Grid(codebook=t["codebook"].float())
+        values = grid.codebook[_codes(t, bits, count)]
+    else:
+        scale = t["scales"].float()
+        zero = pack.unpack_bits(t["zeros"], bits, scale.numel()).float() if "zeros" in t \
+            else torch.zeros_like(scale)
+        grid = Grid(scale, zero)
+        s_e, o_e = (x.flatten() for x in per_entry((scale, code_offset(zero, bits, recipe.symmetric)),
+                                                   rows, cols, recipe.granularity, recipe.group_size))
+        if positions is not None:
+            idx = positions.nonzero(as_tuple=True)[0] if positions.dtype == torch.bool else positions
+            s_e, o_e = s_e[idx], o_e[idx]
+        values = dequantize(_codes(t, bits, count).float(), s_e, o_e)
+    if positions is None:
+        return values.view(rows, cols), grid, None
+    out = torch.zeros(rows * cols)
+    out[positions] = values
+    keep = torch.zeros(rows * cols, dtype=torch.bool)
+    keep[positions] = True
+    return out.view(rows, cols), grid, keep.view(rows, cols)
+
+
+def encode_layer(stored: StoredLayer, entropy: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """A compressed layer's tensors as stored, keyed '<W|A|B>.<values|scales|zeros|mask|col|
+    rowptr|nm_index|codebook|huffman|code_lengths|runs>', and per matrix its shape, kept count,
+    format, bytes by component and coding."""
+    tensors, parts = {}, []
+    for label, m in zip(stored.labels, stored.matrices):
+        enc = encode_matrix(m.values, m.keep, m.grid, stored.recipe, m.bytes.format, entropy)
+        tensors.update({f"{label}.{k}": t for k, t in enc.tensors.items()})
+        parts.append({"matrix": label, "shape": list(m.values.shape), "kept": m.kept, "format": m.bytes.format,
+                      "values": m.bytes.values, "scales": m.bytes.scales, "index": m.bytes.index,
+                      "coding": enc.coding, "values_written": enc.values_written})
+    return tensors, parts
+
+
+def decode_layer(name: str, shape, recipe, rank: int | None, parts: list[dict],
+                 tensors: dict[str, torch.Tensor]) -> StoredLayer:
+    """The inverse of `encode_layer`: the layer read back from its tensors and parts."""
+    mats = []
+    for p in parts:
+        t = {k[len(p["matrix"]) + 1:]: v for k, v in tensors.items() if k.startswith(p["matrix"] + ".")}
+        values, grid, keep = decode_matrix(t, tuple(p["shape"]), p["kept"], recipe, p["format"])
+        mats.append(StoredMatrix(values, grid, keep, p["kept"],
+                                 TensorBytes(p["values"], p["scales"], p["index"], p["format"])))
+    return StoredLayer(name, tuple(shape), recipe, rank, tuple(mats))

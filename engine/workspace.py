@@ -1,0 +1,202 @@
+"""A working copy of a model that recipes are applied to (one per user).
+
+    work = explorer.workspace()
+    applied = work.apply(Recipe(rank_ratio=0.5, bits=4, sparsity=0.5))
+    applied.memory.compressed_bytes, work.stored["encoder.layer.0.attention.self.query"].bytes
+
+The original model is never modified: a workspace copies its modules once (sharing every
+tensor), installs holders in its compressible layers, and each `apply` refills them through
+the layer pipeline (engine.pipeline) from the original weights and the cached factorizations.
+The workspace computes with the values as they would be stored: what stays at 16 bits (norms,
+biases, layers left alone, unquantized factors) is rounded to fp16, so a compressed model's
+quality is that of what an export holds.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+
+from . import compare, pipeline, transforms
+from .distill import Distillation, Trainable, distill
+from .layers import install
+from .memory import LayerReport, MemoryReport, memory_report
+from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Applied:
+    recipe: Recipe
+    memory: MemoryReport
+    seconds: float
+    distillation: Distillation | None = None  # when the recipe distils
+    export: str | None = None  # the export folder the values were read from
+
+
+def module_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the modules that shares every tensor with `model` (nothing may write to them)."""
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo)
+
+
+def _round_to_fp16(model: torch.nn.Module) -> None:
+    """Give `model` its own copies of its parameters (norms, biases, position embeddings: all
+    but the compressible layers' weights, which live in holders) rounded to fp16, as they are
+    stored: the model then computes with exactly the values an export holds."""
+    copies: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if id(p) not in copies:
+                copies[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
+            setattr(module, pname, copies[id(p)])
+
+
+class Workspace:
+    """A working copy of the model that recipes are applied to. `applied` is what it holds
+    (None before the first apply), `stored` each compressed layer as the pipeline stored it."""
+
+    def __init__(self, explorer):
+        self.explorer = explorer
+        self.model = module_copy(explorer.loaded.model)
+        self.holders = install(self.model, explorer.layers)
+        _round_to_fp16(self.model)
+        self.applied: Applied | None = None
+        self._stored: dict[str, pipeline.StoredLayer] = {}
+        self._reusable = False  # whether the stored layers' shapes may be reused (cached factors)
+
+    @property
+    def stored(self) -> MappingProxyType:
+        """Layer name -> its StoredLayer under the applied recipe (compressed layers only)."""
+        return MappingProxyType(self._stored)
+
+    def apply(self, recipe: Recipe, factors=None, progress=None) -> Applied:
+        """Fill every layer from the original weights under `recipe` (each selected layer under
+        its own recipe, Recipe.for_layer), then distil if the recipe asks (see `distill`;
+        `progress(step, steps, loss)`). `factors(name, method)` overrides the SVD source (the
+        benchmark passes one that recomputes, to time the naive way)."""
+        ex = self.explorer
+        reuse, self._reusable = self._reusable and factors is None, factors is None
+        factors = factors or ex.factors
+        t0 = time.perf_counter()
+        chosen = {i.name for i in ex.selected(recipe)}
+        old, self._stored = self._stored, {}
+        reports = []
+        with torch.inference_mode():
+            for info in ex.layers:
+                if info.tied_to is not None:
+                    continue
+                w = ex.weight(info.name)
+                if info.name not in chosen:
+                    with torch.inference_mode(False):  # a normal tensor: distillation runs autograd through it
+                        self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
+                    reports.append(LayerReport.left_alone(info))
+                    continue
+                lr = recipe.for_layer(info.name)
+                h = ex.hessian(info.name) if lr.calibrated else None
+                if reuse and pipeline.reusable(old.get(info.name), lr):  # shaped as before: only quantize
+                    stored = pipeline.requantize(old[info.name], lr, h)
+                else:
+                    stored = pipeline.compress(info.name, w, lr, lambda n=info.name: factors(n, lr.lowrank_method),
+                                               lambda n=info.name: ex.sorted_abs(n), h)
+                self._stored[info.name] = stored
+                self.holders[info.name].fill(stored.tensors())
+                energy = None
+                if stored.rank is not None:
+                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
+                reports.append(stored.report(info, energy))
+        compressed = dataclasses.replace(recipe, distill_steps=0)
+        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
+                               time.perf_counter() - t0)
+        if recipe.distill_steps:
+            self.distill(recipe.distill_steps, recipe.distill_lr, progress)
+        return self.applied
+
+    def hold(self, recipe: Recipe, stored: dict, alone: dict, params: dict, seconds: float,
+             export: str | None = None) -> Applied:
+        """Hold given values instead of applying a recipe (an export read back): `stored`
+        (name -> StoredLayer) for the compressed layers, `alone` (name -> fp16 matrix) for the
+        layers left alone, `params` (name -> tensor) for every other parameter."""
+        ex = self.explorer
+        reports = []
+        with torch.no_grad():
+            for info in ex.layers:
+                if info.tied_to is not None:
+                    continue
+                if info.name in stored:
+                    self.holders[info.name].fill(stored[info.name].tensors())
+                    reports.append(stored[info.name].report(info))
+                else:
+                    self.holders[info.name].set(w=alone[info.name])
+                    reports.append(LayerReport.left_alone(info))
+            for name, p in self.model.named_parameters():
+                p.copy_(params[name].to(p.dtype))
+        self._stored, self._reusable = dict(stored), False
+        self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)
+        return self.applied
+
+    def distill(self, steps: int, lr: float, progress=None) -> Applied:
+        """Knowledge distillation of the applied, not yet distilled, recipe (engine.distill):
+        the compressed layers' stored values train to match the original model, on their
+        grids and masks, so the bytes do not change. The result is the applied recipe with
+        `distill_steps` and `distill_lr` set, and its Distillation report."""
+        applied = self.applied
+        if applied is None or applied.distillation is not None or applied.export is not None:
+            raise ValueError("distill: apply a recipe without distillation first")
+        parts = [Trainable(self.holders[name], tuple(m.unquantized for m in s.matrices),
+                           tuple(m.grid for m in s.matrices), tuple(m.keep for m in s.matrices), s.recipe)
+                 for name, s in self._stored.items()]
+        ex = self.explorer
+        try:
+            report = distill(self.model, ex.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
+        except BaseException:  # stopped part-way: the holders match no recipe, so the next ensure re-applies
+            self.applied = None
+            raise
+        self._stored = {name: s.with_values(self.holders[name].tensors()) for name, s in self._stored.items()}
+        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)
+        self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
+                                           seconds=applied.seconds + report.seconds)
+        return self.applied
+
+    @torch.inference_mode()
+    def layer_errors(self) -> list[dict]:
+        """Per compressed layer: relative Frobenius error and SQNR (dB) of the stored weight."""
+        out = []
+        for r in self.applied.memory.layers if self.applied else ():
+            if not r.compressed or r.info.tied_to is not None:
+                continue
+            name = r.info.name
+            rel, sqnr = transforms.error_stats(self.explorer.weight(name), self.holders[name].matrix(),
+                                               self.explorer.signal(name))
+            out.append({"name": name, "relative_error": rel, "sqnr_db": sqnr})
+        return out
+
+    def report(self) -> dict:
+        """The applied recipe's memory report (MemoryReport.to_dict) with, per layer, its
+        relative error and SQNR in dB (None where not compressed; SQNR None where exact),
+        and the seconds the apply took."""
+        mem = self.applied.memory.to_dict(errors={e["name"]: e for e in self.layer_errors()})
+        mem["apply_s"] = self.applied.seconds
+        return mem
+
+    def ensure(self, recipe: Recipe) -> Applied:
+        """Apply `recipe` unless it is what the workspace already holds."""
+        if self.applied is None or self.applied.recipe != recipe:
+            return self.apply(recipe)
+        return self.applied
+
+    def evaluate(self, quick: bool = False, eval_text: str | None = None, eval_name: str | None = None) -> dict:
+        return self.explorer.evaluator(eval_text, eval_name)(self.model, quick=quick)
+
+    def compare(self, text: str, sentences: list[str] | None = None, max_new_tokens: int = 40):
+        """The original and this workspace's model on the user's input (see engine.compare)."""
+        ex = self.explorer
+        original, tok = ex.loaded.model, ex.loaded.tokenizer
+        if ex.kind == "causal-lm":
+            return compare.causal_lm(original, self.model, tok, text, max_new_tokens=max_new_tokens)
+        if ex.kind == "encoder":
+            return compare.encoder(original, self.model, tok, text, sentences or [])
+        return compare.classifier(original, self.model, tok, text)
