@@ -35,9 +35,9 @@ MARKS = ("memory", "layer_errors", "quick", "full")
 
 
 def server_times() -> list[dict]:
-    from streamlit.testing.v1 import AppTest
+    from app_harness import app_test
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at = app_test(str(ROOT / "app.py"), default_timeout=600)
     at.switch_page("views/explore.py").run()  # load, factorize, reference outputs
     rows = []
     for kind, key, value in WALK:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_harness import app_test
 from engine.recipe import Recipe
 from ui import state
 
@@ -14,7 +15,7 @@ UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
 def start(page="views/explore.py", **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
+    at = app_test(APP, default_timeout=300)
     for k, v in params.items():
         at.query_params[k] = str(v)
     at.switch_page(page).run()
@@ -125,7 +126,7 @@ def test_invalid_name_filter_is_an_error_box_not_a_traceback():
 
 
 def test_unknown_model_is_an_error_box():
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = app_test(APP, default_timeout=120)
     at.query_params["model"] = "./no-such-model-folder"
     at.switch_page("views/explore.py").run()
     assert not at.exception
