@@ -38,7 +38,7 @@ def server_times() -> list[dict]:
     from app_harness import app_test
 
     at = app_test(str(ROOT / "app.py"), default_timeout=600)
-    at.switch_page("views/explore.py").run()  # load, factorize, reference outputs
+    at.switch_page("pages/explore.py").run()  # load, factorize, reference outputs
     rows = []
     for kind, key, value in WALK:
         getattr(at, kind)(key=key).set_value(value)

@@ -14,7 +14,7 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
-def start(page="views/explore.py", **params) -> AppTest:
+def start(page="pages/explore.py", **params) -> AppTest:
     at = app_test(APP, default_timeout=300)
     for k, v in params.items():
         at.query_params[k] = str(v)
@@ -128,13 +128,13 @@ def test_invalid_name_filter_is_an_error_box_not_a_traceback():
 def test_unknown_model_is_an_error_box():
     at = app_test(APP, default_timeout=120)
     at.query_params["model"] = "./no-such-model-folder"
-    at.switch_page("views/explore.py").run()
+    at.switch_page("pages/explore.py").run()
     assert not at.exception
     assert any("Could not open ./no-such-model-folder" in e.value for e in at.error)
 
 
 def test_spectra_layer_choice_redraws_the_spectrum():
-    at = ok(start("views/spectra.py", rank=0.5))
+    at = ok(start("pages/spectra.py", rank=0.5))
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # one layer's spectrum, all layers' heatmap
     first = charts[0].proto.spec
@@ -148,7 +148,7 @@ def test_spectra_layer_choice_redraws_the_spectrum():
 
 
 def test_tradeoffs_sweep_draws_frontier_and_offers_csv():
-    at = ok(start("views/tradeoffs.py"))
+    at = ok(start("pages/tradeoffs.py"))
     at.multiselect(key="tradeoffs_ratios").set_value([1.0])
     at.multiselect(key="tradeoffs_bits").set_value([16, 8, 2])
     at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
@@ -164,7 +164,7 @@ def test_tradeoffs_sweep_draws_frontier_and_offers_csv():
 
 
 def test_compare_encoder_ranks_sentences_under_both_models():
-    at = ok(start("views/compare.py", bits=2))
+    at = ok(start("pages/compare.py", bits=2))
     table = at.dataframe[0].value
     assert len(table) == 10
     assert sorted(table["rank (original)"]) == list(range(1, 11))
@@ -173,7 +173,7 @@ def test_compare_encoder_ranks_sentences_under_both_models():
 
 
 def test_compare_causal_lm_on_smollm2():
-    at = ok(start("views/compare.py", model="smollm2", bits=4))
+    at = ok(start("pages/compare.py", model="smollm2", bits=4))
     texts = [t.value for t in at.text]
     assert len(texts) == 2 and all(t.startswith("The most important idea") for t in texts)
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -215,7 +215,7 @@ def test_kmeans_and_act_order_controls():
 
 
 def test_tradeoffs_puts_methods_side_by_side():
-    at = ok(start("views/tradeoffs.py"))
+    at = ok(start("pages/tradeoffs.py"))
     at.multiselect(key="tradeoffs_ratios").set_value([1.0])
     at.multiselect(key="tradeoffs_bits").set_value([8, 3])
     at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
@@ -236,7 +236,7 @@ def test_tradeoffs_puts_methods_side_by_side():
 
 
 def test_sensitivity_heatmap_and_plan():
-    at = ok(start("views/sensitivity.py"))
+    at = ok(start("pages/sensitivity.py"))
     at.multiselect(key="sensitivity_bits").set_value([4, 2])
     at.slider(key="sensitivity_target").set_value(0.62)
     next(b for b in at.button if b.label == "Measure and plan").click()
@@ -253,7 +253,7 @@ def test_sensitivity_heatmap_and_plan():
 def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
     from engine import footprint
 
-    at = ok(start("views/fit.py", bits=4))
+    at = ok(start("pages/fit.py", bits=4))
     assert at.session_state["_ctx"] is None  # no model was loaded for this page
     metrics = {m.label: m.value for m in at.metric}
     sk = footprint.open_skeleton("llama-3-8b")
