@@ -133,6 +133,18 @@ def test_unknown_model_is_an_error_box():
     assert any("Could not open ./no-such-model-folder" in e.value for e in at.error)
 
 
+def test_a_page_asked_for_before_app_py_has_run_reruns_through_it():
+    # A plain AppTest run is what a fresh server's first request for a page URL is: Streamlit
+    # still takes pages/ for its older multipage folder and runs the page file alone.
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["bits"] = "4"
+    at.switch_page("pages/fit.py").run()
+    ok(at)
+    assert at.title[0].value == "Will it fit?"
+    assert at.session_state["_recipe"].bits == 4  # app.py's sidebar read the URL
+    assert at.sidebar.select_slider(key="ctl_bits").value == 4
+
+
 def test_spectra_layer_choice_redraws_the_spectrum():
     at = ok(start("pages/spectra.py", rank=0.5))
     charts = at.get("plotly_chart")
