@@ -10,7 +10,9 @@ lists app.py and every `pages/*.py` as pages and runs the one asked for, so a ru
 Under `streamlit run` the flag is set once per process, and the first run of app.py calls
 `st.navigation`, which turns it off for good. AppTest sets it back to None before every run
 (`AppTest._run`), so with `pages/` each run of a page would take the older path.
-`app_test()` gives an AppTest whose runs see the flag as a server does once app.py has run.
+`state.page_start()` mends a session's first such run (what a fresh server sees), not the later
+ones, which a server never sees. `app_test()` gives an AppTest whose runs see the flag as a
+server does once app.py has run.
 """
 from __future__ import annotations
 
