@@ -11,12 +11,12 @@ st.set_page_config(page_title="Compression explorer", page_icon=":material/compr
 state.start_run()
 
 pages = [
-    st.Page("views/explore.py", title="Explore", icon=":material/tune:", default=True),
-    st.Page("views/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
-    st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
-    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("views/sensitivity.py", title="Sensitivity and plan", icon=":material/grid_view:"),
-    st.Page("views/fit.py", title="Will it fit?", icon=":material/memory:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/tune:", default=True),
+    st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
+    st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/sensitivity.py", title="Sensitivity and plan", icon=":material/grid_view:"),
+    st.Page("pages/fit.py", title="Will it fit?", icon=":material/memory:"),
 ]
 page = st.navigation(pages)
 ref, device, recipe = state.sidebar()

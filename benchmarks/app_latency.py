@@ -35,10 +35,10 @@ MARKS = ("memory", "layer_errors", "quick", "full")
 
 
 def server_times() -> list[dict]:
-    from streamlit.testing.v1 import AppTest
+    from app_harness import app_test
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.switch_page("views/explore.py").run()  # load, factorize, reference outputs
+    at = app_test(str(ROOT / "app.py"), default_timeout=600)
+    at.switch_page("pages/explore.py").run()  # load, factorize, reference outputs
     rows = []
     for kind, key, value in WALK:
         getattr(at, kind)(key=key).set_value(value)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_harness import app_test
 from engine.recipe import Recipe
 from ui import state
 
@@ -13,8 +14,8 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
-def start(page="views/explore.py", **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
+def start(page="pages/explore.py", **params) -> AppTest:
+    at = app_test(APP, default_timeout=300)
     for k, v in params.items():
         at.query_params[k] = str(v)
     at.switch_page(page).run()
@@ -125,15 +126,27 @@ def test_invalid_name_filter_is_an_error_box_not_a_traceback():
 
 
 def test_unknown_model_is_an_error_box():
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = app_test(APP, default_timeout=120)
     at.query_params["model"] = "./no-such-model-folder"
-    at.switch_page("views/explore.py").run()
+    at.switch_page("pages/explore.py").run()
     assert not at.exception
     assert any("Could not open ./no-such-model-folder" in e.value for e in at.error)
 
 
+def test_a_page_asked_for_before_app_py_has_run_reruns_through_it():
+    # A plain AppTest run is what a fresh server's first request for a page URL is: Streamlit
+    # still takes pages/ for its older multipage folder and runs the page file alone.
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["bits"] = "4"
+    at.switch_page("pages/fit.py").run()
+    ok(at)
+    assert at.title[0].value == "Will it fit?"
+    assert at.session_state["_recipe"].bits == 4  # app.py's sidebar read the URL
+    assert at.sidebar.select_slider(key="ctl_bits").value == 4
+
+
 def test_spectra_layer_choice_redraws_the_spectrum():
-    at = ok(start("views/spectra.py", rank=0.5))
+    at = ok(start("pages/spectra.py", rank=0.5))
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # one layer's spectrum, all layers' heatmap
     first = charts[0].proto.spec
@@ -147,7 +160,7 @@ def test_spectra_layer_choice_redraws_the_spectrum():
 
 
 def test_tradeoffs_sweep_draws_frontier_and_offers_csv():
-    at = ok(start("views/tradeoffs.py"))
+    at = ok(start("pages/tradeoffs.py"))
     at.multiselect(key="tradeoffs_ratios").set_value([1.0])
     at.multiselect(key="tradeoffs_bits").set_value([16, 8, 2])
     at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
@@ -163,7 +176,7 @@ def test_tradeoffs_sweep_draws_frontier_and_offers_csv():
 
 
 def test_compare_encoder_ranks_sentences_under_both_models():
-    at = ok(start("views/compare.py", bits=2))
+    at = ok(start("pages/compare.py", bits=2))
     table = at.dataframe[0].value
     assert len(table) == 10
     assert sorted(table["rank (original)"]) == list(range(1, 11))
@@ -172,7 +185,7 @@ def test_compare_encoder_ranks_sentences_under_both_models():
 
 
 def test_compare_causal_lm_on_smollm2():
-    at = ok(start("views/compare.py", model="smollm2", bits=4))
+    at = ok(start("pages/compare.py", model="smollm2", bits=4))
     texts = [t.value for t in at.text]
     assert len(texts) == 2 and all(t.startswith("The most important idea") for t in texts)
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -214,7 +227,7 @@ def test_kmeans_and_act_order_controls():
 
 
 def test_tradeoffs_puts_methods_side_by_side():
-    at = ok(start("views/tradeoffs.py"))
+    at = ok(start("pages/tradeoffs.py"))
     at.multiselect(key="tradeoffs_ratios").set_value([1.0])
     at.multiselect(key="tradeoffs_bits").set_value([8, 3])
     at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
@@ -235,7 +248,7 @@ def test_tradeoffs_puts_methods_side_by_side():
 
 
 def test_sensitivity_heatmap_and_plan():
-    at = ok(start("views/sensitivity.py"))
+    at = ok(start("pages/sensitivity.py"))
     at.multiselect(key="sensitivity_bits").set_value([4, 2])
     at.slider(key="sensitivity_target").set_value(0.62)
     next(b for b in at.button if b.label == "Measure and plan").click()
@@ -252,7 +265,7 @@ def test_sensitivity_heatmap_and_plan():
 def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
     from engine import footprint
 
-    at = ok(start("views/fit.py", bits=4))
+    at = ok(start("pages/fit.py", bits=4))
     assert at.session_state["_ctx"] is None  # no model was loaded for this page
     metrics = {m.label: m.value for m in at.metric}
     sk = footprint.open_skeleton("llama-3-8b")

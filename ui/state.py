@@ -82,8 +82,28 @@ def _key(ref: str, device: str, export_folder: str | None) -> str:
 
 
 def start_run():
+    st.session_state["_app"] = True  # app.py has run in this session
     st.session_state["_t0"] = time.perf_counter()
     st.session_state["timings"] = {}
+
+
+def _no_page():
+    pass
+
+
+def page_start(page_file: str):
+    """The first call of every page: if Streamlit ran the page without app.py, rerun through app.py.
+
+    Until a run of app.py has called st.navigation in this server process, Streamlit takes the
+    `pages/` folder for its older multipage mode, and a request for a page's URL (a tab left on
+    /spectra reconnecting to a restarted server) runs that page file alone: no sidebar, no
+    context. A call of st.navigation ends that mode for the whole process; the rerun then runs
+    app.py on the same page, with the same URL parameters.
+    """
+    if st.session_state.get("_app"):
+        return
+    st.navigation([st.Page(_no_page, url_path="_", default=True), st.Page(page_file)], position="hidden")
+    st.rerun()
 
 
 def mark(name: str):

@@ -7,6 +7,8 @@ from engine.errors import UserError
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, state
 
+state.page_start(__file__)
+
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
 ctx = state.context()

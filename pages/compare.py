@@ -5,6 +5,8 @@ from engine import data
 from engine.errors import UserError
 from ui import charts, state
 
+state.page_start(__file__)
+
 ctx = state.context()
 if ctx is None:
     st.stop()

@@ -9,6 +9,8 @@ from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from ui import charts, state
 
+state.page_start(__file__)
+
 ctx = state.context()
 if ctx is None:
     st.stop()

@@ -4,6 +4,8 @@ import streamlit as st
 from engine.glossary import CONCEPTS
 from ui import charts, state
 
+state.page_start(__file__)
+
 ctx = state.context()
 if ctx is None:
     st.stop()

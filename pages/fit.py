@@ -5,6 +5,8 @@ from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from ui import charts, state
 
+state.page_start(__file__)
+
 st.title("Will it fit?")
 st.caption("The model is built from its config alone, every parameter on the meta device: no weights are "
            "loaded, so a 70B model is planned on any machine. The weights' bytes under the sidebar's recipe are "

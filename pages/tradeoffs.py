@@ -8,6 +8,8 @@ from engine import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, state
 
+state.page_start(__file__)
+
 ctx = state.context()
 if ctx is None:
     st.stop()
