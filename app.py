@@ -1,14 +1,14 @@
 """The compression explorer: `streamlit run app.py` (or `make run`).
 
 The sidebar holds the model and the three controls on every page; pages are thin: they
-read the context this file prepares, call the engine (through ui.state's caches) and draw.
+read the context this file prepares, call the engine (through ui.results' caches) and draw.
 """
 import streamlit as st
 
-from ui import state
+from ui import context, sidebar
 
 st.set_page_config(page_title="Compression explorer", page_icon=":material/compress:", layout="wide")
-state.start_run()
+context.start_run()
 
 pages = [
     st.Page("pages/explore.py", title="Explore", icon=":material/tune:", default=True),
@@ -19,13 +19,13 @@ pages = [
     st.Page("pages/fit.py", title="Will it fit?", icon=":material/memory:"),
 ]
 page = st.navigation(pages)
-ref, device, recipe = state.sidebar()
+ref, device, recipe = sidebar.sidebar()
 st.session_state["_ctx"] = None
 st.session_state["_recipe"] = recipe
 if recipe is not None and page.title != "Will it fit?":  # planned from configs: no weights loaded
-    ctx = st.session_state["_ctx"] = state.open_context(ref, device, recipe)
+    ctx = st.session_state["_ctx"] = context.open_context(ref, device, recipe)
     if ctx is not None and ctx.export:
-        if state.holds_export(ctx):
+        if context.holds_export(ctx):
             st.info(f"Export {ctx.export}: {ctx.recipe.describe()}, loaded from its files (checked against its "
                     "manifest). The pages show these stored values.")
         else:
@@ -34,7 +34,7 @@ if recipe is not None and page.title != "Will it fit?":  # planned from configs:
     if ctx is not None and ctx.explorer.loaded.note:
         st.info(f"Note: {ctx.explorer.loaded.note}.")
     if ctx is not None and (recipe.rank is not None or recipe.rank_ratio is not None or page.title == "Spectra"):
-        state.ensure_factors(ctx)
+        context.ensure_factors(ctx)
     if ctx is not None:
-        state.ensure_calibration(ctx)
+        context.ensure_calibration(ctx)
 page.run()

@@ -27,9 +27,9 @@ from browser import app_server, chromium, free_port  # noqa: E402
 
 WALK = [  # (widget kind, key, value): each step changes one control
     ("select_slider", "ctl_bits", 8), ("select_slider", "ctl_bits", 4), ("slider", "ctl_sparsity", 0.3),
-    ("selectbox", "ctl_group", "64"), ("slider", "ctl_rank", 0.75), ("select_slider", "ctl_bits", 3),
+    ("selectbox", "ctl_group", 64), ("slider", "ctl_rank", 0.75), ("select_slider", "ctl_bits", 3),
     ("slider", "ctl_sparsity", 0.5), ("radio", "ctl_pattern", "2:4"), ("toggle", "ctl_sym", False),
-    ("radio", "ctl_scope", "mlp"), ("slider", "ctl_rank", 0.5),
+    ("radio", "ctl_layers", "mlp"), ("slider", "ctl_rank", 0.5),
 ]
 MARKS = ("memory", "layer_errors", "quick", "full")
 

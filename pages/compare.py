@@ -3,11 +3,11 @@ import streamlit as st
 
 from engine import data
 from engine.errors import UserError
-from ui import charts, state
+from ui import charts, context, results
 
-state.page_start(__file__)
+context.page_start(__file__)
 
-ctx = state.context()
+ctx = context.context()
 if ctx is None:
     st.stop()
 ex, recipe = ctx.explorer, ctx.recipe
@@ -18,7 +18,7 @@ st.caption(f"Original vs **{recipe.describe()}** on {ctx.ref}.")
 def run(field: str, fn):
     """Cached per (model, recipe, input); errors become an error box."""
     try:
-        return state.cached(ctx, recipe, field, fn)
+        return results.cached(ctx, recipe, field, fn)
     except UserError as e:
         st.error(str(e))
         return None
@@ -70,4 +70,4 @@ def classifier():
 
 
 {"causal-lm": causal_lm, "encoder": encoder, "classifier": classifier}[ex.kind]()
-state.mark("compare")
+context.mark("compare")

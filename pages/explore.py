@@ -5,13 +5,13 @@ from engine.calibrate import SOURCE
 from engine.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.errors import UserError
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, state
+from ui import charts, context, results
 
-state.page_start(__file__)
+context.page_start(__file__)
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
-ctx = state.context()
+ctx = context.context()
 if ctx is None:
     st.stop()
 ex, recipe = ctx.explorer, ctx.recipe
@@ -30,8 +30,8 @@ elif recipe.rank_ratio is not None or recipe.rank is not None:
         + ("" if r["rank"] else " (dense)") for r in ranks))
 
 # -- memory, byte for byte -----------------------------------------------------------------
-mem = state.memory(ctx)
-state.mark("memory")
+mem = results.memory(ctx)
+context.mark("memory")
 c1, c2, c3 = st.columns(3)
 c1.metric("Original (fp16)", charts.human_bytes(mem["original_bytes"]),
           help=f"Every parameter at 2 bytes; {charts.human_bytes(mem['original_bytes_fp32'])} at fp32.")
@@ -51,7 +51,7 @@ if over:
 st.subheader("Per-layer error", help=CONCEPTS["relative_error"] + " " + CONCEPTS["sqnr_db"])
 if any(r["compressed"] for r in mem["layers"]):
     st.plotly_chart(charts.layer_errors(mem["layers"]), config=charts.PNG, key="explore_errors")
-state.mark("layer_errors")
+context.mark("layer_errors")
 with st.expander("Every layer: format, bytes and error"):
     st.dataframe([{
         "layer": r["name"], "group": r["group"], "shape": "×".join(map(str, r["shape"])), "format": r["format"],
@@ -62,8 +62,8 @@ with st.expander("Every layer: format, bytes and error"):
 
 # -- quality: first estimate at once, then the full protocol ---------------------------------
 st.subheader("Quality against the uncompressed model")
-base = state.baseline(ctx)
-protocol = state.protocol(ctx)
+base = results.baseline(ctx)
+protocol = results.protocol(ctx)
 box = st.empty()
 
 
@@ -84,13 +84,13 @@ def show(result: dict, final: bool):
                        delta_color="normal" if good else "inverse", help=CONCEPTS.get(name))
 
 
-full = state.quality_if_known(ctx)
+full = results.quality_if_known(ctx)
 if full is None:
-    show(state.quality(ctx, quick=True), final=False)
-    state.mark("quick")
-    full = state.quality(ctx, quick=False)
+    show(results.quality(ctx, quick=True), final=False)
+    context.mark("quick")
+    full = results.quality(ctx, quick=False)
 show(full, final=True)
-state.mark("full")
+context.mark("full")
 with st.expander("How quality is measured"):
     st.json(protocol)
 
@@ -100,13 +100,13 @@ st.caption("A folder with model.safetensors (b-bit codes packed, fp16 scales, ma
            "equal the Compressed figure above, or are fewer when Huffman-coded), the recipe, the config and a "
            "manifest with every file's size and SHA-256. Unzip it and give the folder in the sidebar (Hub id or local folder) or to "
            "`python -m engine run FOLDER` to load it back and score it.")
-entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled=state.holds_export(ctx),
+entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled=context.holds_export(ctx),
                       help="Deep Compression's last stage: each matrix's b-bit codes get a Huffman code built "
                            "from their own counts, where that takes fewer bytes. Decoded exactly on reload.")
 if st.button("Build the export (zip)", key="explore_export"):
     try:
         with st.spinner("Writing the export…"):
-            st.session_state["export_zip"] = (ctx.key, recipe, entropy, *state.export_zip(ctx, entropy))
+            st.session_state["export_zip"] = (ctx.key, recipe, entropy, *context.export_zip(ctx, entropy))
     except UserError as e:
         st.error(str(e))
 built = st.session_state.get("export_zip")
@@ -117,7 +117,7 @@ if built and built[:3] == (ctx.key, recipe, entropy):
 
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])
-if state.holds_export(ctx):
+if context.holds_export(ctx):
     st.caption("These are the export's stored values. Distillation starts from a recipe compressed here: "
                "move a control, or pick the source model.")
     st.stop()
@@ -133,7 +133,7 @@ run = c3.button("Distil", key="explore_distill", type="primary", width="stretch"
 st.caption(f"Trains the compressed layers to match the original model on {SAMPLES} paragraphs of the calibration "
            f"text ({SOURCE}), {BATCH} per step; objective: {OBJECTIVES[ex.kind]}. Masks, ranks and grids are kept: "
            "the bytes do not change. On a CPU a step of a 135M-parameter model takes seconds.")
-distilled, result = state.distilled(ctx, int(steps), float(lr), run)
+distilled, result = results.distilled(ctx, int(steps), float(lr), run)
 if result is not None:
     d = result["distillation"]
     rows = [{"metric": k, "baseline": b, "compressed": full.get(k), "distilled": result["full"].get(k)}

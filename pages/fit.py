@@ -3,26 +3,26 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
-from ui import charts, state
+from ui import charts, context, results
 
-state.page_start(__file__)
+context.page_start(__file__)
 
 st.title("Will it fit?")
 st.caption("The model is built from its config alone, every parameter on the meta device: no weights are "
            "loaded, so a 70B model is planned on any machine. The weights' bytes under the sidebar's recipe are "
            "exact (the count a loaded model gives, byte for byte); the KV cache follows its formula; activations "
            "are an estimate.")
-shipped = state.shipped_configs()
+shipped = results.shipped_configs()
 sidebar_model = st.session_state.get("ctl_model")
-choices = [*shipped, state.SIDEBAR_MODEL, state.CONFIG_REF]
+choices = [*shipped, results.SIDEBAR_MODEL, results.CONFIG_REF]
 left, mid, right, last = st.columns([3, 1, 1, 1])
 choice = left.selectbox("Model", choices, key="fit_model", index=choices.index("llama-3-8b"),
                         format_func=lambda c: f"{c} ({shipped[c]})" if c in shipped else
-                        (f"the sidebar's model: {sidebar_model}" if c == state.SIDEBAR_MODEL else c),
+                        (f"the sidebar's model: {sidebar_model}" if c == results.SIDEBAR_MODEL else c),
                         help="Shipped configs of public models (no network needed), the model picked in the "
                              "sidebar, or a config.json path, a model folder or a hub id.")
-ref = {state.SIDEBAR_MODEL: sidebar_model}.get(choice, choice)
-if choice == state.CONFIG_REF:
+ref = {results.SIDEBAR_MODEL: sidebar_model}.get(choice, choice)
+if choice == results.CONFIG_REF:
     ref = st.text_input("config.json, model folder or hub id", key="fit_ref",
                         placeholder="e.g. ./my-model/config.json or Qwen/Qwen2.5-14B").strip()
 batch = mid.number_input("Batch", 1, 4096, 1, key="fit_batch", help="Sequences generated at once.")
@@ -34,7 +34,7 @@ if not ref or recipe is None:
     st.info("Pick a model (and a valid recipe in the sidebar).")
     st.stop()
 try:
-    fp, devices = state.fit(ref, recipe, int(batch), int(tokens), int(kv_bits))
+    fp, devices = results.fit(ref, recipe, int(batch), int(tokens), int(kv_bits))
 except UserError as e:
     st.error(str(e))
     st.stop()
@@ -57,7 +57,7 @@ for note in fp["notes"]:
     st.warning(note)
 st.plotly_chart(charts.fit_bars(fp, devices), config=charts.PNG, key="fit_chart")
 st.subheader("The mildest recipe that fits")
-st.caption("For each device, the first recipe of the ladder whose total fits: " + " → ".join(state.fit_ladder())
+st.caption("For each device, the first recipe of the ladder whose total fits: " + " → ".join(results.fit_ladder())
            + ". Milder first: error falls as bits rise, and GPTQ with act-order beat round to nearest at 4 and 3 "
              "bits at equal bytes (README, measured). Capacities are nominal; the driver keeps a little.")
 st.dataframe([{
@@ -67,4 +67,4 @@ st.dataframe([{
     "its total": charts.human_bytes(d["total_bytes"]) if d["total_bytes"] is not None else "",
     "to spare": charts.human_bytes(d["headroom_bytes"]) if d["headroom_bytes"] is not None else "",
 } for d in devices], hide_index=True, width="stretch")
-state.mark("fit")
+context.mark("fit")

@@ -7,11 +7,12 @@ import streamlit as st
 from engine import plan
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
-from ui import charts, state
+from engine.recipe import Recipe
+from ui import charts, context, controls
 
-state.page_start(__file__)
+context.page_start(__file__)
 
-ctx = state.context()
+ctx = context.context()
 if ctx is None:
     st.stop()
 recipe = ctx.recipe
@@ -38,7 +39,7 @@ if run:
         st.error("Choose at least one bit width.")
     else:
         base = dataclasses.replace(recipe, bits=min(ladder))
-        state.ensure_calibration(ctx, base)
+        context.ensure_calibration(ctx, base)
         bar = st.progress(0.0, text="Measuring…")
         try:
             result = plan.plan(ctx.work, target, base, by, ladder,
@@ -76,3 +77,11 @@ st.caption(f"Planned {charts.human_bytes(p['compressed_bytes'])} (ratio {p['rati
            f"{result['baseline'][metric]:.4g}; full protocol for both.")
 st.dataframe([{"unit": u["unit"], "layers": len(u["layers"]), "bits": u["bits"]} for u in result["units"]],
              hide_index=True, width="stretch")
+planned = Recipe.from_dict(result["recipe"])
+st.caption(f"The plan as a recipe: **{planned.describe()}** (a per-layer rule for each unit not at "
+           f"{planned.bits} bits). Use it in the sidebar to explore, export or sweep it like any recipe.")
+c = st.columns(2)
+c[0].button("Use this plan in the sidebar", key="sensitivity_use", on_click=controls.set_controls,
+            args=(planned, "the plan"), type="primary")
+c[1].download_button("Download the plan (recipe JSON)", planned.to_json(),
+                     f"{ctx.ref.replace('/', '_')}-plan.json", "application/json")

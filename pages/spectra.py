@@ -2,11 +2,11 @@
 import streamlit as st
 
 from engine.glossary import CONCEPTS
-from ui import charts, state
+from ui import charts, context, results
 
-state.page_start(__file__)
+context.page_start(__file__)
 
-ctx = state.context()
+ctx = context.context()
 if ctx is None:
     st.stop()
 ex, recipe = ctx.explorer, ctx.recipe
@@ -35,9 +35,9 @@ def one_layer():
 
 
 one_layer()
-state.mark("spectrum")
+context.mark("spectrum")
 st.subheader("All layers: energy kept by rank", help=CONCEPTS["energy_kept"])
 st.caption("Each row is a layer, each column a rank as a fraction of that layer's full rank; brighter keeps more. "
            "The dashed line is the current rank setting.")
-st.plotly_chart(charts.energy_heatmap(state.energy_grid(ctx), recipe.rank_ratio), config=charts.PNG,
+st.plotly_chart(charts.energy_heatmap(results.energy_grid(ctx), recipe.rank_ratio), config=charts.PNG,
                 key="spectra_heatmap")

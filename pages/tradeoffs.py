@@ -6,11 +6,11 @@ import streamlit as st
 
 from engine import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, state
+from ui import charts, context, controls, results
 
-state.page_start(__file__)
+context.page_start(__file__)
 
-ctx = state.context()
+ctx = context.context()
 if ctx is None:
     st.stop()
 ex, recipe = ctx.explorer, ctx.recipe
@@ -30,14 +30,14 @@ with st.form("tradeoffs_grid"):
         [0.0, 0.5] if nm else [0.0, 0.25, 0.5, 0.75], default=[0.0, 0.5], key="tradeoffs_sparsity",
         help=CONCEPTS["sparsity"])
     variants = st.multiselect(
-        "Methods (one frontier each)", list(state.METHOD_VARIANTS), default=["As in the sidebar"],
+        "Methods (one frontier each)", list(controls.METHOD_VARIANTS), default=["As in the sidebar"],
         key="tradeoffs_methods",
         help="Put methods side by side on the same grid: " + CONCEPTS["quant_method"] + " " + CONCEPTS["prune_method"])
     full = st.toggle("Full protocol for every point (slower; off: the first estimate on a small slice)",
                      key="tradeoffs_full")
     run = st.form_submit_button("Run sweep", type="primary")
 
-results = st.session_state.setdefault("sweeps", {})
+sweeps = st.session_state.setdefault("sweeps", {})
 if run:
     if not (ratios and bits and sparsities and variants):
         st.error("Choose at least one value of each control and one method.")
@@ -46,25 +46,25 @@ if run:
                                    sparsity=0.0 if nm else recipe.sparsity)
         grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
                           base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
-        points = [(v, state.with_methods(r, v, recipe)) for v in variants for r in grid]
+        points = [(v, controls.with_methods(r, v, recipe)) for v in variants for r in grid]
         if any(r.rank_ratio is not None for _, r in points):
-            state.ensure_factors(ctx)
+            context.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(points)} points")
         rows = []
         for k, (variant, r) in enumerate(points):
             if r.calibrated:
-                state.ensure_calibration(ctx, r)
-            mem = state.memory(ctx, r)
-            metrics = state.quality(ctx, quick=not full, recipe=r)
+                context.ensure_calibration(ctx, r)
+            mem = results.memory(ctx, r)
+            metrics = results.quality(ctx, quick=not full, recipe=r)
             rows.append({"method": variant, "label": r.describe(), "rank_ratio": r.rank_ratio or 1.0, "bits": r.bits,
                          "sparsity": r.sparsity, "pattern": r.pattern, "compressed_bytes": mem["compressed_bytes"],
                          "original_bytes": mem["original_bytes"], "ratio": mem["ratio"], **metrics,
                          "estimate_only": not full, "recipe": r.to_json().replace("\n", "")})
             bar.progress((k + 1) / len(points), text=f"{k + 1} of {len(points)} points: {r.describe()}")
         bar.empty()
-        results[ctx.key] = {"rows": rows, "full": full}
+        sweeps[ctx.key] = {"rows": rows, "full": full}
 
-done = results.get(ctx.key)
+done = sweeps.get(ctx.key)
 if not done:
     st.info("Choose the values and press **Run sweep**.")
     st.stop()
@@ -78,8 +78,8 @@ for m in methods:
     idx = [i for i, r in enumerate(rows) if r["method"] == m]
     fronts[m] = [idx[j] for j in sweep.pareto([rows[i] for i in idx], "compressed_bytes", metric, higher)]
 front = sorted({i for f in fronts.values() for i in f})
-cur_mem = state.memory(ctx)
-cur_q = state.quality(ctx, quick=not done["full"])
+cur_mem = results.memory(ctx)
+cur_q = results.quality(ctx, quick=not done["full"])
 current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_bytes"], **cur_q}
 label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
 st.plotly_chart(charts.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),

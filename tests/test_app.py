@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_harness import app_test
 from engine.recipe import Recipe
-from ui import state
+from ui import results
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -42,12 +42,12 @@ def ok(at):
 # control, how to change it, URL params to start from, what the recipe then says, bytes go up or down
 CONTROLS = [
     ("bits", lambda at: at.select_slider(key="ctl_bits").set_value(4), {}, "int4 g128", "down"),
-    ("group size", lambda at: at.selectbox(key="ctl_group").set_value("32"), {"bits": 4}, "int4 g32", "up"),
+    ("group size", lambda at: at.selectbox(key="ctl_group").set_value(32), {"bits": 4}, "int4 g32", "up"),
     ("symmetric", lambda at: at.toggle(key="ctl_sym").set_value(False), {"bits": 4}, "int4 g128 asym", "up"),
     ("rank", lambda at: at.slider(key="ctl_rank").set_value(0.5), {}, "rank x0.5", "down"),
     ("sparsity", lambda at: at.slider(key="ctl_sparsity").set_value(0.5), {}, "50% sparse", "down"),
     ("pattern", lambda at: at.radio(key="ctl_pattern").set_value("2:4"), {}, "2:4", "down"),
-    ("layer group", lambda at: at.radio(key="ctl_scope").set_value("attention"), {"bits": 4},
+    ("layer group", lambda at: at.radio(key="ctl_layers").set_value("attention"), {"bits": 4},
      "int4 g128 · attention layers only", "up"),
     ("name filter", lambda at: at.text_input(key="ctl_filter").input(r"layer\.0\."), {"bits": 4},
      r"int4 g128 · layers ~ /layer\.0\./", "up"),
@@ -198,9 +198,9 @@ def _metric(at, label):
 
 
 @pytest.mark.parametrize("params, key, value, expected", [
-    ({"sparsity": 0.5}, "ctl_prune_method", "wanda", "50% sparse Wanda"),
-    ({"bits": 3}, "ctl_quant_method", "gptq", "int3 g128 GPTQ"),
-    ({"rank": 0.4}, "ctl_lowrank_method", "whitened", "rank x0.4 whitened"),
+    ({"sparsity": 0.5}, "ctl_prune", "wanda", "50% sparse Wanda"),
+    ({"bits": 3}, "ctl_quant", "gptq", "int3 g128 GPTQ"),
+    ({"rank": 0.4}, "ctl_lowrank", "whitened", "rank x0.4 whitened"),
 ])
 def test_method_controls_keep_the_bytes_and_raise_quality(params, key, value, expected):
     at = ok(start(**params))
@@ -216,12 +216,12 @@ def test_method_controls_keep_the_bytes_and_raise_quality(params, key, value, ex
 
 def test_kmeans_and_act_order_controls():
     at = ok(start(bits=4))
-    assert not [t for t in at.toggle if t.key == "ctl_act_order"]  # GPTQ only
-    at.selectbox(key="ctl_quant_method").set_value("kmeans")
+    assert not [t for t in at.toggle if t.key == "ctl_actorder"]  # GPTQ only
+    at.selectbox(key="ctl_quant").set_value("kmeans")
     ok(at.run())
     assert recipe_caption(at) == "k-means 4-bit"
-    at.selectbox(key="ctl_quant_method").set_value("gptq").run()
-    at.toggle(key="ctl_act_order").set_value(True)
+    at.selectbox(key="ctl_quant").set_value("gptq").run()
+    at.toggle(key="ctl_actorder").set_value(True)
     ok(at.run())
     assert recipe_caption(at) == "int4 g128 GPTQ act-order" and at.query_params["actorder"] == "true"
 
@@ -260,6 +260,16 @@ def test_sensitivity_heatmap_and_plan():
     plan_rows = at.dataframe[0].value
     assert set(plan_rows["bits"]) <= {4, 2} and plan_rows["layers"].sum() == 37
     assert any(m.label.startswith("Planned") for m in at.metric) and at.get("download_button")
+    planned = at.session_state["plans"][next(iter(at.session_state["plans"]))]
+    # the plan is a recipe: one click puts it in the sidebar, and every page then shows it
+    next(b for b in at.button if b.label == "Use this plan in the sidebar").click()
+    ok(at.run())
+    recipe = Recipe.from_dict(planned["recipe"])
+    assert at.session_state["_recipe"] == recipe and recipe.per_layer
+    assert any("Per-layer rules" in s.value for s in at.sidebar.subheader)
+    at.switch_page("pages/explore.py").run()
+    assert recipe_caption(ok(at)) == recipe.describe()
+    assert compressed_bytes(at) == pytest.approx(planned["plan"]["compressed_bytes"], rel=0.005)  # as shown, rounded
 
 
 def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
@@ -281,7 +291,7 @@ def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
 
     at.selectbox(key="fit_model").set_value("llama-3-70b").run()
     assert ok(at).metric[0].value == "70.554 B"
-    at.selectbox(key="fit_model").set_value(state.CONFIG_REF).run()
+    at.selectbox(key="fit_model").set_value(results.CONFIG_REF).run()
     bad = tmp_path / "config.json"
     bad.write_text("not json")
     at.text_input(key="fit_ref").input(str(bad)).run()

@@ -15,9 +15,9 @@ from streamlit.web import cli
 
 def _preload():
     from engine.models import DEFAULT_MODEL
-    from ui import state
+    from ui import context
 
-    state.preload(DEFAULT_MODEL)
+    context.preload(DEFAULT_MODEL)
 
 
 def main() -> int:

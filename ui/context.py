@@ -1,0 +1,227 @@
+"""The model and this session's workspace: what every page works on.
+
+- The loaded model (engine Explorer) is cached once per process and never mutated; the
+  launcher can start loading it before the first visit (`preload`).
+- Each browser session compresses its own working copy (engine Workspace).
+- app.py opens the context (`open_context`) after the sidebar; pages read it (`context`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from engine.errors import UserError
+from engine.recipe import DISTILL_LR, Recipe
+from engine.session import Explorer
+from engine.storage import explorer as export_format
+from engine.workspace import Workspace
+
+
+@dataclass
+class Context:
+    """What a page needs: the shared model, this session's workspace and the current recipe."""
+
+    ref: str
+    device: str
+    explorer: Explorer
+    work: Workspace
+    recipe: Recipe
+    export: str | None = None  # the export folder whose values the workspace holds
+
+    @property
+    def key(self) -> str:
+        return _key(self.ref, self.device, self.export)
+
+
+def _key(ref: str, device: str, export_folder: str | None) -> str:
+    """What a model's cached results are keyed by: its ref, its device, and the export it holds."""
+    return f"{ref}@{device}" + (f"@export:{export_folder}" if export_folder else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Timing marks (server side), read by the latency benchmark, and the start of every run
+# ---------------------------------------------------------------------------------------
+
+
+def start_run():
+    st.session_state["_app"] = True  # app.py has run in this session
+    st.session_state["_t0"] = time.perf_counter()
+    st.session_state["timings"] = {}
+
+
+def _no_page():
+    pass
+
+
+def page_start(page_file: str):
+    """The first call of every page: if Streamlit ran the page without app.py, rerun through app.py.
+
+    Until a run of app.py has called st.navigation in this server process, Streamlit takes the
+    `pages/` folder for its older multipage mode, and a request for a page's URL (a tab left on
+    /spectra reconnecting to a restarted server) runs that page file alone: no sidebar, no
+    context. A call of st.navigation ends that mode for the whole process; the rerun then runs
+    app.py on the same page, with the same URL parameters.
+    """
+    if st.session_state.get("_app"):
+        return
+    st.navigation([st.Page(_no_page, url_path="_", default=True), st.Page(page_file)], position="hidden")
+    st.rerun()
+
+
+def mark(name: str):
+    st.session_state.setdefault("timings", {})[name] = time.perf_counter() - st.session_state.get("_t0", 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The model, loaded once per process, and this session's workspace
+# ---------------------------------------------------------------------------------------
+
+
+_preloads: dict[tuple[str, str], Future] = {}
+
+
+def preload(ref: str, device: str = "auto") -> None:
+    """Start loading a model in a background thread (the launcher does this for the default
+    model while the browser connects); the first page then takes it from there. After the
+    model, also in the background: its reference outputs, sorted magnitudes and SVDs."""
+    future: Future = Future()
+
+    def work():
+        try:
+            ex = Explorer.open(ref, None if device == "auto" else device)
+        except BaseException as e:  # noqa: BLE001 -- the page opens it again and shows the error
+            future.set_exception(e)
+            return
+        future.set_result(ex)
+        ex.prepare_in_background(factorize=True)
+        ex.evaluator()
+
+    _preloads[(ref, device)] = future
+    threading.Thread(target=work, name=f"preload-{ref}").start()
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _explorer(ref: str, device: str) -> Explorer:
+    future = _preloads.pop((ref, device), None)
+    ex = None
+    if future is not None:
+        try:
+            ex = future.result()
+        except Exception:  # noqa: BLE001 -- open it here, where the error reaches the page
+            ex = None
+    ex = ex or Explorer.open(ref, None if device == "auto" else device)
+    ex.prepare_in_background(factorize=True)
+    return ex
+
+
+_factorize_lock = threading.Lock()
+
+
+def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
+    """Load the model (with progress) once per process; None, with an error box, when that fails.
+    With an export picked in the sidebar, this session's workspace holds the export's values
+    (its files checked against the manifest) for as long as the controls show its recipe."""
+    exported = st.session_state.get("export")
+    key = _key(ref, device, exported["folder"] if exported else None)
+    try:
+        cached = st.session_state.get("loaded_keys", set())
+        if key in cached:
+            ex = _explorer(ref, device)
+        else:
+            with st.status(f"Loading {ref}…", expanded=True) as status:
+                st.write("Reading the weights and tokenizer.")
+                ex = _explorer(ref, device)
+                st.write(f"{ex.kind}, {ex.total_params:,} parameters, on {ex.loaded.device}.")
+                status.update(label=f"{ref} ready", state="complete", expanded=False)
+            st.session_state["loaded_keys"] = cached | {key}
+    except UserError as e:
+        st.error(f"Could not open {ref}: {e}")
+        return None
+    except Exception as e:  # a model the engine cannot handle: say so, keep the page
+        st.error(f"Could not open {ref}: {type(e).__name__}: {e}")
+        return None
+    works = st.session_state.setdefault("workspaces", {})
+    if key not in works:
+        works.clear()  # one compressed copy per session: the model in use
+        works[key] = ex.workspace()
+    work = works[key]
+    if exported:
+        stored = Recipe.from_dict(exported["recipe"])
+        if recipe == dataclasses.replace(stored, distill_steps=0, distill_lr=DISTILL_LR):
+            recipe = stored  # the controls show the export's recipe (distillation is in its values)
+            if work.applied is None or work.applied.export != exported["folder"]:
+                try:
+                    with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
+                        export_format.load_into(work, exported["folder"])
+                except UserError as e:  # refused before any layer was filled
+                    st.error(str(e))
+                    return None
+    return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
+
+
+def ensure_calibration(ctx: Context, recipe: Recipe | None = None) -> None:
+    """Run the calibration text through the model (once per model) before a calibrated method."""
+    ex = ctx.explorer
+    if (recipe or ctx.recipe).calibrated and not ex.calibrated():
+        with st.spinner("Calibration: running the calibration text through the model (once per model)…"):
+            ex.calibration()
+
+
+def ensure_factors(ctx: Context) -> None:
+    """The SVD of every layer, once per model, with a progress bar: before the first low-rank
+    recipe, the Spectra page or a sweep with ranks (usually already done in the background
+    since loading; the bar then shows the layers that were left)."""
+    ex = ctx.explorer
+    if ex.factorized():
+        return
+    with _factorize_lock:
+        if ex.factorized():
+            return
+        bar = st.progress(0.0, text="Singular value decomposition of every layer (once per model)")
+        ex.factorize(progress=lambda k, n, name: bar.progress(k / n, text=f"SVD {k}/{n}: {name}"))
+        bar.empty()
+
+
+def context() -> Context | None:
+    return st.session_state.get("_ctx")
+
+
+# ---------------------------------------------------------------------------------------
+# The export of the current recipe
+# ---------------------------------------------------------------------------------------
+
+
+def holds_export(ctx: Context) -> bool:
+    """Whether the workspace holds the values read from the sidebar's export."""
+    held = ctx.work.applied
+    return bool(ctx.export) and held is not None and held.export == ctx.export and held.recipe == ctx.recipe
+
+
+def export_zip(ctx: Context, entropy: bool = False) -> tuple[str, bytes, str]:
+    """(file name, zip, what its tensor bytes are) of the current recipe's export: written from
+    the workspace (Huffman-coded with `entropy`), or, when the workspace holds a loaded
+    export, that export's own files."""
+    if holds_export(ctx):
+        data, manifest = export_format.zip_folder(ctx.export), export_format.read_manifest(ctx.export)
+        name = Path(ctx.export).name
+    else:
+        ctx.work.ensure(ctx.recipe)
+        name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
+        if entropy:
+            name += "-huffman"
+        data, manifest = export_format.zipped(ctx.work, name, entropy=entropy)
+    stored, fixed = manifest["tensor_bytes"], manifest["predicted_bytes"]
+    what = (f"{stored:,} bytes of tensors, Huffman-coded ({fixed:,} at fixed width: {stored / fixed:.1%})"
+            if manifest.get("entropy") else f"{stored:,} bytes of tensors (fixed width)")
+    return f"{name}.zip", data, what
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]

@@ -1,0 +1,272 @@
+"""The sidebar's controls, the URL and the recipe, derived from the recipe's own field list.
+
+Every recipe field the sidebar shows has one `Control` here, keyed by the field's name; its
+widget key is `ctl_<url name>` and its URL parameter the field's declared `url` name
+(engine.recipe: Recipe.fields()), so the link, the widgets and the recipe cannot drift apart.
+`NOT_IN_SIDEBAR` says where each other field is set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import streamlit as st
+
+from engine.errors import UserError
+from engine.glossary import CONCEPTS
+from engine.recipe import Recipe
+
+FIELDS = Recipe.fields()
+DEFAULTS = Recipe().to_dict()
+METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
+                 "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
+                 "kmeans": "k-means codebook"}
+GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
+SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP"}
+PATTERNS = ("unstructured", "2:4", "4:8", "1:4")
+GROUP_SIZES = (32, 64, 128, 256)
+NOT_IN_SIDEBAR = {
+    "rank": "an absolute rank: the app sets the rank as a fraction of each layer's full rank (rank_ratio)",
+    "distill_steps": "the Explore page's 'Recover by distillation'",
+    "distill_lr": "the Explore page's 'Recover by distillation'",
+    "per_layer": "a recipe file (or a plan from the Sensitivity page): shown under 'Per-layer rules'",
+}
+
+
+@dataclass(frozen=True)
+class Control:
+    """How the sidebar shows one recipe field."""
+
+    section: str
+    label: str
+    widget: str  # 'slider' | 'select_slider' | 'selectbox' | 'radio' | 'toggle' | 'checkbox' | 'text_input'
+    help: str
+    options: tuple | None = None  # selectable values (default: the field's declared choices)
+    span: tuple | None = None  # a slider's (min, max, step)
+    labels: dict | None = None  # option -> label
+    off: object = None  # the widget value that stands for None (a slider's 1.0, an empty text)
+    enabled: Callable[[dict], bool] | None = None  # from the widget values by field name
+    shown: Callable[[dict], bool] | None = None
+
+    def choices(self, field: str) -> tuple | None:
+        return self.options or FIELDS[field].choices
+
+
+def _quantized(v):
+    return v["bits"] < 16
+
+
+CONTROLS: dict[str, Control] = {
+    "rank_ratio": Control("Low rank", "Rank (fraction of full rank)", "slider",
+                          CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"], span=(0.05, 1.0, 0.05), off=1.0),
+    "lowrank_method": Control("Low rank", "Low-rank method", "selectbox", CONCEPTS["lowrank_method"],
+                              labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
+    "bits": Control("Quantization", "Bit width", "select_slider", CONCEPTS["bits"],
+                    labels={16: "16 (off)"}),
+    "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
+                           enabled=_quantized),
+    "group_size": Control("Quantization", "Group size", "selectbox", CONCEPTS["group_size"], options=GROUP_SIZES,
+                          enabled=lambda v: _quantized(v) and v["granularity"] == "group"),
+    "symmetric": Control("Quantization", "Symmetric", "toggle", CONCEPTS["symmetric"], enabled=_quantized),
+    "quant_method": Control("Quantization", "Quantization method", "selectbox", CONCEPTS["quant_method"],
+                            labels=METHOD_LABELS, enabled=_quantized),
+    "act_order": Control("Quantization", "Activation order", "toggle", CONCEPTS["act_order"], enabled=_quantized,
+                         shown=lambda v: v["quant_method"] == "gptq"),
+    "pattern": Control("Pruning", "Pattern", "radio", CONCEPTS["nm"], options=PATTERNS),
+    "sparsity": Control("Pruning", "Sparsity", "slider", CONCEPTS["sparsity"], span=(0.0, 0.95, 0.05),
+                        enabled=lambda v: v["pattern"] == "unstructured"),
+    "prune_method": Control("Pruning", "Pruning method", "selectbox", CONCEPTS["prune_method"], labels=METHOD_LABELS,
+                            enabled=lambda v: v["pattern"] != "unstructured" or v["sparsity"] > 0),
+    "group": Control("Layers", "Apply to", "radio", CONCEPTS["layer_group"], labels=SCOPES),
+    "layers": Control("Layers", "Name filter (regular expression)", "text_input",
+                      "Only layers whose name matches are compressed; empty: no filter.", off=""),
+    "include_embeddings": Control("Layers", "Include embeddings and output head", "checkbox",
+                                  "Off by default: the input embeddings and a tied output head stay at 16 bits."),
+}
+
+
+def key(field: str) -> str:
+    """The session key of a field's widget."""
+    return f"ctl_{FIELDS[field].url}"
+
+
+def values() -> dict:
+    """The widget values, by field name (a widget not drawn in the last run: its default)."""
+    return {f: st.session_state.get(key(f), widget_value(f, Recipe())) for f in CONTROLS}
+
+
+# ---------------------------------------------------------------------------------------
+# widget values <-> recipe <-> URL
+# ---------------------------------------------------------------------------------------
+
+
+def _snap(field: str, value):
+    """A value moved into its control's domain: a slider's range and step."""
+    lo, hi, step = CONTROLS[field].span
+    return min(hi, max(lo, round(value / step) * step))
+
+
+def widget_value(field: str, recipe: Recipe):
+    """The widget value that shows a recipe's field."""
+    c, value = CONTROLS[field], getattr(recipe, field)
+    if value is None:
+        return c.off
+    if field == "sparsity" and recipe.pattern != "unstructured":
+        return 0.0  # the pattern sets it
+    return _snap(field, value) if c.span else value
+
+
+def recipe_from(v: dict, per_layer=()) -> Recipe:
+    """The recipe the widget values (by field name) and per-layer rules show."""
+    d = {f: (None if c.off is not None and v[f] == c.off else v[f]) for f, c in CONTROLS.items()}
+    d["rank_ratio"] = None if d["rank_ratio"] is None else round(d["rank_ratio"], 2)
+    d["sparsity"] = 0.0 if v["pattern"] != "unstructured" else round(v["sparsity"], 2)
+    d["layers"] = (d["layers"] or "").strip() or None
+    d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
+    return Recipe.from_dict({**d, "per_layer": per_layer})
+
+
+def set_controls(r: Recipe, name: str) -> str | None:
+    """Set every control from a recipe (before the widgets draw); a message when a field cannot
+    be shown as it is."""
+    problems = []
+    if r.rank is not None:
+        problems.append(f"the app sets rank as a fraction of full rank; the absolute rank {r.rank} was replaced "
+                        "by 0.5 (the command line takes it)")
+        r = r.updated(rank_ratio=0.5)
+    if r.group_size not in GROUP_SIZES:
+        problems.append(f"group size {r.group_size} is not offered here; shown as 128")
+        r = r.updated(group_size=128)
+    if r.pattern not in PATTERNS:
+        problems.append(f"pattern {r.pattern} is not offered here; shown as unstructured")
+        r = r.updated(pattern="unstructured", sparsity=0.0)
+    for f in CONTROLS:
+        st.session_state[key(f)] = widget_value(f, r)
+    st.session_state["ctl_per_layer"] = r.per_layer
+    return f"{name}: " + "; ".join(problems) if problems else None
+
+
+def _parse(field: str, text: str):
+    """A URL parameter's text as the field's value; ValueError when it is not one."""
+    t = FIELDS[field].type
+    if t is bool:
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(text)
+        return text.lower() in ("1", "true", "yes")
+    value = t(text)
+    choices = CONTROLS[field].choices(field)
+    if choices is not None and value not in choices:
+        raise ValueError(text)
+    return value
+
+
+def init_from_url(default_model: str) -> None:
+    """Once per session: the controls from the URL (bad values reported, defaults kept)."""
+    if st.session_state.get("ctl_ready"):
+        return
+    bad = []
+    start = Recipe()
+    v = {f: widget_value(f, start) for f in CONTROLS}
+    for f in CONTROLS:
+        param = FIELDS[f].url
+        if param in st.query_params:
+            try:
+                v[f] = _parse(f, st.query_params[param])
+                v[f] = _snap(f, v[f]) if CONTROLS[f].span else v[f]
+            except ValueError:
+                bad.append(param)
+    for f in CONTROLS:
+        st.session_state[key(f)] = v[f]
+    st.session_state["ctl_per_layer"] = ()
+    st.session_state["ctl_model"] = st.query_params.get("model", default_model)
+    st.session_state["ctl_device"] = st.query_params.get("device", "auto")
+    st.session_state["url_errors"] = bad
+    st.session_state["ctl_ready"] = True
+
+
+def write_url(recipe: Recipe | None, default_model: str) -> None:
+    """The URL from the controls: the model, the device and every recipe field off its default
+    (the link keeps its last recipe while the controls make none)."""
+    params = {"model": st.session_state["ctl_model"], "device": st.session_state["ctl_device"]}
+    params.update({FIELDS[f].url: getattr(recipe, f) for f in CONTROLS} if recipe else {})
+    start = {"model": default_model, "device": "auto", **{FIELDS[f].url: DEFAULTS[f] for f in CONTROLS}}
+    for param, value in params.items():
+        if value == start[param] or value is None:
+            st.query_params.pop(param, None)
+        else:
+            st.query_params[param] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_recipe_file() -> None:
+    """on_change of the recipe uploader: set every control from the file (before widgets draw)."""
+    f = st.session_state.get("ctl_upload")
+    if f is None:
+        return
+    try:
+        r = Recipe.from_json(f.getvalue().decode("utf-8", errors="replace"))
+    except UserError as e:
+        st.session_state["upload_error"] = f"{f.name}: {e}"
+        return
+    st.session_state["upload_error"] = set_controls(r, f.name)
+
+
+def draw() -> Recipe | None:
+    """The recipe controls, section by section; returns the recipe (None, with an error box,
+    when the values do not make one)."""
+    sb, section = st.sidebar, None
+    for f, c in CONTROLS.items():
+        v = values()
+        if c.shown and not c.shown(v):
+            continue
+        if c.section != section:
+            section = c.section
+            sb.subheader(section)
+        kw = {"key": key(f), "help": c.help, "disabled": bool(c.enabled and not c.enabled(v))}
+        if c.labels:
+            kw["format_func"] = lambda x, labels=c.labels: labels.get(x, str(x))
+        if c.widget == "slider":
+            sb.slider(c.label, c.span[0], c.span[1], step=c.span[2], **kw)
+        elif c.widget in ("select_slider", "selectbox", "radio"):
+            extra = {"horizontal": True} if c.widget == "radio" else {}
+            getattr(sb, c.widget)(c.label, c.choices(f), **kw, **extra)
+        else:
+            getattr(sb, c.widget)(c.label, **kw)
+    rules = st.session_state.get("ctl_per_layer", ())
+    if rules:
+        sb.subheader("Per-layer rules")
+        sb.caption(f"{len(rules)} rule{'s' if len(rules) > 1 else ''} from a recipe file or plan (first match wins; "
+                   "not in the link: download the recipe to share them): "
+                   + "; ".join(f"/{m}/ → " + ", ".join(f"{k} {v}" for k, v in items) for m, items in rules[:3])
+                   + ("…" if len(rules) > 3 else ""))
+        if sb.button("Clear the per-layer rules", key="ctl_clear_rules"):
+            st.session_state["ctl_per_layer"] = ()
+            st.rerun()
+    try:
+        return recipe_from(values(), rules)
+    except UserError as e:
+        sb.error(str(e))
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# The methods of the Trade-offs page's variants
+# ---------------------------------------------------------------------------------------
+
+
+METHOD_VARIANTS = {
+    "As in the sidebar": None,
+    "Plain (SVD, magnitude, round to nearest)": {"lowrank_method": "svd", "prune_method": "magnitude",
+                                                 "quant_method": "rtn", "act_order": False},
+    "Calibrated (whitened SVD, Wanda, GPTQ)": {"lowrank_method": "whitened", "prune_method": "wanda",
+                                               "quant_method": "gptq", "act_order": False},
+    "k-means weight sharing": {"quant_method": "kmeans", "act_order": False},
+}
+
+
+def with_methods(recipe: Recipe, variant: str, sidebar: Recipe) -> Recipe:
+    """`recipe` with the methods of a Trade-offs variant (the sidebar's for 'As in the sidebar')."""
+    fields = METHOD_VARIANTS[variant] or {k: getattr(sidebar, k) for k in
+                                          ("lowrank_method", "prune_method", "quant_method", "act_order")}
+    return Recipe.from_dict({**recipe.to_dict(), **fields})
+
+
