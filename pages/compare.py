@@ -5,11 +5,7 @@ from engine import data
 from engine.errors import UserError
 from ui import charts, context, results
 
-context.page_start(__file__)
-
-ctx = context.context()
-if ctx is None:
-    st.stop()
+ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
 st.title("Compare")
 st.caption(f"Original vs **{recipe.describe()}** on {ctx.ref}.")

@@ -7,13 +7,9 @@ from engine.errors import UserError
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, context, results
 
-context.page_start(__file__)
-
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
-ctx = context.context()
-if ctx is None:
-    st.stop()
+ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
 
 st.title("Explore")

@@ -10,11 +10,7 @@ from engine.glossary import CONCEPTS
 from engine.recipe import Recipe
 from ui import charts, context, controls
 
-context.page_start(__file__)
-
-ctx = context.context()
-if ctx is None:
-    st.stop()
+ctx = context.page(__file__)
 recipe = ctx.recipe
 st.title("Sensitivity and plan")
 st.caption("Each unit of layers is quantized alone at each bit width (the rest of the model left alone, the "

@@ -4,11 +4,7 @@ import streamlit as st
 from engine.glossary import CONCEPTS
 from ui import charts, context, results
 
-context.page_start(__file__)
-
-ctx = context.context()
-if ctx is None:
-    st.stop()
+ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
 st.title("Spectra")
 st.caption(CONCEPTS["singular_value"] + " " + CONCEPTS["energy_kept"])

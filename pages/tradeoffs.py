@@ -8,11 +8,7 @@ from engine import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, context, controls, results
 
-context.page_start(__file__)
-
-ctx = context.context()
-if ctx is None:
-    st.stop()
+ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
 st.title("Trade-offs")
 st.caption("Every combination of the values below, on top of the sidebar's other settings (group size, "

@@ -343,3 +343,18 @@ def test_a_broken_export_in_the_model_picker_is_an_error_box(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     at = start(model=str(tmp_path))
     assert not at.exception and any("not an export manifest" in e.value for e in at.error)
+
+
+def test_every_recipe_field_has_a_control_or_a_stated_place():
+    from ui import controls
+
+    fields = Recipe.fields()
+    assert set(controls.CONTROLS) | set(controls.NOT_IN_SIDEBAR) == set(fields)
+    assert not set(controls.CONTROLS) & set(controls.NOT_IN_SIDEBAR)
+    assert all(fields[f].url and controls.key(f) == f"ctl_{fields[f].url}" for f in controls.CONTROLS)
+    # a recipe shown by the controls comes back from them unchanged
+    r = Recipe(rank_ratio=0.25, bits=3, granularity="channel", symmetric=False, pattern="2:4", group="mlp",
+               layers=r"\.0\.", include_embeddings=True, lowrank_method="whitened", prune_method="wanda",
+               quant_method="gptq", act_order=True, per_layer=[{"match": "query", "bits": 8}])
+    shown = {f: controls.widget_value(f, r) for f in controls.CONTROLS}
+    assert controls.recipe_from(shown, r.per_layer) == r

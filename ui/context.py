@@ -193,6 +193,16 @@ def context() -> Context | None:
     return st.session_state.get("_ctx")
 
 
+def page(page_file: str) -> Context:
+    """The first call of a page that works on the model: `page_start`, then the context that
+    app.py opened; without one (app.py has shown why), the page stops here."""
+    page_start(page_file)
+    ctx = context()
+    if ctx is None:
+        st.stop()
+    return ctx
+
+
 # ---------------------------------------------------------------------------------------
 # The export of the current recipe
 # ---------------------------------------------------------------------------------------
