@@ -70,8 +70,8 @@ def cmd_plan(args):
         result = plan.plan(ex.workspace(), args.target_ratio, base, args.by, ladder, progress=bar)
     finally:
         bar.close()
-    if path:
-        path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if path:  # the plan as a recipe with per-layer rules: --recipe FILE and the app load it
+        path.write_text(json.dumps(result["recipe"], indent=2), encoding="utf-8")
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -109,6 +109,7 @@ def add_parsers(sub) -> None:
     pl.add_argument("--target-ratio", type=float, required=True, help="compressed / fp16 bytes to reach, in (0, 1)")
     pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own bit width")
     pl.add_argument("--ladder", default="8,6,5,4,3,2", help="bit widths to choose from (default 8,6,5,4,3,2)")
-    pl.add_argument("--out", help="also write the plan as JSON to this file")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--out", help="also write the plan as a recipe JSON file (per-layer rules), to load with "
+                                  "--recipe FILE or in the app")
+    pl.add_argument("--json", action="store_true", help="print the whole result: units, losses, plan and uniform")
     pl.set_defaults(fn=cmd_plan)
