@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from engine.recipe import Recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -105,10 +107,15 @@ def test_error_falls_as_bits_rise_on_smollm2():
 
 def test_sweep_writes_one_row_per_point(tmp_path):
     out = tmp_path / "points.csv"
-    p = engine("sweep", "minilm", "--rank-ratio", "1,0.5", "--bits", "16,4", "--sparsity", "0", "--quick", "--out", str(out))
+    p = engine("sweep", "minilm", "--rank-ratio", "1,0.5", "--bits", "16,4", "--sparsity", "0", "--quick",
+               "--group-size", "64", "--out", str(out))
     assert p.returncode == 0, p.stderr
     rows = list(csv.DictReader(out.open()))
-    assert [(r["rank_ratio"], r["bits"]) for r in rows] == [("1", "16"), ("1", "4"), ("0.5", "16"), ("0.5", "4")]
+    fields = list(Recipe.fields())  # every recipe field, in order, then the label, bytes and metrics
+    assert list(rows[0])[:len(fields) + 4] == [*fields, "label", "original_bytes", "compressed_bytes", "ratio"]
+    assert [(r["rank_ratio"], r["bits"]) for r in rows] == [("", "16"), ("", "4"), ("0.5", "16"), ("0.5", "4")]
+    assert {(r["rank"], r["group_size"], r["symmetric"], r["per_layer"]) for r in rows} == {("", "64", "True", "[]")}
+    assert [Recipe.from_json(r["recipe"]).rank_ratio for r in rows] == [None, None, 0.5, 0.5]
     assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["cosine_to_original"]) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[3]["ratio"]) < float(rows[1]["ratio"]) < 1
 
