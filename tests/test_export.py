@@ -12,7 +12,6 @@ from engine import export
 from engine.compress import quantize_shaped, shape_matrix
 from engine.errors import UserError
 from engine.recipe import Recipe
-from engine.session import Explorer
 from engine.transforms import svd
 
 from test_cli import ROOT, engine, run_json
@@ -66,9 +65,8 @@ def test_each_format_decodes_to_exactly_the_compressed_values_in_the_predicted_b
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    ex = Explorer.open("minilm", device="cpu")
-    return ex, ex.workspace()
+def minilm(minilm_explorer):
+    return minilm_explorer, minilm_explorer.workspace()
 
 
 @pytest.mark.parametrize("recipe", [
