@@ -33,7 +33,7 @@ demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse)
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
 
 test: $(STAMP) browser  ## install, then run every test (the browser test included)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one
 	$(PY) -m engine bench

@@ -27,16 +27,23 @@ def grid(rank_ratios, bits, sparsities, base: Recipe | None = None) -> list[Reci
     return recipes
 
 
+def recipe_columns(recipe: Recipe) -> dict:
+    """Every recipe field as a CSV cell, in the recipe's order: `per_layer` as compact JSON,
+    None as empty."""
+    cells = recipe.to_dict()
+    cells["per_layer"] = json.dumps(cells["per_layer"], separators=(",", ":"))
+    return {k: "" if v is None else v for k, v in cells.items()}
+
+
 def point(work, recipe: Recipe, quick: bool = False, eval_text: str | None = None,
           eval_name: str | None = None) -> dict:
-    """Apply `recipe` to a workspace and evaluate it: one CSV-ready row."""
+    """Apply `recipe` to a workspace and evaluate it: one CSV-ready row (the recipe's fields,
+    its label, the bytes, the metrics, the seconds, and the recipe as JSON)."""
     applied = work.apply(recipe)
     t0 = time.perf_counter()
     metrics = work.evaluate(quick=quick, eval_text=eval_text, eval_name=eval_name)
     return {
-        "rank_ratio": recipe.rank_ratio or 1, "bits": recipe.bits, "sparsity": recipe.sparsity,
-        "pattern": recipe.pattern, "granularity": recipe.granularity, "group_size": recipe.group_size,
-        "symmetric": recipe.symmetric, "label": recipe.describe(),
+        **recipe_columns(recipe), "label": recipe.describe(),
         "original_bytes": applied.memory.original_bytes,
         "compressed_bytes": applied.memory.compressed_bytes, "ratio": applied.memory.ratio,
         **metrics, "estimate_only": quick, "apply_s": applied.seconds,

@@ -28,3 +28,28 @@ def tiny_models(tmp_path_factory):
     classifier = BertForSequenceClassification(BertConfig(**bert_cfg, num_labels=2))
     return {name: _save(m, root / name) for name, m in
             [("gpt2", gpt2), ("llama", llama), ("bert", bert), ("bert-classifier", classifier)]}
+
+
+# Models loaded once per test session, for the tests that only read them: each test makes its own
+# workspace (Explorer.workspace), which never writes to the explorer's model. A test that changes
+# a model, or needs an explorer with nothing cached yet, opens its own.
+
+@pytest.fixture(scope="session")
+def minilm_explorer():
+    from engine.session import Explorer
+
+    return Explorer.open("minilm", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_explorer():
+    from engine.session import Explorer
+
+    return Explorer.open("smollm2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_explorers(tiny_models):
+    from engine.session import Explorer
+
+    return {name: Explorer.open(path, device="cpu") for name, path in tiny_models.items()}

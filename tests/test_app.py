@@ -298,12 +298,11 @@ def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
     assert not at.exception and "cannot read the config" in at.error[0].value
 
 
-def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path):
+def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path, minilm_explorer):
     import io
     import zipfile
 
     from engine.storage import explorer as export
-    from engine.session import Explorer
 
     at = ok(start(bits=3, sparsity=0.5))
     shown = compressed_bytes(at)
@@ -329,8 +328,7 @@ def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path):
     assert at.session_state["ctl_bits"] == 3 and at.session_state["ctl_sparsity"] == 0.5  # set from its recipe
     assert "loaded from its files" in at.info[0].value
     assert at.session_state["_ctx"].work.applied.export == str(folder)
-    ex = Explorer.open("minilm", device="cpu")
-    work = ex.workspace()
+    work = minilm_explorer.workspace()
     work.apply(Recipe(bits=3, sparsity=0.5))
     expected = work.evaluate()["cosine_to_original"]
     shown_cos = next(m.value for m in at.metric if m.label == "cosine_to_original")

@@ -1,5 +1,8 @@
-"""End to end: `python -m engine` on the real offline models, and bad input."""
+"""End to end: the command line on the real offline models, and bad input. The commands run in
+this process (engine.cli.main), but for one run of `python -m engine` itself."""
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -7,18 +10,31 @@ import sys
 
 import pytest
 
+from engine import cli
+from engine.cli import options
+from engine.recipe import Recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def engine(*args, env=None):
+    """`python -m engine ARGS` in a new interpreter."""
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=900)
 
 
+def main(*args):
+    """engine.cli.main(ARGS) in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 def run_json(*args):
-    p = engine("run", *args, "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)  # exactly one JSON object on stdout
+    code, out, err = main("run", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)  # exactly one JSON object on stdout
 
 
 def check_shape(out, kind, metric_names):
@@ -37,7 +53,9 @@ def check_shape(out, kind, metric_names):
 
 
 def test_run_minilm_json():
-    out = run_json("minilm", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5")
+    p = engine("run", "minilm", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)  # `python -m engine` itself: exactly one JSON object on stdout
     layers = check_shape(out, "encoder", ["cosine_to_original", "lee_spearman", "polarity_accuracy"])
     assert len(layers) == 37  # 36 encoder matrices + the pooler; embeddings left alone
     for l in layers:
@@ -79,12 +97,10 @@ def test_run_smollm2_json():
     assert out["metrics"]["perplexity"] != d["metrics_before"]["perplexity"] > base
 
 
-def test_error_falls_as_bits_rise_on_smollm2():
+def test_error_falls_as_bits_rise_on_smollm2(smollm2_explorer):
     from engine import footprint
-    from engine.recipe import Recipe
-    from engine.session import Explorer
 
-    work = Explorer.open("smollm2", device="cpu").workspace()
+    work = smollm2_explorer.workspace()
     kl, size = [], []
     for b in (3, 4, 6, 8):
         size.append(work.apply(Recipe(bits=b)).memory.compressed_bytes)
@@ -105,20 +121,25 @@ def test_error_falls_as_bits_rise_on_smollm2():
 
 def test_sweep_writes_one_row_per_point(tmp_path):
     out = tmp_path / "points.csv"
-    p = engine("sweep", "minilm", "--rank-ratio", "1,0.5", "--bits", "16,4", "--sparsity", "0", "--quick", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    code, _, err = main("sweep", "minilm", "--rank-ratio", "1,0.5", "--bits", "16,4", "--sparsity", "0", "--quick",
+                        "--group-size", "64", "--out", str(out))
+    assert code == 0, err
     rows = list(csv.DictReader(out.open()))
-    assert [(r["rank_ratio"], r["bits"]) for r in rows] == [("1", "16"), ("1", "4"), ("0.5", "16"), ("0.5", "4")]
+    fields = list(Recipe.fields())  # every recipe field, in order, then the label, bytes and metrics
+    assert list(rows[0])[:len(fields) + 4] == [*fields, "label", "original_bytes", "compressed_bytes", "ratio"]
+    assert [(r["rank_ratio"], r["bits"]) for r in rows] == [("", "16"), ("", "4"), ("0.5", "16"), ("0.5", "4")]
+    assert {(r["rank"], r["group_size"], r["symmetric"], r["per_layer"]) for r in rows} == {("", "64", "True", "[]")}
+    assert [Recipe.from_json(r["recipe"]).rank_ratio for r in rows] == [None, None, 0.5, 0.5]
     assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["cosine_to_original"]) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[3]["ratio"]) < float(rows[1]["ratio"]) < 1
 
 
 def test_models_and_inspect():
-    p = engine("models", "--json")
-    aliases = {r["alias"] for r in json.loads(p.stdout)["aliases"]}
-    assert aliases == {"minilm", "smollm2"}
-    p = engine("inspect", "minilm", "--json")
-    out = json.loads(p.stdout)
+    code, out, _ = main("models", "--json")
+    aliases = {r["alias"] for r in json.loads(out)["aliases"]}
+    assert code == 0 and aliases == {"minilm", "smollm2"}
+    code, out, _ = main("inspect", "minilm", "--json")
+    out = json.loads(out)
     assert out["parameters"] == 22_713_216 and out["bytes_fp16"] == 2 * 22_713_216
     q = next(l for l in out["layers"] if l["name"] == "encoder.layer.0.attention.self.query")
     assert q["shape"] == [384, 384] and q["full_rank"] == 384 and 1 < q["effective_rank"] < 384
@@ -144,20 +165,27 @@ def test_recipe_file_and_override(tmp_path):
     (["sweep", "minilm", "--bits", "4,x", "--out", "x.csv"], "expected comma-separated numbers"),
     (["bogus"], "invalid choice"),
 ])
-def test_bad_input_is_one_line_and_nonzero(args, message):
-    p = engine(*args)
-    if args[-1] == "cuda:0" and "no CUDA GPU" not in p.stderr and p.returncode == 0:
-        pytest.skip("this machine has a GPU")
-    assert p.returncode == 2
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr, p.stderr
+def test_bad_input_is_one_line_and_nonzero(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    if args[-1] == "cuda:0":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
 
 
-def test_hub_id_without_network_is_one_line():
+def test_hub_id_without_network_is_one_line(capsys, monkeypatch):
     # a closed local port stands in for an unreachable Hub, whatever this machine's network
-    p = engine("run", "some-org/some-model", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
-    assert p.returncode == 2
-    assert p.stderr.strip().count("\n") == 0 and "cannot be reached" in p.stderr
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert cli.main(["run", "some-org/some-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be reached" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("content, message", [
@@ -166,11 +194,15 @@ def test_hub_id_without_network_is_one_line():
     (b"\xff\xfe not utf8", "not UTF-8"),
     (b"Too short.", "too short for one window"),
 ])
-def test_bad_eval_text(tmp_path, content, message):
+def test_bad_eval_text(tmp_path, content, message, capsys, monkeypatch, request):
     f = tmp_path / "t.txt"
     f.write_bytes(content)
-    p = engine("run", "smollm2", "--bits", "8", "--eval-text", str(f))
-    assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    # the text too short for smollm2's windows is found once the model is loaded: the shared one
+    monkeypatch.setattr("engine.cli.run.open_explorer",
+                        lambda args, model=None: request.getfixturevalue("smollm2_explorer"))
+    assert cli.main(["run", "smollm2", "--bits", "8", "--eval-text", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_eval_text_replaces_the_fidelity_sentences(tmp_path):
@@ -181,3 +213,40 @@ def test_eval_text_replaces_the_fidelity_sentences(tmp_path):
     f.write_text("\n".join(lines), encoding="utf-8")
     out = run_json("minilm", "--bits", "4", "--eval-text", str(f))
     assert out["metrics"]["protocol"]["fidelity_items"] == 10 and "mine.txt" in out["metrics"]["protocol"]["fidelity_text"]
+
+
+def test_every_recipe_field_with_an_option_is_one_and_no_other(tmp_path):
+    parser = cli.build_parser()
+    for command in ("run", "export", "sensitivity", "plan", "fit", "sweep"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        group = next(g for g in sub._action_groups if g.title.startswith("recipe"))
+        dests = [a.dest for a in group._group_actions if a.dest != "recipe"]
+        expected = [n for n, spec in Recipe.fields().items() if spec.flag != ""]
+        if command == "sweep":  # the grid sets the rank ratio
+            expected.remove("rank")
+        assert dests == expected, command
+    args = parser.parse_args(["run", "m", "--asymmetric", "--include-embeddings", "--bits", "4", "--group-size", "32"])
+    assert options.recipe_from(args) == Recipe(symmetric=False, include_embeddings=True, bits=4, group_size=32)
+
+
+def test_options_change_a_recipe_file_as_a_user_means_them(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(Recipe(rank=64, bits=4, quant_method="gptq", act_order=True, pattern="2:4").to_json())
+    args = cli.build_parser().parse_args(["run", "m", "--recipe", str(f), "--rank-ratio", "0.5", "--quant-method",
+                                          "rtn", "--pattern", "4:8"])
+    assert options.recipe_from(args) == Recipe(rank_ratio=0.5, bits=4, pattern="4:8")  # act-order off, sparsity 0.5
+    args = cli.build_parser().parse_args(["sweep", "m", "--pattern", "2:4", "--bits", "4,8", "--out", "x.csv"])
+    assert options.recipe_from(args, exclude=options.SWEEP_AXES) == Recipe(pattern="2:4")
+
+
+def test_plan_out_writes_a_recipe_that_run_loads(tmp_path):
+    f = tmp_path / "plan.json"
+    code, out, err = main("plan", "minilm", "--layers", r"layer\.0\.", "--by", "layer", "--ladder", "4,2",
+                          "--target-ratio", "0.94", "--out", str(f), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    planned = Recipe.from_json(f.read_text())  # the file is a recipe, not the whole result
+    assert planned.to_dict() == result["recipe"] and planned.per_layer  # 4 and 2 bits both used at this target
+    assert {planned.for_layer(u["unit"]).bits for u in result["units"]} == {4, 2}
+    again = run_json("minilm", "--recipe", str(f), "--quick")
+    assert again["recipe"] == result["recipe"] and again["memory"]["compressed_bytes"] == result["plan"]["compressed_bytes"]

@@ -6,7 +6,6 @@ from engine.pipeline import Grid
 from engine.distill import _quantized, _start
 from engine.methods import gptq_quantize
 from engine.recipe import Recipe
-from engine.session import Explorer
 from engine.transforms import fake_quantize, quant_grid
 
 from test_cli import run_json
@@ -40,9 +39,8 @@ def test_training_starts_exactly_at_the_compressed_values():
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    ex = Explorer.open("minilm", device="cpu")
-    return ex, ex.workspace()
+def minilm(minilm_explorer):
+    return minilm_explorer, minilm_explorer.workspace()
 
 
 def test_distillation_keeps_bytes_masks_and_grids_and_recovers_quality_on_minilm(minilm):

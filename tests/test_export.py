@@ -13,7 +13,6 @@ from engine.pipeline import compress
 from engine.storage.codec import decode_layer, decode_matrix, encode_layer, encode_matrix, nbytes
 from engine.errors import UserError
 from engine.recipe import Recipe
-from engine.session import Explorer
 from engine.transforms import svd
 
 from test_cli import ROOT, engine, run_json
@@ -76,9 +75,8 @@ def test_each_format_decodes_to_exactly_the_compressed_values_in_the_predicted_b
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    ex = Explorer.open("minilm", device="cpu")
-    return ex, ex.workspace()
+def minilm(minilm_explorer):
+    return minilm_explorer, minilm_explorer.workspace()
 
 
 @pytest.mark.parametrize("recipe", [

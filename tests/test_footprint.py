@@ -7,7 +7,6 @@ import pytest
 from engine import footprint
 from engine.errors import UserError
 from engine.recipe import Recipe
-from engine.session import Explorer
 from engine.cli import main
 
 # the parameter counts the models' publishers state (model cards and papers), against which the
@@ -39,9 +38,9 @@ def test_shipped_configs_have_the_published_parameter_counts():
         assert footprint.open_skeleton(name).total_params == count, name
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return Explorer.open("minilm", device="cpu")
+@pytest.fixture
+def minilm(minilm_explorer):
+    return minilm_explorer
 
 
 def test_config_only_equals_loaded_minilm_byte_for_byte(minilm):
@@ -57,8 +56,8 @@ def test_config_only_equals_loaded_minilm_byte_for_byte(minilm):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert-classifier"])
-def test_config_only_equals_loaded_tiny_models(tiny_models, name):
-    ex = Explorer.open(tiny_models[name], device="cpu")
+def test_config_only_equals_loaded_tiny_models(tiny_models, tiny_explorers, name):
+    ex = tiny_explorers[name]
     sk = footprint.open_skeleton(tiny_models[name])
     assert (sk.total_params, sk.layers, sk.kind) == (ex.total_params, ex.layers, ex.kind)
     recipe = Recipe(rank_ratio=0.5, bits=4, group_size=16, sparsity=0.25, include_embeddings=True)

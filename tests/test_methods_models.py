@@ -4,15 +4,13 @@ import json
 import pytest
 
 from engine.recipe import Recipe
-from engine.session import Explorer
 
 from test_cli import run_json
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    ex = Explorer.open("minilm", device="cpu")
-    return ex, ex.workspace()
+def minilm(minilm_explorer):
+    return minilm_explorer, minilm_explorer.workspace()
 
 
 def _score(work, recipe):

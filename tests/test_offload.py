@@ -12,7 +12,6 @@ from engine.evaluate import make_evaluator
 from engine.models import minilm_path
 from engine.layers import select
 from engine.recipe import Recipe
-from engine.session import Explorer
 
 
 def test_max_memory_is_parsed_and_bad_specs_are_one_line():
@@ -29,7 +28,7 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tmp_path, name="gpt2"):
+def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tiny_explorers, tmp_path, name="gpt2"):
     # every weight offloaded (1 MB of CPU): GPT-2's Conv1D and its tied head read from and written to disk
     # (the tiny Llama goes through the same path in the calibrated tests below)
     recipe = Recipe(rank_ratio=0.5, bits=4, group_size=16, sparsity=0.5, include_embeddings=True)
@@ -37,8 +36,7 @@ def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tmp_path, na
     assert set(offload.device_map(off.loaded.model).values()) == {"disk"}
     evaluator = make_evaluator(off.loaded)
     out = offload.run(off, recipe, evaluator)
-    ex = Explorer.open(tiny_models[name], device="cpu")
-    work = ex.workspace()
+    work = tiny_explorers[name].workspace()
     work.apply(recipe)
     assert out["memory"]["compressed_bytes"] == work.applied.memory.compressed_bytes
     assert out["metrics"] == pytest.approx(work.evaluate(), rel=1e-4)
@@ -47,7 +45,7 @@ def test_a_model_on_disk_compresses_like_the_workspace(tiny_models, tmp_path, na
         assert layer["relative_error"] == pytest.approx(errors.get(layer["tied_to"] or layer["name"]), rel=1e-4)
 
 
-def test_cli_run_with_max_memory_offloads_minilm_and_scores_as_in_memory(tmp_path, capsys):
+def test_cli_run_with_max_memory_offloads_minilm_and_scores_as_in_memory(tmp_path, capsys, minilm_explorer):
     checkpoint = minilm_path() / "model.safetensors"
     before = _sha(checkpoint)
     argv = ["run", "minilm", "--bits", "4", "--sparsity", "0.5", "--include-embeddings", "--quick", "--json"]
@@ -58,8 +56,7 @@ def test_cli_run_with_max_memory_offloads_minilm_and_scores_as_in_memory(tmp_pat
     assert sum(placed.values()) == 4 * 22_713_216  # every parameter, fp32
     assert list((tmp_path / "off").iterdir()) == []  # the offloaded copies are gone
     assert _sha(checkpoint) == before  # and the model's own files never written
-    ex = Explorer.open("minilm", device="cpu")
-    work = ex.workspace()
+    work = minilm_explorer.workspace()
     work.apply(Recipe(bits=4, sparsity=0.5, include_embeddings=True))
     assert out["memory"]["compressed_bytes"] == work.applied.memory.compressed_bytes
     assert out["metrics"]["cosine_to_original"] == pytest.approx(work.evaluate(quick=True)["cosine_to_original"],
@@ -72,8 +69,8 @@ CALIBRATED = Recipe(rank_ratio=0.5, lowrank_method="whitened", sparsity=0.5, pru
 
 
 @pytest.fixture(scope="module")
-def calibrated_workspace(tiny_models):
-    work = Explorer.open(tiny_models["llama"], device="cpu").workspace()
+def calibrated_workspace(tiny_explorers):
+    work = tiny_explorers["llama"].workspace()
     work.apply(CALIBRATED)
     return work
 

@@ -12,9 +12,9 @@ from engine.session import Explorer
 KINDS = {"gpt2": "causal-lm", "llama": "causal-lm", "bert": "encoder", "bert-classifier": "classifier"}
 
 
-@pytest.fixture(scope="module")
-def explorers(tiny_models):
-    return {name: Explorer.open(path, device="cpu") for name, path in tiny_models.items()}
+@pytest.fixture
+def explorers(tiny_explorers):
+    return tiny_explorers
 
 
 def as_stored(ex):

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 
+from .options import recipe_args, recipe_from
 
 
 def _size(n: int) -> str:
     return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
-def cmd_fit(args, recipe):
-    from . import footprint
+def cmd_fit(args):
+    from .. import footprint
 
+    recipe = recipe_from(args)
     if args.model is None:
         print("shipped configs (no weights, no network needed):")
         for name, hub in footprint.shipped().items():
@@ -44,7 +46,7 @@ def cmd_fit(args, recipe):
         print(f"  {r['device']:<40} {what}")
 
 
-def add_parser(sub, recipe_args, recipe_from):
+def add_parser(sub) -> None:
     f = sub.add_parser("fit", help="plan memory from a config alone (no weights): weights under a recipe, "
                                    "KV cache, and which GPUs it fits")
     f.add_argument("model", nargs="?", help="a shipped config (run `fit` alone to list them), a config.json file, "
@@ -55,4 +57,4 @@ def add_parser(sub, recipe_args, recipe_from):
     f.add_argument("--context", type=int, default=4096, help="tokens per sequence: prompt and output (default 4096)")
     f.add_argument("--kv-bits", type=int, default=16, choices=(16, 8, 4), help="bits per cached key/value (default 16)")
     f.add_argument("--json", action="store_true")
-    f.set_defaults(fn=lambda args: cmd_fit(args, recipe_from(args)))
+    f.set_defaults(fn=cmd_fit)

@@ -1,0 +1,165 @@
+"""`run` (apply a recipe, or load an export, evaluate, report) and `export` (write it packed)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..errors import UserError
+from ..recipe import Recipe
+from .options import (Progress, distill, eval_text, mb, model_args, open_explorer, out_path, recipe_args,
+                      recipe_from, recipe_options)
+
+
+def cmd_run(args):
+    from .. import report
+    from ..storage import explorer as export
+
+    folder = args.model if export.is_export(args.model) else None
+    if args.max_memory or args.offload_folder:
+        if folder:
+            raise UserError("run: --max-memory does not apply to an export folder")
+        if not args.max_memory:
+            raise UserError("run: --offload-folder needs --max-memory")
+    if args.calibration_memory and not args.max_memory:
+        raise UserError("run: --calibration-memory needs --max-memory")
+    if args.max_memory:
+        text, name = eval_text(args)
+        recipe = recipe_from(args)
+        if args.device:
+            raise UserError("--max-memory places the model itself (GPUs first, then the CPU, then disk): drop --device")
+        out = report.offloaded(args.model, recipe, args.max_memory, args.offload_folder, args.calibration_memory,
+                               args.trust_remote_code, args.quick, text, name)
+    else:
+        manifest = None
+        if folder:  # an export: its recipe and source model come from its manifest
+            if recipe_options(args) or args.recipe:
+                raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
+            manifest, _ = export.read(folder)  # every file checked before the model loads
+            recipe = Recipe.from_dict(manifest["recipe"])
+            model = manifest["model"]["ref"]
+        else:
+            recipe, model = recipe_from(args), args.model
+        text, name = eval_text(args)
+        ex = open_explorer(args, model)
+        bar = Progress(f"distill {model}")
+        try:
+            out = report.in_memory(ex, recipe, model, args.quick, text, name, export=folder, manifest=manifest,
+                                   progress=bar.loss)
+        finally:
+            bar.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print_run(out)
+
+
+def print_run(out: dict) -> None:
+    """The run report (engine.report) as text."""
+    m = out["memory"]
+    print(f"{out['model']} ({out['kind']}, {out['device']}): {Recipe.from_dict(out['recipe']).describe()}")
+    if out["calibration"]:
+        c = out["calibration"]
+        print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}"
+              + (f"; {c['passes']} pass{'es' if c['passes'] > 1 else ''}, at most {mb(c['stats_budget_bytes'])} of statistics held at once"
+                 if "passes" in c else ""))
+    if out["note"]:
+        print(f"note: {out['note']}")
+    print(f"memory: {mb(m['original_bytes'])} -> {mb(m['compressed_bytes'])} "
+          f"(ratio {m['ratio']:.3f}; fp16 baseline, {mb(m['original_bytes_fp32'])} at fp32)")
+    st = out["export_stored"]
+    if st:
+        coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
+        print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of tensors ({coded}), "
+              f"{st['header_bytes']:,} of safetensors header")
+    off = out.get("offload")
+    if off:
+        print("loaded within --max-memory " + ", ".join(f"{k}={v}" for k, v in off["max_memory"].items()) + ": "
+              + ", ".join(f"{mb(b)} on {k}" for k, b in off["placement_bytes"].items())
+              + " (fp32), compressed in place one layer at a time")
+        c = off["peak_memory_compress"]
+        if c:
+            print(f"peak memory while compressing: {mb(c['peak_bytes'])} ({c['measure']})")
+    p = out["peak_memory"]
+    if p:
+        print(f"peak memory of the evaluation: {mb(p['peak_bytes'])} ({p['measure']}; "
+              f"{mb(p['start_bytes'])} before it, the models in fp32 included)")
+    d = out["distillation"]
+    if d:
+        print(f"distillation: {d['steps']} steps, lr {d['lr']:g}, {d['seconds']:.1f} s; {d['objective']} "
+              f"{d['loss_first']:.4f} -> {d['loss_last']:.4f} on {d['text']}")
+    print(("quality (baseline -> compressed -> distilled):" if d else "quality (baseline -> compressed):")
+          + ("  [first estimate]" if out["metrics"]["protocol"]["estimate_only"] else ""))
+    for k, v in out["metrics"].items():
+        if k != "protocol":
+            before = f"{d['metrics_before'][k]:.4f} -> " if d else ""
+            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {before}{v:.4f}")
+    print(f"{'layer':<48} {'format':<26} {'rank':>5} {'spars':>6} {'bytes':>10} {'rel.err':>8}")
+    for layer in m["layers"]:
+        if layer["compressed"]:
+            err = "" if layer["relative_error"] is None else f"{layer['relative_error']:.4f}"
+            flag = " !" if layer["factors_exceed_dense"] else ""
+            print(f"{layer['name']:<48} {layer['format']:<26} {layer['rank'] or '-':>5} "
+                  f"{layer['sparsity']:>6.3f} {layer['compressed_bytes']:>10,} {err:>8}{flag}")
+    s = out["seconds"]
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
+    if any(layer["factors_exceed_dense"] for layer in m["layers"]):
+        print("! factors hold more values than the dense matrix at this rank (above break-even r(m+n) = mn)")
+
+
+def cmd_export(args):
+    from ..storage import explorer as export
+
+    recipe = recipe_from(args)
+    folder = out_path(args.out)
+    ex = open_explorer(args)
+    work = ex.workspace()
+    work.apply(dataclasses.replace(recipe, distill_steps=0))
+    if recipe.distill_steps:
+        distill(work, recipe, args.model)
+    manifest = export.write(work, folder, entropy=args.entropy)
+    on_disk = sum(f["bytes"] for f in manifest["files"].values())
+    if args.json:
+        print(json.dumps({**manifest, "folder": str(folder), "bytes_on_disk": on_disk}, indent=2))
+        return
+    print(f"wrote {folder}: {recipe.describe()}")
+    if args.entropy:
+        parts = [p for layer in manifest["layers"] for p in layer["parts"]]
+        coded = [p for p in parts if p["coding"] == "huffman"]
+        print(f"  tensor data {manifest['tensor_bytes']:,} bytes Huffman-coded, {manifest['predicted_bytes']:,} "
+              f"at fixed width ({manifest['tensor_bytes'] / manifest['predicted_bytes']:.3f}); "
+              f"{len(coded)} of {len(parts)} matrices coded, their values {sum(p['values'] for p in coded):,} -> "
+              f"{sum(p['values_written'] for p in coded):,} bytes")
+        print(f"  safetensors header {manifest['header_bytes']:,} bytes")
+    else:
+        print(f"  tensor data {manifest['tensor_bytes']:,} bytes (predicted {manifest['predicted_bytes']:,}), "
+              f"safetensors header {manifest['header_bytes']:,} bytes")
+    print("  files: " + ", ".join(f"{n} {f['bytes']:,}" for n, f in manifest["files"].items())
+          + f"; {on_disk:,} bytes in all, manifest.json aside")
+    print(f"  load it back: python -m engine run {folder}")
+
+
+def add_parsers(sub) -> None:
+    r = sub.add_parser("run", help="apply a recipe (or load an export folder), evaluate, report")
+    model_args(r)
+    recipe_args(r)
+    r.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
+    r.add_argument("--quick", action="store_true", help="first estimate only (the small slice the app shows first)")
+    r.add_argument("--max-memory", metavar="SPEC",
+                   help="load across devices with accelerate's device_map=auto within these sizes, e.g. cpu=2GiB or "
+                        "0=20GiB,cpu=30GiB; the rest is offloaded to disk, and the model is compressed layer by layer")
+    r.add_argument("--calibration-memory", metavar="SIZE",
+                   help="with --max-memory and a calibrated method: the most input statistics held at once "
+                        "(default 1GiB); more passes over the calibration text when they do not fit")
+    r.add_argument("--offload-folder", metavar="DIR",
+                   help="with --max-memory: where offloaded weights go (default: the system's temporary folder)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("export", help="write the compressed model as it would be stored (packed), to reload with run")
+    model_args(e)
+    recipe_args(e)
+    e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    e.add_argument("--entropy", action="store_true",
+                   help="Huffman-code each matrix's b-bit codes where that is smaller; reports coded and fixed-width bytes")
+    e.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    e.set_defaults(fn=cmd_export)
