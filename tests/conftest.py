@@ -32,7 +32,35 @@ def tiny_models(tmp_path_factory):
 
 # Models loaded once per test session, for the tests that only read them: each test makes its own
 # workspace (Explorer.workspace), which never writes to the explorer's model. A test that changes
-# a model, or needs an explorer with nothing cached yet, opens its own.
+# a model, or needs an explorer with nothing cached yet, opens its own (a tiny model).
+
+SHARED = ("minilm", "smollm2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_models_loaded_once():
+    """Every Explorer.open of an offline alias on the CPU (the command line run in process, the
+    app under AppTest, the tests' own) returns one explorer per alias, as a long-lived app server
+    does: an explorer is never modified, and its caches (reference outputs, SVDs, calibration)
+    are then computed once. Loading itself is tested where the fixtures first open each alias,
+    and through `python -m engine` in a new interpreter (test_cli)."""
+    from engine.session import Explorer
+
+    opened = {}
+    plain = Explorer.open.__func__
+
+    def open_once(cls, ref, device=None, trust_remote_code=False):
+        cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
+        if ref not in SHARED or not cpu or trust_remote_code:
+            return plain(cls, ref, device, trust_remote_code)
+        if ref not in opened:
+            opened[ref] = plain(cls, ref, "cpu")
+        return opened[ref]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Explorer, "open", classmethod(open_once))
+        yield
+
 
 @pytest.fixture(scope="session")
 def minilm_explorer():

@@ -81,12 +81,15 @@ def test_run_minilm_json():
 
 
 def test_run_smollm2_json():
-    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1")
+    # the first estimate (the same evaluator on fewer windows; the baseline is the full protocol)
+    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1",
+                   "--quick")
     layers = check_shape(out, "causal-lm", ["perplexity", "kl_to_original", "top1_agreement"])
     assert len(layers) == 210
     assert "dequantized" in out["note"] and "4-bit" in out["note"]
     proto = out["metrics"]["protocol"]
     assert proto["seq_len"] == 256 and proto["windows"] == 16 and proto["tokens_scored"] == 16 * 255
+    assert proto["estimate_only"] is True
     assert "lee_background" in proto["text"]
     base = out["baseline_metrics"]["perplexity"]
     assert 10 < base < 100  # a working 135M model on news text

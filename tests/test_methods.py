@@ -120,12 +120,12 @@ def test_factored_gptq_and_wanda_through_compress_matrix():
     aware = compress_matrix("l", w, Recipe(rank=16, bits=4, group_size=16, sparsity=0.3, quant_method="gptq",
                                            prune_method="wanda"), factors, hessian=h)
     assert plain.bytes == aware.bytes  # same rank, same counts, same grid: same bytes
-    a, b = aware.tensors
+    a, b = aware.tensors()
     assert (a == 0).sum() >= round(0.3 * 640) and (b == 0).sum() >= round(0.3 * 768)  # pruned stay zero
     dense = Recipe(bits=4, group_size=16, sparsity=0.5)
     aware_dense = Recipe(bits=4, group_size=16, sparsity=0.5, quant_method="gptq", prune_method="wanda")
-    (p,) = compress_matrix("l", w, dense, factors).tensors
-    (q,) = compress_matrix("l", w, aware_dense, factors, hessian=h).tensors
+    (p,) = compress_matrix("l", w, dense, factors).tensors()
+    (q,) = compress_matrix("l", w, aware_dense, factors, hessian=h).tensors()
     assert _out_err(w, q, x) < 0.8 * _out_err(w, p, x)
 
 
