@@ -15,7 +15,7 @@ from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.transforms import svd
 
-from test_cli import ROOT, engine, run_json
+from test_cli import ROOT, main, run_json
 
 
 def _compressed(recipe, shape=(24, 40), seed=0):
@@ -117,19 +117,19 @@ def test_export_reloads_with_identical_metrics_and_exact_bytes(minilm, tmp_path,
 
 def test_cli_export_then_run_the_folder(tmp_path):
     out = tmp_path / "int4"
-    p = engine("export", "minilm", "--bits", "4", "--sparsity", "0.5", "--out", str(out), "--entropy")
-    assert p.returncode == 0, p.stderr
+    code, stdout, err = main("export", "minilm", "--bits", "4", "--sparsity", "0.5", "--out", str(out), "--entropy")
+    assert code == 0, err
     manifest = export.read_manifest(out)
     assert f"tensor data {manifest['tensor_bytes']:,} bytes Huffman-coded, {manifest['predicted_bytes']:,} at fixed" \
-        in p.stdout and manifest["tensor_bytes"] < manifest["predicted_bytes"]
+        in stdout and manifest["tensor_bytes"] < manifest["predicted_bytes"]
     loaded = run_json(str(out), "--quick")
     direct = run_json("minilm", "--bits", "4", "--sparsity", "0.5", "--quick")
     assert loaded["export"] == str(out) and loaded["memory"]["compressed_bytes"] == direct["memory"]["compressed_bytes"]
     assert loaded["export_stored"] == {"tensor_bytes": manifest["tensor_bytes"], "header_bytes": manifest["header_bytes"],
                                        "predicted_bytes": manifest["predicted_bytes"], "entropy": True}
     assert loaded["metrics"]["cosine_to_original"] == pytest.approx(direct["metrics"]["cosine_to_original"], rel=1e-6)
-    p = engine("run", str(out), "--bits", "3")
-    assert p.returncode == 2 and "do not apply to an export" in p.stderr
+    code, _, err = main("run", str(out), "--bits", "3")
+    assert code == 2 and "do not apply to an export" in err
 
 
 def test_corrupt_truncated_or_missing_files_are_refused_by_name(minilm, tmp_path):
@@ -155,8 +155,8 @@ def test_corrupt_truncated_or_missing_files_are_refused_by_name(minilm, tmp_path
     (folder / "manifest.json").write_text("{", encoding="utf-8")
     with pytest.raises(UserError, match="manifest.json is missing or not an export manifest"):
         export.read(folder)
-    p = engine("run", str(folder))
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "manifest.json" in p.stderr
+    code, _, err = main("run", str(folder))
+    assert code == 2 and err.strip().count("\n") == 0 and "manifest.json" in err
 
 
 def test_a_folder_that_is_not_an_export_is_never_overwritten(minilm, tmp_path):
@@ -185,8 +185,8 @@ def test_zipped_holds_the_export_and_refuses_large_models(minilm):
 
 def test_an_interrupted_export_leaves_the_earlier_one_whole(tmp_path):
     out = tmp_path / "model"
-    p = engine("export", "minilm", "--bits", "8", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    code, _, err = main("export", "minilm", "--bits", "8", "--out", str(out))
+    assert code == 0, err
     first = export.read(out)[0]
     # a second export of the same name, killed while it writes
     proc = subprocess.Popen([sys.executable, "-m", "engine", "export", "minilm", "--bits", "2", "--out", str(out)],

@@ -64,11 +64,11 @@ def test_cli_runs_calibrated_methods_and_reports_the_calibration():
 
 
 def test_sensitivity_csv_by_layer_type_with_exact_bytes(tmp_path):
-    from test_cli import engine
+    from test_cli import main
 
     out = tmp_path / "sens.csv"
-    p = engine("sensitivity", "minilm", "--bits", "2", "--by", "type", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    code, _, err = main("sensitivity", "minilm", "--bits", "2", "--by", "type", "--out", str(out))
+    assert code == 0, err
     import csv
 
     rows = list(csv.DictReader(out.open()))
