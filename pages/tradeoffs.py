@@ -52,10 +52,11 @@ if run:
                 context.ensure_calibration(ctx, r)
             mem = results.memory(ctx, r)
             metrics = results.quality(ctx, quick=not full, recipe=r)
-            rows.append({"method": variant, "label": r.describe(), "rank_ratio": r.rank_ratio or 1.0, "bits": r.bits,
-                         "sparsity": r.sparsity, "pattern": r.pattern, "compressed_bytes": mem["compressed_bytes"],
-                         "original_bytes": mem["original_bytes"], "ratio": mem["ratio"], **metrics,
-                         "estimate_only": not full, "recipe": r.to_json().replace("\n", "")})
+            # the recipe's columns as the command line's sweep writes them (sweep.recipe_columns)
+            rows.append({"method": variant, **sweep.recipe_columns(r), "label": r.describe(),
+                         "compressed_bytes": mem["compressed_bytes"], "original_bytes": mem["original_bytes"],
+                         "ratio": mem["ratio"], **metrics, "estimate_only": not full,
+                         "recipe": r.to_json().replace("\n", "")})
             bar.progress((k + 1) / len(points), text=f"{k + 1} of {len(points)} points: {r.describe()}")
         bar.empty()
         sweeps[ctx.key] = {"rows": rows, "full": full}

@@ -215,15 +215,16 @@ def test_method_controls_keep_the_bytes_and_raise_quality(params, key, value, ex
 
 
 def test_kmeans_and_act_order_controls():
-    at = ok(start(bits=4))
+    at = ok(start(bits=4, filter=r"layer\.0\."))  # one block: k-means and GPTQ on the whole model are tested elsewhere
     assert not [t for t in at.toggle if t.key == "ctl_actorder"]  # GPTQ only
     at.selectbox(key="ctl_quant").set_value("kmeans")
     ok(at.run())
-    assert recipe_caption(at) == "k-means 4-bit"
+    assert recipe_caption(at) == r"k-means 4-bit · layers ~ /layer\.0\./"
     at.selectbox(key="ctl_quant").set_value("gptq").run()
     at.toggle(key="ctl_actorder").set_value(True)
     ok(at.run())
-    assert recipe_caption(at) == "int4 g128 GPTQ act-order" and at.query_params["actorder"] == "true"
+    assert recipe_caption(at) == r"int4 g128 GPTQ act-order · layers ~ /layer\.0\./"
+    assert at.query_params["actorder"] == "true"
 
 
 def test_tradeoffs_puts_methods_side_by_side():
