@@ -80,12 +80,19 @@ def test_run_minilm_json():
     assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
 
-def test_run_smollm2_json():
-    # the first estimate (the same evaluator on fewer windows; the baseline is the full protocol)
-    out = run_json("smollm2", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1",
+def test_run_smollm2_json(tmp_path):
+    # per-layer rules: low rank in the first four blocks only; the first estimate (the same
+    # evaluator on fewer windows; the baseline is the full protocol)
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"per_layer": [{"match": r"\.layers\.[0-3]\.", "rank_ratio": 0.5}]}))
+    out = run_json("smollm2", "--recipe", str(f), "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1",
                    "--quick")
     layers = check_shape(out, "causal-lm", ["perplexity", "kl_to_original", "top1_agreement"])
-    assert len(layers) == 210
+    assert len(layers) == 210 and all(l["bits"] == 4 for l in layers)
+    factored = [l for l in layers if l["rank"] is not None]
+    assert len(factored) == 28 and all(l["rank"] == min(l["shape"]) // 2 for l in factored)
+    assert all(".layers.0." in l["name"] or ".layers.1." in l["name"] or ".layers.2." in l["name"]
+               or ".layers.3." in l["name"] for l in factored)
     assert "dequantized" in out["note"] and "4-bit" in out["note"]
     proto = out["metrics"]["protocol"]
     assert proto["seq_len"] == 256 and proto["windows"] == 16 and proto["tokens_scored"] == 16 * 255
