@@ -33,7 +33,7 @@ if recipe is not None and page.title != "Will it fit?":  # planned from configs:
                        f"{ctx.explorer.loaded.ref} compressed anew. Set the export's recipe again to see it.")
     if ctx is not None and ctx.explorer.loaded.note:
         st.info(f"Note: {ctx.explorer.loaded.note}.")
-    if ctx is not None and (recipe.rank is not None or recipe.rank_ratio is not None or page.title == "Spectra"):
+    if ctx is not None and (page.title == "Spectra" or ctx.explorer.low_rank_layers(recipe)):
         context.ensure_factors(ctx)
     if ctx is not None:
         context.ensure_calibration(ctx)

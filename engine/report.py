@@ -51,8 +51,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
 
     work = ex.workspace()
     selected = ex.selected(recipe)
-    needs_svd = any(recipe.rank_for(i.full_rank) is not None for i in selected)
-    factorize_s = ex.factorize([i.name for i in selected]) if needs_svd else 0.0
+    factored = ex.low_rank_layers(recipe)
+    factorize_s = ex.factorize(factored) if factored else 0.0
     t0 = time.perf_counter()
     ev = ex.evaluator(eval_text, eval_name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0

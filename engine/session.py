@@ -156,6 +156,10 @@ class Explorer:
     def factorized(self) -> bool:
         return all(i.name in self._svd for i in self.selected(Recipe()))
 
+    def low_rank_layers(self, recipe: Recipe) -> list[str]:
+        """The selected layers that `recipe` factorizes (its per-layer rules included)."""
+        return [i.name for i in self.selected(recipe) if recipe.for_layer(i.name).rank_for(i.full_rank) is not None]
+
     def ranks_for(self, recipe: Recipe) -> list[dict]:
         """For each distinct full rank among the selected layers: the rank the recipe gives
         (None: stays dense) and how many layers share it."""
