@@ -64,9 +64,11 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
             assert as_bytes(eight) < as_bytes(start)
 
             move(page, "ctl_sparsity", "ArrowRight", 10)  # 0 -> 0.5
+            # the run of the last value writes it to the link first, then draws its memory
+            page.wait_for_function("() => location.search.includes('sparsity=0.5')", timeout=60_000)
             changed(page, "Compressed", eight)
             wait_idle(page)
-            page.wait_for_function("() => location.search.includes('sparsity=0.5')", timeout=60_000)
+            page.wait_for_selector("text=Full protocol", timeout=120_000)
             sparse = metric(page, "Compressed")
             assert as_bytes(sparse) < as_bytes(eight)
             page.wait_for_selector("text=Full protocol", timeout=120_000)
