@@ -4,7 +4,9 @@ The text is the Wikipedia sample in gensim's test data (markup removed by gensim
 `filter_wiki`); the evaluation uses other gensim files (the Lee news corpus, the Pang & Lee
 sentences), so no calibration sentence is ever scored. Forward pre-hooks on every
 compressible layer accumulate H = X^T X / n, the mean outer product of its inputs, from which
-each method takes what it needs: Wanda diag(H), whitened SVD and GPTQ all of it.
+each method takes what it needs: Wanda diag(H), whitened SVD and GPTQ all of it. An expert of
+a mixture-of-experts model sees only the tokens its router sends it (engine.experts.input_hook);
+an expert that receives none has no H, and its methods fall back to the plain ones.
 """
 from __future__ import annotations
 
@@ -75,24 +77,46 @@ def sequences(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN) -> list
     return out
 
 
+def targets(model, layers) -> tuple[dict, dict]:
+    """Where to hook for the statistics of `layers` (LayerInfo): (name -> module, for the layers
+    that are modules of their own; experts module path -> (module, names of its expert layers))."""
+    from .experts import experts_modules
+
+    modules, experts = {}, {}
+    names = [i.name for i in layers if i.index is not None]
+    for path, module in experts_modules(model, names).items():
+        experts[path] = (module, {n for n in names if n.rsplit(".", 2)[0] == path})
+    for i in layers:
+        if i.index is None:
+            modules[i.name] = model.get_submodule(i.name)
+    return modules, experts
+
+
 @torch.no_grad()
 def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: int = SEQ_LEN,
-            device=None) -> Calibration:
+            device=None, experts: dict | None = None) -> Calibration:
     """Run the calibration sequences through `model` (one at a time) with a forward pre-hook on
-    each module of `modules` (name -> nn.Linear or Conv1D), accumulating H per layer. The
-    inputs go to `device` (default: that of the model's first parameter)."""
+    each module of `modules` (name -> nn.Linear, Conv1D or router), accumulating H per layer,
+    and on each experts module of `experts` (see `targets`), accumulating H per expert matrix
+    from the tokens routed to it. The inputs go to `device` (default: that of the model's
+    first parameter)."""
+    from .experts import input_hook
+
     t0 = time.perf_counter()
     sums, counts, handles = {}, {}, []
 
+    def accumulate(name, x):
+        x = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        sums[name] = sums.get(name, 0) + x.T @ x
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
     def hook(name):
-        def fn(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
-            sums[name] = sums.get(name, 0) + x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return fn
+        return lambda _module, args: accumulate(name, args[0])
 
     for name, module in modules.items():
         handles.append(module.register_forward_pre_hook(hook(name)))
+    for path, (module, wanted) in (experts or {}).items():
+        handles.append(module.register_forward_pre_hook(input_hook(path, wanted, accumulate), with_kwargs=True))
     device = device or next(model.parameters()).device
     seqs = sequences(tokenizer, samples, seq_len)
     try:

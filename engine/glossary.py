@@ -25,8 +25,10 @@ CONCEPTS = {
                 "index to be skipped.",
     "nm": "N:M sparsity keeps N weights in every M consecutive ones (2:4 keeps half), a pattern GPUs can run "
           "fast; its index costs log2(M) bits per kept weight.",
-    "layer_group": "Which layers the controls apply to: all, the attention projections, or the MLP "
-                   "(feed-forward) layers of each transformer block, optionally narrowed by a name filter.",
+    "layer_group": "Which layers the controls apply to: all, the attention projections, the MLP "
+                   "(feed-forward) layers of each transformer block, or in a mixture-of-experts model its "
+                   "routed experts or its routers, optionally narrowed by a name filter. Routers stay at "
+                   "16 bits unless chosen here or named by the filter.",
     "perplexity": "How surprised the model is by held-out text: exp of the mean negative log-likelihood per "
                   "token; lower is better, and a model that guesses uniformly over V tokens scores V.",
     "kl_to_original": "KL divergence of the compressed model's next-token distribution from the original's, in "

@@ -1,8 +1,10 @@
 """Which layers can be compressed, and the one place that changes a model's modules.
 
-Layers are found by type, never by an architecture path: `nn.Linear` and GPT-2's
-`transformers.pytorch_utils.Conv1D` (whose weight is stored (in, out), transposed).
-Input embeddings and the output head are reported and left alone unless asked for.
+Layers are found by type, never by an architecture path: `nn.Linear`, GPT-2's
+`transformers.pytorch_utils.Conv1D` (whose weight is stored (in, out), transposed), and the
+experts of mixture-of-experts models, one matrix per expert of a 3-D parameter (engine.experts).
+Input embeddings and the output head are reported and left alone unless asked for; so are
+the routers of mixture-of-experts models.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ class LayerInfo:
 
     name: str  # module path, e.g. 'encoder.layer.0.attention.self.query'
     shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
-    role: str  # 'linear' | 'conv1d' | 'embedding' | 'head'
+    role: str  # 'linear' | 'conv1d' | 'embedding' | 'head' | 'expert' | 'expert_t' | 'router'
     tied_to: str | None = None  # a head that shares the embedding's weight
-    group: str = "other"  # 'attention' | 'mlp' | 'other', see layer_group()
+    group: str = "other"  # 'attention' | 'mlp' | 'experts' | 'router' | 'other', see layer_group()
+    index: int | None = None  # an expert: its index in the 3-D parameter (name: '<parameter>.<index>')
 
     @property
     def full_rank(self) -> int:
@@ -38,8 +41,8 @@ class LayerInfo:
 
     @property
     def param_name(self) -> str:
-        """The name of the parameter that holds the matrix."""
-        return f"{self.name}.weight"
+        """The name of the parameter that holds the matrix (an expert's: the 3-D parameter)."""
+        return self.name.rpartition(".")[0] if self.index is not None else f"{self.name}.weight"
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,6 +69,17 @@ class LayerKind:
 
     def from_param(self, param: torch.Tensor) -> torch.Tensor:
         return self.to_param(param)  # every layout here is its own inverse
+
+    def matrix(self, model: nn.Module, info: LayerInfo) -> torch.Tensor:
+        """The layer's (out, in) matrix in `model`."""
+        return self.read(model.get_submodule(info.name))
+
+    def install(self, model: nn.Module, info: LayerInfo) -> "Stored":
+        """Put a holder in the layer's place in `model` (module surgery) and return it."""
+        module = model.get_submodule(info.name)
+        stored = Stored(self.read(module).detach())
+        _replace(model, info.name, self.stand_in(module, stored))
+        return stored
 
     def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
         return CompressedLinear(stored, module.bias)
@@ -108,7 +122,8 @@ def layer_group(model: nn.Module, name: str) -> str:
     """'attention' when an enclosing module's class is an attention module (its class name
     says so: LlamaAttention, GPT2Attention, BertAttention...); 'mlp' for any other layer inside
     a numbered transformer block (feed-forward, gate/up/down, BERT's intermediate/output);
-    'other' for the rest (poolers, classifier heads).
+    'other' for the rest (poolers, classifier heads). Experts and routers have their own
+    groups (engine.experts).
 
     >>> layer_group(model, "model.layers.0.mlp.down_proj")
     'mlp'
@@ -125,13 +140,22 @@ BLOCK_ROLES = ("linear", "conv1d")  # the kinds found anywhere by type (embeddin
 
 
 def find_layers(model: nn.Module) -> list[LayerInfo]:
-    """Every compressible matrix, embeddings and head included (their role says which)."""
+    """Every compressible matrix, embeddings, head, experts and routers included (their role
+    and group say which), in model order."""
+    from .experts import find as find_experts
+
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = {id(m): n for n, m in model.named_modules()}
-    found = []
+    stacked, linear_gates = find_experts(model)
+    found, by_module = [], {}
+    for info in stacked:
+        by_module.setdefault(info.param_name.rpartition(".")[0] if info.index is not None else info.name,
+                             []).append(info)
     for name, module in model.named_modules():
-        if module is emb and isinstance(module, nn.Embedding):
+        if name in by_module:
+            found += by_module[name]
+        elif module is emb and isinstance(module, nn.Embedding):
             found.append(LayerInfo(name, KINDS["embedding"].shape(module), "embedding"))
         elif module is head and isinstance(module, nn.Linear):
             tied = emb is not None and module.weight is getattr(emb, "weight", None)
@@ -139,17 +163,20 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
         else:
             role = next((r for r in BLOCK_ROLES if isinstance(module, KINDS[r].module_type)), None)
             if role is not None:
-                found.append(LayerInfo(name, KINDS[role].shape(module), role, group=layer_group(model, name)))
+                group = "router" if name in linear_gates else layer_group(model, name)
+                found.append(LayerInfo(name, KINDS[role].shape(module), role, group=group))
     return found
 
 
 def select(layers: list[LayerInfo], recipe) -> list[LayerInfo]:
     """The layers a recipe compresses: those its group and name pattern select, embeddings and
-    head only when it includes them, and never a tied head (it follows its embedding)."""
+    head only when it includes them, routers only when its group or name pattern asks for them,
+    and never a tied head (it follows its embedding)."""
     return [
         i for i in layers
         if i.tied_to is None and recipe.selects(i.name, i.group)
         and (recipe.include_embeddings or i.role not in ("embedding", "head"))
+        and (i.group != "router" or recipe.group == "router" or recipe.layers is not None)
     ]
 
 
@@ -225,12 +252,8 @@ def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
     """
     holders: dict[str, Stored] = {}
     for info in layers:
-        if info.tied_to is not None:
-            continue
-        module = model.get_submodule(info.name)
-        stored = Stored(info.kind.read(module).detach())
-        _replace(model, info.name, info.kind.stand_in(module, stored))
-        holders[info.name] = stored
+        if info.tied_to is None:
+            holders[info.name] = info.kind.install(model, info)
     for info in layers:
         if info.tied_to is not None:
             holders[info.name] = holders[info.tied_to]
@@ -243,3 +266,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+from . import experts as _experts  # noqa: E402 -- registers the kinds of experts and routers in KINDS
+del _experts

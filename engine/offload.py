@@ -219,30 +219,49 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
                 weights.put(n, p, value)
                 done.add(id(p))
 
+    stacks: dict[str, torch.Tensor] = {}  # an experts parameter's new value, filled expert by expert
+
+    def read(info):  # the layer's (out, in) matrix, fp32
+        p = model.get_parameter(info.param_name)
+        if info.index is None:
+            return info.kind.from_param(weights.get(info.param_name, p)).float()
+        if info.param_name not in stacks:  # the whole 3-D parameter, held while its experts are compressed
+            stacks[info.param_name] = weights.get(info.param_name, p).float().clone()
+        return info.kind.from_param(stacks[info.param_name][info.index])  # a view
+
+    def write(info, matrix):
+        if info.index is None:
+            return put(info.param_name, info.kind.to_param(matrix))
+        full = stacks[info.param_name]
+        full[info.index] = info.kind.to_param(matrix)
+        if info.index == full.shape[0] - 1:
+            put(info.param_name, stacks.pop(info.param_name))
+
     def collect(run):
-        cal = calibrate.collect(model, off.loaded.tokenizer, {i.name: model.get_submodule(i.name) for i in run},
-                                device=off.loaded.device)
+        modules, experts = calibrate.targets(model, run)
+        cal = calibrate.collect(model, off.loaded.tokenizer, modules, device=off.loaded.device, experts=experts)
         hessians.update(cal.hessians)
         stats.update(source=cal.source, samples=cal.samples, tokens=cal.tokens, seconds=stats["seconds"] + cal.seconds)
 
-    reports, errors = [], {}
+    reports, errors, fallback = [], {}, []
     with torch.inference_mode():
         if runs:  # the first pass on the original model, before anything is written
             collect(first_of.pop(runs[0][0].name))
         for k, info in enumerate(off.layers):
             if info.tied_to is not None:
                 continue
-            name, kind = info.param_name, info.kind  # the parameter, in its own layout (Conv1D: (in, out))
-            w = kind.from_param(weights.get(name, model.get_parameter(name))).float()
             if info.name in first_of:  # the next pass: statistics of its layers, on the model as it is now
                 collect(first_of.pop(info.name))
+            w = read(info)  # from the parameter, in its own layout (Conv1D: (in, out); experts: 3-D)
             if info.name not in chosen:
-                put(name, kind.to_param(w.half()))
+                write(info, w.half())
                 reports.append(LayerReport.left_alone(info))
             else:
                 cache = {}
                 lr = recipe.for_layer(info.name)
                 h = hessians.pop(info.name, None)
+                if h is None and lr.calibrated and info.role != "embedding":
+                    fallback.append(info.name)
 
                 def factors(w=w, cache=cache, h=h, lr=lr):
                     if "usv" not in cache:
@@ -256,11 +275,12 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
                 errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
                 energy = transforms.energy_kept(cache["usv"][1], stored.rank) if stored.rank else None
                 reports.append(stored.report(info, energy))
-                put(name, kind.to_param(new))
+                write(info, new)
             if progress:
                 progress(k + 1, len(off.layers), info.name)
         for name in list(names):  # norms, biases, position embeddings: fp16
             put(name, weights.get(name, model.get_parameter(name)).half())
+    stats["plain_fallback"] = fallback  # calibrated layers no calibration token reached: the plain method
     return reports, errors, (stats if runs else None)
 
 

@@ -37,7 +37,8 @@ class Recipe:
     pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
         with N:M the sparsity is 1 - N/M.
     include_embeddings: also compress the input embeddings and the output head.
-    group: 'all', or only the 'attention' or 'mlp' layers of the transformer blocks.
+    group: 'all' (every layer but the routers of mixture-of-experts models), or only the
+        'attention', 'mlp', 'experts' (the routed experts) or 'router' layers.
     layers: a regular expression; only layers whose name it matches (re.search) are
         compressed. None: all compressible layers. Both group and layers must select a layer.
     lowrank_method: 'svd' (plain truncation) or 'whitened' (truncation-aware SVD on whitened
@@ -71,7 +72,7 @@ class Recipe:
     include_embeddings: bool = declared(False, Field(
         bool, "also compress embeddings and the output head", url="emb", per_layer=False))
     group: str = declared("all", Field(
-        str, "compress all layers (default), or only the attention or MLP layers of the blocks", choices=GROUPS,
+        str, "compress all layers but routers (default), or only the attention, MLP, expert or router layers", choices=GROUPS,
         url="layers", per_layer=False))
     layers: str | None = declared(None, Field(
         str, "regular expression: compress only layers whose name matches", True, url="filter", per_layer=False))
@@ -228,7 +229,8 @@ class Recipe:
         return None if r >= full_rank else r
 
     def selects(self, name: str, group: str = "other") -> bool:
-        """Whether a layer of this name and group ('attention' | 'mlp' | 'other') is compressed."""
+        """Whether a layer of this name and group ('attention' | 'mlp' | 'experts' | 'router' |
+        'other') is compressed (routers: see engine.layers.select)."""
         if self.group != "all" and group != self.group:
             return False
         return self.layers is None or re.search(self.layers, name) is not None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .errors import UserError
 
 GRANULARITIES = ("tensor", "channel", "group")
-GROUPS = ("all", "attention", "mlp")
+GROUPS = ("all", "attention", "mlp", "experts", "router")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 LOWRANK_METHODS = ("svd", "whitened")
 PRUNE_METHODS = ("magnitude", "wanda")

@@ -82,7 +82,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
         stored["entropy"] = manifest.get("entropy", False)
     return common(
         model, ex.loaded, manifest["recipe"] if export else recipe.to_dict(), ev, metrics, quick, work.report(),
-        calibration.to_dict() if calibration else None, distillation, peak.to_dict(),
+        {**calibration.to_dict(), "plain_fallback": ex.uncalibrated(recipe)} if calibration else None,
+        distillation, peak.to_dict(),
         {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
          "calibrate": calibration.seconds if calibration else 0.0, "apply": applied.seconds - distill_s,
          "distill": distill_s, "evaluate": evaluate_s},

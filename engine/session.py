@@ -52,7 +52,8 @@ class Explorer:
 
     def weight(self, name: str) -> torch.Tensor:
         """The original (out, in) weight of a layer (a view: do not modify)."""
-        return self._by_name[name].kind.read(self.loaded.model.get_submodule(name)).detach()
+        info = self._by_name[name]
+        return info.kind.matrix(self.loaded.model, info).detach()
 
     def layer(self, name: str) -> LayerInfo:
         return self._by_name[name]
@@ -87,9 +88,9 @@ class Explorer:
                 # hooks go on a copy of the modules (sharing every tensor), so that another
                 # session running the original meanwhile is neither recorded nor disturbed
                 model = module_copy(self.loaded.model)
-                modules = {i.name: model.get_submodule(i.name) for i in self.layers
-                           if i.tied_to is None and i.role != "embedding"}
-                self._calibration = calibrate.collect(model, self.loaded.tokenizer, modules)
+                modules, experts = calibrate.targets(model, [i for i in self.layers
+                                                            if i.tied_to is None and i.role != "embedding"])
+                self._calibration = calibrate.collect(model, self.loaded.tokenizer, modules, experts=experts)
             return self._calibration
 
     def calibrated(self) -> bool:
@@ -99,6 +100,13 @@ class Explorer:
     def hessian(self, name: str) -> torch.Tensor | None:
         """H = X^T X / n of a layer's inputs on the calibration text; None for an embedding."""
         return self.calibration().hessians.get(name)
+
+    def uncalibrated(self, recipe: Recipe) -> list[str]:
+        """The layers `recipe` compresses with a calibrated method that have no input statistics
+        (an expert the calibration text never reached; embeddings excepted): their methods fall
+        back to the plain ones (round to nearest, magnitude, plain SVD)."""
+        return [i.name for i in self.selected(recipe) if i.role != "embedding"
+                and recipe.for_layer(i.name).calibrated and self.hessian(i.name) is None]
 
     def sorted_abs(self, name: str) -> torch.Tensor | None:
         """|W| of a layer, flattened and sorted, computed once: any sparsity's magnitude

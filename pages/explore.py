@@ -17,6 +17,10 @@ st.caption(f"**{ctx.ref}** · {ex.kind} · {ex.total_params:,} parameters · {ex
            f"recipe: **{recipe.describe()}**")
 if recipe.calibrated:
     st.caption(f"Calibration ({CONCEPTS['calibration']}): {ex.calibration().describe()}.")
+    fallback = ex.uncalibrated(recipe)
+    if fallback:
+        st.caption(f"{len(fallback)} layers (experts the calibration text never reached) use the plain "
+                   "method instead.")
 ranks = ex.ranks_for(recipe)
 if not ranks:
     st.warning("The layer choice selects no layer: nothing is compressed.")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
+                          Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
 from engine.models import minilm_path
 
@@ -14,7 +15,8 @@ def _save(model, folder):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Tiny randomly initialised GPT-2, Llama and BERT models, saved as Hugging Face folders."""
+    """Tiny randomly initialised GPT-2, Llama, BERT, Mixtral and Qwen-MoE models, saved as Hugging
+    Face folders."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny")
     vocab = 30522
@@ -26,8 +28,15 @@ def tiny_models(tmp_path_factory):
                     intermediate_size=64, max_position_embeddings=512)
     bert = BertModel(BertConfig(**bert_cfg))
     classifier = BertForSequenceClassification(BertConfig(**bert_cfg, num_labels=2))
+    # mixture of experts: 4 experts held as 3-D parameters, 2 per token; Qwen-MoE adds a shared expert
+    moe = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               num_experts_per_tok=2, max_position_embeddings=256, tie_word_embeddings=False)
+    mixtral = MixtralForCausalLM(MixtralConfig(**moe, intermediate_size=64, num_local_experts=4))
+    qwen_moe = Qwen2MoeForCausalLM(Qwen2MoeConfig(**moe, intermediate_size=64, moe_intermediate_size=32,
+                                                  shared_expert_intermediate_size=64, num_experts=4))
     return {name: _save(m, root / name) for name, m in
-            [("gpt2", gpt2), ("llama", llama), ("bert", bert), ("bert-classifier", classifier)]}
+            [("gpt2", gpt2), ("llama", llama), ("bert", bert), ("bert-classifier", classifier),
+             ("mixtral", mixtral), ("qwen-moe", qwen_moe)]}
 
 
 # Models loaded once per test session, for the tests that only read them: each test makes its own

@@ -14,7 +14,7 @@ from engine.cli import main
 PUBLISHED = {
     "gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200,
     "llama-3-8b": 8_030_261_248, "llama-3-70b": 70_553_706_496, "mistral-7b": 7_241_732_096,
-    "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-7b": 7_615_616_512, "mixtral-8x7b": 46_702_792_704, "qwen1.5-moe-a2.7b": 14_315_784_192,
 }
 
 RECIPES = [
@@ -55,7 +55,7 @@ def test_config_only_equals_loaded_minilm_byte_for_byte(minilm):
         assert _layers(predicted) == _layers(applied), recipe.describe()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert-classifier"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert-classifier", "mixtral", "qwen-moe"])
 def test_config_only_equals_loaded_tiny_models(tiny_models, tiny_explorers, name):
     ex = tiny_explorers[name]
     sk = footprint.open_skeleton(tiny_models[name])

@@ -22,7 +22,8 @@ METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitu
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
                  "kmeans": "k-means codebook"}
 GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
-SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP"}
+SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP", "experts": "Experts (MoE)",
+          "router": "Routers (MoE)"}
 PATTERNS = ("unstructured", "2:4", "4:8", "1:4")
 GROUP_SIZES = (32, 64, 128, 256)
 NOT_IN_SIDEBAR = {

@@ -62,6 +62,9 @@ def print_run(out: dict) -> None:
         print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}"
               + (f"; {c['passes']} pass{'es' if c['passes'] > 1 else ''}, at most {mb(c['stats_budget_bytes'])} of statistics held at once"
                  if "passes" in c else ""))
+        if c.get("plain_fallback"):
+            print(f"calibration: {len(c['plain_fallback'])} layers (experts no calibration token reached) "
+                  f"fell back to the plain method")
     if out["note"]:
         print(f"note: {out['note']}")
     print(f"memory: {mb(m['original_bytes'])} -> {mb(m['compressed_bytes'])} "
