@@ -171,9 +171,15 @@ def test_distillation_trains_the_experts_on_their_grids(tiny_explorers):
     assert torch.equal(m.grid.snap(m.values, recipe), m.values)  # still on the 4-bit grid: the same bytes
 
 
-def test_cli_runs_a_mixtral_folder(tiny_models):
+def test_cli_runs_a_mixtral_folder_and_says_what_stays_at_16_bits(tiny_models, tiny_explorers):
     from test_cli import main
 
     code, out, err = main("run", tiny_models["mixtral"], "--bits", "4", "--group-size", "16", "--quick")
     assert code == 0, err
-    assert "model.layers.1.mlp.experts.down_proj.3" in out and "experts" in out
+    assert "model.layers.1.mlp.experts.down_proj.3" in out
+    total = tiny_explorers["mixtral"].total_params
+    blocks = BLOCKS * (2 * H * H + 2 * 16 * H + E * 3 * H * I_MIX)  # attention and experts: compressed
+    embeddings = 30522 * H
+    assert f"left at 16 bits: {(total - blocks) / total:.1%} of the parameters" in out
+    assert f"embeddings {embeddings / total:.1%}" in out and f"head {embeddings / total:.1%}" in out
+    assert f"routers {BLOCKS * E * H / total:.1%}" in out

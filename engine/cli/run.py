@@ -53,6 +53,20 @@ def cmd_run(args):
         print_run(out)
 
 
+def left_alone(m: dict) -> str:
+    """What the recipe left at 16 bits, as a share of the parameters, by kind."""
+    total = m["original_bytes"] // 2
+    kinds: dict[str, int] = {}
+    for layer in m["layers"]:
+        if not layer["compressed"] and not layer["tied_to"]:
+            kind = {"embedding": "embeddings", "head": "head", "router": "routers"}.get(layer["role"], "")
+            kind = kind or ("routers" if layer["group"] == "router" else "layers not selected")
+            kinds[kind] = kinds.get(kind, 0) + layer["shape"][0] * layer["shape"][1]
+    kinds["norms, biases and other parameters"] = m["untouched_params"] - sum(kinds.values())
+    parts = ", ".join(f"{k} {v / total:.1%}" for k, v in kinds.items() if v)
+    return f"left at 16 bits: {m['untouched_params'] / total:.1%} of the parameters ({parts})"
+
+
 def print_run(out: dict) -> None:
     """The run report (engine.report) as text."""
     m = out["memory"]
@@ -69,6 +83,7 @@ def print_run(out: dict) -> None:
         print(f"note: {out['note']}")
     print(f"memory: {mb(m['original_bytes'])} -> {mb(m['compressed_bytes'])} "
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {mb(m['original_bytes_fp32'])} at fp32)")
+    print(left_alone(m))
     st = out["export_stored"]
     if st:
         coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
