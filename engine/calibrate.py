@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import gensim_file
+from .seq2seq import model_inputs
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SOURCE = f"gensim test data {WIKI_FILE} (Wikipedia articles, markup removed)"
@@ -80,7 +81,9 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
             device=None) -> Calibration:
     """Run the calibration sequences through `model` (one at a time) with a forward pre-hook on
     each module of `modules` (name -> nn.Linear or Conv1D), accumulating H per layer. The
-    inputs go to `device` (default: that of the model's first parameter)."""
+    inputs go to `device` (default: that of the model's first parameter). An encoder-decoder
+    reads each sequence's first half in its encoder and the second half teacher-forced in its
+    decoder (engine.seq2seq.model_inputs), so the layers of both stacks see real text."""
     t0 = time.perf_counter()
     sums, counts, handles = {}, {}, []
 
@@ -97,7 +100,7 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
     seqs = sequences(tokenizer, samples, seq_len)
     try:
         for ids in seqs:
-            model(input_ids=torch.tensor([ids], device=device))
+            model(**model_inputs(model, torch.tensor([ids], device=device)))
     finally:
         for h in handles:
             h.remove()
