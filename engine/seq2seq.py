@@ -83,8 +83,9 @@ class Seq2SeqEval:
     scored. Perplexity is exp of the mean negative log-likelihood of the target tokens; KL and
     top-1 agreement compare the next-token distributions at the same positions with the
     original model's. The original's log-probabilities are kept in fp16 (windows x 128 x vocab
-    values); the compressed model is run BATCH windows at a time and each batch is scored and
-    dropped, so the evaluation holds one batch of log-probabilities beside them."""
+    values); the compressed model is run BATCH windows at a time and each window is scored and
+    dropped, so the evaluation holds one batch of log-probabilities and one window's
+    temporaries beside them."""
 
     primary = "perplexity"
 
