@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import gensim_file
+from .seq2seq import model_inputs
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SOURCE = f"gensim test data {WIKI_FILE} (Wikipedia articles, markup removed)"
@@ -99,7 +100,9 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
     each module of `modules` (name -> nn.Linear, Conv1D or router), accumulating H per layer,
     and on each experts module of `experts` (see `targets`), accumulating H per expert matrix
     from the tokens routed to it. The inputs go to `device` (default: that of the model's
-    first parameter)."""
+    first parameter). An encoder-decoder reads each sequence's first half in its encoder and
+    the second half teacher-forced in its decoder (engine.seq2seq.model_inputs), so the layers
+    of both stacks see real text."""
     from .experts import input_hook
 
     t0 = time.perf_counter()
@@ -121,7 +124,7 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
     seqs = sequences(tokenizer, samples, seq_len)
     try:
         for ids in seqs:
-            model(input_ids=torch.tensor([ids], device=device))
+            model(**model_inputs(model, torch.tensor([ids], device=device)))
     finally:
         for h in handles:
             h.remove()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .evaluate import mean_pool
+from .seq2seq import decoder_start
 
 MAX_PROMPT_TOKENS = 512
 
@@ -55,16 +56,54 @@ def causal_lm(original, compressed, tokenizer, prompt: str, top_k: int = 10, max
     """
     p = next_token_probs(original, tokenizer, prompt)
     q = next_token_probs(compressed, tokenizer, prompt)
+    return {
+        "original": continuation(original, tokenizer, prompt, max_new_tokens),
+        "compressed": continuation(compressed, tokenizer, prompt, max_new_tokens),
+        **_top_tokens(tokenizer, p, q, top_k),
+    }
+
+
+def _top_tokens(tokenizer, p: torch.Tensor, q: torch.Tensor, top_k: int) -> dict:
+    """{'top': the top_k tokens of either distribution, in the original's order, with both
+    probabilities; 'kl': KL(p || q), nats} for the original's p and the compressed model's q."""
     ids = torch.cat([p.topk(top_k).indices, q.topk(top_k).indices]).unique(sorted=False).tolist()
     ids.sort(key=lambda i: -p[i].item())
     top = [{"token": tokenizer.decode([i]), "original": p[i].item(), "compressed": q[i].item()} for i in ids]
     kl = (p * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log())).sum().item()
-    return {
-        "original": continuation(original, tokenizer, prompt, max_new_tokens),
-        "compressed": continuation(compressed, tokenizer, prompt, max_new_tokens),
-        "top": top,
-        "kl": max(kl, 0.0),
-    }
+    return {"top": top, "kl": max(kl, 0.0)}
+
+
+@torch.inference_mode()
+def _decode(model, tokenizer, source: str, max_new_tokens: int) -> tuple[str, torch.Tensor]:
+    """Greedy output of an encoder-decoder for `source` (the encoder runs once, the decoder
+    one token at a time with its cache), and the probabilities of its first output token."""
+    if not source.strip():
+        raise UserError("source: type some text first")
+    dev = next(model.parameters()).device
+    src = tokenizer(source, truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt")["input_ids"].to(dev)
+    encoded = model.get_encoder()(input_ids=src)
+    step = torch.tensor([[decoder_start(model)]], device=dev)
+    eos = getattr(model.config, "eos_token_id", None)
+    eos = set(eos if isinstance(eos, list) else [eos, tokenizer.eos_token_id]) - {None}
+    out, past, first = [], None, None
+    for _ in range(max_new_tokens):
+        res = model(encoder_outputs=encoded, decoder_input_ids=step, past_key_values=past, use_cache=True)
+        past, logits = res.past_key_values, res.logits[0, -1].float()
+        first = logits.softmax(-1) if first is None else first
+        step = logits.argmax().view(1, 1)
+        if step.item() in eos:
+            break
+        out.append(step.item())
+    return tokenizer.decode(out, skip_special_tokens=True), first
+
+
+def seq2seq(original, compressed, tokenizer, source: str, top_k: int = 10, max_new_tokens: int = 40) -> dict:
+    """What both models write for `source` (greedy, at most `max_new_tokens` tokens) and their
+    first output token's most likely values; the same keys as `causal_lm`: 'original',
+    'compressed', 'top' and 'kl' (of the first output token's distribution, nats)."""
+    text_p, p = _decode(original, tokenizer, source, max_new_tokens)
+    text_q, q = _decode(compressed, tokenizer, source, max_new_tokens)
+    return {"original": text_p, "compressed": text_q, **_top_tokens(tokenizer, p, q, top_k)}
 
 
 @torch.inference_mode()

@@ -8,6 +8,8 @@ text is the calibration text (engine.calibrate), disjoint from the evaluation te
 teacher is the uncompressed model:
 
     causal LM    KL(original || compressed) of the next-token distributions, every position
+    seq2seq      the same, at every target position: each sequence's first half is the
+                 encoder's input, its second half teacher-forced into the decoder
     encoder      1 - cosine of the last hidden states, every token
     classifier   KL(original || compressed) of the label distributions
 """
@@ -23,11 +25,14 @@ from .calibrate import SOURCE, sequences
 from .pipeline import Grid
 from .layers import Stored
 from .recipe import Recipe
+from .seq2seq import model_inputs
 
 SAMPLES = 128  # calibration paragraphs, the first 32 of them those of the statistics
 BATCH = 4  # calibration sequences per step, cut to the shortest of them (no padding)
 OBJECTIVES = {
     "causal-lm": "KL(original || compressed) of next-token distributions, mean over positions",
+    "seq2seq": "KL(original || compressed) of the decoder's next-token distributions, mean over target positions "
+               "(first half of each sequence into the encoder, second half teacher-forced)",
     "encoder": "1 - cosine similarity of the last hidden states, mean over tokens",
     "classifier": "KL(original || compressed) of the label distributions",
 }
@@ -71,9 +76,10 @@ def _objective(kind: str, student, teacher, ids: torch.Tensor) -> torch.Tensor:
             t = teacher(input_ids=ids).last_hidden_state
         s = student(input_ids=ids).last_hidden_state
         return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    inputs = model_inputs(teacher, ids)  # input_ids; for an encoder-decoder, source and teacher-forced target
     with torch.no_grad():
-        t = teacher(input_ids=ids).logits.float().log_softmax(-1)
-    s = student(input_ids=ids).logits.float().log_softmax(-1)
+        t = teacher(**inputs).logits.float().log_softmax(-1)
+    s = student(**inputs).logits.float().log_softmax(-1)
     # KL(t || s) summed over the vocabulary, averaged over positions (or items)
     return F.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean")
 

@@ -26,8 +26,22 @@ TOKEN_BUDGET = 4096
 
 
 def make_evaluator(loaded, eval_text: str | None = None, eval_name: str | None = None):
+    if loaded.kind == "seq2seq":
+        from .seq2seq import Seq2SeqEval
+
+        return Seq2SeqEval(loaded, eval_text, eval_name)
     cls = {"causal-lm": CausalLMEval, "encoder": EncoderEval, "classifier": ClassifierEval}[loaded.kind]
     return cls(loaded, eval_text, eval_name)
+
+
+def token_scores(logp, ref_logp, ref_top1, targets):
+    """Per scored token of next-token predictions: (negative log-likelihood of the target,
+    KL(original || compressed) in nats, whether both models' most likely token agree), each
+    (batch, positions), from log-probabilities (batch, positions, vocab) of the compressed
+    model `logp` and the original `ref_logp`, the original's top tokens and the targets."""
+    nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return nll, kl, logp.argmax(-1) == ref_top1
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,10 +115,10 @@ class CausalLMEval:
         idx = self.quick_idx if quick else list(range(self.windows.shape[0]))
         windows = self.windows[idx]
         logp = self._logprobs(model, windows)
-        ref = self.ref_logp[idx].float()
-        kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
-        top1 = (logp.argmax(-1) == self.ref_top1[idx]).float().mean().item()
-        ppl = math.exp(self._nll(logp, windows).mean().item())
+        nll, kl, agree = token_scores(logp, self.ref_logp[idx].float(), self.ref_top1[idx], windows[:, 1:])
+        kl = kl.mean().item()
+        top1 = agree.float().mean().item()
+        ppl = math.exp(nll.mean(-1).mean().item())
         if quick:
             ppl = self.base_full_ppl * ppl / self.base_quick_ppl
         return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": top1}

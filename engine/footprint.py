@@ -97,10 +97,21 @@ def skeleton_of(config, ref: str, source: str, note: str | None = None, trust_re
         with init_empty_weights():
             model = auto_class(kind).from_config(config, trust_remote_code=trust_remote_code)
         model.tie_weights()  # on the meta device the tie is lost while building; the config says whether to tie
+        if getattr(config, "scale_decoder_outputs", None) is False:
+            _untie_head(model)
     except Exception as e:  # noqa: BLE001 -- a config transformers cannot build from
         raise UserError(f"cannot build {ref!r} from its config: {one_line(e)}") from None
     total = sum(p.numel() for p in model.parameters())
     return Skeleton(ref, source, kind, config, find_layers(model), total, note)
+
+
+def _untie_head(model) -> None:
+    """Give the output head a weight of its own. T5's config always says tie_word_embeddings
+    (transformers forces it); a T5 v1.1 or Flan-T5 checkpoint, whose config.json said False
+    (kept as scale_decoder_outputs=False), stores a separate head that loading keeps apart."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.weight = torch.nn.Parameter(torch.empty_like(head.weight, device="meta"), requires_grad=False)
 
 
 def predict(skeleton: Skeleton, recipe: Recipe) -> MemoryReport:
@@ -117,7 +128,9 @@ def _text_config(config):
 
 def kv_cache(skeleton: Skeleton, batch: int, tokens: int, bytes_per_value: float = 2) -> dict:
     """The key and value cache of generation: 2 x layers x kv heads x head dim x bytes x
-    batch x tokens. An encoder keeps none."""
+    batch x tokens. An encoder keeps none; an encoder-decoder, see _decoder_kv_cache."""
+    if skeleton.kind == "seq2seq":
+        return _decoder_kv_cache(skeleton.config, batch, tokens, bytes_per_value)
     if skeleton.kind != "causal-lm":
         return {"bytes": 0, "formula": f"none: a model of kind {skeleton.kind} keeps no key/value cache"}
     c = _text_config(skeleton.config)
@@ -135,6 +148,20 @@ def kv_cache(skeleton: Skeleton, batch: int, tokens: int, bytes_per_value: float
     return out
 
 
+def _decoder_kv_cache(c, batch: int, tokens: int, bytes_per_value: float) -> dict:
+    """An encoder-decoder's generation cache: each decoder layer keeps keys and values of its
+    self-attention (the output so far) and of its cross-attention (the encoded source), here
+    both `tokens` long: 2 x 2 x decoder layers x heads x head dim x bytes x batch x tokens."""
+    layers = getattr(c, "num_decoder_layers", None) or getattr(c, "decoder_layers", None) or c.num_hidden_layers
+    heads = getattr(c, "decoder_attention_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "d_kv", None) or c.hidden_size // heads
+    n = 2 * 2 * layers * heads * head_dim * batch * tokens
+    return {"bytes": math.ceil(n * bytes_per_value), "layers": layers, "kv_heads": heads, "head_dim": head_dim,
+            "formula": f"2 (self- and cross-attention) x 2 x {layers} decoder layers x {heads} heads x {head_dim} "
+                       f"head dim x {bytes_per_value:g} bytes x {batch} x {tokens} tokens (output and source "
+                       f"each {tokens} tokens long)"}
+
+
 def activations(skeleton: Skeleton, batch: int, tokens: int) -> dict:
     """An estimate, not a measurement: the working set of one block during a prefill at fp16 (the
     residual stream and the attention output, 2 x hidden, and the MLP's intermediates,
@@ -142,9 +169,10 @@ def activations(skeleton: Skeleton, batch: int, tokens: int) -> dict:
     fp32 logits of the last position."""
     c = _text_config(skeleton.config)
     hidden = c.hidden_size
-    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    inter = next((v for v in (getattr(c, k, None) for k in ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim"))
+                  if v), 4 * hidden)
     per_token = 2 * (2 * hidden + 3 * inter)
-    logits = 4 * batch * c.vocab_size if skeleton.kind == "causal-lm" else 0
+    logits = 4 * batch * c.vocab_size if skeleton.kind in ("causal-lm", "seq2seq") else 0
     return {"bytes": per_token * batch * tokens + logits,
             "formula": f"2 bytes x (2 x {hidden} + 3 x {inter}) x {batch} x {tokens} tokens"
                        + (f" + 4 bytes x {batch} x {c.vocab_size} logits" if logits else "")}

@@ -23,7 +23,7 @@ class LayerInfo:
     name: str  # module path, e.g. 'encoder.layer.0.attention.self.query'
     shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
     role: str  # 'linear' | 'conv1d' | 'embedding' | 'head' | 'expert' | 'expert_t' | 'router'
-    tied_to: str | None = None  # a head that shares the embedding's weight
+    tied_to: str | None = None  # a head (or another embedding module) that shares the embedding's weight
     group: str = "other"  # 'attention' | 'mlp' | 'experts' | 'router' | 'other', see layer_group()
     index: int | None = None  # an expert: its index in the 3-D parameter (name: '<parameter>.<index>')
 
@@ -106,7 +106,8 @@ class EmbeddingKind(LayerKind):
     module_type = nn.Embedding
 
     def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
-        return CompressedEmbedding(stored, module.padding_idx)
+        # a scaled embedding (BART's, Gemma's) multiplies its rows by embed_scale: so does its stand-in
+        return CompressedEmbedding(stored, module.padding_idx, getattr(module, "embed_scale", None))
 
 
 KINDS: dict[str, LayerKind] = {"linear": LayerKind(), "head": LayerKind(), "conv1d": Conv1DKind(),
@@ -141,7 +142,9 @@ BLOCK_ROLES = ("linear", "conv1d")  # the kinds found anywhere by type (embeddin
 
 def find_layers(model: nn.Module) -> list[LayerInfo]:
     """Every compressible matrix, embeddings, head, experts and routers included (their role
-    and group say which), in model order."""
+    and group say which), in model order. A head, or another embedding module (T5's and BART's
+    encoder and decoder `embed_tokens`), that shares the input embedding's weight is listed as
+    tied to it."""
     from .experts import find as find_experts
 
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -160,6 +163,8 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
         elif module is head and isinstance(module, nn.Linear):
             tied = emb is not None and module.weight is getattr(emb, "weight", None)
             found.append(LayerInfo(name, KINDS["head"].shape(module), "head", names[id(emb)] if tied else None))
+        elif isinstance(module, nn.Embedding) and emb is not None and module.weight is getattr(emb, "weight", None):
+            found.append(LayerInfo(name, KINDS["embedding"].shape(module), "embedding", names[id(emb)]))
         else:
             role = next((r for r in BLOCK_ROLES if isinstance(module, KINDS[r].module_type)), None)
             if role is not None:
@@ -220,18 +225,24 @@ class CompressedLinear(nn.Module):
         self.stored = stored
         self.bias = bias
 
+    @property
+    def weight(self) -> torch.Tensor:  # some models read linear.weight (T5's feed-forward: its dtype)
+        return self.stored.matrix()  # W, or A @ B computed on each read
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.stored.linear(x)
         return y if self.bias is None else y + self.bias
 
 
 class CompressedEmbedding(nn.Module):
-    """Stands in for nn.Embedding: row lookup in W, or in A then times B."""
+    """Stands in for nn.Embedding: row lookup in W, or in A then times B (then times the
+    module's `embed_scale`, for a scaled embedding)."""
 
-    def __init__(self, stored: Stored, padding_idx: int | None):
+    def __init__(self, stored: Stored, padding_idx: int | None, embed_scale=None):
         super().__init__()
         self.stored = stored
         self.padding_idx = padding_idx
+        self.embed_scale = embed_scale
 
     @property
     def weight(self) -> torch.Tensor:  # some models read embedding.weight directly
@@ -240,15 +251,17 @@ class CompressedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         s = self.stored
         if s.a is None:
-            return F.embedding(ids, s.w, self.padding_idx)
-        return F.embedding(ids, s.a) @ s.b  # (..., r) @ (r, dim)
+            rows = F.embedding(ids, s.w, self.padding_idx)
+        else:
+            rows = F.embedding(ids, s.a) @ s.b  # (..., r) @ (r, dim)
+        return rows if self.embed_scale is None else rows * self.embed_scale
 
 
 def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
     """Module surgery, done once on a working copy: put a `Stored` holder in every layer.
 
-    Returns name -> holder; a tied head shares its embedding's holder. Holders start with
-    the layer's own weight, so the model computes exactly what it did before.
+    Returns name -> holder; a tied head or embedding shares its embedding's holder. Holders
+    start with the layer's own weight, so the model computes exactly what it did before.
     """
     holders: dict[str, Stored] = {}
     for info in layers:
@@ -257,8 +270,7 @@ def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
     for info in layers:
         if info.tied_to is not None:
             holders[info.name] = holders[info.tied_to]
-            bias = getattr(model.get_submodule(info.name), "bias", None)
-            _replace(model, info.name, CompressedLinear(holders[info.tied_to], bias))
+            _replace(model, info.name, info.kind.stand_in(model.get_submodule(info.name), holders[info.tied_to]))
     return holders
 
 

@@ -139,7 +139,7 @@ class Loaded:
 
     ref: str
     source: str
-    kind: str  # 'causal-lm' | 'encoder' | 'classifier'
+    kind: str  # 'causal-lm' | 'seq2seq' | 'encoder' | 'classifier'
     model: torch.nn.Module
     tokenizer: object
     device: torch.device
@@ -160,11 +160,15 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def kind_of(config) -> str:
+    """'causal-lm', 'classifier', 'seq2seq' (an encoder-decoder, `config.is_encoder_decoder`, but
+    a checkpoint of its encoder alone such as T5EncoderModel) or 'encoder', from the config."""
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal-lm"
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "classifier"
+    if getattr(config, "is_encoder_decoder", False) and not any(a.endswith("EncoderModel") for a in archs):
+        return "seq2seq"
     return "encoder"
 
 
@@ -197,7 +201,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "classifier": "AutoModelForSequenceClassification",
-                "encoder": "AutoModel"}
+                "encoder": "AutoModel", "seq2seq": "AutoModelForSeq2SeqLM"}
 
 
 def auto_class(kind: str):

@@ -33,12 +33,16 @@ def units(explorer, recipe: Recipe, by: str = "type") -> "OrderedDict[str, list[
     if by not in UNITS:
         raise UserError(f"--by: must be one of {', '.join(UNITS)}, got {by!r}")
     out: OrderedDict[str, list[str]] = OrderedDict()
-    for info in explorer.selected(recipe):
-        if by == "layer":
+    selected = explorer.selected(recipe)
+    blocks = {i.name: re.search(r"\.(\d+)\.", f".{i.name}.") for i in selected}
+    # the modules that hold numbered blocks: one for most models, two for an encoder-decoder
+    stacks = {i.name[:m.start() - 1] for i in selected if (m := blocks[i.name])}
+    for info in selected:
+        m = blocks[info.name]
+        if by == "layer" or (by == "block" and not m):
             key = info.name
-        elif by == "block":
-            m = re.search(r"\.(\d+)\.", f".{info.name}.")
-            key = f"block {m.group(1)}" if m else info.name
+        elif by == "block":  # "block 3"; with several stacks the block's path, e.g. "decoder.block.3"
+            key = f"block {m.group(1)}" if len(stacks) == 1 else info.name[:m.end(1) - 1]
         else:
             key = re.sub(r"\.\d+\.", ".*.", info.name)
         out.setdefault(key, []).append(info.name)

@@ -197,6 +197,8 @@ class Workspace:
         original, tok = ex.loaded.model, ex.loaded.tokenizer
         if ex.kind == "causal-lm":
             return compare.causal_lm(original, self.model, tok, text, max_new_tokens=max_new_tokens)
+        if ex.kind == "seq2seq":
+            return compare.seq2seq(original, self.model, tok, text, max_new_tokens=max_new_tokens)
         if ex.kind == "encoder":
             return compare.encoder(original, self.model, tok, text, sentences or [])
         return compare.classifier(original, self.model, tok, text)

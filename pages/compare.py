@@ -39,6 +39,25 @@ def causal_lm():
 
 
 @st.fragment
+def seq2seq():
+    source = st.text_area("Source text", "Translate English to German: The house is wonderful.",
+                          key="compare_source", height=100, help="The encoder's input; both decoders write greedily.")
+    n = st.slider("New tokens", 5, 100, 40, key="compare_tokens")
+    out = run(f"compare:{n}:{source}", lambda: ctx.work.compare(source, max_new_tokens=n))
+    if out is None:
+        return
+    left, right = st.columns(2)
+    left.markdown("**Original**")
+    left.text(out["original"])
+    right.markdown("**Compressed**")
+    right.text(out["compressed"])
+    st.subheader("First output token")
+    st.caption(f"The most likely first tokens of the output under either model. "
+               f"KL(original ‖ compressed) = {out['kl']:.4f} nats.")
+    st.plotly_chart(charts.next_tokens(out["top"]), config=charts.PNG, key="compare_tokens_chart")
+
+
+@st.fragment
 def encoder():
     texts, _ = data.polarity()
     query = st.text_input("Query", "a warm, funny and moving film", key="compare_query")
@@ -65,5 +84,5 @@ def classifier():
         st.plotly_chart(charts.label_probs(rows), config=charts.PNG, key="compare_labels")
 
 
-{"causal-lm": causal_lm, "encoder": encoder, "classifier": classifier}[ex.kind]()
+{"causal-lm": causal_lm, "seq2seq": seq2seq, "encoder": encoder, "classifier": classifier}[ex.kind]()
 context.mark("compare")
