@@ -242,7 +242,8 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
             else:
                 cache = {}
                 lr = recipe.for_layer(info.name)
-                h = hessians.pop(info.name, None)
+                h = hessians.pop(info.name, None)  # made where the layer ran: an offloaded one runs on the GPU
+                h = None if h is None else h.to(w.device)
 
                 def factors(w=w, cache=cache, h=h, lr=lr):
                     if "usv" not in cache:
