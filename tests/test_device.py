@@ -400,7 +400,7 @@ def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path):
             _on(device, back.holders[name].tensors())
             assert all(torch.equal(a, b) for a, b in zip(back.holders[name].tensors(), stored.tensors()))
         _on(device, [*back.model.parameters(), *(h.w for h in back.holders.values() if h.w is not None)])
-        assert back.evaluate(quick=True) == work.evaluate(quick=True)
+        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if EXACT else 1e-5)
 
         work.distill(steps=1, lr=1e-3)  # trains the stored values on the device, on their grids
         assert len(work.applied.distillation.loss) == 1
