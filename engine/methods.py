@@ -61,10 +61,10 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """
     rows, cols = score.shape
     k = round(sparsity * score.numel())
-    per_row = torch.full((rows,), k // rows)
+    per_row = torch.full((rows,), k // rows, device=score.device)
     per_row[: k % rows] += 1
     order = score.argsort(dim=1)  # ascending: the first per_row[i] of row i go
-    drop = torch.arange(cols)[None, :] < per_row[:, None]
+    drop = torch.arange(cols, device=score.device)[None, :] < per_row[:, None]
     keep = torch.ones_like(score, dtype=torch.bool)
     keep.scatter_(1, order, ~drop)
     return keep
@@ -170,13 +170,13 @@ def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None
     if x.numel() == 0:
         return (w, w.new_zeros(1)) if return_codebook else w
     k = 2**bits
-    centers = torch.linspace(x.min().item(), x.max().item(), k, dtype=torch.float64)
     xd = x.double()
+    centers = torch.linspace(x.min().item(), x.max().item(), k, dtype=xd.dtype, device=xd.device)
     fit = xd if xd.numel() <= max_fit else xd[:: -(-xd.numel() // max_fit)].contiguous()  # a strided sample fits
     for _ in range(iters):
         idx = torch.bucketize(fit, (centers[1:] + centers[:-1]) / 2)
-        sums = torch.zeros(k, dtype=torch.float64).scatter_add_(0, idx, fit)
-        counts = torch.zeros(k, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(fit))
+        sums = fit.new_zeros(k).scatter_add_(0, idx, fit)
+        counts = fit.new_zeros(k).scatter_add_(0, idx, torch.ones_like(fit))
         new = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
         new, _ = new.sort()
         if torch.equal(new, centers):

@@ -259,7 +259,8 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
             else:
                 cache = {}
                 lr = recipe.for_layer(info.name)
-                h = hessians.pop(info.name, None)
+                h = hessians.pop(info.name, None)  # made where the layer ran: an offloaded one runs on the GPU
+                h = None if h is None else h.to(w.device)
                 if h is None and lr.calibrated and info.role != "embedding":
                     fallback.append(info.name)
 

@@ -13,6 +13,10 @@ Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize
 or the index into the codebook (k-means; `codebook`: 2^b fp16 values), or fp16 values
 (16 bits). With entropy coding, the b-bit codes may be stored instead as `huffman`,
 `code_lengths` and `runs` (engine.storage.huffman) where those take fewer bytes.
+
+Both ways stay on the device of what they are given: a layer on the GPU is encoded there
+(the writer moves the tensors to the CPU for the file), and a file's tensors moved to the
+GPU decode there.
 """
 from __future__ import annotations
 
@@ -44,33 +48,31 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
     """The tensors that store the (rows, cols) matrix `v` (values as compressed, on `grid`).
     With `entropy`, b-bit codes are Huffman-coded (`_coded`) where that is smaller."""
     rows, cols = v.shape
-    v = v.detach().float().cpu()
-    sel = None if fmt == "dense" or keep is None else keep.cpu().flatten()
+    v = v.detach().float()
+    sel = None if fmt == "dense" or keep is None else keep.flatten()
     flat = v.flatten() if sel is None else v.flatten()[sel]
     out = {}
     bits = recipe.bits
     if bits >= 16:
         out["values"] = flat.half()
     elif _kmeans(recipe):
-        book = grid.codebook.float().cpu()
+        book = grid.codebook.float()
         out.update(_coded(codebook_index(flat, book), bits, entropy))
         out["codebook"] = torch.cat([book, book[-1:].expand(2**bits - book.numel())]).half()
     else:
         scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
-                         per_entry((grid.scale.float().cpu(), code_offset(grid.zero.float().cpu(), bits,
-                                                                           recipe.symmetric)),
+                         per_entry((grid.scale.float(), code_offset(grid.zero.float(), bits, recipe.symmetric)),
                                    rows, cols, recipe.granularity, recipe.group_size))
         out.update(_coded(quantize(flat, scale, offset, bits), bits, entropy))
-        out["scales"] = grid.scale.cpu().half()
+        out["scales"] = grid.scale.half()
         if not recipe.symmetric:
-            out["zeros"] = pack.pack_bits(grid.zero.cpu(), bits)
+            out["zeros"] = pack.pack_bits(grid.zero, bits)
     if sel is not None:
-        keep = keep.cpu()
         if fmt == "bitmask":
             out["mask"] = pack.pack_bits(keep.flatten(), 1)
         elif fmt == "csr":
             out["col"] = keep.nonzero(as_tuple=True)[1].int()
-            out["rowptr"] = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]).int()
+            out["rowptr"] = torch.cat([keep.new_zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]).int()
         else:  # N:M: each kept value's place within its group of M
             m = int(fmt.split(":")[1])
             out["nm_index"] = pack.pack_bits(keep.nonzero(as_tuple=True)[1] % m, math.ceil(math.log2(m)))
@@ -111,15 +113,15 @@ def _positions(t: dict, rows: int, cols: int, count: int, fmt: str) -> torch.Ten
         return pack.unpack_bits(t["mask"], 1, rows * cols).bool()
     if fmt == "csr":
         ptr = t["rowptr"].long()
-        row = torch.repeat_interleave(torch.arange(rows), ptr[1:] - ptr[:-1])
+        row = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr[1:] - ptr[:-1])
         return row * cols + t["col"].long()
     n, m = (int(x) for x in fmt.split(":"))
     place = pack.unpack_bits(t["nm_index"], math.ceil(math.log2(m)), count)
     groups = -(-cols // m)
-    per_group = torch.full((groups,), n)
+    per_group = torch.full((groups,), n, device=place.device)
     per_group[-1] = min(n, cols - (groups - 1) * m)
-    group = torch.repeat_interleave(torch.arange(groups), per_group).repeat(rows)
-    row = torch.arange(rows).repeat_interleave(int(per_group.sum()))
+    group = torch.repeat_interleave(torch.arange(groups, device=place.device), per_group).repeat(rows)
+    row = torch.arange(rows, device=place.device).repeat_interleave(int(per_group.sum()))
     return row * cols + group * m + place
 
 
@@ -149,9 +151,9 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
         values = dequantize(_codes(t, bits, count).float(), s_e, o_e)
     if positions is None:
         return values.view(rows, cols), grid, None
-    out = torch.zeros(rows * cols)
+    out = values.new_zeros(rows * cols)
     out[positions] = values
-    keep = torch.zeros(rows * cols, dtype=torch.bool)
+    keep = torch.zeros(rows * cols, dtype=torch.bool, device=values.device)
     keep[positions] = True
     return out.view(rows, cols), grid, keep.view(rows, cols)
 

@@ -105,8 +105,8 @@ def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
             tensors[f"{info.name}/weight"] = work.holders[info.name].matrix().detach().cpu().half().contiguous()
             continue
         stored = work.stored[info.name]
-        enc, parts = encode_layer(stored, entropy)
-        tensors.update({f"{info.name}/{key}": t for key, t in enc.items()})
+        enc, parts = encode_layer(stored, entropy)  # on the layer's device
+        tensors.update({f"{info.name}/{key}": t.cpu() for key, t in enc.items()})
         layers.append({"name": info.name, "shape": list(info.shape), "rank": stored.rank,
                        "recipe": stored.recipe.to_dict(), "parts": parts})
     for name, p in work.model.named_parameters():
@@ -215,8 +215,9 @@ def read(folder: str | os.PathLike) -> tuple[dict, dict]:
 
 def load_into(work, folder: str | os.PathLike):
     """Fill a workspace (of the export's source model) from an export instead of applying a
-    recipe: every layer and parameter takes the values decoded from the files. Returns the
-    workspace's new Applied, whose memory report is the manifest's byte counts."""
+    recipe: every layer and parameter takes the values decoded from the files, each layer's
+    on the device of its weight in the model. Returns the workspace's new Applied, whose
+    memory report is the manifest's byte counts."""
     from ..recipe import Recipe
 
     t0 = time.perf_counter()
@@ -233,11 +234,12 @@ def load_into(work, folder: str | os.PathLike):
         if info.tied_to is not None:
             continue
         layer = layers.get(info.name)
+        device = ex.weight(info.name).device
         if layer is None:
-            alone[info.name] = tensors[f"{info.name}/weight"].float()
+            alone[info.name] = tensors[f"{info.name}/weight"].to(device, torch.float32)
             continue
         prefix = f"{info.name}/"
         stored[info.name] = decode_layer(
             info.name, info.shape, Recipe.from_dict(layer["recipe"]), layer["rank"], layer["parts"],
-            {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)})
     return work.hold(recipe, stored, alone, params, time.perf_counter() - t0, export=str(folder))

@@ -1,0 +1,408 @@
+"""Every transform runs on a device other than the CPU, with no tensor left behind on the CPU.
+
+Without a GPU the work runs on a pretend one, `fakegpu`: a tensor on it (OnDevice) says it
+lives on device fakegpu:0 and keeps its values in an ordinary CPU tensor, so every op computes
+real values (sorts, thresholds, nonzero, item all work). DeviceCheck, a dispatch mode, sees
+every op and refuses one whose tensors live on more than one device, naming it, as CUDA
+would: a tensor made with no device (torch.arange(n), torch.zeros(k)) beside one on the
+device, a mask built on the CPU scattered into a device tensor, a file's tensors decoded on
+the CPU into a model on the device. What CUDA allows passes: 0-dim CPU tensors (scalars),
+copies between devices (.to, copy_), CPU indices into a device tensor. Results on the pretend
+device are computed on the CPU, so they must equal the CPU's exactly.
+
+With a GPU the tests run on it instead, under the same check; its results are then checked
+for where they are, not compared bit for bit with the CPU's.
+"""
+import contextlib
+import functools
+import string
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
+from torch.utils._pytree import tree_flatten
+
+from engine import methods as M
+from engine import pipeline as P
+from engine import transforms as T
+from engine.recipe import Recipe
+from engine.session import Explorer
+from engine.storage import codec, huffman, pack
+from engine.storage import explorer as export
+
+FAKE = "fakegpu"
+REAL = torch.cuda.is_available()
+EXACT = not REAL  # the pretend device computes on the CPU: the same values, bit for bit
+
+aten = torch.ops.aten
+COPIES = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default}
+INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+
+
+class DeviceMixing(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# The pretend device and the check
+# ---------------------------------------------------------------------------------------
+
+
+class OnDevice(torch.Tensor):
+    """A tensor on the pretend device: its values are `host`, a CPU tensor."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, host):
+        return torch.Tensor._make_wrapper_subclass(cls, host.shape, strides=host.stride(),
+                                                   storage_offset=host.storage_offset(), dtype=host.dtype,
+                                                   device=torch.device(FAKE, 0), requires_grad=host.requires_grad)
+
+    def __init__(self, host):
+        self.host = host
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _run(func, args, kwargs or {})
+
+    def tolist(self):  # a copy to the host, as from a GPU
+        return self.host.tolist()
+
+    def numpy(self, *, force=False):  # as from a GPU: refused
+        raise TypeError(f"can't convert {self.device} device type tensor to numpy; copy it to the CPU first")
+
+    def __repr__(self):
+        return f"OnDevice({self.host!r})"
+
+
+def _leaves(x) -> list:
+    """The leaves of an op's arguments or results (nested lists, tuples and dicts)."""
+    if isinstance(x, (list, tuple)):
+        return [y for z in x for y in _leaves(z)]
+    if isinstance(x, dict):
+        return [y for z in x.values() for y in _leaves(z)]
+    return [x]
+
+
+def _map(fn, x):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map(fn, y) for y in x)
+    if isinstance(x, dict):
+        return {k: _map(fn, y) for k, y in x.items()}
+    return fn(x)
+
+
+@functools.cache
+def _op(func) -> tuple[bool, bool, bool]:
+    """(whether it decomposes into other ops, whether it returns an alias of an input, a view)."""
+    composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+    aliases = [r.alias_info for r in func._schema.returns if r.alias_info is not None]
+    return composite, bool(aliases), any(not a.is_write for a in aliases)
+
+
+def _devices(func, args, kwargs, tensors) -> set[str]:
+    """The devices of an op's tensors that must agree: not CPU scalars, nor CPU indices."""
+    if func in INDEXING:
+        indices = {id(t) for t in _leaves(args[1]) if isinstance(t, torch.Tensor) and t.device.type == "cpu"}
+        tensors = [t for t in tensors if id(t) not in indices]
+    devices = {_name(t.device) for t in tensors if t.dim() or t.device.type != "cpu"}
+    if kwargs.get("generator") is not None:  # a random op draws from a generator on its own device
+        devices |= {_name(kwargs["generator"].device), _name(kwargs.get("device") or next(iter(devices), "cpu"))}
+    return devices
+
+
+def _name(device) -> str:
+    d = torch.device(device)
+    return "cpu" if d.type == "cpu" else f"{d.type}:{d.index or 0}"
+
+
+def _host(t):
+    return t.host if isinstance(t, OnDevice) else t
+
+
+def _run(func, args, kwargs):
+    composite, aliases, view = _op(func)
+    if composite:
+        with DeviceCheck():  # e.g. aten.to: check what it is made of
+            return func.decompose(*args, **kwargs)
+    tensors = [t for t in _leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    devices = _devices(func, args, kwargs, tensors)
+    if len(devices) > 1 and func not in COPIES:
+        raise DeviceMixing(f"{func} mixes devices: {', '.join(sorted(devices))}")
+    if REAL:
+        return func(*args, **kwargs)
+    to = kwargs.get("device")
+    if func is aten.copy_.default:
+        fake = isinstance(args[0], OnDevice)
+    elif to is not None:
+        fake = torch.device(to).type == FAKE
+    else:
+        fake = any(isinstance(t, OnDevice) for t in tensors)
+    if to is not None and fake:
+        kwargs = {**kwargs, "device": torch.device("cpu")}
+    out = func(*_map(_host, args), **_map(_host, kwargs))
+    if not fake:
+        return out
+    # a view made in inference mode of a normal tensor is a normal tensor (it shares the
+    # base's version counter); anything else made in inference mode is an inference tensor
+    normal = view and isinstance(args[0], torch.Tensor) and not args[0].is_inference()
+    with torch.inference_mode(False) if normal else contextlib.nullcontext():
+        out = _map(lambda t: OnDevice(t) if isinstance(t, torch.Tensor) else t, out)
+    return return_and_correct_aliasing(func, args, kwargs, out) if aliases else out
+
+
+class DeviceCheck(TorchDispatchMode):
+    """Refuses any op whose tensors live on more than one device; runs ops on the pretend device."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return _run(func, args, kwargs or {})
+
+
+_active = [False]
+
+
+def _register_fake_device():
+    """Make FAKE torch's PrivateUse1 device (once per process; a Python device guard, hooks and
+    module). It reports itself available only inside `on_device`: outside, torch sees no
+    accelerator."""
+    if torch._C._get_privateuse1_backend_name() == FAKE:
+        return
+    from torch.utils import backend_registration as br
+
+    class Hooks(br._DummyPrivateUse1Hook):
+        def is_available(self):
+            return _active[0]
+
+    class Module(br._DummyBackendModule):
+        def is_available(self):
+            return _active[0]
+
+        def device_count(self):
+            return int(_active[0])
+
+    br._setup_privateuseone_for_python_backend(FAKE, Module(), Hooks())
+
+
+@contextlib.contextmanager
+def on_device():
+    """The device to run on (the GPU, else the pretend one), with the check on."""
+    if REAL:
+        with DeviceCheck():
+            yield torch.device("cuda", 0)
+        return
+    _register_fake_device()
+    lift, threads = torch._C._only_lift_cpu_tensors(), torch.get_num_threads()
+    torch._C._set_only_lift_cpu_tensors(True)  # torch.tensor(data, device=...) goes through .to(): seen
+    torch.set_num_threads(1)  # its ops are small and many: a thread pool would only add waiting
+    _active[0] = True
+    try:
+        with DeviceCheck():
+            yield torch.device(FAKE, 0)
+    finally:
+        _active[0] = False
+        torch.set_num_threads(threads)
+        torch._C._set_only_lift_cpu_tensors(lift)
+
+
+def _same(out, ref, device):
+    """`out` (computed on `device`) is there and, on the pretend device, equals `ref` (from the CPU)."""
+    outs, refs = tree_flatten(out)[0], tree_flatten(ref)[0]
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        if isinstance(o, torch.Tensor):
+            assert o.device == device, f"a result is on {o.device}, not {device}"
+            assert not EXACT or (o.dtype == r.dtype and torch.equal(o.cpu(), r))
+        else:
+            assert not EXACT or o == r
+
+
+def test_the_check_refuses_mixing_and_allows_what_cuda_allows():
+    x0 = torch.randn(4, 6)
+    with on_device() as device:
+        x = x0.to(device)
+        with pytest.raises(DeviceMixing, match="scatter_"):
+            torch.zeros_like(x).scatter_(1, torch.zeros(4, 1, dtype=torch.long), 1.0)
+        with pytest.raises(DeviceMixing, match="add"):
+            x + torch.ones(6)
+        with pytest.raises(DeviceMixing, match="randn"):
+            torch.randn(3, generator=torch.Generator().manual_seed(0), device=device)
+        y = x * torch.tensor(2.0) + torch.arange(6, device=x.device)  # a CPU scalar; made on x's device
+        y[torch.tensor([0, 2])] = 0.0  # CPU indices
+        assert y.device == device and y[1].tolist() == (x0[1] * 2 + torch.arange(6)).tolist()
+        assert x.sum().item() == pytest.approx(x0.sum().item())
+
+
+# ---------------------------------------------------------------------------------------
+# Primitives and methods: each on the device, compared with the CPU
+# ---------------------------------------------------------------------------------------
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 40, generator=g)
+    x = torch.randn(200, 40, generator=g) * torch.linspace(0.1, 2.0, 40)
+    return {"w": w, "h": x.T @ x / 200, "big": torch.randn(300, 300, generator=g),
+            "ties": (w * 2).round(), "codes": torch.randint(0, 8, (5000,), generator=g) ** 2 % 8}
+
+
+def _grids(t):  # every granularity, both symmetries
+    w = t["w"]
+    return [T.on_grid(w, *T.quant_grid(w, 3, g, 16, s), 3, g, 16, s)
+            for g in ("tensor", "channel", "group") for s in (True, False)]
+
+
+def _codes(t):
+    w = t["w"]
+    scale, zero = T.quant_grid(w, 4, "group", 16)
+    s, o = T.per_entry((scale, T.code_offset(zero, 4, True)), *w.shape, "group", 16)
+    codes = T.quantize(w, s, o, 4)
+    return codes, T.dequantize(codes, s, o)
+
+
+def _pack(t):
+    packed = pack.pack_bits(t["codes"], 3)
+    return packed, pack.unpack_bits(packed, 3, t["codes"].numel())
+
+
+def _huffman(t):
+    lengths = huffman.code_lengths(torch.bincount(t["codes"], minlength=8))
+    stream, runs = huffman.encode(t["codes"], lengths)
+    return lengths, stream, runs, huffman.decode(stream, lengths, runs, t["codes"].numel())
+
+
+CASES = {
+    "svd": lambda t: T.svd(t["w"]),
+    "low_rank_factors": lambda t: T.low_rank_factors(*T.svd(t["w"]), 5),
+    "energy_kept": lambda t: T.energy_kept(T.svd(t["w"])[1], 5),
+    "effective_rank": lambda t: T.effective_rank(T.svd(t["w"])[1]),
+    "magnitude_mask": lambda t: T.magnitude_mask(t["w"], 0.5),
+    "magnitude_mask ties": lambda t: T.magnitude_mask(t["ties"], 0.5),
+    "magnitude_mask sorted": lambda t: T.magnitude_mask(t["w"], 0.3, t["w"].abs().flatten().sort().values),
+    "magnitude_mask selection": lambda t: T.magnitude_mask(t["big"], 0.6),
+    "nm_mask": lambda t: T.nm_mask(t["w"][:, :38], 2, 4),
+    "quant_grid on_grid": _grids,
+    "quantize dequantize": _codes,
+    "error_stats": lambda t: T.error_stats(t["w"], T.fake_quantize(t["w"], 3)),
+    "whitened_svd": lambda t: M.whitened_svd(t["w"], t["h"]),
+    "wanda row_mask": lambda t: M.row_mask(M.wanda_scores(t["w"], t["h"].diagonal()), 0.55),
+    "gptq": lambda t: M.gptq_quantize(t["w"], t["h"], 4, group_size=16, return_grid=True),
+    "gptq act_order": lambda t: M.gptq_quantize(t["w"], t["h"], 3, group_size=16, act_order=True,
+                                                keep=T.nm_mask(t["w"], 2, 4), return_grid=True),
+    "gptq channel": lambda t: M.gptq_quantize(t["w"], t["h"], 4, "channel", symmetric=False, return_grid=True),
+    "kmeans": lambda t: M.kmeans_quantize(t["w"], 3, return_codebook=True),
+    "kmeans keep sampled": lambda t: M.kmeans_quantize(t["big"], 2, keep=T.magnitude_mask(t["big"], 0.5),
+                                                       max_fit=5000, return_codebook=True),
+    "on_codebook": lambda t: M.on_codebook(t["w"], M.kmeans_quantize(t["w"], 2, return_codebook=True)[1]),
+    "pack": _pack,
+    "huffman": _huffman,
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_primitives_and_methods_stay_on_the_device(name):
+    t = _inputs()
+    ref = CASES[name](t)
+    with on_device() as device:
+        _same(CASES[name]({k: v.to(device) for k, v in t.items()}), ref, device)
+
+
+# ---------------------------------------------------------------------------------------
+# The layer pipeline and the packed codec
+# ---------------------------------------------------------------------------------------
+
+RECIPES = [
+    Recipe(bits=4, sparsity=0.5),
+    Recipe(rank=6, bits=4, group_size=8, sparsity=0.5),
+    Recipe(bits=3, pattern="2:4", symmetric=False, group_size=16),
+    Recipe(bits=5, granularity="tensor", sparsity=0.99),
+    Recipe(bits=3, quant_method="kmeans", sparsity=0.6),
+    Recipe(rank=8, lowrank_method="whitened", prune_method="wanda", sparsity=0.5, bits=4, quant_method="gptq",
+           act_order=True, group_size=8),
+    Recipe(bits=4, prune_method="wanda", pattern="1:4", quant_method="gptq", granularity="channel"),
+    Recipe(sparsity=0.4),
+]
+
+
+def _tensors(stored: P.StoredLayer) -> list:
+    """Every tensor a stored layer holds: values, keep-masks, grids."""
+    return [[m.values, m.keep, m.grid.scale, m.grid.zero, m.grid.codebook] for m in stored.matrices]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.describe().replace(" · ", ", "))
+def test_pipeline_and_codec_stay_on_the_device(recipe):
+    t = _inputs()
+    entropy = recipe.quant_method == "kmeans"  # Huffman-coded once (its decoding is 1024 steps)
+
+    def run(w, h):
+        factors = (lambda: M.whitened_svd(w, h)) if recipe.lowrank_method == "whitened" else (lambda: T.svd(w))
+        stored = P.compress("m", w, recipe, factors, lambda: w.abs().flatten().sort().values, h)
+        again = P.requantize(stored, recipe.updated(bits=3), h)
+        tensors, parts = codec.encode_layer(stored, entropy)
+        back = codec.decode_layer("m", stored.shape, recipe, stored.rank, parts, tensors)
+        return _tensors(stored), _tensors(again), tensors, _tensors(back), stored.matrix()
+
+    ref = run(t["w"], t["h"])
+    with on_device() as device:
+        _same(run(t["w"].to(device), t["h"].to(device)), ref, device)
+
+
+# ---------------------------------------------------------------------------------------
+# A tiny Llama end to end: load, calibrate, compress, evaluate, export and reload, distil
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random Llama with a character-level tokenizer (141 tokens: small logits, fast)."""
+    from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("device")
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars,
+                                               *("##" + c for c in chars)]) + "\n")
+    tokenizer = BertTokenizer(str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, tie_word_embeddings=False))
+    model.save_pretrained(root / "llama")
+    tokenizer.save_pretrained(root / "llama")
+    return str(root / "llama")
+
+
+def _on(device, tensors):
+    for t in tensors:
+        if t is not None:
+            assert t.device == device, f"{tuple(t.shape)} on {t.device}, not {device}"
+
+
+def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path):
+    with on_device() as device:
+        ex = Explorer.open(tiny_llama, device=str(device))
+        assert ex.loaded.device == device and all(p.device == device for p in ex.loaded.model.parameters())
+        work = ex.workspace()
+        for recipe in [Recipe(rank_ratio=0.5, lowrank_method="whitened", prune_method="wanda", sparsity=0.5,
+                              bits=4, quant_method="gptq", act_order=True, include_embeddings=True),
+                       Recipe(bits=3, quant_method="kmeans", pattern="2:4", layers="mlp")]:
+            work.apply(recipe)  # calibrated: whitened SVD, Wanda and GPTQ (plain ones on the embeddings)
+            for name, stored in work.stored.items():
+                _on(device, [x for m in _tensors(stored) for x in m] + list(work.holders[name].tensors()))
+            assert 0 < work.evaluate(quick=True)["top1_agreement"] <= 1
+        assert all(e["relative_error"] > 0 for e in work.layer_errors())
+        assert 0 < ex.spectrum(ex.layers[1].name, 4)["energy_kept"] < 1
+        assert len(work.compare("the cat", max_new_tokens=2)["top"]) >= 10
+
+        export.write(work, tmp_path / "export")
+        back = ex.workspace()
+        export.load_into(back, tmp_path / "export")  # read back onto the device, the values as written
+        for name, stored in work.stored.items():
+            _on(device, back.holders[name].tensors())
+            assert all(torch.equal(a, b) for a, b in zip(back.holders[name].tensors(), stored.tensors()))
+        _on(device, [*back.model.parameters(), *(h.w for h in back.holders.values() if h.w is not None)])
+        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if EXACT else 1e-5)
+
+        work.distill(steps=1, lr=1e-3)  # trains the stored values on the device, on their grids
+        assert len(work.applied.distillation.loss) == 1
+        for name in work.stored:
+            _on(device, work.holders[name].tensors())
