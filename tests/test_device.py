@@ -406,3 +406,42 @@ def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path):
         assert len(work.applied.distillation.loss) == 1
         for name in work.stored:
             _on(device, work.holders[name].tensors())
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral(tiny_llama):
+    """A tiny random Mixtral (4 experts held as 3-D parameters) with the same tokenizer."""
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256,
+                                             tie_word_embeddings=False))
+    folder = tiny_llama.replace("llama", "mixtral")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_tiny_mixtral_experts_on_the_device(tiny_mixtral, tmp_path):
+    """Each expert's statistics (the routed tokens' inputs), its compression, the stacked
+    parameter the experts module computes with, and the export's reload stay on the device."""
+    with on_device() as device:
+        ex = Explorer.open(tiny_mixtral, device=str(device))
+        # transformers' grouped experts count tokens with torch.histc on integers, which the pretend
+        # device (computing on the CPU) lacks and CUDA has: its eager experts here
+        ex.loaded.model.set_experts_implementation("eager")
+        work = ex.workspace()
+        work.apply(Recipe(sparsity=0.5, prune_method="wanda", bits=4, group_size=16, quant_method="gptq",
+                          group="experts"))
+        assert ex.uncalibrated(work.applied.recipe) == []
+        for name, stored in work.stored.items():
+            _on(device, [x for m in _tensors(stored) for x in m] + list(work.holders[name].tensors()))
+        assert 0 < work.evaluate(quick=True)["top1_agreement"] <= 1
+        _on(device, [work.model.get_submodule("model.layers.0.mlp.experts").down_proj])
+        export.write(work, tmp_path / "export")
+        back = ex.workspace()
+        export.load_into(back, tmp_path / "export")
+        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if EXACT else 1e-5)
