@@ -90,3 +90,17 @@ def tiny_explorers(tiny_models):
     from engine.session import Explorer
 
     return {name: Explorer.open(path, device="cpu") for name, path in tiny_models.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autograd_knows_the_pretend_device():
+    """The autograd engine sizes its per-device queues once per process, at its first backward
+    pass. test_device's pretend device (registered from Python) is counted only while a check
+    runs, so that first backward pass runs here, inside one: distillation on the pretend device
+    then finds its queue whichever test ran a backward pass before."""
+    from test_device import on_device
+
+    with on_device() as device:
+        x = torch.ones(2, device=device, requires_grad=True)
+        torch.autograd.grad((x * x).sum(), x)
+    yield
