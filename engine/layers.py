@@ -126,8 +126,7 @@ BLOCK_ROLES = ("linear", "conv1d")  # the kinds found anywhere by type (embeddin
 
 def find_layers(model: nn.Module) -> list[LayerInfo]:
     """Every compressible matrix, embeddings and head included (their role says which)."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb, head = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
     names = {id(m): n for n, m in model.named_modules()}
     found = []
     for name, module in model.named_modules():
@@ -141,6 +140,15 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
             if role is not None:
                 found.append(LayerInfo(name, KINDS[role].shape(module), role, group=layer_group(model, name)))
     return found
+
+
+def _module(model: nn.Module, getter: str) -> nn.Module | None:
+    """model.get_input_embeddings() or get_output_embeddings(); None where the model has none
+    (transformers raises NotImplementedError for a model without such a module, e.g. a ResNet)."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
+    except NotImplementedError:
+        return None
 
 
 def select(layers: list[LayerInfo], recipe) -> list[LayerInfo]:

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +238,23 @@ def read_config(source: str, ref: str, **kw):
         with _quiet():
             return AutoConfig.from_pretrained(source, **kw)
     except Exception as e:  # noqa: BLE001 -- any failure here is the user's file
-        raise UserError(f"cannot read the config of {ref!r}: {one_line(e)}") from None
+        raise UserError(f"cannot read the config of {ref!r}: {_unknown_type(source) or one_line(e)}") from None
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line (at most 300 characters)."""
-    text = " ".join(str(e).split())
-    return (text[:297] + "...") if len(text) > 300 else (text or type(e).__name__)
+def _unknown_type(source: str) -> str | None:
+    """What is wrong with a local config whose model type transformers does not know; else None."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    path = Path(source) / "config.json" if os.path.isdir(source) else Path(source)
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type is None or model_type in CONFIG_MAPPING:
+        return None
+    return (f"its model type {model_type!r} is not one transformers {transformers.__version__} can load "
+            "(a model that ships its own code needs --trust-remote-code)")
 
 
 def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -> Loaded:

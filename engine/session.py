@@ -19,10 +19,20 @@ import torch
 from . import calibrate, methods, transforms
 from .calibrate import Calibration
 from .evaluate import make_evaluator
-from .layers import LayerInfo, find_layers, select
+from .errors import UserError
+from .layers import BLOCK_ROLES, LayerInfo, find_layers, select
 from .models import Loaded, load
 from .recipe import Recipe
 from .workspace import Workspace, module_copy
+
+
+def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Module) -> list[LayerInfo]:
+    """`layers`, when at least one is a layer the engine compresses inside the model (nn.Linear,
+    GPT-2's Conv1D); else a UserError that says so (a model of convolutions, say)."""
+    if not any(i.role in BLOCK_ROLES for i in layers):
+        raise UserError(f"cannot explore {ref!r}: {type(model).__name__} has no nn.Linear or Conv1D layer, "
+                        "the only layers the explorer compresses")
+    return layers
 
 
 class Explorer:
@@ -30,7 +40,7 @@ class Explorer:
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
-        self.layers = find_layers(loaded.model)
+        self.layers = require_compressible(find_layers(loaded.model), loaded.ref, loaded.model)
         self._by_name = {i.name: i for i in self.layers}
         self.total_params = sum(p.numel() for p in loaded.model.parameters())
         self._svd: dict[str, tuple] = {}

@@ -1,0 +1,79 @@
+"""No traceback reaches a user: what fails unexpectedly is one line (the command line exits 1),
+and a model the explorer cannot handle is refused in one line that says why."""
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, ResNetConfig, ResNetModel
+
+from app_harness import app_test
+from engine import errors, models
+from engine.cli import build_parser
+from engine.models import minilm_path
+from test_app import APP
+from test_cli import main
+
+
+def test_failure_is_one_line_naming_what_failed():
+    assert errors.failure("run", RuntimeError("out of memory\n  at layer 3")) == "run failed: RuntimeError: out of memory"
+    assert errors.failure("sweep", KeyError()) == "sweep failed: KeyError"
+
+
+def boom(*args, **kwargs):
+    raise RuntimeError("boom\nand a second line")
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_1(monkeypatch):
+    monkeypatch.setattr(models, "alias_status", boom)
+    code, out, err = main("models")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == ["error: models failed: RuntimeError: boom (--debug shows the traceback)"]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [("--debug", "models"), ("models", "--debug")], ids=["before", "after"])
+def test_debug_shows_the_traceback(monkeypatch, args):
+    monkeypatch.setattr(models, "alias_status", boom)
+    code, _, err = main(*args)
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "RuntimeError: boom" in err
+
+
+def test_debug_is_in_the_help():
+    assert "--debug" in build_parser().format_help()
+    assert "--debug" in build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+
+
+@pytest.fixture(scope="module")
+def unusable(tmp_path_factory):
+    """Folders the explorer refuses: an unknown model type, no config.json, a model of convolutions."""
+    root = tmp_path_factory.mktemp("unusable")
+    (root / "unknown").mkdir()
+    (root / "unknown" / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    (root / "no-config").mkdir()
+    (root / "no-config" / "weights.bin").write_bytes(b"")
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(root / "resnet")
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(root / "resnet")  # it loads: only its layers are wrong
+    return root
+
+
+@pytest.mark.parametrize("folder, says", [
+    ("unknown", "its model type 'not-a-model' is not one transformers"),
+    ("no-config", "has no config.json"),
+    ("resnet", "ResNetModel has no nn.Linear or Conv1D layer"),
+], ids=["unknown-model-type", "no-config", "no-compressible-layer"])
+@pytest.mark.parametrize("command", ["run", "inspect"])
+def test_a_model_the_explorer_cannot_handle_is_refused_in_one_line(unusable, folder, says, command):
+    code, out, err = main(command, str(unusable / folder))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and says in err, err
+    assert "Traceback" not in err
+
+
+def test_the_app_refuses_a_model_without_compressible_layers_in_one_line(unusable):
+    at = app_test(APP, default_timeout=120)
+    at.query_params["model"] = str(unusable / "resnet")
+    at.run()
+    assert not at.exception
+    assert any("ResNetModel has no nn.Linear or Conv1D layer" in e.value for e in at.error)
