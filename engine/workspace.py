@@ -77,30 +77,51 @@ class Workspace:
         """Fill every layer from the original weights under `recipe` (each selected layer under
         its own recipe, Recipe.for_layer), then distil if the recipe asks (see `distill`;
         `progress(step, steps, loss)`). `factors(name, method)` overrides the SVD source (the
-        benchmark passes one that recomputes, to time the naive way)."""
+        benchmark passes one that recomputes, to time the naive way). A failure part-way leaves
+        the workspace holding no recipe (the next `ensure` applies afresh)."""
         ex = self.explorer
         reuse, self._reusable = self._reusable and factors is None, factors is None
         factors = factors or ex.factors
         t0 = time.perf_counter()
         chosen = {i.name for i in ex.selected(recipe)}
-        old, self._stored = self._stored, {}
+        old, self._stored, self.applied = (self._stored if reuse else {}), {}, None
+        try:
+            reports = self._fill(recipe, chosen, old, factors)
+        except BaseException:
+            self._stored, self._reusable = {}, False
+            raise
+        compressed = dataclasses.replace(recipe, distill_steps=0)
+        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
+                               time.perf_counter() - t0)
+        if recipe.distill_steps:
+            self.distill(recipe.distill_steps, recipe.distill_lr, progress)
+        return self.applied
+
+    def _fill(self, recipe: Recipe, chosen: set, old: dict, factors) -> list[LayerReport]:
+        """Fill every holder under `recipe` (the layers in `chosen`; the rest left alone at
+        fp16), re-quantizing a layer of `old` where it is shaped as the recipe shapes it (each
+        taken out of `old` as it goes, so the old values are freed layer by layer); the layers'
+        reports."""
+        ex = self.explorer
         reports = []
         with torch.inference_mode():
             for info in ex.layers:
                 if info.tied_to is not None:
                     continue
-                w = ex.weight(info.name)
                 if info.name not in chosen:
+                    w = ex.weight(info.name)
                     with torch.inference_mode(False):  # a normal tensor: distillation runs autograd through it
                         self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
                     reports.append(LayerReport.left_alone(info))
                     continue
                 lr = recipe.for_layer(info.name)
                 h = ex.hessian(info.name) if lr.calibrated else None
-                if reuse and pipeline.reusable(old.get(info.name), lr):  # shaped as before: only quantize
-                    stored = pipeline.requantize(old[info.name], lr, h)
+                before = old.pop(info.name, None)
+                if pipeline.reusable(before, lr):  # shaped as before: only quantize
+                    stored = pipeline.requantize(before, lr, h)
                 else:
-                    stored = pipeline.compress(info.name, w, lr, lambda n=info.name: factors(n, lr.lowrank_method),
+                    stored = pipeline.compress(info.name, ex.weight(info.name), lr,
+                                               lambda n=info.name: factors(n, lr.lowrank_method),
                                                lambda n=info.name: ex.sorted_abs(n), h)
                 self._stored[info.name] = stored
                 self.holders[info.name].fill(stored.tensors())
@@ -108,12 +129,7 @@ class Workspace:
                 if stored.rank is not None:
                     energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
                 reports.append(stored.report(info, energy))
-        compressed = dataclasses.replace(recipe, distill_steps=0)
-        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
-                               time.perf_counter() - t0)
-        if recipe.distill_steps:
-            self.distill(recipe.distill_steps, recipe.distill_lr, progress)
-        return self.applied
+        return reports
 
     def hold(self, recipe: Recipe, stored: dict, alone: dict, params: dict, seconds: float,
              export: str | None = None) -> Applied:
@@ -122,6 +138,7 @@ class Workspace:
         layers left alone, `params` (name -> tensor) for every other parameter."""
         ex = self.explorer
         reports = []
+        self.applied, self._stored, self._reusable = None, {}, False
         with torch.no_grad():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -134,7 +151,7 @@ class Workspace:
                     reports.append(LayerReport.left_alone(info))
             for name, p in self.model.named_parameters():
                 p.copy_(params[name].to(p.dtype))
-        self._stored, self._reusable = dict(stored), False
+        self._stored = dict(stored)
         self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)
         return self.applied
 
