@@ -1,9 +1,15 @@
-"""Several people on one process: loading from several threads at once."""
+"""Several people on one process: loading from several threads at once, and the causal-LM
+evaluation in pieces (same values, bounded memory)."""
 import logging
+import math
 import sys
 import threading
 
-from engine import models
+import pytest
+import torch
+
+from engine import evaluate, models
+from engine.recipe import Recipe
 
 
 def test_loading_in_several_threads_at_once_leaves_the_process_alone(tiny_models, capfd):
@@ -35,3 +41,47 @@ def test_loading_in_several_threads_at_once_leaves_the_process_alone(tiny_models
     finally:
         handler.emit = emit
     assert [r.getMessage() for r in seen] == ["a warning outside any load"]
+
+
+# ---------------------------------------------------------------------------------------
+# The causal-LM evaluation in pieces
+# ---------------------------------------------------------------------------------------
+
+
+def all_at_once(ev, original, model) -> dict:
+    """The evaluation as it was before it worked in pieces, full and quick: every scored token's
+    log-probabilities over the vocabulary at once (the reference computed the same way)."""
+    def logprobs(net, windows):
+        return torch.cat([net(input_ids=windows[i:i + evaluate.BATCH]).logits[:, :-1].float().log_softmax(-1)
+                          for i in range(0, windows.shape[0], evaluate.BATCH)])
+
+    def nll(logp, windows):
+        return -logp.gather(-1, windows[:, 1:, None]).squeeze(-1).mean(-1)
+
+    with torch.inference_mode():
+        ref_full, logp_full = logprobs(original, ev.windows), logprobs(model, ev.windows)
+        base = nll(ref_full, ev.windows)
+        out = {}
+        for quick in (False, True):
+            idx = ev.quick_idx if quick else list(range(ev.windows.shape[0]))
+            windows, logp = ev.windows[idx], logp_full[idx]
+            ref = ref_full.half()[idx].float()
+            kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
+            top1 = (logp.argmax(-1) == ref_full.argmax(-1)[idx]).float().mean().item()
+            ppl = math.exp(nll(logp, windows).mean().item())
+            if quick:
+                ppl = math.exp(base.mean().item()) * ppl / math.exp(base[idx].mean().item())
+            out[quick] = {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": top1}
+        return out
+
+
+def test_the_evaluation_in_pieces_gives_the_values_of_all_at_once(tiny_explorers):
+    ex = tiny_explorers["llama"]
+    work = ex.workspace()
+    work.apply(Recipe(bits=4, sparsity=0.3))
+    before = all_at_once(ex.evaluator(), ex.loaded.model, work.model)
+    for chunk in (100, evaluate.TOKEN_CHUNK):  # pieces of a window (the last one shorter), each window whole
+        ev = evaluate.CausalLMEval(ex.loaded, chunk=chunk)
+        assert ev.base_full_ppl == pytest.approx(ex.evaluator().base_full_ppl, rel=1e-6)
+        for quick in (False, True):
+            assert ev(work.model, quick=quick) == pytest.approx(before[quick], rel=1e-6, abs=1e-9), (chunk, quick)
