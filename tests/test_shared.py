@@ -1,5 +1,6 @@
-"""Several people on one process: loading from several threads at once, and the causal-LM
-evaluation in pieces (same values, bounded memory)."""
+"""Several people on one process: loading from several threads at once, the causal-LM
+evaluation in pieces (same values, bounded memory), and workspaces that hold only what differs
+from the shared model."""
 import logging
 import math
 import sys
@@ -8,8 +9,9 @@ import threading
 import pytest
 import torch
 
-from engine import evaluate, models
+from engine import evaluate, models, pipeline
 from engine.recipe import Recipe
+from engine.storage import explorer as export_format
 
 
 def test_loading_in_several_threads_at_once_leaves_the_process_alone(tiny_models, capfd):
@@ -85,3 +87,50 @@ def test_the_evaluation_in_pieces_gives_the_values_of_all_at_once(tiny_explorers
         assert ev.base_full_ppl == pytest.approx(ex.evaluator().base_full_ppl, rel=1e-6)
         for quick in (False, True):
             assert ev(work.model, quick=quick) == pytest.approx(before[quick], rel=1e-6, abs=1e-9), (chunk, quick)
+
+
+# ---------------------------------------------------------------------------------------
+# Workspaces hold only what differs from the shared model
+# ---------------------------------------------------------------------------------------
+
+
+def own_bytes(work) -> int:
+    """Bytes of the tensors a workspace's model computes with that the explorer does not share."""
+    ex = work.explorer
+    shared = {t.data_ptr() for t in [*ex.loaded.model.parameters(), *ex._fp16.values()]}
+    tensors = {id(t): t for t in work.model.parameters()}
+    tensors.update({id(t): t for h in work.holders.values() for t in h.tensors()})
+    return sum(t.numel() * t.element_size() for t in tensors.values() if t.data_ptr() not in shared)
+
+
+def test_workspaces_share_what_a_recipe_leaves_at_16_bits(minilm_explorer):
+    ex = minilm_explorer
+    a, b = ex.workspace(), ex.workspace()
+    a.apply(Recipe())  # every layer at 16 bits, dense: all of it the explorer's rounded copies
+    b.apply(Recipe(bits=4))
+    assert own_bytes(a) == 0
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert p is q, name  # norms, biases, position embeddings: rounded once, shared
+        assert torch.equal(p, ex.loaded.model.get_parameter(name).half().float())
+    emb = "embeddings.word_embeddings"  # left alone by both recipes
+    assert a.holders[emb].w is b.holders[emb].w
+    # what b holds of its own: the 4-bit values of the compressed layers, nothing else
+    compressed = sum(4 * i.params for i in ex.selected(Recipe(bits=4)))
+    assert own_bytes(b) == compressed
+    # the shared values are those the pipeline computes, so results do not change
+    name = ex.selected(Recipe())[0].name
+    computed = pipeline.compress(name, ex.weight(name), Recipe(), lambda: None)
+    assert torch.equal(a.holders[name].w, computed.tensors()[0]) and a.holders[name].w is ex.fp16_weight(name)
+
+
+def test_an_export_read_back_gets_parameters_of_its_own(tiny_explorers, tmp_path):
+    ex = tiny_explorers["bert"]
+    source, reader, other = ex.workspace(), ex.workspace(), ex.workspace()
+    source.apply(Recipe(bits=3, sparsity=0.5))
+    export_format.write(source, tmp_path / "export")
+    export_format.load_into(reader, tmp_path / "export")
+    shared = dict(other.model.named_parameters())
+    for name, p in reader.model.named_parameters():  # the file's values, in tensors nobody else holds
+        assert p is not shared[name] and torch.equal(p, shared[name]), name
+    reader.apply(Recipe(bits=4))  # a recipe applied again: back to the shared parameters
+    assert all(p is shared[n] for n, p in reader.model.named_parameters())
