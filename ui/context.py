@@ -25,7 +25,10 @@ from engine.session import Explorer
 from engine.storage import explorer as export_format
 from engine.workspace import Workspace
 
+from . import allocator
+
 log = logging.getLogger(__name__)
+allocator.give_back_large_blocks()  # once per server process (this module is imported once)
 
 @dataclass
 class Context:
