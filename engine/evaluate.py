@@ -23,6 +23,7 @@ ENCODER_MAX_TOKENS = 256
 QUICK_SENTENCES = 16
 BATCH = 4
 TOKEN_BUDGET = 4096
+TOKEN_CHUNK = 256  # causal LM: scored tokens whose vocabulary-wide log-probabilities are held at once
 
 
 def make_evaluator(loaded, eval_text: str | None = None, eval_name: str | None = None):
@@ -50,13 +51,20 @@ def token_scores(logp, ref_logp, ref_top1, targets):
 
 
 class CausalLMEval:
-    """Perplexity on held-out text, KL from the original and top-1 next-token agreement."""
+    """Perplexity on held-out text, KL from the original and top-1 next-token agreement.
+
+    The log-probabilities over the vocabulary are worked on `chunk` scored tokens at a time
+    (each window's rows in pieces, from one forward pass of BATCH windows), so the peak memory
+    of an evaluation is one batch's logits and a few (chunk, vocabulary) tensors, whatever the
+    number of windows: on SmolLM2 (49,152 tokens) 4,080 scored tokens at once took about
+    5 GiB. Every token's values are computed exactly as they would be all at once."""
 
     primary = "perplexity"
 
-    def __init__(self, loaded, eval_text=None, eval_name=None):
+    def __init__(self, loaded, eval_text=None, eval_name=None, chunk: int = TOKEN_CHUNK):
         tok = loaded.tokenizer
         self.device = loaded.device
+        self.chunk = chunk
         if eval_text is None:
             eval_text = "\n\n".join(data.lee_background())
             eval_name = "gensim lee_background.cor (300 news articles, Lee et al. 2005)"
@@ -76,10 +84,16 @@ class CausalLMEval:
         n = len(windows)
         self.quick_idx = list(dict.fromkeys(np.linspace(0, n - 1, min(QUICK_WINDOWS, n)).round().astype(int).tolist()))
         # reference: the original model's next-token log-probabilities, stored as fp16
-        logp = self._logprobs(loaded.model, self.windows)
-        self.ref_logp = logp.half()
-        self.ref_top1 = logp.argmax(-1)
-        nll = self._nll(logp, self.windows)  # per window
+        self.ref_logp = self.ref_top1 = None
+        nll = torch.empty(self.windows.shape[0], self.windows.shape[1] - 1, device=self.device)
+        for w, rows, logp, target in self._pieces(loaded.model, range(n)):
+            if self.ref_logp is None:
+                self.ref_logp = torch.empty(*nll.shape, logp.shape[-1], dtype=torch.float16, device=self.device)
+                self.ref_top1 = torch.empty(nll.shape, dtype=torch.long, device=self.device)
+            self.ref_logp[w, rows] = logp.half()
+            self.ref_top1[w, rows] = logp.argmax(-1)
+            nll[w, rows] = -logp.gather(-1, target[:, None]).squeeze(-1)
+        nll = nll.mean(-1)  # per window
         self.base_full_ppl = math.exp(nll.mean().item())
         self.base_quick_ppl = math.exp(nll[self.quick_idx].mean().item())
         n_tok = self.windows.shape[0] * (self.windows.shape[1] - 1)
@@ -101,21 +115,30 @@ class CausalLMEval:
         }
 
     @torch.inference_mode()
-    def _logprobs(self, model, windows):
-        out = [model(input_ids=windows[i:i + BATCH]).logits[:, :-1].float().log_softmax(-1)
-               for i in range(0, windows.shape[0], BATCH)]
-        return torch.cat(out)
-
-    @staticmethod
-    def _nll(logp, windows):
-        return -logp.gather(-1, windows[:, 1:, None]).squeeze(-1).mean(-1)
+    def _pieces(self, model, idx):
+        """The next-token log-probabilities of windows `idx`, run BATCH windows at a time, in
+        pieces of at most `chunk` positions of one window: yields (k, positions, log-probs
+        (pieces, vocab) in fp32, the next tokens) for the k-th window of `idx`."""
+        idx, scored = list(idx), self.windows.shape[1] - 1
+        for start in range(0, len(idx), BATCH):
+            batch = idx[start:start + BATCH]
+            logits = model(input_ids=self.windows[batch]).logits  # (batch, seq, vocab)
+            for j in range(len(batch)):
+                for first in range(0, scored, self.chunk):
+                    rows = slice(first, min(first + self.chunk, scored))
+                    yield (start + j, rows, logits[j, rows].float().log_softmax(-1),
+                           self.windows[batch[j], rows.start + 1:rows.stop + 1])
+            del logits
 
     @torch.inference_mode()
     def __call__(self, model, quick: bool = False) -> dict:
         idx = self.quick_idx if quick else list(range(self.windows.shape[0]))
-        windows = self.windows[idx]
-        logp = self._logprobs(model, windows)
-        nll, kl, agree = token_scores(logp, self.ref_logp[idx].float(), self.ref_top1[idx], windows[:, 1:])
+        shape = (len(idx), self.windows.shape[1] - 1)
+        nll, kl = torch.empty(shape, device=self.device), torch.empty(shape, device=self.device)
+        agree = torch.empty(shape, dtype=torch.bool, device=self.device)
+        for k, rows, logp, target in self._pieces(model, idx):
+            nll[k, rows], kl[k, rows], agree[k, rows] = token_scores(
+                logp, self.ref_logp[idx[k], rows].float(), self.ref_top1[idx[k], rows], target)
         kl = kl.mean().item()
         top1 = agree.float().mean().item()
         ppl = math.exp(nll.mean(-1).mean().item())

@@ -4,8 +4,8 @@
     fp = footprint(skeleton, Recipe(bits=4), batch=1, tokens=8192)
     fp["weights"]["compressed_bytes"], fp["kv_cache"]["bytes"], fitting(fp)
 
-accelerate's `init_empty_weights` builds the transformers model with every parameter on the
-meta device: shapes without storage, so a 70B model takes no memory. The layers are found by
+The transformers model is built with torch's meta device as the default device (in this
+thread only): every parameter has a shape and no storage, so a 70B model takes no memory. The layers are found by
 type as for a loaded model, and each layer's bytes under a recipe follow from its shape
 (engine.pipeline.predict), so the count equals the one made from the weights, byte for byte.
 The configs in assets/configs are the published config.json files of a few public models.
@@ -25,7 +25,7 @@ from .errors import UserError
 from .layers import LayerInfo, find_layers, select
 from .memory import LayerReport, MemoryReport, memory_report
 from .pipeline import predict as predict_layer
-from .models import auto_class, kind_of, one_line, open_config, read_config
+from .models import auto_class, building, kind_of, one_line, open_config, read_config
 from .recipe import Recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
@@ -90,11 +90,11 @@ def open_skeleton(ref: str, trust_remote_code: bool = False) -> Skeleton:
 def skeleton_of(config, ref: str, source: str, note: str | None = None, trust_remote_code: bool = False) -> Skeleton:
     """The model a config builds, on the meta device, tied as the config says: its layers
     and parameter count."""
-    from accelerate import init_empty_weights
-
     kind = kind_of(config)
     try:
-        with init_empty_weights():
+        # torch's meta device as a context is this thread's alone (accelerate's init_empty_weights
+        # patches nn.Module for every thread: a session's workspace built meanwhile would get meta tensors)
+        with building(), torch.device("meta"):
             model = auto_class(kind).from_config(config, trust_remote_code=trust_remote_code)
         model.tie_weights()  # on the meta device the tie is lost while building; the config says whether to tie
         if getattr(config, "scale_decoder_outputs", None) is False:

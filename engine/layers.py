@@ -147,8 +147,7 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
     tied to it."""
     from .experts import find as find_experts
 
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb, head = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
     names = {id(m): n for n, m in model.named_modules()}
     stacked, linear_gates = find_experts(model)
     found, by_module = [], {}
@@ -171,6 +170,15 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
                 group = "router" if name in linear_gates else layer_group(model, name)
                 found.append(LayerInfo(name, KINDS[role].shape(module), role, group=group))
     return found
+
+
+def _module(model: nn.Module, getter: str) -> nn.Module | None:
+    """model.get_input_embeddings() or get_output_embeddings(); None where the model has none
+    (transformers raises NotImplementedError for a model without such a module, e.g. a ResNet)."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
+    except NotImplementedError:
+        return None
 
 
 def select(layers: list[LayerInfo], recipe) -> list[LayerInfo]:

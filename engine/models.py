@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +94,22 @@ def smollm2_path() -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to %s (once)", gguf.name, target)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet():
+    with building():  # one thread converts; another waits for it, then finds the folder converted
+        if marker.exists() and json.loads(marker.read_text()) == stamp:
+            return target
+        log.info("converting %s to %s (once)", gguf.name, target)
+        tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
         model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
         model.hf_quantizer = None
         model.config.quantization_config = None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    (tmp / "converted-from.json").write_text(json.dumps(stamp))
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+        (tmp / "converted-from.json").write_text(json.dumps(stamp))
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
     return target
 
 
@@ -242,13 +243,23 @@ def read_config(source: str, ref: str, **kw):
         with _quiet():
             return AutoConfig.from_pretrained(source, **kw)
     except Exception as e:  # noqa: BLE001 -- any failure here is the user's file
-        raise UserError(f"cannot read the config of {ref!r}: {one_line(e)}") from None
+        raise UserError(f"cannot read the config of {ref!r}: {_unknown_type(source) or one_line(e)}") from None
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line (at most 300 characters)."""
-    text = " ".join(str(e).split())
-    return (text[:297] + "...") if len(text) > 300 else (text or type(e).__name__)
+def _unknown_type(source: str) -> str | None:
+    """What is wrong with a local config whose model type transformers does not know; else None."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    path = Path(source) / "config.json" if os.path.isdir(source) else Path(source)
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type is None or model_type in CONFIG_MAPPING:
+        return None
+    return (f"its model type {model_type!r} is not one transformers {transformers.__version__} can load "
+            "(a model that ships its own code needs --trust-remote-code)")
 
 
 def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -> Loaded:
@@ -268,9 +279,9 @@ def load(ref: str, device: str | None = None, trust_remote_code: bool = False) -
 
 @contextlib.contextmanager
 def _loading(ref: str):
-    """Quiet, and a failure to read the model's files as a one-line UserError."""
+    """Building a model (`building`), and a failure to read its files as a one-line UserError."""
     try:
-        with _quiet():
+        with building():
             yield
     except UserError:
         raise
@@ -278,21 +289,69 @@ def _loading(ref: str):
         raise UserError(f"cannot load {ref!r}: {one_line(e)}") from None
 
 
+_building = threading.RLock()
+
+
+@contextlib.contextmanager
+def building():
+    """Build a model's modules (from_pretrained, from_config), quietly, one build at a time in
+    the process: transformers builds under process-wide settings (the default dtype, torch's
+    init functions patched, the meta device), so two builds at once in two threads can leave a
+    model with parameters on the meta device ("Cannot copy out of meta tensor")."""
+    with _building, _quiet():
+        yield
+
+
+_quiet_here = threading.local()  # .on: this thread is loading a model
+_quiet_lock = threading.Lock()
+_quiet_installed = False
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Silence the progress bars and advice transformers prints while loading."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    """Silence the progress bars and advice (log records below ERROR) that transformers gives
+    while this thread loads, and only this thread's: other threads, loading or not, keep theirs.
+    Nothing process-wide changes per call (no redirected stderr, no verbosity flipped): a log
+    filter and a progress-bar hook are installed once and read a per-thread flag, so loads in
+    several threads at once (the app's sessions, its preload) cannot leave the process's
+    stderr or settings behind them."""
+    _install_quiet()
+    before = getattr(_quiet_here, "on", False)
+    _quiet_here.on = True
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
+        _quiet_here.on = before
+
+
+class _QuietFilter(logging.Filter):
+    """Drops transformers' records below ERROR logged by a thread that is loading (`_quiet`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not getattr(_quiet_here, "on", False)
+
+
+def _install_quiet() -> None:
+    """Once per process: the filter on transformers' log handlers, and a hook that turns off
+    its progress bars (tqdm's `disable`) in a thread that is loading."""
+    global _quiet_installed
+    with _quiet_lock:
+        if _quiet_installed:
+            return
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger()  # configures transformers' own handler, if not yet done
+        for handler in logging.getLogger("transformers").handlers:
+            handler.addFilter(_QuietFilter())
+        previous = None
+
+        def hook(factory, args, kwargs):
+            if getattr(_quiet_here, "on", False):
+                kwargs = {**kwargs, "disable": True}
+            return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+        previous = hf_logging.set_tqdm_hook(hook)
+        _quiet_installed = True
 
 
 def available_devices() -> list[str]:

@@ -77,6 +77,7 @@ def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: boo
     from transformers import AutoTokenizer
 
     from .footprint import skeleton_of
+    from .session import require_compressible
 
     t0 = time.perf_counter()
     config, source, note, kw = open_config(ref, trust_remote_code)
@@ -96,7 +97,7 @@ def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: boo
     device = torch.device(f"cuda:{gpus[0]}") if gpus else torch.device("cpu")
     loaded = Loaded(ref, source, kind, model, tokenizer, device, note, time.perf_counter() - t0)
     sk = skeleton_of(config, ref, source, note, trust_remote_code)
-    return Offloaded(loaded, sk.layers, sk.total_params)
+    return Offloaded(loaded, require_compressible(sk.layers, ref, model), sk.total_params)
 
 
 def device_map(model) -> dict:

@@ -6,8 +6,9 @@
     applied.memory.compressed_bytes, work.layer_errors(), work.evaluate(quick=True)
 
 The original model is never modified after loading. The explorer caches what every workspace
-reads from it: each layer's SVD and sorted magnitudes, the calibration statistics, and the
-evaluators with their reference outputs. See engine.workspace for the working copy.
+reads from it: each layer's SVD and sorted magnitudes, the calibration statistics, the
+evaluators with their reference outputs, and the values rounded to fp16 that a workspace
+computes with where a recipe leaves them at 16 bits. See engine.workspace for the working copy.
 """
 from __future__ import annotations
 
@@ -19,10 +20,20 @@ import torch
 from . import calibrate, methods, transforms
 from .calibrate import Calibration
 from .evaluate import make_evaluator
-from .layers import LayerInfo, find_layers, select
+from .errors import UserError
+from .layers import BLOCK_ROLES, LayerInfo, find_layers, select
 from .models import Loaded, load
 from .recipe import Recipe
 from .workspace import Workspace, module_copy
+
+
+def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Module) -> list[LayerInfo]:
+    """`layers`, when at least one is a layer the engine compresses inside the model (nn.Linear,
+    GPT-2's Conv1D); else a UserError that says so (a model of convolutions, say)."""
+    if not any(i.role in BLOCK_ROLES for i in layers):
+        raise UserError(f"cannot explore {ref!r}: {type(model).__name__} has no nn.Linear or Conv1D layer, "
+                        "the only layers the explorer compresses")
+    return layers
 
 
 class Explorer:
@@ -30,7 +41,7 @@ class Explorer:
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
-        self.layers = find_layers(loaded.model)
+        self.layers = require_compressible(find_layers(loaded.model), loaded.ref, loaded.model)
         self._by_name = {i.name: i for i in self.layers}
         self.total_params = sum(p.numel() for p in loaded.model.parameters())
         self._svd: dict[str, tuple] = {}
@@ -38,6 +49,7 @@ class Explorer:
         self._preparing: threading.Thread | None = None
         self._signal: dict[str, float] = {}
         self._evaluators: dict = {}
+        self._fp16: dict = {}  # layer name or id(parameter) -> its values rounded to fp16 (shared, read only)
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()  # reference outputs take seconds: not under _lock
         self._calibration: Calibration | None = None
@@ -143,6 +155,27 @@ class Explorer:
                 self._preparing = threading.Thread(target=build, name="prepare")
                 self._preparing.start()
             return self._preparing
+
+    def fp16_weight(self, name: str) -> torch.Tensor:
+        """A layer's original (out, in) weight rounded to fp16, in its own dtype: what a layer
+        left alone, or kept at 16 bits dense and unpruned, computes with. Computed once and
+        shared by every workspace (never written to); a normal tensor, so distillation can run
+        autograd through a model that holds it."""
+        with self._lock:
+            if name not in self._fp16:
+                w = self.weight(name)
+                with torch.inference_mode(False), torch.no_grad():
+                    self._fp16[name] = w.half().to(w.dtype)
+            return self._fp16[name]
+
+    def fp16_parameter(self, p: torch.nn.Parameter) -> torch.nn.Parameter:
+        """A parameter of the original model (a norm, a bias, position embeddings) rounded to
+        fp16, in its own dtype, as it is stored: computed once and shared by every workspace."""
+        with self._lock:
+            if id(p) not in self._fp16:  # the original's parameters live as long as the explorer
+                with torch.inference_mode(False), torch.no_grad():
+                    self._fp16[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
+            return self._fp16[id(p)]
 
     def signal(self, name: str) -> float:
         """||W||^2 of a layer's original weight (cached): the denominator of its error."""

@@ -10,6 +10,11 @@ the layer pipeline (engine.pipeline) from the original weights and the cached fa
 The workspace computes with the values as they would be stored: what stays at 16 bits (norms,
 biases, layers left alone, unquantized factors) is rounded to fp16, so a compressed model's
 quality is that of what an export holds.
+
+A workspace holds only what differs from the shared model: the values rounded to fp16 of the
+parameters and of the layers a recipe leaves at 16 bits (dense, unpruned) are the explorer's,
+computed once and shared by every workspace (`Explorer.fp16_weight`, `fp16_parameter`); nothing
+writes to them (distillation trains copies, an export read back gets its own parameters).
 """
 from __future__ import annotations
 
@@ -43,16 +48,24 @@ def module_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _round_to_fp16(model: torch.nn.Module) -> None:
-    """Give `model` its own copies of its parameters (norms, biases, position embeddings: all
-    but the compressible layers' weights, which live in holders) rounded to fp16, as they are
-    stored: the model then computes with exactly the values an export holds."""
-    copies: dict[int, torch.nn.Parameter] = {}
-    for module in model.modules():
+def _set_parameters(model: torch.nn.Module, new) -> None:
+    """Replace every parameter of `model` (norms, biases, position embeddings: all but the
+    compressible layers' weights, which live in holders) by `new(name, p)`; a parameter two
+    modules share stays shared."""
+    done: dict[int, torch.nn.Parameter] = {}
+    for mname, module in model.named_modules():
         for pname, p in list(module.named_parameters(recurse=False)):
-            if id(p) not in copies:
-                copies[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
-            setattr(module, pname, copies[id(p)])
+            if id(p) not in done:
+                done[id(p)] = new(f"{mname}.{pname}" if mname else pname, p)
+            setattr(module, pname, done[id(p)])
+
+
+def _plain_fp16(stored: pipeline.StoredLayer) -> bool:
+    """Whether a layer stores its weight dense and unpruned at 16 bits: its values are then the
+    original's rounded to fp16, equal to Explorer.fp16_weight."""
+    (m, *more) = stored.matrices
+    return (not more and stored.rank is None and m.keep is None and m.grid.scale is None
+            and m.grid.codebook is None)
 
 
 class Workspace:
@@ -63,10 +76,15 @@ class Workspace:
         self.explorer = explorer
         self.model = module_copy(explorer.loaded.model)
         self.holders = install(self.model, explorer.layers)
-        _round_to_fp16(self.model)
+        self._original = {n: p for n, p in self.model.named_parameters()}  # the original's, by name
+        self._share_parameters()  # as stored: the model computes with exactly the values an export holds
         self.applied: Applied | None = None
         self._stored: dict[str, pipeline.StoredLayer] = {}
         self._reusable = False  # whether the stored layers' shapes may be reused (cached factors)
+
+    def _share_parameters(self) -> None:
+        """The parameters rounded to fp16, shared with every workspace of the explorer."""
+        _set_parameters(self.model, lambda name, p: self.explorer.fp16_parameter(self._original[name]))
 
     @property
     def stored(self) -> MappingProxyType:
@@ -77,43 +95,60 @@ class Workspace:
         """Fill every layer from the original weights under `recipe` (each selected layer under
         its own recipe, Recipe.for_layer), then distil if the recipe asks (see `distill`;
         `progress(step, steps, loss)`). `factors(name, method)` overrides the SVD source (the
-        benchmark passes one that recomputes, to time the naive way)."""
+        benchmark passes one that recomputes, to time the naive way). A failure part-way leaves
+        the workspace holding no recipe (the next `ensure` applies afresh)."""
         ex = self.explorer
         reuse, self._reusable = self._reusable and factors is None, factors is None
         factors = factors or ex.factors
         t0 = time.perf_counter()
         chosen = {i.name for i in ex.selected(recipe)}
-        old, self._stored = self._stored, {}
-        reports = []
-        with torch.inference_mode():
-            for info in ex.layers:
-                if info.tied_to is not None:
-                    continue
-                w = ex.weight(info.name)
-                if info.name not in chosen:
-                    with torch.inference_mode(False):  # a normal tensor: distillation runs autograd through it
-                        self.holders[info.name].set(w=w.half().to(w.dtype))  # left alone: stored at fp16
-                    reports.append(LayerReport.left_alone(info))
-                    continue
-                lr = recipe.for_layer(info.name)
-                h = ex.hessian(info.name) if lr.calibrated else None
-                if reuse and pipeline.reusable(old.get(info.name), lr):  # shaped as before: only quantize
-                    stored = pipeline.requantize(old[info.name], lr, h)
-                else:
-                    stored = pipeline.compress(info.name, w, lr, lambda n=info.name: factors(n, lr.lowrank_method),
-                                               lambda n=info.name: ex.sorted_abs(n), h)
-                self._stored[info.name] = stored
-                self.holders[info.name].fill(stored.tensors())
-                energy = None
-                if stored.rank is not None:
-                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
-                reports.append(stored.report(info, energy))
+        old, self._stored, self.applied = (self._stored if reuse else {}), {}, None
+        try:
+            reports = self._fill(recipe, chosen, old, factors)
+        except BaseException:
+            self._stored, self._reusable = {}, False
+            raise
         compressed = dataclasses.replace(recipe, distill_steps=0)
         self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
                                time.perf_counter() - t0)
         if recipe.distill_steps:
             self.distill(recipe.distill_steps, recipe.distill_lr, progress)
         return self.applied
+
+    def _fill(self, recipe: Recipe, chosen: set, old: dict, factors) -> list[LayerReport]:
+        """Fill every holder under `recipe` (the layers in `chosen`; the rest left alone at
+        fp16), re-quantizing a layer of `old` where it is shaped as the recipe shapes it (each
+        taken out of `old` as it goes, so the old values are freed layer by layer); the layers'
+        reports."""
+        ex = self.explorer
+        self._share_parameters()
+        reports = []
+        with torch.inference_mode():
+            for info in ex.layers:
+                if info.tied_to is not None:
+                    continue
+                if info.name not in chosen:
+                    self.holders[info.name].set(w=ex.fp16_weight(info.name))  # left alone: stored at fp16
+                    reports.append(LayerReport.left_alone(info))
+                    continue
+                lr = recipe.for_layer(info.name)
+                h = ex.hessian(info.name) if lr.calibrated else None
+                before = old.pop(info.name, None)
+                if pipeline.reusable(before, lr):  # shaped as before: only quantize
+                    stored = pipeline.requantize(before, lr, h)
+                else:
+                    stored = pipeline.compress(info.name, ex.weight(info.name), lr,
+                                               lambda n=info.name: factors(n, lr.lowrank_method),
+                                               lambda n=info.name: ex.sorted_abs(n), h)
+                if _plain_fp16(stored):  # the layer at 16 bits, dense, unpruned: the shared rounded copy
+                    stored = stored.with_values((ex.fp16_weight(info.name),))
+                self._stored[info.name] = stored
+                self.holders[info.name].fill(stored.tensors())
+                energy = None
+                if stored.rank is not None:
+                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
+                reports.append(stored.report(info, energy))
+        return reports
 
     def hold(self, recipe: Recipe, stored: dict, alone: dict, params: dict, seconds: float,
              export: str | None = None) -> Applied:
@@ -122,6 +157,7 @@ class Workspace:
         layers left alone, `params` (name -> tensor) for every other parameter."""
         ex = self.explorer
         reports = []
+        self.applied, self._stored, self._reusable = None, {}, False
         with torch.no_grad():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -132,9 +168,10 @@ class Workspace:
                 else:
                     self.holders[info.name].set(w=alone[info.name])
                     reports.append(LayerReport.left_alone(info))
-            for name, p in self.model.named_parameters():
-                p.copy_(params[name].to(p.dtype))
-        self._stored, self._reusable = dict(stored), False
+            # its own parameters (the shared ones are never written to)
+            _set_parameters(self.model, lambda name, p: torch.nn.Parameter(
+                params[name].to(device=p.device, dtype=p.dtype), requires_grad=False))
+        self._stored = dict(stored)
         self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)
         return self.applied
 

@@ -2,7 +2,6 @@
 import streamlit as st
 
 from engine import data
-from engine.errors import UserError
 from ui import charts, context, results
 
 ctx = context.page(__file__)
@@ -12,12 +11,8 @@ st.caption(f"Original vs **{recipe.describe()}** on {ctx.ref}.")
 
 
 def run(field: str, fn):
-    """Cached per (model, recipe, input); errors become an error box."""
-    try:
-        return results.cached(ctx, recipe, field, fn)
-    except UserError as e:
-        st.error(str(e))
-        return None
+    """Cached per (model, recipe, input); errors become an error box (None)."""
+    return context.shielded("Comparing the models", results.cached, ctx, recipe, field, fn)
 
 
 @st.fragment

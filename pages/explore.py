@@ -3,7 +3,6 @@ import streamlit as st
 
 from engine.calibrate import SOURCE
 from engine.distill import BATCH, OBJECTIVES, SAMPLES
-from engine.errors import UserError
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import charts, context, results
 
@@ -104,11 +103,10 @@ entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled
                       help="Deep Compression's last stage: each matrix's b-bit codes get a Huffman code built "
                            "from their own counts, where that takes fewer bytes. Decoded exactly on reload.")
 if st.button("Build the export (zip)", key="explore_export"):
-    try:
-        with st.spinner("Writing the export…"):
-            st.session_state["export_zip"] = (ctx.key, recipe, entropy, *context.export_zip(ctx, entropy))
-    except UserError as e:
-        st.error(str(e))
+    with st.spinner("Writing the export…"):
+        built = context.shielded("Building the export", context.export_zip, ctx, entropy)
+    if built is not None:
+        st.session_state["export_zip"] = (ctx.key, recipe, entropy, *built)
 built = st.session_state.get("export_zip")
 if built and built[:3] == (ctx.key, recipe, entropy):
     st.download_button(f"Download {built[3]} ({charts.human_bytes(len(built[4]))})", built[4], built[3],
@@ -133,7 +131,8 @@ run = c3.button("Distil", key="explore_distill", type="primary", width="stretch"
 st.caption(f"Trains the compressed layers to match the original model on {SAMPLES} paragraphs of the calibration "
            f"text ({SOURCE}), {BATCH} per step; objective: {OBJECTIVES[ex.kind]}. Masks, ranks and grids are kept: "
            "the bytes do not change. On a CPU a step of a 135M-parameter model takes seconds.")
-distilled, result = results.distilled(ctx, int(steps), float(lr), run)
+distilled, result = (context.shielded("Distillation", results.distilled, ctx, int(steps), float(lr), run)
+                     or (None, None))
 if result is not None:
     d = result["distillation"]
     rows = [{"metric": k, "baseline": b, "compressed": full.get(k), "distilled": result["full"].get(k)}

@@ -1,7 +1,6 @@
 """Will it fit? A model's memory planned from its config alone, laid against common GPUs and this machine."""
 import streamlit as st
 
-from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from ui import charts, context, results
 
@@ -33,11 +32,11 @@ recipe = st.session_state.get("_recipe")
 if not ref or recipe is None:
     st.info("Pick a model (and a valid recipe in the sidebar).")
     st.stop()
-try:
-    fp, devices = results.fit(ref, recipe, int(batch), int(tokens), int(kv_bits))
-except UserError as e:
-    st.error(str(e))
+planned = context.shielded("Planning from the config", results.fit, ref, recipe, int(batch), int(tokens),
+                           int(kv_bits))
+if planned is None:
     st.stop()
+fp, devices = planned
 
 if fp["note"]:
     st.info(f"Note: {fp['note']}.")

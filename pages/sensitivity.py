@@ -5,7 +5,6 @@ import pandas as pd
 import streamlit as st
 
 from engine import plan
-from engine.errors import UserError
 from engine.glossary import CONCEPTS
 from engine.recipe import Recipe
 from ui import charts, context, controls
@@ -37,12 +36,10 @@ if run:
         base = dataclasses.replace(recipe, bits=min(ladder))
         context.ensure_calibration(ctx, base)
         bar = st.progress(0.0, text="Measuring…")
-        try:
-            result = plan.plan(ctx.work, target, base, by, ladder,
-                               progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"))
+        result = context.shielded("Measuring and planning", plan.plan, ctx.work, target, base, by, ladder,
+                                  progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"))
+        if result is not None:
             results[key] = result
-        except UserError as e:
-            st.error(str(e))
         bar.empty()
 
 result = results.get(key)

@@ -16,7 +16,10 @@ chosen = {i.name for i in ex.selected(recipe)}
 def one_layer():
     name = st.selectbox("Layer", names, key="spectra_layer", help="Any compressible layer of the model.")
     info = ex.layer(name)
-    spec = ex.spectrum(name, recipe.rank_for(info.full_rank) if name in chosen else None)
+    spec = context.shielded(f"The spectrum of {name}", ex.spectrum, name,
+                            recipe.rank_for(info.full_rank) if name in chosen else None)
+    if spec is None:  # a fragment reruns alone: its failure stays in it
+        return
     rank, energy = spec["rank"], spec["energy_kept"]
     c = st.columns(4)
     c[0].metric("Shape (out × in)", f"{info.shape[0]} × {info.shape[1]}")

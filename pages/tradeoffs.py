@@ -46,20 +46,26 @@ if run:
         if any(r.rank_ratio is not None for _, r in points):
             context.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(points)} points")
-        rows = []
-        for k, (variant, r) in enumerate(points):
-            if r.calibrated:
-                context.ensure_calibration(ctx, r)
-            mem = results.memory(ctx, r)
-            metrics = results.quality(ctx, quick=not full, recipe=r)
-            # the recipe's columns as the command line's sweep writes them (sweep.recipe_columns)
-            rows.append({"method": variant, **sweep.recipe_columns(r), "label": r.describe(),
-                         "compressed_bytes": mem["compressed_bytes"], "original_bytes": mem["original_bytes"],
-                         "ratio": mem["ratio"], **metrics, "estimate_only": not full,
-                         "recipe": r.to_json().replace("\n", "")})
-            bar.progress((k + 1) / len(points), text=f"{k + 1} of {len(points)} points: {r.describe()}")
+
+        def measure():
+            rows = []
+            for k, (variant, r) in enumerate(points):
+                if r.calibrated:
+                    context.ensure_calibration(ctx, r)
+                mem = results.memory(ctx, r)
+                metrics = results.quality(ctx, quick=not full, recipe=r)
+                # the recipe's columns as the command line's sweep writes them (sweep.recipe_columns)
+                rows.append({"method": variant, **sweep.recipe_columns(r), "label": r.describe(),
+                             "compressed_bytes": mem["compressed_bytes"], "original_bytes": mem["original_bytes"],
+                             "ratio": mem["ratio"], **metrics, "estimate_only": not full,
+                             "recipe": r.to_json().replace("\n", "")})
+                bar.progress((k + 1) / len(points), text=f"{k + 1} of {len(points)} points: {r.describe()}")
+            return rows
+
+        rows = context.shielded("The sweep", measure)
         bar.empty()
-        sweeps[ctx.key] = {"rows": rows, "full": full}
+        if rows is not None:
+            sweeps[ctx.key] = {"rows": rows, "full": full}
 
 done = sweeps.get(ctx.key)
 if not done:

@@ -4,10 +4,12 @@
   launcher can start loading it before the first visit (`preload`).
 - Each browser session compresses its own working copy (engine Workspace).
 - app.py opens the context (`open_context`) after the sidebar; pages read it (`context`).
+- Whatever fails shows one line in an error box and the session goes on (`shielded`).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -17,12 +19,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.errors import UserError
+from engine.errors import UserError, failure
 from engine.recipe import DISTILL_LR, Recipe
 from engine.session import Explorer
 from engine.storage import explorer as export_format
 from engine.workspace import Workspace
 
+from . import allocator
+
+log = logging.getLogger(__name__)
+allocator.give_back_large_blocks()  # once per server process (this module is imported once)
 
 @dataclass
 class Context:
@@ -43,6 +49,24 @@ class Context:
 def _key(ref: str, device: str, export_folder: str | None) -> str:
     """What a model's cached results are keyed by: its ref, its device, and the export it holds."""
     return f"{ref}@{device}" + (f"@export:{export_folder}" if export_folder else "")
+
+
+def shielded(what: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), or None after an error box: a UserError's message, or for anything
+    else one line naming what failed (engine.errors.failure, as the command line prints it),
+    whose traceback goes to the server's log. Streamlit's own stop and rerun pass through.
+
+    >>> shielded("Building the export", context.export_zip, ctx)   # RuntimeError('disk full')
+    # error box: "Building the export failed: RuntimeError: disk full"; returns None
+    """
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 -- the page goes on; the log keeps the traceback
+        log.exception("%s failed", what)
+        st.error(failure(what, e))
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,8 +168,9 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     except UserError as e:
         st.error(f"Could not open {ref}: {e}")
         return None
-    except Exception as e:  # a model the engine cannot handle: say so, keep the page
-        st.error(f"Could not open {ref}: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 -- a model the engine cannot handle: say so, keep the page
+        log.exception("opening %s failed", ref)
+        st.error(failure(f"Opening {ref}", e))
         return None
     works = st.session_state.setdefault("workspaces", {})
     if key not in works:
@@ -157,12 +182,10 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
         if recipe == dataclasses.replace(stored, distill_steps=0, distill_lr=DISTILL_LR):
             recipe = stored  # the controls show the export's recipe (distillation is in its values)
             if work.applied is None or work.applied.export != exported["folder"]:
-                try:
-                    with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
-                        export_format.load_into(work, exported["folder"])
-                except UserError as e:  # refused before any layer was filled
-                    st.error(str(e))
-                    return None
+                with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
+                    if shielded(f"Reading the export {exported['folder']}", export_format.load_into,
+                                work, exported["folder"]) is None:
+                        return None
     return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
 
 

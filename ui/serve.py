@@ -21,6 +21,9 @@ def _preload():
 
 
 def main() -> int:
+    from ui import allocator
+
+    allocator.give_back_large_blocks()  # before the model loads (ui.context does it too, for `streamlit run`)
     threading.Thread(target=_preload, name="preload").start()
     sys.argv = ["streamlit", "run", str(Path(__file__).resolve().parent.parent / "app.py"), *sys.argv[1:]]
     return cli.main()

@@ -1,13 +1,15 @@
 """`python -m engine`: a thin command line over the engine's API. One module per group of
 commands (info: models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
-fit); each parses its arguments, calls the engine and prints."""
+fit); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
+on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 
-from ..errors import UserError
+from ..errors import UserError, failure
 from . import fit, info, run, study
 
 
@@ -16,8 +18,12 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+DEBUG_HELP = "on an unexpected failure, print its traceback (default: one line naming what failed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m engine", description="Compress a real transformer and measure it honestly.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     info.add_models(sub)
     info.add_inspect(sub)
@@ -25,14 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_parsers(sub)
     fit.add_parser(sub)
     info.add_bench(sub)
+    for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
 def main(argv=None) -> int:
     """Run the command in `argv` (default sys.argv[1:]); 0 when done, 2 after bad input (its
-    message on one line of stderr), 130 when interrupted."""
+    message on one line of stderr), 1 after an unexpected failure (one line naming the command
+    and the exception; with --debug, its traceback), 130 when interrupted."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("engine").setLevel(logging.INFO)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.fn(args)
@@ -44,4 +54,11 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # noqa: BLE001 -- a bug or an environment the engine did not foresee
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        else:
+            what = args.command if args else "python -m engine"
+            print(f"error: {failure(what, e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     return 0
