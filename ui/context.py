@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import re
 import threading
@@ -29,6 +30,11 @@ from . import allocator
 
 log = logging.getLogger(__name__)
 allocator.give_back_large_blocks()  # once per server process (this module is imported once)
+# pandas imported whole before any page runs (app.py imports this module first; a second session
+# waits for the first's import of it): plotly looks pandas up in sys.modules, where another
+# session's first import of it (st.dataframe) can be half done ("partially initialized module
+# 'pandas' has no attribute 'Series'")
+importlib.import_module("pandas")
 
 @dataclass
 class Context:
