@@ -15,40 +15,33 @@ def run(field: str, fn):
     return context.shielded("Comparing the models", results.cached, ctx, recipe, field, fn)
 
 
-@st.fragment
-def causal_lm():
-    prompt = st.text_area("Prompt", "The most important idea in compressing a neural network is",
-                          key="compare_prompt", height=100)
-    n = st.slider("New tokens", 5, 100, 40, key="compare_tokens")
-    out = run(f"compare:{n}:{prompt}", lambda: ctx.work.compare(prompt, max_new_tokens=n))
-    if out is None:
-        return
-    left, right = st.columns(2)
-    left.markdown("**Original**")
-    left.text(prompt + out["original"])
-    right.markdown("**Compressed**")
-    right.text(prompt + out["compressed"])
-    st.subheader("Next-token probabilities")
-    st.caption(f"The most likely next tokens under either model. KL(original ‖ compressed) = {out['kl']:.4f} nats.")
-    st.plotly_chart(charts.next_tokens(out["top"]), config=charts.PNG, key="compare_tokens_chart")
+# what a generating model is given and shown: (input label, default input, widget key, help,
+# whether the output continues the input, the probabilities' subheader, their caption)
+GENERATING = {
+    "causal-lm": ("Prompt", "The most important idea in compressing a neural network is", "compare_prompt", None,
+                  True, "Next-token probabilities", "The most likely next tokens under either model."),
+    "seq2seq": ("Source text", "Translate English to German: The house is wonderful.", "compare_source",
+                "The encoder's input; both decoders write greedily.", False, "First output token",
+                "The most likely first tokens of the output under either model."),
+}
 
 
 @st.fragment
-def seq2seq():
-    source = st.text_area("Source text", "Translate English to German: The house is wonderful.",
-                          key="compare_source", height=100, help="The encoder's input; both decoders write greedily.")
+def generating():
+    label, default, key, help_, continues, subheader, caption = GENERATING[ex.kind]
+    text = st.text_area(label, default, key=key, height=100, help=help_)
     n = st.slider("New tokens", 5, 100, 40, key="compare_tokens")
-    out = run(f"compare:{n}:{source}", lambda: ctx.work.compare(source, max_new_tokens=n))
+    out = run(f"compare:{n}:{text}", lambda: ctx.work.compare(text, max_new_tokens=n))
     if out is None:
         return
+    shown = text if continues else ""
     left, right = st.columns(2)
     left.markdown("**Original**")
-    left.text(out["original"])
+    left.text(shown + out["original"])
     right.markdown("**Compressed**")
-    right.text(out["compressed"])
-    st.subheader("First output token")
-    st.caption(f"The most likely first tokens of the output under either model. "
-               f"KL(original ‖ compressed) = {out['kl']:.4f} nats.")
+    right.text(shown + out["compressed"])
+    st.subheader(subheader)
+    st.caption(f"{caption} KL(original ‖ compressed) = {out['kl']:.4f} nats.")
     st.plotly_chart(charts.next_tokens(out["top"]), config=charts.PNG, key="compare_tokens_chart")
 
 
@@ -79,5 +72,5 @@ def classifier():
         st.plotly_chart(charts.label_probs(rows), config=charts.PNG, key="compare_labels")
 
 
-{"causal-lm": causal_lm, "seq2seq": seq2seq, "encoder": encoder, "classifier": classifier}[ex.kind]()
+{"causal-lm": generating, "seq2seq": generating, "encoder": encoder, "classifier": classifier}[ex.kind]()
 context.mark("compare")
