@@ -25,7 +25,8 @@ from .errors import UserError
 from .layers import LayerInfo, find_layers, select
 from .memory import LayerReport, MemoryReport, memory_report
 from .pipeline import predict as predict_layer
-from .models import auto_class, building, kind_of, one_line, open_config, read_config
+from .building import building
+from .models import auto_class, kind_of, one_line, open_config, read_config
 from .recipe import Recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"

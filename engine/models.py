@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .building import building, quiet
 from .errors import UserError, one_line
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def open_config(ref: str, trust_remote_code: bool = False) -> tuple[object, str,
     kw = {"trust_remote_code": trust_remote_code}
     if is_hub:  # try the local hub cache first; only then go to the network
         try:
-            with _quiet():
+            with quiet():
                 AutoConfig.from_pretrained(source, local_files_only=True, **kw)
             kw["local_files_only"] = True
         except (OSError, ValueError):
@@ -240,7 +240,7 @@ def read_config(source: str, ref: str, **kw):
     from transformers import AutoConfig
 
     try:
-        with _quiet():
+        with quiet():
             return AutoConfig.from_pretrained(source, **kw)
     except Exception as e:  # noqa: BLE001 -- any failure here is the user's file
         raise UserError(f"cannot read the config of {ref!r}: {_unknown_type(source) or one_line(e)}") from None
@@ -287,71 +287,6 @@ def _loading(ref: str):
         raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot load {ref!r}: {one_line(e)}") from None
-
-
-_building = threading.RLock()
-
-
-@contextlib.contextmanager
-def building():
-    """Build a model's modules (from_pretrained, from_config), quietly, one build at a time in
-    the process: transformers builds under process-wide settings (the default dtype, torch's
-    init functions patched, the meta device), so two builds at once in two threads can leave a
-    model with parameters on the meta device ("Cannot copy out of meta tensor")."""
-    with _building, _quiet():
-        yield
-
-
-_quiet_here = threading.local()  # .on: this thread is loading a model
-_quiet_lock = threading.Lock()
-_quiet_installed = False
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the progress bars and advice (log records below ERROR) that transformers gives
-    while this thread loads, and only this thread's: other threads, loading or not, keep theirs.
-    Nothing process-wide changes per call (no redirected stderr, no verbosity flipped): a log
-    filter and a progress-bar hook are installed once and read a per-thread flag, so loads in
-    several threads at once (the app's sessions, its preload) cannot leave the process's
-    stderr or settings behind them."""
-    _install_quiet()
-    before = getattr(_quiet_here, "on", False)
-    _quiet_here.on = True
-    try:
-        yield
-    finally:
-        _quiet_here.on = before
-
-
-class _QuietFilter(logging.Filter):
-    """Drops transformers' records below ERROR logged by a thread that is loading (`_quiet`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or not getattr(_quiet_here, "on", False)
-
-
-def _install_quiet() -> None:
-    """Once per process: the filter on transformers' log handlers, and a hook that turns off
-    its progress bars (tqdm's `disable`) in a thread that is loading."""
-    global _quiet_installed
-    with _quiet_lock:
-        if _quiet_installed:
-            return
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.get_logger()  # configures transformers' own handler, if not yet done
-        for handler in logging.getLogger("transformers").handlers:
-            handler.addFilter(_QuietFilter())
-        previous = None
-
-        def hook(factory, args, kwargs):
-            if getattr(_quiet_here, "on", False):
-                kwargs = {**kwargs, "disable": True}
-            return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
-
-        previous = hf_logging.set_tqdm_hook(hook)
-        _quiet_installed = True
 
 
 def available_devices() -> list[str]:
