@@ -16,6 +16,7 @@ pages = [
     st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/speed.py", title="Speed", icon=":material/speed:"),
     st.Page("pages/sensitivity.py", title="Sensitivity and plan", icon=":material/grid_view:"),
     st.Page("pages/fit.py", title="Will it fit?", icon=":material/memory:"),
 ]

@@ -123,12 +123,15 @@ class ParamStack:
     def refresh(self) -> None:
         if not self.dirty:
             return
-        if self.count is None:
-            value = self.holders[None].matrix()
-        else:
-            value = torch.stack([self.holders[e].matrix() for e in range(self.count)])  # (E, out, in)
-        setattr(self.module, self.pname, self.kind.to_param(value))
+        setattr(self.module, self.pname, self.value())
         self.dirty = False
+
+    def value(self) -> torch.Tensor:
+        """The parameter as the holders hold it: their matrices stacked (E, out, in), in the
+        module's own layout."""
+        if self.count is None:
+            return self.kind.to_param(self.holders[None].matrix())
+        return self.kind.to_param(torch.stack([self.holders[e].matrix() for e in range(self.count)]))
 
 
 class StackedHolder(Stored):
@@ -207,3 +210,13 @@ def experts_modules(model: nn.Module, names) -> dict[str, nn.Module]:
                                              for v in vars(module).values()):
                 out[path] = module
     return out
+
+
+def materialize(module: nn.Module, dtype: torch.dtype) -> None:
+    """On a copy of a workspace's experts module: its stacked parameters as plain tensors in
+    `dtype`, computed once from the holders, and no pre-hook (a copy's hooks would refresh the
+    workspace's module, not the copy)."""
+    stacks = module.__dict__.pop("_explorer_stacks", {})
+    module._forward_pre_hooks.clear()
+    for pname, stack in stacks.items():
+        setattr(module, pname, stack.value().detach().to(dtype))

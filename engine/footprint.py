@@ -130,11 +130,16 @@ def _text_config(config):
 def kv_cache(skeleton: Skeleton, batch: int, tokens: int, bytes_per_value: float = 2) -> dict:
     """The key and value cache of generation: 2 x layers x kv heads x head dim x bytes x
     batch x tokens. An encoder keeps none; an encoder-decoder, see _decoder_kv_cache."""
-    if skeleton.kind == "seq2seq":
-        return _decoder_kv_cache(skeleton.config, batch, tokens, bytes_per_value)
-    if skeleton.kind != "causal-lm":
-        return {"bytes": 0, "formula": f"none: a model of kind {skeleton.kind} keeps no key/value cache"}
-    c = _text_config(skeleton.config)
+    return kv_cache_of(skeleton.kind, skeleton.config, batch, tokens, bytes_per_value)
+
+
+def kv_cache_of(kind: str, config, batch: int, tokens: int, bytes_per_value: float = 2) -> dict:
+    """kv_cache of a model of this kind and config."""
+    if kind == "seq2seq":
+        return _decoder_kv_cache(config, batch, tokens, bytes_per_value)
+    if kind != "causal-lm":
+        return {"bytes": 0, "formula": f"none: a model of kind {kind} keeps no key/value cache"}
+    c = _text_config(config)
     layers, heads = c.num_hidden_layers, c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads

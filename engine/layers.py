@@ -78,7 +78,7 @@ class LayerKind:
         """Put a holder in the layer's place in `model` (module surgery) and return it."""
         module = model.get_submodule(info.name)
         stored = Stored(self.read(module).detach())
-        _replace(model, info.name, self.stand_in(module, stored))
+        replace_module(model, info.name, self.stand_in(module, stored))
         return stored
 
     def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
@@ -278,11 +278,11 @@ def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
     for info in layers:
         if info.tied_to is not None:
             holders[info.name] = holders[info.tied_to]
-            _replace(model, info.name, info.kind.stand_in(model.get_submodule(info.name), holders[info.tied_to]))
+            replace_module(model, info.name, info.kind.stand_in(model.get_submodule(info.name), holders[info.tied_to]))
     return holders
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)

@@ -48,7 +48,7 @@ def module_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _set_parameters(model: torch.nn.Module, new) -> None:
+def set_parameters(model: torch.nn.Module, new) -> None:
     """Replace every parameter of `model` (norms, biases, position embeddings: all but the
     compressible layers' weights, which live in holders) by `new(name, p)`; a parameter two
     modules share stays shared."""
@@ -84,7 +84,7 @@ class Workspace:
 
     def _share_parameters(self) -> None:
         """The parameters rounded to fp16, shared with every workspace of the explorer."""
-        _set_parameters(self.model, lambda name, p: self.explorer.fp16_parameter(self._original[name]))
+        set_parameters(self.model, lambda name, p: self.explorer.fp16_parameter(self._original[name]))
 
     @property
     def stored(self) -> MappingProxyType:
@@ -169,7 +169,7 @@ class Workspace:
                     self.holders[info.name].set(w=alone[info.name])
                     reports.append(LayerReport.left_alone(info))
             # its own parameters (the shared ones are never written to)
-            _set_parameters(self.model, lambda name, p: torch.nn.Parameter(
+            set_parameters(self.model, lambda name, p: torch.nn.Parameter(
                 params[name].to(device=p.device, dtype=p.dtype), requires_grad=False))
         self._stored = dict(stored)
         self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)

@@ -178,6 +178,33 @@ def fit_bars(fp: dict, devices: list[dict]) -> go.Figure:
     return _layout(fig, 120 + 34 * (len(devices) + 1))
 
 
+def roofline_bars(report: dict) -> go.Figure:
+    """Decode's upper bound in tokens/s on each device (the shipped hardware and this machine),
+    original bf16 against the compressed model, log scale; this machine's measured figures as
+    diamonds."""
+    roof = report["roofline"]
+    rows = [("this machine (measured bandwidth)", roof["models"]["original bf16"]["decode_tokens_per_s"],
+             roof["models"]["compressed"]["decode_tokens_per_s"])]
+    rows += [(r["name"], r["original bf16"]["decode_tokens_per_s"], r["compressed"]["decode_tokens_per_s"])
+             for r in roof["hardware"]]
+    names = [r[0] for r in rows]
+    fig = go.Figure()
+    fig.add_bar(name="original bf16, bound", y=names, x=[r[1] for r in rows], orientation="h", marker_color="#b0b0b0",
+                hovertemplate="%{x:,.0f} tokens/s<extra>original bf16</extra>")
+    fig.add_bar(name="compressed, bound", y=names, x=[r[2] for r in rows], orientation="h", marker_color="#1f77b4",
+                hovertemplate="%{x:,.0f} tokens/s<extra>compressed</extra>")
+    measured = [("original bf16, measured", report["original"].get("bf16"), "#7f7f7f"),
+                ("compressed, measured", report["compressed"], "#d62728")]
+    for label, got, colour in measured:
+        if got:
+            fig.add_scatter(name=label, y=[names[0]], x=[got["decode_tokens_per_s"]], mode="markers",
+                            marker=dict(symbol="diamond", size=12, color=colour),
+                            hovertemplate="%{x:,.1f} tokens/s<extra>" + label + "</extra>")
+    fig.update_layout(barmode="group", xaxis=dict(type="log", title="decode tokens/s, batch 1 (upper bound)"),
+                      yaxis=dict(autorange="reversed"))
+    return _layout(fig, 140 + 44 * len(rows))
+
+
 def human_bytes(n: int) -> str:
     """'-1.25 MiB', '812.0 KiB', '96 B'"""
     sign, n = ("-" if n < 0 else ""), abs(n)

@@ -142,3 +142,12 @@ def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tupl
             footprint.fitting(sk, batch, tokens, kv_bits))
 
 
+
+
+def speed(ctx: Context, settings, progress=None) -> dict:
+    """The speed report of the current recipe (engine.speed), measured once per model, recipe and
+    settings for every session."""
+    from engine import speed as engine_speed
+
+    return cached(ctx, ctx.recipe, f"speed {settings}",
+                  lambda: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))

@@ -1,0 +1,78 @@
+"""`python -m engine speed`: the original and the compressed model on real kernels, timed, and
+the roofline on the exact bytes (engine.speed)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UserError
+from .options import mb, model_args, open_explorer, recipe_args, recipe_from
+
+
+def _rate(n: float) -> str:
+    return f"{n:,.1f}" if n < 1000 else f"{n:,.0f}"
+
+
+def cmd_speed(args):
+    from ..speed import SpeedSettings, measure
+
+    for name in ("prompt_tokens", "new_tokens", "repeats", "batch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
+    recipe = recipe_from(args)
+    explorer = open_explorer(args)
+    settings = SpeedSettings(args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.dtype)
+    quiet = args.json or not sys.stderr.isatty()
+    report = measure(explorer, recipe, settings,
+                     None if quiet else lambda i, n, what: print(f"[{i}/{n}] {what}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    causal = report["kind"] == "causal-lm"
+    print(f"{report['model']} on {report['device']} ({report['threads']} threads), {recipe.describe()}; "
+          f"runtime in {report['runtime_dtype']}, medians of {settings.repeats} runs")
+    rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
+    if causal:
+        print(f"{'':<16}{'prefill tok/s':>14}{'decode tok/s':>14}{'peak memory':>14}   "
+              f"(prompt {settings.prompt_tokens} tokens, {settings.new_tokens} new)")
+        for name, r in rows:
+            print(f"{name:<16}{_rate(r['prefill_tokens_per_s']):>14}{_rate(r['decode_tokens_per_s']):>14}"
+                  f"{mb(r['peak_memory_bytes']):>14}")
+    else:
+        print(f"{'':<16}{'sentences/s':>14}{'peak memory':>14}   (batch {settings.batch})")
+        for name, r in rows:
+            print(f"{name:<16}{_rate(r['sentences_per_s']):>14}{mb(r['peak_memory_bytes']):>14}")
+    print("speedup: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in report["speedup"].items()))
+    print("kernels (layers): " + ", ".join(f"{k} {v}" for k, v in report["kernels"].items()))
+    for note in sorted({r["note"] for r in report["layers"] if "kernel" in r["note"] or "CSR" in r["note"]}):
+        print(f"  fallback: {note}")
+    print(f"outputs: runtime against the workspace, max |difference| of the {report['max_abs_diff_of']}: "
+          f"{report['max_abs_diff']:.3g} (the largest |value| is {report['max_abs_output']:.3g})")
+    roof = report["roofline"]
+    m = roof["machine"]
+    print(f"roofline on this machine: {m['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s read, "
+          + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in m["matmul_flops_per_s"].items()))
+    if causal:
+        for name, b in roof["models"].items():
+            frac = f", measured {b['decode_fraction_of_bound']:.0%} of it" if "decode_fraction_of_bound" in b else ""
+            print(f"  {name:<14} decode at most {_rate(b['decode_tokens_per_s'])} tok/s "
+                  f"({mb(b['decode_bytes_per_token'])} read per token){frac}")
+        print("bound on other hardware, decode tok/s (original bf16 -> compressed):")
+        for row in roof["hardware"]:
+            print(f"  {row['name']:<36} {_rate(row['original bf16']['decode_tokens_per_s']):>10} -> "
+                  f"{_rate(row['compressed']['decode_tokens_per_s'])}")
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("speed", help="time the original and the compressed model on real kernels (prefill, decode, "
+                                     "peak memory) and bound them with a roofline")
+    model_args(s)
+    recipe_args(s)
+    s.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default 128)")
+    s.add_argument("--new-tokens", type=int, default=32, help="greedy tokens decoded with the cache (default 32)")
+    s.add_argument("--batch", type=int, default=32, help="sentences per batch, for an encoder (default 32)")
+    s.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
+    s.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                   help="the compressed model's activations (default bf16)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_speed)

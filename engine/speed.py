@@ -1,0 +1,218 @@
+"""How fast it runs: the original model and the compressed one on real kernels, side by side.
+
+    report = measure(explorer, recipe, SpeedSettings())   # what `python -m engine speed` prints
+
+A causal LM: a prompt of `prompt_tokens` tokens of the evaluation text (gensim's
+lee_background.cor), batch 1; prefill is one forward pass over it with the cache on; decode
+is `new_tokens` greedy steps with the key/value cache, after a prefill. An encoder: sentences/s
+on a batch of `batch` sentences of the same text. Every figure is the median over `repeats`
+runs after one warm-up run. The models: the original in fp32, in bf16 where the machine has
+it, and the compressed runtime model (engine.runtime) in the runtime dtype. Peak memory: the
+bytes of the tensors the model holds, plus the peak rise of memory while it runs (CUDA's peak
+allocated bytes; on the CPU the process's resident set, engine.peak).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import data, roofline, runtime
+from .footprint import kv_cache_of
+from .peak import Peak
+from .workspace import module_copy, set_parameters
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    batch: int = 32  # sentences, for an encoder
+    repeats: int = 5
+    dtype: str = "bf16"  # the runtime model's activations: 'bf16' or 'fp32'
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively (a CUDA GPU of compute capability 8.0 or more; on the
+    CPU, AVX-512 BF16 or AMX: torch's oneDNN reports it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    return bool(mkldnn and getattr(mkldnn, "is_available", lambda: False)() and
+                torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def prompt(loaded, tokens: int) -> torch.Tensor:
+    ids = loaded.tokenizer("\n\n".join(data.lee_background()), add_special_tokens=False)["input_ids"][:tokens]
+    return torch.tensor([ids], device=loaded.device)
+
+
+def _causal(model, ids, new_tokens: int, repeats: int) -> dict:
+    device = ids.device
+    prefill, decode = [], []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            _sync(device)
+            t1 = time.perf_counter()
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            for _ in range(new_tokens):
+                out = model(nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            prefill.append(t1 - t0)
+            decode.append(time.perf_counter() - t1)
+    p, d = _median(prefill[1:]), _median(decode[1:])
+    return {"prefill_seconds": p, "prefill_tokens_per_s": ids.shape[1] / p, "decode_seconds": d,
+            "decode_tokens_per_s": new_tokens / d}
+
+
+def _encoder(model, batch: dict, repeats: int) -> dict:
+    times = []
+    device = batch["input_ids"].device
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(**batch)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    t = _median(times[1:])
+    n = batch["input_ids"].shape[0]
+    return {"batch_seconds": t, "sentences_per_s": n / t}
+
+
+def _held(model) -> int:
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _time(model, held: int, explorer, settings: SpeedSettings) -> dict:
+    loaded = explorer.loaded
+    with Peak(loaded.device) as peak:
+        if loaded.kind == "causal-lm":
+            out = _causal(model, prompt(loaded, settings.prompt_tokens), settings.new_tokens, settings.repeats)
+        else:
+            sentences = [s for s in data.lee_documents()][: settings.batch]
+            batch = loaded.tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            out = _encoder(model, {k: v.to(loaded.device) for k, v in batch.items()}, settings.repeats)
+    rise = max(0, peak.peak - peak.start) if peak.peak is not None and peak.start is not None else 0
+    return {**out, "held_bytes": held, "peak_memory_bytes": held + rise}
+
+
+def cast(model, dtype):
+    """A copy of `model` computing in `dtype` (its own parameters; the original's untouched)."""
+    copy = module_copy(model)
+    set_parameters(copy, lambda name, p: torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    return copy
+
+
+def max_abs_diff(work, rt, explorer, settings) -> tuple[float, float]:
+    """The largest difference between the workspace's outputs and the runtime model's on the
+    prompt (logits of a causal LM; the last hidden state otherwise), and the largest |output|
+    of the workspace, its scale."""
+    loaded = explorer.loaded
+    ids = prompt(loaded, min(settings.prompt_tokens, 64))
+    with torch.inference_mode():
+        a, b = work.model(ids), rt.model(ids)
+    pick = (lambda o: o.logits) if loaded.kind == "causal-lm" else (lambda o: o.last_hidden_state)
+    return (pick(a).float() - pick(b).float()).abs().max().item(), pick(a).abs().max().item()
+
+
+def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progress=None) -> dict:
+    """The speed report (see the module's docstring); `progress(step, steps, what)` as it goes."""
+    from .errors import UserError
+
+    loaded = explorer.loaded
+    if loaded.kind == "seq2seq":
+        raise UserError("speed: encoder-decoder models are not measured yet (causal LMs and encoders are)")
+    device, dtype = loaded.device, DTYPES[settings.dtype]
+    if dtype == torch.bfloat16 and not has_bf16(device):
+        raise UserError("speed: this machine has no native bf16 matmuls; use --dtype fp32")
+    steps = 6
+    say = progress or (lambda *a: None)
+    say(0, steps, "measuring this machine's bandwidth and matmul throughput")
+    here = roofline.machine(device)
+    work = explorer.workspace()
+    say(1, steps, "compressing")
+    applied = work.apply(recipe)
+    say(2, steps, "building the runtime model on its kernels")
+    rt = runtime.build(work, dtype)
+    diff, scale = max_abs_diff(work, rt, explorer, settings)
+    del work
+    originals = {}
+    say(3, steps, "timing the original in fp32")
+    originals["fp32"] = _time(loaded.model, _held(loaded.model), explorer, settings)
+    if has_bf16(device):
+        say(4, steps, "timing the original in bf16")
+        bf16 = cast(loaded.model, torch.bfloat16)
+        originals["bf16"] = _time(bf16, _held(bf16), explorer, settings)
+        del bf16
+    say(5, steps, "timing the compressed model")
+    compressed = _time(rt.model, rt.held_bytes(), explorer, settings)
+    say(6, steps, "done")
+    rate = "decode_tokens_per_s" if loaded.kind == "causal-lm" else "sentences_per_s"
+    speedup = {f"{what}_vs_{name}": compressed[key] / o[key]
+               for name, o in originals.items()
+               for what, key in ([("decode", rate), ("prefill", "prefill_tokens_per_s")]
+                                 if loaded.kind == "causal-lm" else [("sentences", rate)])}
+    return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
+            "recipe": recipe.to_dict(), "settings": settings.__dict__, "runtime_dtype": settings.dtype,
+            "original": originals, "compressed": compressed, "speedup": speedup,
+            "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers], "max_abs_diff": diff, "max_abs_output": scale,
+            "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
+            "roofline": _roofline(explorer, applied.memory, here, settings, originals, compressed)}
+
+
+def _roofline(explorer, memory, here, settings, originals, compressed) -> dict:
+    """Bounds for the original (fp32, bf16) and the compressed model, on this machine (with the
+    measured fraction of each) and on the shipped list of hardware."""
+    loaded = explorer.loaded
+    causal = loaded.kind == "causal-lm"
+    kv_per_token = {w: kv_cache_of(loaded.kind, loaded.model.config, 1, 1, w)["bytes"] for w in (2, 4)}
+    context = settings.prompt_tokens + settings.new_tokens // 2  # the mean context of the decode steps
+    models = {"original fp32": (roofline.model_costs(explorer, memory, 4), 4, "fp32"),
+              "original bf16": (roofline.model_costs(explorer, memory, 2), 2, "bf16"),
+              "compressed": (roofline.model_costs(explorer, memory), 4 if settings.dtype == "fp32" else 2,
+                             settings.dtype)}
+    measured = {"original fp32": originals.get("fp32"), "original bf16": originals.get("bf16"),
+                "compressed": compressed}
+    out = {"machine": here, "context_tokens": context, "models": {}, "hardware": []}
+    for name, (costs, width, dt) in models.items():
+        b = roofline.bound(costs, here["bandwidth_bytes_per_s"], here["matmul_flops_per_s"][dt],
+                           settings.prompt_tokens, context, kv_per_token[width])
+        got = measured[name]
+        if got and causal:
+            b["decode_fraction_of_bound"] = got["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+            b["prefill_fraction_of_bound"] = got["prefill_tokens_per_s"] / b["prefill_tokens_per_s"]
+        out["models"][name] = {**costs, **b}
+    for dev in roofline.hardware():
+        row = {"name": dev["name"], "kind": dev["kind"]}
+        for name in ("original bf16", "compressed"):
+            costs = models[name][0]
+            b = roofline.bound(costs, dev["bandwidth_bytes_per_s"], dev["bf16_flops_per_s"],
+                               settings.prompt_tokens, context, kv_per_token[2])
+            row[name] = {"decode_tokens_per_s": b["decode_tokens_per_s"],
+                         "prefill_tokens_per_s": b["prefill_tokens_per_s"] if dev["bf16_flops_per_s"] else None}
+        out["hardware"].append(row)
+    return out

@@ -1,0 +1,81 @@
+"""Speed: the compressed model on real kernels against the original, timed, and bounded by a roofline."""
+import streamlit as st
+
+from engine.speed import SpeedSettings
+from ui import charts, context, results
+
+ctx = context.page(__file__)
+
+st.title("Speed")
+st.caption("The sidebar's recipe, run with the kernel its stored format allows in every layer (int8 and int4 "
+           "weight-only matmuls, two matmuls for low rank, CSR or 2:4 where they are faster, dense where there is "
+           "no kernel), beside the original in fp32 and bf16, on this machine. Figures are medians over repeats "
+           "after a warm-up run; other work on the machine slows them. The roofline bounds each model from its "
+           "exact bytes: decode can be no faster than the bytes it reads over the memory bandwidth.")
+kind = ctx.explorer.loaded.kind
+with st.form("speed_form"):
+    cols = st.columns(4)
+    causal = kind == "causal-lm"
+    prompt = cols[0].number_input("Prompt (tokens)", 1, 4096, 128, key="speed_prompt", disabled=not causal,
+                                  help="Prefill: one forward pass over this many tokens of the evaluation text.")
+    new = cols[1].number_input("New tokens", 1, 1024, 32, key="speed_new", disabled=not causal,
+                               help="Decode: greedy steps with the key/value cache.")
+    repeats = cols[2].number_input("Repeats", 1, 50, 5, key="speed_repeats", help="The median of these runs is shown.")
+    dtype = cols[3].selectbox("Runtime dtype", ("bf16", "fp32"), key="speed_dtype",
+                              help="The activations of the compressed model (bf16 where the machine has it).")
+    go = st.form_submit_button("Measure speed", type="primary")
+settings = SpeedSettings(int(prompt), int(new), 32, int(repeats), dtype)
+if not go and results.store().get((ctx.key, ctx.recipe.to_json()), f"speed {settings}") is None:
+    st.info(f"Press **Measure speed** to time {ctx.ref} under {ctx.recipe.describe()} (about a minute on a "
+            "small model on two CPU cores).")
+    st.stop()
+bar = st.progress(0.0, text="starting")
+report = context.shielded("Measuring speed", results.speed, ctx, settings,
+                          lambda i, n, what: bar.progress(i / n, text=what))
+bar.empty()
+if report is None:
+    st.stop()
+
+rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
+if causal:
+    cols = st.columns(4)
+    best = report["speedup"]
+    cols[0].metric("Decode, compressed", f"{report['compressed']['decode_tokens_per_s']:,.1f} tok/s",
+                   f"{best['decode_vs_fp32']:.2f}x fp32")
+    cols[1].metric("Prefill, compressed", f"{report['compressed']['prefill_tokens_per_s']:,.0f} tok/s",
+                   f"{best['prefill_vs_fp32']:.2f}x fp32")
+    if "decode_vs_bf16" in best:
+        cols[2].metric("Decode against bf16", f"{best['decode_vs_bf16']:.2f}x")
+    cols[3].metric("Peak memory, compressed", charts.human_bytes(report["compressed"]["peak_memory_bytes"]))
+    table = [{"model": n, "prefill tok/s": r["prefill_tokens_per_s"], "decode tok/s": r["decode_tokens_per_s"],
+              "peak memory": charts.human_bytes(r["peak_memory_bytes"])} for n, r in rows]
+else:
+    table = [{"model": n, "sentences/s": r["sentences_per_s"], "peak memory": charts.human_bytes(r["peak_memory_bytes"])}
+             for n, r in rows]
+st.dataframe(table, hide_index=True, width="stretch")
+st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']}. The runtime computes "
+           f"what the workspace computes: max |difference| of the {report['max_abs_diff_of']} "
+           f"{report['max_abs_diff']:.3g}, the largest |value| {report['max_abs_output']:.3g} (the rounding of "
+           "activations to the runtime dtype). Peak memory: the model's tensors plus the "
+           "rise of the process's memory while it runs.")
+
+st.subheader("Kernels")
+st.write(", ".join(f"**{k}**: {v} layers" for k, v in report["kernels"].items()))
+with st.expander("Each layer's kernel, and why"):
+    st.dataframe(report["layers"], hide_index=True, width="stretch")
+
+st.subheader("Roofline")
+m = report["roofline"]["machine"]
+st.caption(f"This machine: {m['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s read ({m['bandwidth_measure']}); "
+           + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in m["matmul_flops_per_s"].items())
+           + f" ({m['matmul_measure']}). Other devices: published figures (assets/hardware.json). A decode step "
+             "reads every stored byte (scales, zero-points, masks and factors included; of the input embedding "
+             "only its row) and the KV cache.")
+if causal:
+    st.plotly_chart(charts.roofline_bars(report), config=charts.PNG, key="roofline_chart")
+    st.dataframe([{"model": n, "bytes per token": charts.human_bytes(b["decode_bytes_per_token"]),
+                   "decode bound tok/s": b["decode_tokens_per_s"],
+                   "measured, share of bound": b.get("decode_fraction_of_bound"),
+                   "prefill bound tok/s": b["prefill_tokens_per_s"], "prefill is": b["prefill_bound"] + "-bound"}
+                  for n, b in report["roofline"]["models"].items()], hide_index=True, width="stretch")
+context.mark("speed")

@@ -1,0 +1,164 @@
+"""The compressed model on real kernels (engine.kernels, engine.runtime), the speed report and the
+roofline's arithmetic (engine.speed, engine.roofline): each kernel path computes what the
+workspace computes."""
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from engine import Explorer, Recipe, runtime
+from engine.cli import main
+from engine.models import minilm_path
+from engine.roofline import model_costs
+from engine.speed import SpeedSettings, measure
+
+IDS = torch.randint(0, 30522, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model):
+    with torch.inference_mode():
+        return model(IDS).logits
+
+
+def _both(explorer, recipe, dtype=torch.float32):
+    work = explorer.workspace()
+    work.apply(recipe)
+    rt = runtime.build(work, dtype)
+    return work, rt
+
+
+# tiny Llama: hidden 32, MLP 64, so groups of 32 divide every input width; the head (30,522 rows)
+# is not a multiple of 16 rows, which tinygemm on the CPU needs
+PATHS = [
+    (Recipe(bits=8, granularity="channel"), {"int8": 14}, "int8 weight-only"),
+    (Recipe(bits=4, group_size=32), {"int4": 14}, "4-bit codes in groups of 32"),
+    (Recipe(bits=3, group_size=32, symmetric=False), {"int4": 14}, "3-bit codes in groups of 32, on the 4-bit kernel"),
+    (Recipe(bits=2, group_size=64), {"int4": 14}, "2-bit codes in groups of "),  # 32 where a row has 32 inputs
+    (Recipe(bits=6), {"dense fallback": 14}, "no kernel for 6-bit codes"),
+    (Recipe(bits=8), {"dense fallback": 14}, "int8 kernel: per channel and symmetric only"),
+    (Recipe(bits=4, quant_method="kmeans"), {"dense fallback": 14}, "no kernel for k-means codebooks"),
+    (Recipe(sparsity=0.5, pattern="2:4"), None, "no 2:4 kernel on the CPU"),
+    (Recipe(sparsity=0.5), None, "50% kept"),
+]
+
+
+@pytest.mark.parametrize("recipe,counts,note", PATHS, ids=lambda v: v.describe() if isinstance(v, Recipe) else "")
+def test_each_kernel_path_computes_what_the_workspace_computes(tiny_explorers, recipe, counts, note):
+    work, rt = _both(tiny_explorers["llama"], recipe)
+    got = rt.counts()
+    assert got.pop("embedding lookup") == 1 and got.pop("dense") == 1  # the embedding, and the head left alone
+    if counts is not None:
+        assert got == counts
+    else:  # sparse at 16 bits: a CSR matmul where it measured faster, else dense
+        assert set(got) <= {"csr", "dense fallback"} and sum(got.values()) == 14
+    assert all(note in r.note for r in rt.layers if r.name in work.stored), [r.note for r in rt.layers]
+    a, b = _logits(work.model), _logits(rt.model)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_low_rank_runs_two_matmuls_of_the_factors(tiny_explorers):
+    work, rt = _both(tiny_explorers["llama"], Recipe(rank_ratio=0.5, bits=4, group_size=32))
+    rows = {r.name: r for r in rt.layers}
+    for name, stored in work.stored.items():
+        # B (r, in) first: groups of 32 over 32 or 64 inputs, on int4 where it has 16 rows or more
+        b_rows = stored.matrices[1].values.shape[0]
+        assert stored.rank is not None and rows[name].kernel.startswith("low rank (int4, " if b_rows >= 16 else
+                                                                        "low rank (dense fallback, ")
+    torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+
+
+def test_a_group_that_does_not_divide_the_width_falls_back_and_says_why(tmp_path):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(tmp_path)
+    work, rt = _both(Explorer.open(str(tmp_path), device="cpu"), Recipe(bits=4, group_size=32))
+    notes = {r.name.rsplit(".", 1)[-1]: (r.kernel, r.note) for r in rt.layers if r.name in work.stored}
+    assert notes["q_proj"] == ("dense fallback", "int4 kernel: groups of 32 do not divide the input width 48")
+    assert notes["down_proj"] == ("int4", "4-bit codes in groups of 32")  # 96 inputs: 3 groups
+    torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mixtral"])
+def test_conv1d_and_experts_models_run_on_the_runtime(tiny_explorers, name):
+    work, rt = _both(tiny_explorers[name], Recipe(bits=4, group_size=32, include_embeddings=True))
+    counts = rt.counts()
+    if name == "gpt2":  # Conv1D layers, stored (in, out), on the int4 kernel; the tied head refused (30,522 rows)
+        assert counts["int4"] == 8
+    else:  # experts compute with their stored values, dense: 2 blocks x (gate_up, down) x 4 experts
+        assert counts["dense (experts)"] == 2 * 2 * 4
+    torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+
+
+def test_bf16_runtime_on_minilm_stays_close_to_the_workspace(minilm_explorer):
+    work, rt = _both(minilm_explorer, Recipe(bits=4, group_size=32), torch.bfloat16)
+    assert rt.counts()["int4"] == 6 * 6 + 1  # six linear layers per block, and the pooler
+    batch = minilm_explorer.loaded.tokenizer(["The cat sat on the mat."], return_tensors="pt")
+    with torch.inference_mode():
+        a = work.model(**batch).last_hidden_state
+        b = rt.model(**batch).last_hidden_state.float()
+    assert ((a - b).norm() / a.norm()).item() < 0.02  # bf16 activations: about 3 significant digits
+    int4_bytes = sum(t.untyped_storage().nbytes() for m in rt.model.modules() if hasattr(m, "packed")
+                     for t in (m.packed,))
+    assert int4_bytes == sum(s.shape[0] * s.shape[1] // 2 for s in (work.stored[n] for n in work.stored))
+
+
+def test_speed_report_and_the_roofline_bytes(tiny_explorers):
+    ex = tiny_explorers["llama"]
+    recipe = Recipe(bits=4, group_size=32)
+    settings = SpeedSettings(prompt_tokens=8, new_tokens=3, repeats=1, dtype="fp32")
+    report = measure(ex, recipe, settings)
+    for model in (*report["original"].values(), report["compressed"]):
+        assert model["prefill_tokens_per_s"] > 0 and model["decode_tokens_per_s"] > 0
+        assert model["peak_memory_bytes"] >= model["held_bytes"] > 0
+    assert set(report["original"]) == {"fp32", "bf16"}
+    assert set(report["speedup"]) == {"decode_vs_fp32", "prefill_vs_fp32", "decode_vs_bf16", "prefill_vs_bf16"}
+    assert report["kernels"] == {"int4": 14, "embedding lookup": 1, "dense": 1}
+    assert report["max_abs_diff"] < 1e-5
+    # bytes a decode step reads, by hand: every weight but the input embedding table (30,522 x 32)
+    total, table = ex.loaded.model.num_parameters(), 30522 * 32
+    work = ex.workspace()
+    memory = work.apply(recipe).memory
+    assert model_costs(ex, memory, 4)["decode_weight_bytes"] == 4 * (total - table)
+    assert model_costs(ex, memory)["decode_weight_bytes"] == memory.compressed_bytes - 2 * table
+    roof = report["roofline"]["models"]["compressed"]
+    kv = 2 * 2 * 2 * 8 * 4  # 2 (k, v) x 2 layers x 2 kv heads x head dim 8 x 4 bytes (fp32), per token
+    assert roof["decode_bytes_per_token"] == memory.compressed_bytes - 2 * table + kv * (8 + 3 // 2)
+    assert roof["macs_per_token"] == sum(r.info.params for r in memory.layers if r.info.role != "embedding")
+    assert [r["name"] for r in report["roofline"]["hardware"]][:2] == ["NVIDIA H200 SXM", "NVIDIA H100 SXM"]
+
+
+def test_the_speed_command(tiny_models, capsys):
+    args = ["speed", tiny_models["llama"], "--bits", "8", "--granularity", "channel", "--prompt-tokens", "8",
+            "--new-tokens", "2", "--repeats", "1", "--dtype", "fp32"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("original", "compressed", "speedup", "kernels", "max_abs_diff", "roofline"):
+        assert key in report
+    assert report["kernels"]["int8"] == 14
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "decode tok/s" in out and "kernels (layers): int8 14" in out and "NVIDIA H100 SXM" in out
+    assert main([*args, "--repeats", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --repeats must be 1 or more, got 0"
+
+
+def test_speed_page_measures_on_press_and_shows_kernels_and_roofline():
+    from app_harness import app_test
+    from test_app import APP, ok
+
+    at = app_test(APP, default_timeout=300)
+    at.query_params["bits"] = "8"
+    at.query_params["granularity"] = "channel"
+    at.switch_page("pages/speed.py").run()
+    ok(at)
+    assert any("Measure speed" in i.value for i in at.info)  # nothing is timed before the press
+    at.number_input(key="speed_repeats").set_value(1)
+    at.button[0].click().run()  # the form's submit button
+    ok(at)
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["original fp32", "original bf16", "compressed"]
+    assert (table["sentences/s"] > 0).all()
+    assert any("**int8**: 37 layers" in m.value for m in at.markdown)  # 6 blocks x 6 layers, and the pooler
