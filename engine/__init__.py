@@ -29,6 +29,9 @@ The layers, from primitives to drivers (each imports only from the layers above 
    (sensitivity and the budget planner), `sweep`, `bench`, `report` (what `run` prints).
 8. The command line: `cli` (`python -m engine`).
 
+Everywhere: `errors` (UserError, bad input said in one line; `failure`, the one line anything
+else that fails is reported in).
+
 The engine never imports streamlit; the app (app.py, pages/, ui/) calls it and draws.
 """
 import importlib

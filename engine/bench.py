@@ -75,6 +75,7 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
                 "estimate": quick[primary],
                 "full": full[primary],
                 "estimate_error": abs(quick[primary] - full[primary]) / abs(full[primary]),
+                "estimate_low": quick.get(primary + "_low"), "estimate_high": quick.get(primary + "_high"),
                 "ratio": applied.memory.ratio,
             })
     med = {k: statistics.median(r[k] for r in rows) for k in ("apply_s", "evaluate_s", "full_evaluate_s", "naive_s")}
@@ -85,6 +86,8 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
         **med,
         "speedup": med["naive_s"] / (med["apply_s"] + med["evaluate_s"]),
         "estimate_error": max(r["estimate_error"] for r in rows),
+        # how often the full figure falls inside the first estimate's stated 95% interval
+        "estimate_coverage": sum(r["estimate_low"] <= r["full"] <= r["estimate_high"] for r in rows) / len(rows),
         "primary_metric": primary,
         "quick_slice": ev.protocol["quick"],
         "layers": len(ex.selected(Recipe())),
@@ -102,7 +105,8 @@ def run_bench(models, device=None, repeats=1) -> dict:
 
 
 def format_table(result: dict) -> str:
-    keys = ("load_s", "factorize_s", "apply_s", "evaluate_s", "full_evaluate_s", "naive_s", "speedup", "estimate_error")
+    keys = ("load_s", "factorize_s", "apply_s", "evaluate_s", "full_evaluate_s", "naive_s", "speedup", "estimate_error",
+            "estimate_coverage")
     models = [m for m in result if m != "machine"]
     lines = [f"{'':<16}" + "".join(f"{m:>12}" for m in models)]
     for k in keys:
@@ -112,8 +116,10 @@ def format_table(result: dict) -> str:
         lines.append(f"{m}: medians over {len(result[m]['recipes'])} recipe changes; "
                      f"first estimate = {result[m]['quick_slice']}")
         for r in result[m]["recipes"]:
+            inside = "inside" if r["estimate_low"] <= r["full"] <= r["estimate_high"] else "OUTSIDE"
             lines.append(f"  {r['recipe']:<34} apply {r['apply_s']:.3f}s  estimate {r['estimate']:.4g} "
-                         f"vs full {r['full']:.4g} ({r['estimate_error']:.1%})")
+                         f"(95%: {r['estimate_low']:.4g} to {r['estimate_high']:.4g}) vs full {r['full']:.4g} "
+                         f"({r['estimate_error']:.1%}, {inside})")
     mach = result["machine"]
     lines.append(f"machine: {mach['cpus']} CPUs, torch {mach['torch']} with {mach['torch_threads']} threads")
     return "\n".join(lines)

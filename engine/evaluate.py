@@ -23,6 +23,8 @@ ENCODER_MAX_TOKENS = 256
 QUICK_SENTENCES = 16
 BATCH = 4
 TOKEN_BUDGET = 4096
+INTERVAL_NOTE = ("with a 95% interval for the full figure (`<metric>_low`, `<metric>_high`): Student's t over "
+                 "the estimate's items, with the finite-population correction, the items taken as if drawn at random")
 TOKEN_CHUNK = 256  # causal LM: scored tokens whose vocabulary-wide log-probabilities are held at once
 
 
@@ -33,6 +35,35 @@ def make_evaluator(loaded, eval_text: str | None = None, eval_name: str | None =
         return Seq2SeqEval(loaded, eval_text, eval_name)
     cls = {"causal-lm": CausalLMEval, "encoder": EncoderEval, "classifier": ClassifierEval}[loaded.kind]
     return cls(loaded, eval_text, eval_name)
+
+
+def interval95(sample: torch.Tensor, population: int) -> tuple[float, float]:
+    """A 95% interval for the mean over `population` items from `sample`, k of them (each item's
+    value: a window's mean log-likelihood, a sentence's cosine). Student's t with k - 1 degrees
+    of freedom, and the finite-population correction 1 - k/N, since the sample is part of the
+    items the full figure averages. The sample is taken as if drawn at random (the first
+    estimate's items are evenly spaced over the text)."""
+    from scipy.stats import t
+
+    k = sample.numel()
+    mean = sample.float().mean().item()
+    if k < 2 or k >= population:
+        return mean, mean
+    half = t.ppf(0.975, k - 1) * sample.float().std().item() * math.sqrt((1 - k / population) / k)
+    return mean - half, mean + half
+
+
+def ratio_interval(log_ratio: torch.Tensor, base_ppl: float, windows: int) -> dict:
+    """The first estimate's perplexity interval: the full figure is base_ppl x exp(the mean over
+    all windows of each window's log-likelihood change), estimated from `log_ratio`, the change
+    on the estimate's windows."""
+    lo, hi = interval95(log_ratio, windows)
+    return bounds("perplexity", base_ppl * math.exp(lo), base_ppl * math.exp(hi))
+
+
+def bounds(metric: str, lo: float, hi: float) -> dict:
+    """A first estimate's 95% interval, as two flat fields (a sweep writes them as columns)."""
+    return {f"{metric}_low": lo, f"{metric}_high": hi}
 
 
 def token_scores(logp, ref_logp, ref_top1, targets):
@@ -94,6 +125,7 @@ class CausalLMEval:
             self.ref_top1[w, rows] = logp.argmax(-1)
             nll[w, rows] = -logp.gather(-1, target[:, None]).squeeze(-1)
         nll = nll.mean(-1)  # per window
+        self.base_nll = nll  # each window's mean negative log-likelihood under the original
         self.base_full_ppl = math.exp(nll.mean().item())
         self.base_quick_ppl = math.exp(nll[self.quick_idx].mean().item())
         n_tok = self.windows.shape[0] * (self.windows.shape[1] - 1)
@@ -110,7 +142,7 @@ class CausalLMEval:
             "quick": (
                 f"first estimate on windows {self.quick_idx} ({len(self.quick_idx) * (self.windows.shape[1] - 1)} tokens): "
                 "perplexity = full baseline perplexity x (compressed / baseline perplexity on those windows); "
-                "KL and top-1 agreement measured on those windows"
+                "KL and top-1 agreement measured on those windows; the perplexity " + INTERVAL_NOTE
             ),
         }
 
@@ -142,9 +174,11 @@ class CausalLMEval:
         kl = kl.mean().item()
         top1 = agree.float().mean().item()
         ppl = math.exp(nll.mean(-1).mean().item())
-        if quick:
-            ppl = self.base_full_ppl * ppl / self.base_quick_ppl
-        return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": top1}
+        if not quick:
+            return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": top1}
+        return {"perplexity": self.base_full_ppl * ppl / self.base_quick_ppl, "kl_to_original": max(kl, 0.0),
+                "top1_agreement": top1, **ratio_interval(nll.mean(-1) - self.base_nll[idx], self.base_full_ppl,
+                                                         self.windows.shape[0])}
 
     def baseline(self) -> dict:
         return {"perplexity": self.base_full_ppl, "kl_to_original": 0.0, "top1_agreement": 1.0}
@@ -236,7 +270,7 @@ class EncoderEval:
                                  "fitted on the original embeddings: 5 stratified folds, each fold scored by "
                                  "the head fitted on the other four",
             "quick": f"first estimate: cosine_to_original on {self.quick_set.order.numel()} of the "
-                     f"{len(fidelity)} fidelity items (every k-th); other metrics need the full run",
+                     f"{len(fidelity)} fidelity items (every k-th), " + INTERVAL_NOTE + "; other metrics need the full run",
         }
 
     def _fit_heads(self, emb):
@@ -254,7 +288,8 @@ class EncoderEval:
         pool = lambda b: mean_pool(model, b)  # noqa: E731
         if quick:
             cos = F.cosine_similarity(self.quick_set.run(pool), self.ref_quick, dim=-1)
-            return {"cosine_to_original": cos.mean().item()}
+            return {"cosine_to_original": cos.mean().item(),
+                    **bounds("cosine_to_original", *(min(1.0, x) for x in interval95(cos, self.ref.shape[0])))}
         main = self.main.run(pool)
         return self._scores(main, main if self.fidelity is None else self.fidelity.run(pool))
 
@@ -294,15 +329,19 @@ class ClassifierEval:
             "items": len(texts),
             "label_agreement": "fraction of items where compressed and original predict the same label",
             "kl_to_original": "mean KL(original || compressed) of the label distributions, nats",
-            "quick": f"first estimate on the first {QUICK_SENTENCES} items",
+            "quick": f"first estimate on the first {QUICK_SENTENCES} items; label agreement " + INTERVAL_NOTE,
         }
 
     def __call__(self, model, quick: bool = False) -> dict:
         batches, ref = (self.quick_set, self.ref_quick) if quick else (self.texts, self.ref)
         logp = batches.run(lambda b: model(**b).logits).log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
-        agree = (logp.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        return {"label_agreement": agree, "kl_to_original": max(kl, 0.0)}
+        same = (logp.argmax(-1) == ref.argmax(-1)).float()
+        out = {"label_agreement": same.mean().item(), "kl_to_original": max(kl, 0.0)}
+        if quick:
+            lo, hi = interval95(same, self.ref.shape[0])
+            out.update(bounds("label_agreement", max(0.0, lo), min(1.0, hi)))
+        return out
 
     def baseline(self) -> dict:
         return {"label_agreement": 1.0, "kl_to_original": 0.0}

@@ -16,7 +16,7 @@ import torch
 
 from . import data
 from .errors import UserError
-from .evaluate import BATCH, FULL_WINDOWS, QUICK_WINDOWS, token_scores
+from .evaluate import BATCH, FULL_WINDOWS, INTERVAL_NOTE, QUICK_WINDOWS, ratio_interval, token_scores
 
 WINDOW = 256  # tokens of held-out text per window: a source half and a target half
 SOURCE_LEN = WINDOW // 2
@@ -113,6 +113,7 @@ class Seq2SeqEval:
             ref_top1.append(logp.argmax(-1))
             nll.append(-logp.gather(-1, self.target[b, :, None]).squeeze(-1).mean(-1))
         self.ref_logp, self.ref_top1, nll = torch.cat(ref_logp), torch.cat(ref_top1), torch.cat(nll)
+        self.base_nll = nll  # each window's mean negative log-likelihood under the original
         self.base_full_ppl = math.exp(nll.mean().item())
         self.base_quick_ppl = math.exp(nll[self.quick_idx].mean().item())
         t = self.target.shape[1]
@@ -135,7 +136,7 @@ class Seq2SeqEval:
             "quick": (
                 f"first estimate on windows {self.quick_idx} ({len(self.quick_idx) * t} tokens): "
                 "perplexity = full baseline perplexity x (compressed / baseline perplexity on those windows); "
-                "KL and top-1 agreement measured on those windows"
+                "KL and top-1 agreement measured on those windows; the perplexity " + INTERVAL_NOTE
             ),
         }
 
@@ -157,11 +158,14 @@ class Seq2SeqEval:
             for j, w in enumerate(b):  # one window at a time: its temporaries are (target, vocab)
                 n, k, a = token_scores(logp[j], self.ref_logp[w].float(), self.ref_top1[w], self.target[w])
                 scores.append(torch.stack([n.mean(), k.mean(), a.float().mean()]))
-        nll, kl, agree = torch.stack(scores).mean(0).tolist()
+        per_window = torch.stack(scores)
+        nll, kl, agree = per_window.mean(0).tolist()
         ppl = math.exp(nll)
-        if quick:
-            ppl = self.base_full_ppl * ppl / self.base_quick_ppl
-        return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": agree}
+        if not quick:
+            return {"perplexity": ppl, "kl_to_original": max(kl, 0.0), "top1_agreement": agree}
+        return {"perplexity": self.base_full_ppl * ppl / self.base_quick_ppl, "kl_to_original": max(kl, 0.0),
+                "top1_agreement": agree, **ratio_interval(per_window[:, 0] - self.base_nll[list(idx)],
+                                                          self.base_full_ppl, self.target.shape[0])}
 
     def baseline(self) -> dict:
         return {"perplexity": self.base_full_ppl, "kl_to_original": 0.0, "top1_agreement": 1.0}

@@ -79,7 +79,8 @@ def show(result: dict, final: bool):
                 col.metric(name, "…", help=CONCEPTS.get(name))
                 continue
             good = HIGHER_IS_BETTER.get(name, True)
-            col.metric(name, f"{v:.4g}", delta=f"{v - b:+.4g} vs {b:.4g}",
+            sure = f" (95%: {result[name + '_low']:,.4g} to {result[name + '_high']:,.4g})" if name + "_low" in result else ""
+            col.metric(name, f"{v:.4g}{sure}", delta=f"{v - b:+.4g} vs {b:.4g}",
                        delta_color="normal" if good else "inverse", help=CONCEPTS.get(name))
 
 

@@ -47,10 +47,11 @@ if causal:
     if "decode_vs_bf16" in best:
         cols[2].metric("Decode against bf16", f"{best['decode_vs_bf16']:.2f}x")
     cols[3].metric("Peak memory, compressed", charts.human_bytes(report["compressed"]["peak_memory_bytes"]))
-    table = [{"model": n, "prefill tok/s": r["prefill_tokens_per_s"], "decode tok/s": r["decode_tokens_per_s"],
+    table = [{"model": n, "prefill tok/s": round(r["prefill_tokens_per_s"], 1),
+              "decode tok/s": round(r["decode_tokens_per_s"], 1),
               "peak memory": charts.human_bytes(r["peak_memory_bytes"])} for n, r in rows]
 else:
-    table = [{"model": n, "sentences/s": r["sentences_per_s"], "peak memory": charts.human_bytes(r["peak_memory_bytes"])}
+    table = [{"model": n, "sentences/s": round(r["sentences_per_s"], 1), "peak memory": charts.human_bytes(r["peak_memory_bytes"])}
              for n, r in rows]
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']}. The runtime computes "
@@ -74,8 +75,9 @@ st.caption(f"This machine: {m['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s read ({m
 if causal:
     st.plotly_chart(charts.roofline_bars(report), config=charts.PNG, key="roofline_chart")
     st.dataframe([{"model": n, "bytes per token": charts.human_bytes(b["decode_bytes_per_token"]),
-                   "decode bound tok/s": b["decode_tokens_per_s"],
-                   "measured, share of bound": b.get("decode_fraction_of_bound"),
-                   "prefill bound tok/s": b["prefill_tokens_per_s"], "prefill is": b["prefill_bound"] + "-bound"}
+                   "decode bound tok/s": round(b["decode_tokens_per_s"], 1),
+                   "measured, share of bound": f"{b['decode_fraction_of_bound']:.0%}"
+                   if "decode_fraction_of_bound" in b else "",
+                   "prefill bound tok/s": round(b["prefill_tokens_per_s"]), "prefill is": b["prefill_bound"] + "-bound"}
                   for n, b in report["roofline"]["models"].items()], hide_index=True, width="stretch")
 context.mark("speed")

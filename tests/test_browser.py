@@ -3,6 +3,7 @@
 import pytest
 from playwright.sync_api import sync_playwright
 
+import crowd
 from browser import ROOT, app_server, chromium, metric, wait_idle
 
 SHOTS = ROOT / "screenshots"
@@ -40,9 +41,14 @@ def changed(page, label: str, old: str, timeout=60_000):
 
 
 @pytest.fixture(scope="module")
-def served():
-    with app_server() as (url, _):
-        yield url
+def server():
+    with app_server() as (url, proc):
+        yield url, proc
+
+
+@pytest.fixture(scope="module")
+def served(server):
+    return server[0]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -99,3 +105,16 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
                     or not sweep and name == "tradeoffs")
             page.screenshot(path=str(SHOTS / f"{name}-{scheme}.png"))
         browser.close()
+
+
+def test_three_sessions_at_once_each_keep_their_own_recipe(server):
+    """Three people open their own links and move the bit-width and sparsity sliders at once
+    (tests/crowd.py): no error box, every page shows its own recipe, its compressed size and a
+    link that holds it after every move, and the server stays under 2.5 GiB."""
+    url, proc = server
+    with crowd.ServerMemory(proc.pid) as memory:
+        people = crowd.crowd(url, crowd.people(3), seconds=12, think=0.5)
+    seen = crowd.summary(people)
+    assert not seen["errors"] and not seen["crosstalk"], seen
+    assert all(p.moves >= 3 for p in people), [p.moves for p in people]
+    assert memory.peak < 2.5 * 2**30, memory.peak

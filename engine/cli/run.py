@@ -107,10 +107,12 @@ def print_run(out: dict) -> None:
               f"{d['loss_first']:.4f} -> {d['loss_last']:.4f} on {d['text']}")
     print(("quality (baseline -> compressed -> distilled):" if d else "quality (baseline -> compressed):")
           + ("  [first estimate]" if out["metrics"]["protocol"]["estimate_only"] else ""))
-    for k, v in out["metrics"].items():
-        if k != "protocol":
-            before = f"{d['metrics_before'][k]:.4f} -> " if d else ""
-            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {before}{v:.4f}")
+    metrics = out["metrics"]
+    for k, v in metrics.items():
+        if k != "protocol" and not k.endswith(("_low", "_high")):
+            before = f"{d['metrics_before'][k]:.4f} -> " if d and k in d["metrics_before"] else ""
+            sure = f"  (95%: {metrics[k + '_low']:.4f} to {metrics[k + '_high']:.4f})" if k + "_low" in metrics else ""
+            print(f"  {k:<20} {out['baseline_metrics'].get(k, float('nan')):>10.4f} -> {before}{v:.4f}{sure}")
     print(f"{'layer':<48} {'format':<26} {'rank':>5} {'spars':>6} {'bytes':>10} {'rel.err':>8}")
     for layer in m["layers"]:
         if layer["compressed"]:
