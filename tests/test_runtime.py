@@ -162,3 +162,17 @@ def test_speed_page_measures_on_press_and_shows_kernels_and_roofline():
     assert list(table["model"]) == ["original fp32", "original bf16", "compressed"]
     assert (table["sentences/s"] > 0).all()
     assert any("**int8**: 37 layers" in m.value for m in at.markdown)  # 6 blocks x 6 layers, and the pooler
+
+
+def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_explorer, monkeypatch):
+    from engine.speed import llama_cpp
+
+    settings = SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1)
+    assert llama_cpp(minilm_explorer.loaded, settings) is None  # no GGUF file behind it
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # as if not installed
+    assert llama_cpp(smollm2_explorer.loaded, settings) == {
+        "installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    monkeypatch.undo()
+    pytest.importorskip("llama_cpp")  # where it is installed: llama.cpp runs the shipped Q4_1 file
+    got = llama_cpp(smollm2_explorer.loaded, settings)
+    assert got["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and got["decode_tokens_per_s"] > 0

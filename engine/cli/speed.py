@@ -42,6 +42,12 @@ def cmd_speed(args):
         print(f"{'':<16}{'sentences/s':>14}{'peak memory':>14}   (batch {settings.batch})")
         for name, r in rows:
             print(f"{name:<16}{_rate(r['sentences_per_s']):>14}{mb(r['peak_memory_bytes']):>14}")
+    anchor = report["llama_cpp"]
+    if anchor and anchor["installed"]:
+        print(f"{'llama.cpp':<16}{_rate(anchor['prefill_tokens_per_s']):>14}{_rate(anchor['decode_tokens_per_s']):>14}"
+              f"{'':>14}   ({anchor['file']}, llama-cpp-python {anchor['version']}, {anchor['threads']} threads)")
+    elif anchor:
+        print(f"llama.cpp: {anchor['note']}")
     print("speedup: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in report["speedup"].items()))
     print("kernels (layers): " + ", ".join(f"{k} {v}" for k, v in report["kernels"].items()))
     for note in sorted({r["note"] for r in report["layers"] if "kernel" in r["note"] or "CSR" in r["note"]}):
