@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: help install browser run demo test crowd bench clean
+.PHONY: help install browser run demo test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,11 +32,8 @@ run: $(STAMP)  ## install, then start the app on the offline default model (port
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
 
-test: $(STAMP) browser  ## install, then run every test (the browser test included) but the crowd test
-	$(PY) -m pytest -q --durations=15 -m "not crowd" tests
-
-crowd: $(STAMP) browser  ## three browser sessions at once on one server for 30 s (tests/crowd.py)
-	$(PY) -m pytest -q -m crowd tests/test_browser.py
+test: $(STAMP) browser  ## install, then run every test (the browser test included)
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, the kernels' speed
 	$(PY) -m engine bench

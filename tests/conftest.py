@@ -7,10 +7,6 @@ from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassificati
 from engine.models import minilm_path
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "crowd: several browser sessions at once (make crowd; not in make test)")
-
-
 def _save(model, folder):
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)  # a real WordPiece vocabulary

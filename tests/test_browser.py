@@ -107,7 +107,6 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
         browser.close()
 
 
-@pytest.mark.crowd  # `make crowd`: run alone, it left the rest of the suite slower (see the README)
 def test_three_sessions_at_once_each_keep_their_own_recipe(server):
     """Three people open their own links and move the bit-width and sparsity sliders at once
     (tests/crowd.py) for 30 s: no error box, every page shows its own recipe, its compressed size and a
