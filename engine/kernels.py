@@ -194,15 +194,16 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
     """The module computing x W^T for one stored matrix `m` under its layer's `recipe`, in `dtype`."""
     w = m.values
     module, why = None, ""
-    if m.grid.codebook is not None:
-        why = "no kernel for k-means codebooks"
-    elif m.grid.scale is not None:
-        try:
+    try:
+        if m.grid.codebook is not None:
+            why = "no kernel for k-means codebooks"
+        elif m.grid.scale is not None:
             module, why = _quantized(m, recipe, dtype)
-        except RuntimeError as e:  # the kernel's own limits (tinygemm on the CPU: rows in 16s)
-            why = f"int{8 if recipe.bits == 8 else 4} kernel refused: {str(e).splitlines()[0][:120]}"
-    elif m.keep is not None:
-        module, why = _sparse(w, m, recipe, dtype)
+        elif m.keep is not None:
+            module, why = _sparse(w, m, recipe, dtype)
+    except RuntimeError as e:  # a kernel's own limits (tinygemm on the CPU: rows in 16s; 2:4: fp16 or bf16)
+        kernel = f"int{8 if recipe.bits == 8 else 4}" if m.grid.scale is not None else "sparse"
+        why = f"{kernel} kernel refused: {str(e).splitlines()[0][:120]}"
     if module is not None:
         why = _check(module, w, dtype)
     if module is None or why:

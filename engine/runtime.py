@@ -80,14 +80,18 @@ class Runtime:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def held_bytes(self) -> int:
-        """Bytes of every tensor the runtime model holds (each storage once)."""
-        seen, total = set(), 0
-        for t in [*self.model.parameters(), *self.model.buffers(), *_sparse_tensors(self.model)]:
-            key = t.untyped_storage().data_ptr() if not t.is_sparse_csr else id(t)
-            if key not in seen:
-                seen.add(key)
-                total += _nbytes(t)
-        return total
+        return held_bytes(self.model)
+
+
+def held_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor a model holds (each storage once; a CSR matrix by its parts)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers(), *_sparse_tensors(model)]:
+        key = id(t) if t.is_sparse_csr or hasattr(t, "__tensor_flatten__") else t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += _nbytes(t)
+    return total
 
 
 def _sparse_tensors(model):
@@ -99,6 +103,9 @@ def _sparse_tensors(model):
 def _nbytes(t: torch.Tensor) -> int:
     if t.is_sparse_csr:
         return sum(x.numel() * x.element_size() for x in (t.values(), t.col_indices(), t.crow_indices()))
+    if hasattr(t, "__tensor_flatten__"):  # a tensor subclass (2:4 semi-structured): its inner tensors
+        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]]
+        return sum(_nbytes(x) for x in inner if x is not None)
     return t.untyped_storage().nbytes()
 
 

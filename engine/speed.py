@@ -98,15 +98,6 @@ def _encoder(model, batch: dict, repeats: int) -> dict:
     return {"batch_seconds": t, "sentences_per_s": n / t}
 
 
-def _held(model) -> int:
-    seen, total = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-    return total
-
-
 def _time(model, held: int, explorer, settings: SpeedSettings) -> dict:
     loaded = explorer.loaded
     with Peak(loaded.device) as peak:
@@ -162,11 +153,11 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     del work
     originals = {}
     say(3, steps, "timing the original in fp32")
-    originals["fp32"] = _time(loaded.model, _held(loaded.model), explorer, settings)
+    originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), explorer, settings)
     if has_bf16(device):
         say(4, steps, "timing the original in bf16")
         bf16 = cast(loaded.model, torch.bfloat16)
-        originals["bf16"] = _time(bf16, _held(bf16), explorer, settings)
+        originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), explorer, settings)
         del bf16
     say(5, steps, "timing the compressed model")
     compressed = _time(rt.model, rt.held_bytes(), explorer, settings)

@@ -172,7 +172,11 @@ def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_ex
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # as if not installed
     assert llama_cpp(smollm2_explorer.loaded, settings) == {
         "installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
-    monkeypatch.undo()
-    pytest.importorskip("llama_cpp")  # where it is installed: llama.cpp runs the shipped Q4_1 file
-    got = llama_cpp(smollm2_explorer.loaded, settings)
+
+
+def test_llama_cpp_runs_the_shipped_gguf_where_installed(smollm2_explorer):
+    from engine.speed import llama_cpp
+
+    pytest.importorskip("llama_cpp")  # optional: not in the requirements
+    got = llama_cpp(smollm2_explorer.loaded, SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1))
     assert got["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and got["decode_tokens_per_s"] > 0
