@@ -26,7 +26,9 @@ The layers, from primitives to drivers (each imports only from the layers above 
 7. Drivers: `session` (Explorer: a loaded model and its caches), `workspace` (Workspace: a
    working copy that recipes are applied to), `offload` (a model larger than memory,
    compressed in place), `footprint` (planning from a config, without weights), `plan`
-   (sensitivity and the budget planner), `sweep`, `bench`, `report` (what `run` prints).
+   (sensitivity and the budget planner), `sweep`, `bench`, `report` (what `run` prints);
+   speed: `kernels` (a stored matrix on the kernel its format allows), `runtime` (the model
+   on those kernels, built from a workspace's stored layers), `roofline`, `speed`.
 8. The command line: `cli` (`python -m engine`).
 
 Everywhere: `errors` (UserError, bad input said in one line; `failure`, the one line anything
