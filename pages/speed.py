@@ -25,7 +25,7 @@ with st.form("speed_form"):
                               help="The activations of the compressed model (bf16 where the machine has it).")
     go = st.form_submit_button("Measure speed", type="primary")
 settings = SpeedSettings(int(prompt), int(new), 32, int(repeats), dtype)
-if not go and results.store().get((ctx.key, ctx.recipe.to_json()), f"speed {settings}") is None:
+if not go and not results.speed_known(ctx, settings):
     st.info(f"Press **Measure speed** to time {ctx.ref} under {ctx.recipe.describe()} (about a minute on a "
             "small model on two CPU cores).")
     st.stop()

@@ -144,10 +144,19 @@ def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tupl
 
 
 
+def _speed_field(settings) -> str:
+    return f"speed {settings}"
+
+
+def speed_known(ctx: Context, settings) -> bool:
+    """Whether the current recipe's speed under these settings was measured (by any session)."""
+    return store().get((ctx.key, ctx.recipe.to_json()), _speed_field(settings)) is not None
+
+
 def speed(ctx: Context, settings, progress=None) -> dict:
     """The speed report of the current recipe (engine.speed), measured once per model, recipe and
     settings for every session."""
     from engine import speed as engine_speed
 
-    return cached(ctx, ctx.recipe, f"speed {settings}",
+    return cached(ctx, ctx.recipe, _speed_field(settings),
                   lambda: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))
