@@ -42,7 +42,7 @@ class Matmul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        return self.mm(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        return self.mm(x.reshape(-1, x.shape[-1]).contiguous()).reshape(*lead, -1)  # tinygemm wants it contiguous
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # (tokens, in) -> (tokens, out)
         raise NotImplementedError
