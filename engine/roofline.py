@@ -27,7 +27,8 @@ def hardware() -> list[dict]:
     return json.loads(HARDWARE_FILE.read_text())["devices"]
 
 
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+def median_seconds(fn, repeats: int, device: torch.device) -> float:
+    """The median time of `repeats` calls of `fn` after one warm-up call (CUDA synchronized)."""
     times = []
     for _ in range(repeats + 1):  # the first run warms up
         if device.type == "cuda":
@@ -47,14 +48,14 @@ def machine(device: torch.device | str, repeats: int = 5) -> dict:
     and bf16, with torch's threads as set."""
     device = torch.device(device)
     size = 256 * 2**20
-    read = _median_seconds(torch.ones(size // 4, device=device).sum, repeats, device)
+    read = median_seconds(torch.ones(size // 4, device=device).sum, repeats, device)
     out = {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_bytes_per_s": size / read,
            "bandwidth_measure": "median time of summing a 256 MiB fp32 tensor (bytes read / s)"}
     n = 1024 if device.type == "cpu" else 8192
     flops = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device).to(dtype)
-        flops[name] = 2 * n**3 / _median_seconds(lambda a=a: a @ a, repeats, device)
+        flops[name] = 2 * n**3 / median_seconds(lambda a=a: a @ a, repeats, device)
     out["matmul_flops_per_s"] = flops
     out["matmul_measure"] = f"median time of a {n} x {n} by {n} x {n} product"
     return out

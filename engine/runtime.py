@@ -109,11 +109,17 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
+def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `model` computing in `dtype`: its parameters its own, the original's untouched."""
+    copy = module_copy(model)
+    set_parameters(copy, lambda name, p: nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    return copy
+
+
 def build(work, dtype: torch.dtype = torch.bfloat16) -> Runtime:
     """The runtime model of the recipe `work` holds (uncompressed before any apply)."""
     ex = work.explorer
-    model = module_copy(work.model)
-    set_parameters(model, lambda name, p: nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    model = cast(work.model, dtype)
     rows, stacked = [], set()
     for info in ex.layers:
         if info.index is not None or info.role == "router":  # a matrix inside a parameter

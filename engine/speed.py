@@ -21,7 +21,6 @@ import torch
 from . import data, roofline, runtime
 from .footprint import kv_cache_of
 from .peak import Peak
-from .workspace import module_copy, set_parameters
 
 
 @dataclass(frozen=True)
@@ -84,46 +83,35 @@ def _causal(model, ids, new_tokens: int, repeats: int) -> dict:
 
 
 def _encoder(model, batch: dict, repeats: int) -> dict:
-    times = []
-    device = batch["input_ids"].device
     with torch.inference_mode():
-        for _ in range(repeats + 1):
-            _sync(device)
-            t0 = time.perf_counter()
-            model(**batch)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    t = _median(times[1:])
-    n = batch["input_ids"].shape[0]
-    return {"batch_seconds": t, "sentences_per_s": n / t}
+        t = roofline.median_seconds(lambda: model(**batch), repeats, batch["input_ids"].device)
+    return {"batch_seconds": t, "sentences_per_s": batch["input_ids"].shape[0] / t}
 
 
-def _time(model, held: int, explorer, settings: SpeedSettings) -> dict:
-    loaded = explorer.loaded
+def inputs(loaded, settings: SpeedSettings):
+    """What every model is timed on, tokenized once: the prompt's ids (1, tokens) of a causal LM,
+    else a batch of `settings.batch` documents of up to 128 tokens."""
+    if loaded.kind == "causal-lm":
+        return prompt(loaded, settings.prompt_tokens)
+    batch = loaded.tokenizer(list(data.lee_documents())[: settings.batch], padding=True, truncation=True,
+                             max_length=128, return_tensors="pt")
+    return {k: v.to(loaded.device) for k, v in batch.items()}
+
+
+def _time(model, held: int, loaded, x, settings: SpeedSettings) -> dict:
     with Peak(loaded.device) as peak:
         if loaded.kind == "causal-lm":
-            out = _causal(model, prompt(loaded, settings.prompt_tokens), settings.new_tokens, settings.repeats)
+            out = _causal(model, x, settings.new_tokens, settings.repeats)
         else:
-            sentences = [s for s in data.lee_documents()][: settings.batch]
-            batch = loaded.tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
-            out = _encoder(model, {k: v.to(loaded.device) for k, v in batch.items()}, settings.repeats)
+            out = _encoder(model, x, settings.repeats)
     rise = max(0, peak.peak - peak.start) if peak.peak is not None and peak.start is not None else 0
     return {**out, "held_bytes": held, "peak_memory_bytes": held + rise}
 
 
-def cast(model, dtype):
-    """A copy of `model` computing in `dtype` (its own parameters; the original's untouched)."""
-    copy = module_copy(model)
-    set_parameters(copy, lambda name, p: torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
-    return copy
-
-
-def max_abs_diff(work, rt, explorer, settings) -> tuple[float, float]:
-    """The largest difference between the workspace's outputs and the runtime model's on the
-    prompt (logits of a causal LM; the last hidden state otherwise), and the largest |output|
-    of the workspace, its scale."""
-    loaded = explorer.loaded
-    ids = prompt(loaded, min(settings.prompt_tokens, 64))
+def max_abs_diff(work, rt, loaded, ids: torch.Tensor) -> tuple[float, float]:
+    """The largest difference between the workspace's outputs and the runtime model's on `ids`
+    (logits of a causal LM; the last hidden state otherwise), and the largest |output| of the
+    workspace, its scale."""
     with torch.inference_mode():
         a, b = work.model(ids), rt.model(ids)
     pick = (lambda o: o.logits) if loaded.kind == "causal-lm" else (lambda o: o.last_hidden_state)
@@ -149,20 +137,22 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     applied = work.apply(recipe)
     say(2, steps, "building the runtime model on its kernels")
     rt = runtime.build(work, dtype)
-    diff, scale = max_abs_diff(work, rt, explorer, settings)
+    x = inputs(loaded, settings)
+    first = min(settings.prompt_tokens, 64)  # the outputs compared on the prompt's first tokens
+    diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first))
     del work
     originals = {}
     say(3, steps, "timing the original in fp32")
-    originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), explorer, settings)
+    originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), loaded, x, settings)
     if has_bf16(device):
         say(4, steps, "timing the original in bf16")
-        bf16 = cast(loaded.model, torch.bfloat16)
-        originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), explorer, settings)
+        bf16 = runtime.cast(loaded.model, torch.bfloat16)
+        originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), loaded, x, settings)
         del bf16
     say(5, steps, "timing the compressed model")
-    compressed = _time(rt.model, rt.held_bytes(), explorer, settings)
+    compressed = _time(rt.model, rt.held_bytes(), loaded, x, settings)
     say(6, steps, "timing llama.cpp on the model's GGUF file, where it applies")
-    anchor = llama_cpp(loaded, settings)
+    anchor = llama_cpp(loaded, settings, x)
     say(7, steps, "done")
     rate = "decode_tokens_per_s" if loaded.kind == "causal-lm" else "sentences_per_s"
     speedup = {f"{what}_vs_{name}": compressed[key] / o[key]
@@ -175,7 +165,8 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
             "recipe": recipe.to_dict(), "settings": settings.__dict__, "runtime_dtype": settings.dtype,
             "original": originals, "compressed": compressed, "speedup": speedup,
-            "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers], "max_abs_diff": diff, "max_abs_output": scale,
+            "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
+            "max_abs_diff": diff, "max_abs_output": scale,
             "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
             "roofline": _roofline(explorer, applied.memory, here, settings, originals, compressed)}
 
@@ -214,22 +205,23 @@ def _roofline(explorer, memory, here, settings, originals, compressed) -> dict:
     return out
 
 
-def llama_cpp(loaded, settings: SpeedSettings) -> dict | None:
+def llama_cpp(loaded, settings: SpeedSettings, ids: torch.Tensor | None = None) -> dict | None:
     """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1), where
-    llama-cpp-python is installed: the same prompt's tokens, the same number of greedy steps, the
-    same threads; medians of the same repeats. None where it does not apply."""
+    llama-cpp-python is installed: the same prompt's tokens (`ids`, default the prompt), the
+    same number of greedy steps, the same threads; medians of the same repeats. None where it
+    does not apply."""
     from .models import gguf_file
 
     path = gguf_file(loaded.ref)
     if path is None or loaded.kind != "causal-lm":
         return None
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
         return {"installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
-    ids = prompt(loaded, settings.prompt_tokens)[0].tolist()
+    ids = (prompt(loaded, settings.prompt_tokens) if ids is None else ids)[0].tolist()
     threads = torch.get_num_threads()
-    llm = Llama(model_path=str(path), n_ctx=settings.prompt_tokens + settings.new_tokens + 8, n_threads=threads,
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings.prompt_tokens + settings.new_tokens + 8, n_threads=threads,
                 n_threads_batch=threads, n_batch=max(512, settings.prompt_tokens), verbose=False)
     prefill, decode = [], []
     for _ in range(settings.repeats + 1):
@@ -242,7 +234,5 @@ def llama_cpp(loaded, settings: SpeedSettings) -> dict | None:
         prefill.append(t1 - t0)
         decode.append(time.perf_counter() - t1)
     p, d = _median(prefill[1:]), _median(decode[1:])
-    import llama_cpp
-
     return {"installed": True, "version": llama_cpp.__version__, "file": path.name, "threads": threads,
             "prefill_tokens_per_s": len(ids) / p, "decode_tokens_per_s": settings.new_tokens / d}
