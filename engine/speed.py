@@ -56,8 +56,14 @@ def _median(xs):
 
 
 def prompt(loaded, tokens: int) -> torch.Tensor:
-    ids = loaded.tokenizer("\n\n".join(data.lee_background()), add_special_tokens=False)["input_ids"][:tokens]
-    return torch.tensor([ids], device=loaded.device)
+    """The first `tokens` tokens of lee_background.cor (its articles joined by blank lines),
+    tokenized from as many articles as they need, not the whole text."""
+    articles = data.lee_background()
+    for n in range(1, len(articles) + 1):
+        ids = loaded.tokenizer("\n\n".join(articles[:n]), add_special_tokens=False)["input_ids"]
+        if len(ids) > tokens:  # one token more: the last article's end tokenized as in the whole text
+            break
+    return torch.tensor([ids[:tokens]], device=loaded.device)
 
 
 def _causal(model, ids, new_tokens: int, repeats: int) -> dict:
