@@ -4,6 +4,8 @@
     2 to 4 bits in groups of 32..256    int4 "tinygemm": torch._weight_int4pack_mm_for_cpu on the
                                         CPU, torch._weight_int4pack_mm on CUDA (a 2- or 3-bit grid
                                         is a subset of the 4-bit one: the same kernel holds it)
+    llama.cpp's q4_0, q4_1           the same int4 kernel in groups of 32 (a q4_1 block's minimum is
+                                        tinygemm's zero); its other types run dense here
     16 bits, 2:4 sparse                 torch.sparse.to_sparse_semi_structured on a CUDA GPU that
                                         has it (compute capability 8.0 or more); none on the CPU
     16 bits, unstructured sparse        a CSR matmul, where it measured faster than dense
@@ -163,6 +165,18 @@ def _quantized(m, recipe, dtype) -> tuple[Matmul | None, str]:
     return None, f"no kernel for {b}-bit codes"
 
 
+def _ggml(m, dtype) -> tuple[Matmul | None, str]:
+    """The int4 kernel for llama.cpp's q4_0 / q4_1 blocks, or None and why not."""
+    fmt = m.grid.ggml
+    if fmt not in ("q4_0", "q4_1"):
+        return None, f"no torch kernel for llama.cpp's {fmt} blocks (llama.cpp runs them)"
+    from .ggml.legacy import unpack4
+
+    q, d, lo = unpack4(fmt, m.grid.raw, m.values.shape[1])
+    offset = torch.full_like(d, 8.0) if lo is None else -lo / torch.where(d == 0, torch.ones_like(d), d)
+    return Int4(q, d, offset, 32, dtype, 4), ""
+
+
 def _sparse(w, m, recipe, dtype) -> tuple[Matmul | None, str]:
     """A sparse kernel for a pruned 16-bit matrix, or None and why not."""
     if recipe.nm == (2, 4):
@@ -197,6 +211,8 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
     try:
         if m.grid.codebook is not None:
             why = "no kernel for k-means codebooks"
+        elif m.grid.ggml is not None:
+            module, why = _ggml(m, dtype)
         elif m.grid.scale is not None:
             module, why = _quantized(m, recipe, dtype)
         elif m.keep is not None:

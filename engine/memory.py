@@ -13,6 +13,9 @@ Conventions (every figure the explorer shows follows them):
 - weight sharing (k-means) stores b-bit indices in place of the codes and one codebook of
   2^b fp16 values per matrix in place of the scales; a pruned entry has no code, so a pruned
   k-means matrix is never stored dense;
+- a llama.cpp type (engine.ggml) stores its blocks as llama.cpp does: rows x cols / block x
+  the block's bytes (codes, then the block's scales and minimums); a row its type's blocks
+  do not divide takes the fallback type (engine.ggml.fit), or fp16 ('f16') when none fits;
 - a low-rank layer stores its factors A (out, r) and B (r, in), each counted by these rules;
 - everything not compressed (embeddings, norms, biases) takes 2 bytes per parameter.
 """
@@ -90,6 +93,22 @@ def tensor_bytes(
         candidates.append(TensorBytes(kv, scales, 4 * kept + 4 * (rows + 1), "csr"))
     # the first wins a tie: dense, then N:M (2:4 and a bitmask are the same size), then the rest
     return min(candidates, key=lambda c: c.total)
+
+
+def ggml_bytes(rows: int, cols: int, fmt: str | None) -> TensorBytes:
+    """A (rows, cols) matrix in llama.cpp's type `fmt` (None: fp16), whose blocks divide its rows.
+
+    >>> ggml_bytes(2, 256, "q4_k")  # 2 super-blocks of 144 B: 128 B of 4-bit codes, 16 B of scales
+    TensorBytes(values=256, scales=32, index=0, format='q4_k')
+    """
+    from .ggml import TYPES
+
+    if fmt is None:
+        return TensorBytes(2 * rows * cols, 0, 0, "f16")
+    t = TYPES[fmt]
+    total = rows * t.row_bytes(cols)
+    codes = rows * cols * t.bits // 8
+    return TensorBytes(codes, total - codes, 0, fmt)
 
 
 @dataclass(frozen=True)

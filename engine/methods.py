@@ -75,19 +75,27 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-def _column_quantizer(bits: int, symmetric: bool):
-    def q(col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        offset = code_offset(zero, bits, symmetric)
-        return dequantize(quantize(col, scale, offset, bits), scale, offset)
+class IntGrid:
+    """GPTQ's grid rule for the explorer's own integer grid: a group's (scale, zero-point) from
+    its weights (`params`, (rows, size) -> two (rows,)), and a column rounded onto it (`quant`).
+    engine.ggml.legacy.Grid is the same rule for llama.cpp's legacy types."""
 
-    return q
+    def __init__(self, bits: int, symmetric: bool):
+        self.bits, self.symmetric = bits, symmetric
+
+    def params(self, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quant_params(group, self.bits, self.symmetric)
+
+    def quant(self, col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        offset = code_offset(zero, self.bits, self.symmetric)
+        return dequantize(quantize(col, scale, offset, self.bits), scale, offset)
 
 
 @torch.no_grad()
 def gptq_quantize(
     w: torch.Tensor, h: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
     symmetric: bool = True, keep: torch.Tensor | None = None, act_order: bool = False,
-    damp: float = 0.01, block: int = 128, return_grid: bool = False,
+    damp: float = 0.01, block: int = 128, return_grid: bool = False, rule=None,
 ):
     """GPTQ (Frantar et al. 2022): quantize W column by column; after each column, spread its
     rounding error over the columns not yet quantized, through the Cholesky factor of H^-1,
@@ -98,11 +106,13 @@ def gptq_quantize(
     with `act_order` the columns go by decreasing diag(H) and the scales are fixed from the
     original weights first (static groups), so the stored layout does not change. `keep`:
     a pruning mask whose zeros stay zero. With `return_grid`, returns (values, (scale, zero)):
-    the grid it used, per group in quant_grid's order. On 2 columns with H = [[1, c], [c, 1]] the second
+    the grid it used, per group in quant_grid's order. `rule`: another grid of groups (an
+    object with IntGrid's `params` and `quant`, e.g. llama.cpp's q4_0); its groups are dynamic
+    (no act-order) and `return_grid` gives its params. On 2 columns with H = [[1, c], [c, 1]] the second
     column absorbs -c times the first column's rounding error (see the tests).
     """
     rows, cols = w.shape
-    quant = _column_quantizer(bits, symmetric)
+    rule = rule or IntGrid(bits, symmetric)
     W = w.clone().float()
     H = _damped(h.float(), damp)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else None
@@ -124,14 +134,14 @@ def gptq_quantize(
         W1, Hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         err1 = torch.zeros_like(W1)
         if not static:  # this block is one group: its scale from the weights as updated so far
-            s_g, z_g = quant_params(W1, bits, symmetric)
+            s_g, z_g = rule.params(W1)
             dynamic.append((s_g, z_g))
         for i in range(i2 - i1):
             col = W1[:, i]
             if static:
-                q = quant(col, scale[:, i1 + i], zero[:, i1 + i])
+                q = rule.quant(col, scale[:, i1 + i], zero[:, i1 + i])
             else:
-                q = quant(col, s_g, z_g)
+                q = rule.quant(col, s_g, z_g)
             if keep is not None:
                 q = q * keep[:, i1 + i]
             Q[:, i1 + i] = q

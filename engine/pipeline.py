@@ -21,7 +21,9 @@ from typing import Callable
 
 import torch
 
-from .memory import VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, kept_count, tensor_bytes
+from . import ggml
+from .ggml import legacy
+from .memory import VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, ggml_bytes, kept_count, tensor_bytes
 from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
 from .recipe import Recipe
 from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
@@ -32,15 +34,20 @@ Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,),
 @dataclass(frozen=True)
 class Grid:
     """Where the values of one stored matrix may lie: a uniform grid per group (scale and
-    zero-point, as transforms.quant_grid orders them), a codebook, or, with neither, the
-    fp16 numbers (a 16-bit value is stored as fp16)."""
+    zero-point, as transforms.quant_grid orders them), a codebook, llama.cpp's blocks (`ggml`,
+    the type, and `raw`, its GGUF bytes (rows, row bytes)), or, with none, the fp16 numbers (a
+    16-bit value is stored as fp16)."""
 
     scale: torch.Tensor | None = None
     zero: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    ggml: str | None = None
+    raw: torch.Tensor | None = None
 
     def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
         """w moved to the nearest value on the grid: values on it stay exactly where they are."""
+        if self.ggml is not None:  # the recipe refuses what would need it (distillation)
+            raise ValueError(f"values are not moved onto {self.ggml}'s blocks one by one")
         if self.codebook is not None:
             return on_codebook(w, self.codebook)
         if self.scale is None:
@@ -100,7 +107,7 @@ class StoredLayer:
                                                         for m, v in zip(self.matrices, tensors)))
 
     def report(self, info, energy_kept: float | None = None) -> LayerReport:
-        return LayerReport(info, True, self.bytes, self.sparsity, self.recipe.bits, energy_kept)
+        return LayerReport(info, True, self.bytes, self.sparsity, _bits(self.recipe, self.shape[1]), energy_kept)
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,7 +162,10 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
     method = recipe.quant_method if recipe.bits < VALUE_BITS_UNCOMPRESSED else "none"
     if method == "gptq" and hessian is None:
         method = "rtn"
-    for k in reversed(range(len(results))):
+    if method != "none" and recipe.number_format != "int":  # llama.cpp's types: one full matrix
+        results[0], grids[0] = _ggml(mats[0], recipe, hessian)
+        method = "done"
+    for k in reversed(range(len(results)) if method != "done" else ()):
         m, keep = mats[k], keeps[k]
         if method == "gptq":
             results[k], (scale, zero) = gptq_quantize(m, _input_hessian(results, hessian, k), recipe.bits,
@@ -173,6 +183,31 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
     parts = _bytes([tuple(m.shape) for m in mats], kept, recipe)
     return StoredLayer(name, tuple(layer_shape), recipe, rank, tuple(
         StoredMatrix(v, g, keep, n, b, u) for v, g, keep, n, b, u in zip(results, grids, keeps, kept, parts, mats)))
+
+
+def _ggml(w: torch.Tensor, recipe: Recipe, hessian: torch.Tensor | None) -> tuple[torch.Tensor, Grid]:
+    """`w` in the llama.cpp type its rows take under the recipe's format (engine.ggml.fit; fp16
+    when none fits): round to nearest, GPTQ on the legacy types' blocks, or llama.cpp's search
+    weighted by the importance matrix diag(H) (its imatrix: each input's mean square)."""
+    fmt = ggml.fit(recipe.number_format, w.shape[1])
+    if fmt is None:
+        return w.half().to(w.dtype), Grid()
+    if recipe.quant_method == "gptq" and hessian is not None:
+        rule = legacy.Grid(fmt)
+        values, (d, lo) = gptq_quantize(w, hessian, ggml.TYPES[fmt].bits, "group", ggml.TYPES[fmt].block,
+                                        rule.symmetric, return_grid=True, rule=rule)
+        raw = rule.pack(values.float(), d, lo)
+    else:
+        importance = hessian.diagonal() if recipe.quant_method == "imatrix" and hessian is not None else None
+        values, raw = ggml.quantize(w, fmt, importance)
+    return values.to(w.dtype), Grid(ggml=fmt, raw=raw)
+
+
+def _bits(recipe: Recipe, cols: int) -> int:
+    """The width a layer's codes have: 16 where a llama.cpp format leaves the rows in fp16."""
+    if recipe.number_format != "int" and ggml.fit(recipe.number_format, cols) is None:
+        return VALUE_BITS_UNCOMPRESSED
+    return recipe.bits
 
 
 def requantize(stored: StoredLayer, recipe: Recipe, hessian: torch.Tensor | None = None) -> StoredLayer:
@@ -200,6 +235,8 @@ def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], F
 
 def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tuple[TensorBytes, ...]:
     """The bytes of each stored matrix of these shapes and kept counts under `recipe`."""
+    if recipe.number_format != "int":
+        return tuple(ggml_bytes(r, c, ggml.fit(recipe.number_format, c)) for r, c in shapes)
     codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED
     return tuple(tensor_bytes(r, c, k, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
                               recipe.nm, codebook=codebook) for (r, c), k in zip(shapes, kept))
@@ -215,4 +252,4 @@ def predict(info, recipe: Recipe) -> LayerReport:
     kept = [kept_count(r, c, recipe.sparsity, recipe.nm) for r, c in shapes]
     stored = sum(r * c for r, c in shapes)
     return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, _bytes(shapes, kept, recipe)),
-                       (stored - sum(kept)) / stored, recipe.bits, None)
+                       (stored - sum(kept)) / stored, _bits(recipe, inp), None)

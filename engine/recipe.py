@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 
 from .recipe_values import (BITS, CALIBRATED, DISTILL_LR, GRANULARITIES, GROUPS, LOWRANK_METHODS,  # noqa: F401
-                            PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared, not_int,
-                            not_number, parse_pattern, parse_rules)
+                            NUMBER_FORMATS, PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared,
+                            format_fields, format_update, not_int, not_number, parse_pattern, parse_rules)
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class Recipe:
     granularity: one scale per 'tensor', per output 'channel', or per 'group' of
         `group_size` consecutive input values.
     symmetric: False adds a b-bit zero-point per group.
+    number_format: 'int' (the explorer's own integer grid, set by bits, granularity, group_size
+        and symmetric) or one of llama.cpp's GGML types (q4_0 ... q8_0, q2_k ... q6_k, see
+        engine.ggml), which fix those four fields themselves; a row its blocks do not divide
+        takes llama.cpp's fallback type. No low rank, pruning or distillation with them.
     sparsity: fraction of stored values zeroed by magnitude, exactly round(S x n) per tensor.
     pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
         with N:M the sparsity is 1 - N/M.
@@ -67,6 +71,9 @@ class Recipe:
         url="granularity"))
     group_size: int = declared(128, Field(int, "input values per quantization group (default 128)", url="group"))
     symmetric: bool = declared(True, Field(bool, "add a zero-point per group", flag="--asymmetric", url="sym"))
+    number_format: str = declared("int", Field(
+        str, "int: the explorer's own grid (default); or a llama.cpp type: q4_0 q4_1 q5_0 q5_1 q8_0 q2_k .. q6_k",
+        choices=NUMBER_FORMATS, url="format"))
     sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", url="sparsity"))
     pattern: str = declared("unstructured", Field(str, "unstructured (default) or N:M, e.g. 2:4", url="pattern"))
     include_embeddings: bool = declared(False, Field(
@@ -149,6 +156,8 @@ class Recipe:
             raise RecipeError(f"distill_steps: must be an integer from 0 to 100000, got {self.distill_steps!r}")
         if not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
             raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
+        for field, value in format_fields(self).items():
+            object.__setattr__(self, field, value)
         if self.group not in GROUPS:
             raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
@@ -203,6 +212,7 @@ class Recipe:
             d["sparsity"] = 0.0  # the pattern sets it
         if fields.get("quant_method") not in (None, "gptq") and "act_order" not in fields:
             d["act_order"] = False
+        d.update(format_update(d, fields))
         return Recipe.from_dict({**d, **fields})
 
     def for_layer(self, name: str) -> "Recipe":
@@ -273,7 +283,9 @@ class Recipe:
             parts.append(f"rank {self.rank}{low}")
         elif self.rank_ratio is not None and self.rank_ratio < 1:
             parts.append(f"rank x{self.rank_ratio:g}{low}")
-        if self.bits < 16 and self.quant_method == "kmeans":
+        if self.number_format != "int":
+            parts.append(self.number_format.upper() + {"imatrix": " imatrix", "gptq": " GPTQ"}.get(self.quant_method, ""))
+        elif self.bits < 16 and self.quant_method == "kmeans":
             parts.append(f"k-means {self.bits}-bit")
         elif self.bits < 16:
             g = {"tensor": "per-tensor", "channel": "per-channel"}.get(

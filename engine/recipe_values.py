@@ -19,9 +19,17 @@ GROUPS = ("all", "attention", "mlp", "experts", "router")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 LOWRANK_METHODS = ("svd", "whitened")
 PRUNE_METHODS = ("magnitude", "wanda")
-QUANT_METHODS = ("rtn", "gptq", "kmeans")
+QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix")
+# 'int': the explorer's own integer grid (bits, granularity, group size, symmetric); the rest are
+# llama.cpp's GGML types (engine.ggml), which fix the bits and the blocks themselves
+LEGACY_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+NUMBER_FORMATS = ("int", *LEGACY_FORMATS, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# each GGML type's (bits of a code, values per block, symmetric), as engine.ggml.TYPES defines them
+FORMAT_GRID = {"q4_0": (4, 32, True), "q4_1": (4, 32, False), "q5_0": (5, 32, True), "q5_1": (5, 32, False),
+               "q8_0": (8, 32, True), "q2_k": (2, 256, False), "q3_k": (3, 256, True), "q4_k": (4, 256, False),
+               "q5_k": (5, 256, False), "q6_k": (6, 256, True)}
 DISTILL_LR = 1e-4
-CALIBRATED = {"whitened", "wanda", "gptq"}  # methods that need the calibration statistics
+CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
 
 
 class RecipeError(UserError):
@@ -116,3 +124,58 @@ def parse_rules(rules: object, fields: dict) -> tuple:
     return tuple(out)
 
 
+
+
+_QUANT_DEFAULTS = {"bits": 16, "granularity": "group", "group_size": 128, "symmetric": True}
+
+
+def format_fields(r) -> dict:
+    """The quantization fields recipe `r`'s number format fixes (bits, blocks, symmetric; none for
+    'int'). A field left at its default takes the format's value; one set otherwise, or a
+    method the format cannot hold, is a RecipeError naming it."""
+    fmt = r.number_format
+    if fmt not in NUMBER_FORMATS:
+        raise RecipeError(f"number_format: must be one of {', '.join(NUMBER_FORMATS)}, got {fmt!r}")
+    if fmt == "int":
+        if r.quant_method == "imatrix":
+            raise RecipeError("quant_method: imatrix weights llama.cpp's quantizers; give a number_format "
+                              "such as q4_k")
+        return {}
+    bits, block, symmetric = FORMAT_GRID[fmt]
+    fixed = {"bits": bits, "granularity": "group", "group_size": block, "symmetric": symmetric}
+    for field, value in fixed.items():
+        if getattr(r, field) not in (value, _QUANT_DEFAULTS[field]):
+            raise RecipeError(f"{field}: number format {fmt} fixes it at {value!r}, got {getattr(r, field)!r} "
+                              f"(leave {field} out)")
+    if r.quant_method == "kmeans" or (r.quant_method == "gptq" and fmt not in LEGACY_FORMATS):
+        raise RecipeError(f"quant_method: {r.quant_method} does not run on {fmt}"
+                          + (f" (GPTQ runs on {', '.join(LEGACY_FORMATS)})" if r.quant_method == "gptq" else ""))
+    if r.act_order:
+        raise RecipeError(f"act_order: not with number format {fmt} (its blocks take their scales as GPTQ reaches them)")
+    if r.rank is not None or (r.rank_ratio is not None and r.rank_ratio < 1) or r.sparsity > 0:
+        raise RecipeError(f"number_format: {fmt} stores every value of a full matrix, as llama.cpp does: "
+                          "no low rank or pruning with it (use number_format int)")
+    if r.distill_steps:
+        raise RecipeError(f"distill_steps: distillation keeps values on the explorer's own grids, not on {fmt}")
+    return fixed
+
+
+def format_update(current: dict, fields: dict) -> dict:
+    """What `Recipe.updated(**fields)` changes besides `fields` when a number format is given or
+    left: a llama.cpp format given alone takes its own bits and blocks, and methods it cannot
+    hold go back to round to nearest; a bit width or grid given alone means the 'int' format."""
+    grid = {f for f in _QUANT_DEFAULTS if f in fields}
+    out = {}
+    fmt = fields.get("number_format", current["number_format"] if not grid else "int")
+    if "number_format" not in fields and grid:
+        out["number_format"] = "int"
+    if "number_format" in fields and fmt != "int":
+        out.update({f: v for f, v in _QUANT_DEFAULTS.items() if f not in fields})
+        if "act_order" not in fields:
+            out["act_order"] = False
+    method = fields.get("quant_method", current["quant_method"])
+    if "quant_method" not in fields and (
+            (fmt == "int" and method == "imatrix")
+            or (fmt != "int" and (method == "kmeans" or (method == "gptq" and fmt not in LEGACY_FORMATS)))):
+        out["quant_method"] = "rtn"
+    return out

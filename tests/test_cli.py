@@ -73,7 +73,7 @@ def test_run_minilm_json():
     assert 0.45 <= m["polarity_accuracy"] <= 1
     assert out["memory"]["ratio"] < 0.7
     assert out["recipe"] == {"rank": None, "rank_ratio": 0.5, "bits": 4, "granularity": "group", "group_size": 128,
-                             "symmetric": True, "sparsity": 0.5, "pattern": "unstructured",
+                             "symmetric": True, "number_format": "int", "sparsity": 0.5, "pattern": "unstructured",
                              "include_embeddings": False, "group": "all", "layers": None,
                              "lowrank_method": "svd", "prune_method": "magnitude", "quant_method": "rtn",
                              "act_order": False, "distill_steps": 0, "distill_lr": 1e-4, "per_layer": []}
@@ -174,6 +174,10 @@ def test_recipe_file_and_override(tmp_path):
     (["run", "minilm", "--device", "cuda:0"], "no CUDA GPU"),
     (["sweep", "minilm", "--bits", "4,x", "--out", "x.csv"], "expected comma-separated numbers"),
     (["bogus"], "invalid choice"),
+    (["run", "minilm", "--preset", "q4_k_m", "--bits", "4"], "--preset sets every layer's number format: drop --bits"),
+    (["run", "minilm", "--number-format", "q4_k", "--rank-ratio", "0.5"], "number_format: q4_k stores every value"),
+    (["run", "minilm", "--number-format", "q4_k", "--quant-method", "gptq"], "quant_method: gptq does not run on q4_k"),
+    (["export", "minilm", "--preset", "q9", "--out", "x"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -230,7 +234,7 @@ def test_every_recipe_field_with_an_option_is_one_and_no_other(tmp_path):
     for command in ("run", "export", "sensitivity", "plan", "fit", "sweep"):
         sub = parser._subparsers._group_actions[0].choices[command]
         group = next(g for g in sub._action_groups if g.title.startswith("recipe"))
-        dests = [a.dest for a in group._group_actions if a.dest != "recipe"]
+        dests = [a.dest for a in group._group_actions if a.dest not in ("recipe", "preset")]
         expected = [n for n, spec in Recipe.fields().items() if spec.flag != ""]
         if command == "sweep":  # the grid sets the rank ratio
             expected.remove("rank")

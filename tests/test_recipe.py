@@ -24,6 +24,11 @@ ALL_OPTIONS = [
     Recipe(bits=3, sparsity=0.5, distill_steps=20, distill_lr=3e-5),
     Recipe(bits=4, per_layer=[{"match": r"\.down_proj$", "bits": 6, "group_size": 64},
                               {"match": "q_proj", "rank_ratio": 0.5, "pattern": "2:4"}]),
+    *[Recipe(number_format=f) for f in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
+                                         "q6_k")],
+    Recipe(number_format="q4_0", quant_method="gptq"),
+    Recipe(number_format="q4_k", quant_method="imatrix", include_embeddings=True,
+           per_layer=[{"match": "v_proj", "number_format": "q6_k"}, {"match": "position", "bits": 16}]),
 ]
 
 
@@ -119,4 +124,4 @@ def test_every_field_is_declared_once_with_its_command_line_and_url_names():
     assert len(urls) == len(set(urls))
     assert {n for n, f in fields.items() if f.per_layer} == {
         "rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric", "sparsity", "pattern",
-        "lowrank_method", "prune_method", "quant_method", "act_order"}
+        "lowrank_method", "prune_method", "quant_method", "act_order", "number_format"}

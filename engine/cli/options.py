@@ -27,7 +27,7 @@ def flag(name: str) -> str | None:
     return None if spec.flag == "" else spec.flag or "--" + name.replace("_", "-")
 
 
-def recipe_args(p, sweep: bool = False) -> None:
+def recipe_args(p, sweep: bool = False, preset: bool = False) -> None:
     """One option per recipe field that has one, in the order the recipe declares them. A
     sweep takes the grid's axes (SWEEP_AXES) as comma-separated values, no --rank (the grid
     sets the rank ratio) and no --recipe."""
@@ -53,6 +53,12 @@ def recipe_args(p, sweep: bool = False) -> None:
                                choices=spec.choices if spec.type is str else None)
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; options given here override its fields")
+    if preset:
+        from ..ggml.presets import PRESETS
+
+        g.add_argument("--preset", choices=list(PRESETS),
+                       help="llama.cpp's mix: each layer in the GGML type llama.cpp's quantize gives it "
+                            "(embeddings and head included); --quant-method imatrix weights it")
 
 
 def recipe_options(args, exclude=()) -> dict:
@@ -76,6 +82,28 @@ def recipe_from(args, exclude=()) -> Recipe:
         except RecipeError as e:
             raise RecipeError(f"--recipe {args.recipe}: {e}") from None
     return base.updated(**recipe_options(args, exclude))
+
+
+_PRESET_SETS = ("number_format", "bits", "granularity", "group_size", "symmetric", "include_embeddings", "rank",
+                "rank_ratio", "sparsity", "pattern")
+
+
+def check_preset(args) -> None:
+    """Refuse, before a model loads, options that --preset would overrule."""
+    if not getattr(args, "preset", None):
+        return
+    given = [flag(f) for f in _PRESET_SETS if f in recipe_options(args)]
+    if given or getattr(args, "recipe", None):
+        raise UserError(f"--preset sets every layer's number format: drop {', '.join(given or ['--recipe'])}")
+
+
+def with_preset(args, recipe: Recipe, explorer) -> Recipe:
+    """`recipe` as --preset makes it on the explorer's model (per-layer GGML types), or as it is."""
+    if not getattr(args, "preset", None):
+        return recipe
+    from ..ggml.presets import preset_recipe
+
+    return preset_recipe(args.preset, explorer.layers, explorer.loaded.model.config, base=recipe)
 
 
 def floats(text: str, option: str) -> list[float]:

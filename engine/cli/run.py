@@ -6,8 +6,8 @@ import json
 
 from ..errors import UserError
 from ..recipe import Recipe
-from .options import (Progress, distill, eval_text, mb, model_args, open_explorer, out_path, recipe_args,
-                      recipe_from, recipe_options)
+from .options import (Progress, check_preset, distill, eval_text, mb, model_args, open_explorer, out_path,
+                      recipe_args, recipe_from, recipe_options, with_preset)
 
 
 def cmd_run(args):
@@ -20,6 +20,9 @@ def cmd_run(args):
             raise UserError("run: --max-memory does not apply to an export folder")
         if not args.max_memory:
             raise UserError("run: --offload-folder needs --max-memory")
+    check_preset(args)
+    if args.preset and (args.max_memory or folder):
+        raise UserError("--preset: not with " + ("--max-memory" if args.max_memory else "an export folder"))
     if args.calibration_memory and not args.max_memory:
         raise UserError("run: --calibration-memory needs --max-memory")
     if args.max_memory:
@@ -41,6 +44,7 @@ def cmd_run(args):
             recipe, model = recipe_from(args), args.model
         text, name = eval_text(args)
         ex = open_explorer(args, model)
+        recipe = with_preset(args, recipe, ex)
         bar = Progress(f"distill {model}")
         try:
             out = report.in_memory(ex, recipe, model, args.quick, text, name, export=folder, manifest=manifest,
@@ -129,9 +133,11 @@ def print_run(out: dict) -> None:
 def cmd_export(args):
     from ..storage import explorer as export
 
+    check_preset(args)
     recipe = recipe_from(args)
     folder = out_path(args.out)
     ex = open_explorer(args)
+    recipe = with_preset(args, recipe, ex)
     work = ex.workspace()
     work.apply(dataclasses.replace(recipe, distill_steps=0))
     if recipe.distill_steps:
@@ -161,7 +167,7 @@ def cmd_export(args):
 def add_parsers(sub) -> None:
     r = sub.add_parser("run", help="apply a recipe (or load an export folder), evaluate, report")
     model_args(r)
-    recipe_args(r)
+    recipe_args(r, preset=True)
     r.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
     r.add_argument("--quick", action="store_true", help="first estimate only (the small slice the app shows first)")
     r.add_argument("--max-memory", metavar="SPEC",
@@ -177,7 +183,7 @@ def add_parsers(sub) -> None:
 
     e = sub.add_parser("export", help="write the compressed model as it would be stored (packed), to reload with run")
     model_args(e)
-    recipe_args(e)
+    recipe_args(e, preset=True)
     e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
     e.add_argument("--entropy", action="store_true",
                    help="Huffman-code each matrix's b-bit codes where that is smaller; reports coded and fixed-width bytes")

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import UserError
-from .options import mb, model_args, open_explorer, recipe_args, recipe_from
+from .options import check_preset, mb, model_args, open_explorer, recipe_args, recipe_from, with_preset
 
 
 def _rate(n: float) -> str:
@@ -19,8 +19,10 @@ def cmd_speed(args):
     for name in ("prompt_tokens", "new_tokens", "repeats", "batch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
+    check_preset(args)
     recipe = recipe_from(args)
     explorer = open_explorer(args)
+    recipe = with_preset(args, recipe, explorer)
     settings = SpeedSettings(args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.dtype)
     quiet = args.json or not sys.stderr.isatty()
     report = measure(explorer, recipe, settings,
@@ -73,7 +75,7 @@ def add_parser(sub) -> None:
     s = sub.add_parser("speed", help="time the original and the compressed model on real kernels (prefill, decode, "
                                      "peak memory) and bound them with a roofline")
     model_args(s)
-    recipe_args(s)
+    recipe_args(s, preset=True)
     s.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default 128)")
     s.add_argument("--new-tokens", type=int, default=32, help="greedy tokens decoded with the cache (default 32)")
     s.add_argument("--batch", type=int, default=32, help="sentences per batch, for an encoder (default 32)")

@@ -7,6 +7,8 @@ Per stored matrix (W, or the factors A and B) of a compressed layer, with n valu
     bitmask   values: kept codes, mask: n bits       (1 = kept, row-major)
     csr       values: kept codes, col: int32 column per kept value, rowptr: int32 row pointers
     N:M       values: kept codes, nm_index: ceil(log2 M) bits per kept value (its place in its M)
+    q4_0 ...  blocks: llama.cpp's blocks of that GGML type, as GGUF stores them (engine.ggml)
+    f16       values: n fp16 values (a llama.cpp format whose blocks do not divide the rows)
 
 Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize: offset
 2^(b-1) when symmetric, the group's zero-point when not; `scales` fp16, `zeros` b-bit packed),
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import ggml
 from ..memory import TensorBytes
 from ..methods import codebook_index
 from ..pipeline import Grid, StoredLayer, StoredMatrix
@@ -53,7 +56,9 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
     flat = v.flatten() if sel is None else v.flatten()[sel]
     out = {}
     bits = recipe.bits
-    if bits >= 16:
+    if grid.ggml is not None:
+        out["blocks"] = grid.raw
+    elif bits >= 16 or fmt == "f16":
         out["values"] = flat.half()
     elif _kmeans(recipe):
         book = grid.codebook.float()
@@ -78,7 +83,7 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
             out["nm_index"] = pack.pack_bits(keep.nonzero(as_tuple=True)[1] % m, math.ceil(math.log2(m)))
     coded = "huffman" in out
     written = nbytes({k: out[k] for k in ("huffman", "code_lengths", "runs")}) if coded else \
-        (nbytes({"values": out["values"]}))
+        (nbytes({"values": out["values"]}) if "values" in out else nbytes(out))
     return Encoded({k: t.contiguous() for k, t in out.items()}, "huffman" if coded else "fixed", written)
 
 
@@ -107,7 +112,7 @@ def _codes(t: dict, bits: int, count: int) -> torch.Tensor:
 
 def _positions(t: dict, rows: int, cols: int, count: int, fmt: str) -> torch.Tensor | None:
     """Where the kept values sit, as flat indices (or a flat bool mask); None when dense."""
-    if fmt == "dense":
+    if fmt == "dense" or fmt == "f16" or fmt in ggml.TYPES:
         return None
     if fmt == "bitmask":
         return pack.unpack_bits(t["mask"], 1, rows * cols).bool()
@@ -129,11 +134,14 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
     """The inverse of encode_matrix: (values (rows, cols) float32, their Grid, the keep-mask or
     None when the format stores none)."""
     rows, cols = shape
-    count = rows * cols if fmt == "dense" else kept
+    count = rows * cols if fmt in ("dense", "f16") else kept
     bits = recipe.bits
     positions = _positions(t, rows, cols, count, fmt)
     grid = Grid()
-    if bits >= 16:
+    if fmt in ggml.TYPES:
+        grid = Grid(ggml=fmt, raw=t["blocks"])
+        values = ggml.dequantize(t["blocks"], fmt, cols)
+    elif bits >= 16 or fmt == "f16":
         values = t["values"].float()
     elif _kmeans(recipe):
         grid = Grid(codebook=t["codebook"].float())

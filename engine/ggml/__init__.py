@@ -1,0 +1,98 @@
+"""llama.cpp's number formats (GGML types): their blocks, their bytes, their quantizers.
+
+A GGML type stores a row in blocks of `block` consecutive values, `size` bytes each, with
+the block's own scale (and minimum) inside it. The legacy types (q4_0 ... q8_0) have blocks of
+32 values and one fp16 scale; the k-quants (q2_k ... q6_k) have super-blocks of 256 values
+split into sub-blocks of 16 or 32 whose scales (and minimums) are themselves quantized
+against an fp16 super-scale.
+
+    values, raw = quantize(w, "q4_k")              # (rows, cols) values, (rows, bytes) GGUF blocks
+    fit("q4_k", 576)                               # 'q5_0': llama.cpp's fallback for such rows
+    TYPES["q4_k"].bits_per_value                   # 4.5
+
+`raw` is exactly the bytes llama.cpp stores for the tensor (gguf's reference dequantizer
+gives `values` back); `values` is what the model computes with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GgmlType:
+    """One GGML type: `block` values stored in `size` bytes."""
+
+    name: str
+    block: int
+    size: int
+    bits: int  # the width of a value's code (the recipe's bits)
+    symmetric: bool  # no minimum: zero is stored exactly
+    help: str
+
+    @property
+    def bits_per_value(self) -> float:
+        return 8 * self.size / self.block
+
+    def row_bytes(self, cols: int) -> int:
+        return cols // self.block * self.size
+
+
+TYPES = {t.name: t for t in (
+    GgmlType("q4_0", 32, 18, 4, True, "4-bit codes, one fp16 scale per 32 values (signed extreme maps to -8)"),
+    GgmlType("q4_1", 32, 20, 4, False, "4-bit codes, an fp16 scale and fp16 minimum per 32 values"),
+    GgmlType("q5_0", 32, 22, 5, True, "5-bit codes, one fp16 scale per 32 values"),
+    GgmlType("q5_1", 32, 24, 5, False, "5-bit codes, an fp16 scale and fp16 minimum per 32 values"),
+    GgmlType("q8_0", 32, 34, 8, True, "8-bit codes, one fp16 scale per 32 values"),
+    GgmlType("q2_k", 256, 84, 2, False, "2-bit codes; 16 sub-blocks with 4-bit scales and minimums"),
+    GgmlType("q3_k", 256, 110, 3, True, "3-bit codes; 16 sub-blocks with 6-bit scales"),
+    GgmlType("q4_k", 256, 144, 4, False, "4-bit codes; 8 sub-blocks with 6-bit scales and minimums"),
+    GgmlType("q5_k", 256, 176, 5, False, "5-bit codes; 8 sub-blocks with 6-bit scales and minimums"),
+    GgmlType("q6_k", 256, 210, 6, True, "6-bit codes; 16 sub-blocks with 8-bit scales"),
+)}
+LEGACY = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+K_QUANTS = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# llama.cpp's quantize, when a row does not divide into a type's blocks (tensor_type_fallback)
+_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+
+
+def fit(fmt: str, cols: int) -> str | None:
+    """The type llama.cpp stores a row of `cols` values in when asked for `fmt`: `fmt` itself
+    when its blocks divide the row, else its fallback (a 32-value type), else None (fp16).
+
+    >>> fit("q4_k", 576), fit("q4_k", 1536), fit("q8_0", 100)
+    ('q5_0', 'q4_k', None)
+    """
+    for name in (fmt, _FALLBACK.get(fmt)):
+        if name is not None and cols % TYPES[name].block == 0:
+            return name
+    return None
+
+
+def quantize(w: torch.Tensor, fmt: str, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize the (rows, cols) matrix `w` to GGML type `fmt` as llama.cpp's quantize does,
+    with `importance` (cols,), an importance matrix (the mean squared input of each column,
+    llama.cpp's imatrix) weighting the search, where the type uses one (q8_0 does not).
+    Returns (values (rows, cols) float32, raw (rows, row bytes) uint8 GGUF blocks)."""
+    if fit(fmt, w.shape[1]) != fmt:
+        raise ValueError(f"{fmt}: rows of {w.shape[1]} values do not divide into blocks of {TYPES[fmt].block}")
+    w = w.float()
+    if fmt in K_QUANTS:
+        from . import kquants
+        return kquants.quantize(w, fmt, importance)
+    if importance is not None and fmt != "q8_0":
+        from . import weighted
+        return weighted.quantize(w, fmt, importance)
+    from . import legacy
+    return legacy.quantize(w, fmt)
+
+
+def dequantize(raw: torch.Tensor, fmt: str, cols: int) -> torch.Tensor:
+    """The values of GGUF blocks `raw` (rows, row bytes) of type `fmt`, by the gguf package's
+    reference dequantizer (float32, on raw's device)."""
+    import gguf
+    import numpy as np
+    import torch
+
+    kind = gguf.GGMLQuantizationType[fmt.upper()]
+    values = gguf.quants.dequantize(np.ascontiguousarray(raw.cpu().numpy()), kind)
+    return torch.from_numpy(values.reshape(raw.shape[0], cols)).to(raw.device)
