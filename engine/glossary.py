@@ -52,7 +52,14 @@ CONCEPTS = {
     "quant_method": "RTN rounds every weight to its nearest level; GPTQ rounds column by column and pushes each "
                     "rounding error onto the columns not yet rounded, weighted by the input statistics (same "
                     "grid, same bytes); k-means replaces the weights by 2^b shared values found per layer, "
-                    "stored as b-bit indices plus a codebook.",
+                    "stored as b-bit indices plus a codebook; the importance matrix (llama.cpp's imatrix) weights "
+                    "llama.cpp's own search for each block's scale by each input's mean square on the "
+                    "calibration text.",
+    "number_format": "How codes become numbers: the explorer's own integer grid (bits, scales per tensor, "
+                     "channel or group, optional zero-point), or one of llama.cpp's GGML types, which fix the "
+                     "blocks themselves: q4_0 to q8_0 keep an fp16 scale (and minimum) per 32 values; the "
+                     "k-quants q2_k to q6_k quantize the scales of 16- or 32-value sub-blocks against one fp16 "
+                     "scale per 256 values, searched to fit.",
     "act_order": "GPTQ only: round the columns with the largest inputs first, while the most columns remain to "
                  "absorb their error.",
     "distillation": "Recovery after compression: the compressed layers' stored values are trained to make the "

@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, context, controls, results
+from ui import charts, context, results, variants as methods
 
 ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
@@ -26,9 +26,11 @@ with st.form("tradeoffs_grid"):
         [0.0, 0.5] if nm else [0.0, 0.25, 0.5, 0.75], default=[0.0, 0.5], key="tradeoffs_sparsity",
         help=CONCEPTS["sparsity"])
     variants = st.multiselect(
-        "Methods (one frontier each)", list(controls.METHOD_VARIANTS), default=["As in the sidebar"],
-        key="tradeoffs_methods",
-        help="Put methods side by side on the same grid: " + CONCEPTS["quant_method"] + " " + CONCEPTS["prune_method"])
+        "Methods (one frontier each)", [*methods.METHOD_VARIANTS, *methods.LLAMA_VARIANTS],
+        default=["As in the sidebar"], key="tradeoffs_methods",
+        help="Put methods side by side on the same grid: " + CONCEPTS["quant_method"] + " " + CONCEPTS["prune_method"]
+             + " llama.cpp's mixes and types are their own points (the grid's values do not apply to them): "
+               "each of its mixes, with or without an importance matrix, and its legacy types by GPTQ.")
     full = st.toggle("Full protocol for every point (slower; off: the first estimate on a small slice)",
                      key="tradeoffs_full")
     run = st.form_submit_button("Run sweep", type="primary")
@@ -38,11 +40,14 @@ if run:
     if not (ratios and bits and sparsities and variants):
         st.error("Choose at least one value of each control and one method.")
     else:
-        base = dataclasses.replace(recipe, rank=None, rank_ratio=None, bits=16,
+        base = dataclasses.replace(recipe, rank=None, rank_ratio=None, bits=16, number_format="int",
+                                   quant_method="rtn" if recipe.quant_method == "imatrix" else recipe.quant_method,
                                    sparsity=0.0 if nm else recipe.sparsity)
         grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
                           base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
-        points = [(v, controls.with_methods(r, v, recipe)) for v in variants for r in grid]
+        points = [(v, r) for v in variants if v in methods.LLAMA_VARIANTS for r in methods.llama_points(v, ex)]
+        points = [(v, methods.with_methods(r, v, recipe)) for v in variants if v in methods.METHOD_VARIANTS
+                  for r in grid] + points
         if any(r.rank_ratio is not None for _, r in points):
             context.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(points)} points")

@@ -151,6 +151,11 @@ def _explorer(ref: str, device: str) -> Explorer:
     return ex
 
 
+def loaded_explorer(ref: str, device: str) -> Explorer:
+    """The model, loaded once per process (shared by every session; never modified)."""
+    return _explorer(ref, device)
+
+
 _factorize_lock = threading.Lock()
 
 

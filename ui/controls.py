@@ -14,13 +14,19 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.glossary import CONCEPTS
+from engine.ggml import TYPES, layout_note
+from engine.ggml.presets import PRESETS
 from engine.recipe import Recipe
+from engine.recipe_values import FORMAT_GRID
 
 FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()
 METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
-                 "kmeans": "k-means codebook"}
+                 "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)"}
+FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
+                                                      for f, t in TYPES.items()}}
+FORMAT_FIXES = ("bits", "granularity", "group_size", "symmetric")  # what a llama.cpp format sets itself
 GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
 SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP", "experts": "Experts (MoE)",
           "router": "Routers (MoE)"}
@@ -57,18 +63,25 @@ def _quantized(v):
     return v["bits"] < 16
 
 
+def _own_grid(v):
+    return v["number_format"] == "int"
+
+
 CONTROLS: dict[str, Control] = {
     "rank_ratio": Control("Low rank", "Rank (fraction of full rank)", "slider",
                           CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"], span=(0.05, 1.0, 0.05), off=1.0),
     "lowrank_method": Control("Low rank", "Low-rank method", "selectbox", CONCEPTS["lowrank_method"],
                               labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
+    "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
+                             labels=FORMAT_LABELS),
     "bits": Control("Quantization", "Bit width", "select_slider", CONCEPTS["bits"],
-                    labels={16: "16 (off)"}),
+                    labels={16: "16 (off)"}, enabled=_own_grid),
     "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
-                           enabled=_quantized),
+                           enabled=lambda v: _quantized(v) and _own_grid(v)),
     "group_size": Control("Quantization", "Group size", "selectbox", CONCEPTS["group_size"], options=GROUP_SIZES,
-                          enabled=lambda v: _quantized(v) and v["granularity"] == "group"),
-    "symmetric": Control("Quantization", "Symmetric", "toggle", CONCEPTS["symmetric"], enabled=_quantized),
+                          enabled=lambda v: _quantized(v) and _own_grid(v) and v["granularity"] == "group"),
+    "symmetric": Control("Quantization", "Symmetric", "toggle", CONCEPTS["symmetric"],
+                         enabled=lambda v: _quantized(v) and _own_grid(v)),
     "quant_method": Control("Quantization", "Quantization method", "selectbox", CONCEPTS["quant_method"],
                             labels=METHOD_LABELS, enabled=_quantized),
     "act_order": Control("Quantization", "Activation order", "toggle", CONCEPTS["act_order"], enabled=_quantized,
@@ -124,7 +137,17 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     d["sparsity"] = 0.0 if v["pattern"] != "unstructured" else round(v["sparsity"], 2)
     d["layers"] = (d["layers"] or "").strip() or None
     d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
+    if v["number_format"] != "int":  # the format sets them
+        d = {f: x for f, x in d.items() if f not in FORMAT_FIXES}
     return Recipe.from_dict({**d, "per_layer": per_layer})
+
+
+def _follow_format(v: dict) -> None:
+    """Show a llama.cpp format's own bits, blocks and symmetry in the (disabled) grid controls."""
+    if v["number_format"] != "int":
+        bits, block, symmetric = FORMAT_GRID[v["number_format"]]
+        for f, x in zip(FORMAT_FIXES, (bits, "group", block, symmetric)):
+            st.session_state[key(f)] = x
 
 
 def set_controls(r: Recipe, name: str) -> str | None:
@@ -211,7 +234,22 @@ def load_recipe_file() -> None:
     st.session_state["upload_error"] = set_controls(r, f.name)
 
 
-def draw() -> Recipe | None:
+def _layout_caption(sb, apply_preset) -> None:
+    try:
+        note = layout_note(recipe_from(values()))
+    except UserError:
+        note = None
+    if note:
+        sb.caption(note)
+    if apply_preset:
+        sb.selectbox("llama.cpp mix", ["", *PRESETS], key="ctl_preset", on_change=apply_preset,
+                     format_func=lambda p: p.upper() if p else "Apply one of llama.cpp's mixes…",
+                     help="Each layer in the GGML type llama.cpp's quantize gives it under this mix (the V and "
+                          "down projections of some blocks wider, the head q6_k or q8_0, embeddings included): a "
+                          "recipe of per-layer rules, which the controls then show.")
+
+
+def draw(apply_preset: Callable[[], None] | None = None) -> Recipe | None:
     """The recipe controls, section by section; returns the recipe (None, with an error box,
     when the values do not make one)."""
     sb, section = st.sidebar, None
@@ -220,8 +258,12 @@ def draw() -> Recipe | None:
         if c.shown and not c.shown(v):
             continue
         if c.section != section:
+            if section == "Quantization":
+                _layout_caption(sb, apply_preset)
             section = c.section
             sb.subheader(section)
+        if f == "bits":
+            _follow_format(v)
         kw = {"key": key(f), "help": c.help, "disabled": bool(c.enabled and not c.enabled(v))}
         if c.labels:
             kw["format_func"] = lambda x, labels=c.labels: labels.get(x, str(x))
@@ -235,9 +277,10 @@ def draw() -> Recipe | None:
     rules = st.session_state.get("ctl_per_layer", ())
     if rules:
         sb.subheader("Per-layer rules")
-        sb.caption(f"{len(rules)} rule{'s' if len(rules) > 1 else ''} from a recipe file or plan (first match wins; "
+        sb.caption(f"{len(rules)} rule{'s' if len(rules) > 1 else ''} from a recipe file, a plan or a llama.cpp mix (first match wins; "
                    "not in the link: download the recipe to share them): "
-                   + "; ".join(f"/{m}/ → " + ", ".join(f"{k} {v}" for k, v in items) for m, items in rules[:3])
+                   + "; ".join(f"/{m if len(m) < 48 else m[:45] + '…'}/ → " + ", ".join(f"{k} {v}" for k, v in items)
+                               for m, items in rules[:3])
                    + ("…" if len(rules) > 3 else ""))
         if sb.button("Clear the per-layer rules", key="ctl_clear_rules"):
             st.session_state["ctl_per_layer"] = ()
@@ -247,27 +290,3 @@ def draw() -> Recipe | None:
     except UserError as e:
         sb.error(str(e))
         return None
-
-
-# ---------------------------------------------------------------------------------------
-# The methods of the Trade-offs page's variants
-# ---------------------------------------------------------------------------------------
-
-
-METHOD_VARIANTS = {
-    "As in the sidebar": None,
-    "Plain (SVD, magnitude, round to nearest)": {"lowrank_method": "svd", "prune_method": "magnitude",
-                                                 "quant_method": "rtn", "act_order": False},
-    "Calibrated (whitened SVD, Wanda, GPTQ)": {"lowrank_method": "whitened", "prune_method": "wanda",
-                                               "quant_method": "gptq", "act_order": False},
-    "k-means weight sharing": {"quant_method": "kmeans", "act_order": False},
-}
-
-
-def with_methods(recipe: Recipe, variant: str, sidebar: Recipe) -> Recipe:
-    """`recipe` with the methods of a Trade-offs variant (the sidebar's for 'As in the sidebar')."""
-    fields = METHOD_VARIANTS[variant] or {k: getattr(sidebar, k) for k in
-                                          ("lowrank_method", "prune_method", "quant_method", "act_order")}
-    return Recipe.from_dict({**recipe.to_dict(), **fields})
-
-

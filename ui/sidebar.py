@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.errors import UserError
+from engine.errors import UserError, failure
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
 from engine.recipe import Recipe
 from engine.storage import explorer as export_format
 
-from . import controls
+from . import context, controls
 
 OTHER = "Hub id or local folder…"
 
@@ -58,11 +58,32 @@ def _model() -> str:
     return ref or DEFAULT_MODEL
 
 
+def _apply_preset(ref: str):
+    """on_change of the llama.cpp mix picker: every control (and the per-layer rules) from the
+    mix on this model, the picker back to its prompt."""
+    def apply():
+        name = st.session_state.get("ctl_preset")
+        st.session_state["ctl_preset"] = ""
+        if not name:
+            return
+        try:
+            ex = context.loaded_explorer(ref, st.session_state["ctl_device"])
+            recipe = ex.preset(name, controls.recipe_from(controls.values()).base())
+        except UserError as e:
+            st.session_state["upload_error"] = f"{name.upper()}: {e}"
+            return
+        except Exception as e:  # noqa: BLE001 -- an error box, not a traceback
+            st.session_state["upload_error"] = failure(f"llama.cpp's {name.upper()}", e)
+            return
+        st.session_state["upload_error"] = controls.set_controls(recipe, f"llama.cpp's {name.upper()}")
+    return apply
+
+
 def sidebar() -> tuple[str, str, Recipe | None]:
     """Draw the model picker and the controls; returns (model ref, device, recipe or None)."""
     controls.init_from_url(DEFAULT_MODEL)
     ref = _model()
-    recipe = controls.draw()
+    recipe = controls.draw(_apply_preset(ref))
     controls.write_url(recipe, DEFAULT_MODEL)
     with st.sidebar.expander("Recipe file"):
         if recipe is not None:

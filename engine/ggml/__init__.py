@@ -16,6 +16,10 @@ gives `values` back); `values` is what the model computes with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,30 @@ def fit(fmt: str, cols: int) -> str | None:
         if name is not None and cols % TYPES[name].block == 0:
             return name
     return None
+
+
+def layout_note(recipe) -> str | None:
+    """One sentence on how a recipe's grid relates to llama.cpp's types, where it does: the
+    type it is, or the type whose bytes the explorer's own grid has (and where their values differ)."""
+    fmt = recipe.number_format
+    if recipe.bits >= 16:
+        return None
+    if fmt != "int":
+        t = TYPES[fmt]
+        fallback = _FALLBACK.get(fmt)
+        return (f"llama.cpp's {fmt.upper()}: {t.bits_per_value:g} bits per value; {t.help}."
+                + (f" Rows its {t.block}-value blocks do not divide take {fallback}, as llama.cpp's quantize does."
+                   if fallback else " Rows of other than a multiple of 32 values stay fp16."))
+    same = {(8, 32): "q8_0", (4, 32): "q4_0", (5, 32): "q5_0"}.get((recipe.bits, recipe.group_size))
+    if not (same and recipe.symmetric and recipe.granularity == "group" and recipe.quant_method != "kmeans"):
+        return None
+    if same == "q8_0":
+        return ("This is llama.cpp's Q8_0 layout (the same bytes): 8-bit codes, an fp16 scale per 32 values, "
+                "scale max|w| / 127 as Q8_0 takes it.")
+    top = 2 ** (recipe.bits - 1)
+    return (f"This is llama.cpp's {same.upper()} layout (the same bytes), not its values: {same.upper()} maps each "
+            f"block's signed extreme to the code -{top} (scale x_max / -{top}); this grid's scale max|w| / "
+            f"{top - 1} never uses that code. Number format {same} gives llama.cpp's values.")
 
 
 def quantize(w: torch.Tensor, fmt: str, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
