@@ -1,0 +1,44 @@
+"""The app's llama.cpp formats: the number-format control, the layout notes, the mixes in one click."""
+import pytest
+from test_app import compressed_bytes, ok, recipe_caption, start
+
+from engine.footprint import open_skeleton, predict
+from engine.ggml.presets import preset_recipe
+
+
+def _captions(at) -> str:
+    return " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_number_format_sets_its_own_grid_and_says_what_it_is():
+    at = ok(start(bits=4))
+    int4 = compressed_bytes(at)
+    at.selectbox(key="ctl_format").set_value("q4_0")
+    ok(at.run())
+    assert recipe_caption(at) == "Q4_0"
+    assert at.query_params["format"] == "q4_0"
+    bits, group = at.select_slider(key="ctl_bits"), at.selectbox(key="ctl_group")
+    assert (bits.value, group.value, bits.disabled, group.disabled) == (4, 32, True, True)
+    assert compressed_bytes(at) > int4  # a scale per 32 values instead of 128
+    assert "llama.cpp's Q4_0: 4.5 bits per value" in _captions(at)
+    at.selectbox(key="ctl_format").set_value("int")
+    ok(at.run())
+    assert recipe_caption(at) == "int4 g32"  # the explorer's own grid with the same bytes: said so
+    assert "This is llama.cpp's Q4_0 layout (the same bytes), not its values" in _captions(at)
+
+
+def test_a_format_with_pruning_is_an_error_box():
+    at = start(format="q4_k", sparsity=0.5)
+    assert any("stores every value of a full matrix" in e.value for e in at.sidebar.error)
+
+
+def test_llama_cpp_mix_in_one_click():
+    at = ok(start())
+    at.selectbox(key="ctl_preset").set_value("q4_k_m")
+    ok(at.run())
+    assert recipe_caption(at) == "Q4_K · with embeddings · 2 per-layer rules"
+    assert at.selectbox(key="ctl_preset").value == ""  # back to its prompt
+    sk = open_skeleton("minilm")
+    predicted = predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
+    assert compressed_bytes(at) == pytest.approx(predicted, abs=0.005 * 2**20)  # shown in MiB to 2 decimals
+    assert {"cosine_to_original", "lee_spearman", "polarity_accuracy"} <= {m.label for m in at.metric}
