@@ -35,10 +35,11 @@ demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse)
 test: $(STAMP) browser  ## install, then run every test (the browser test included)
 	$(PY) -m pytest -q --durations=15 tests
 
-bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, the kernels' speed
+bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed
 	$(PY) -m engine bench
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/llama_formats.py
 	$(PY) benchmarks/speed.py
 
 clean:  ## remove .venv and caches (not the converted-model cache)

@@ -163,3 +163,24 @@ def test_smollm2_mixes_fall_back_where_576_does_not_divide():
     assert formats["model.layers.0.mlp.down_proj"] == "q6_k" and formats["model.layers.3.mlp.down_proj"] == "q4_k"
     q2 = layer_types("q2_k", sk.layers, sk.config)  # 9 heads over 3 KV heads: V in q3_k
     assert q2["model.layers.4.self_attn.v_proj"] == "q3_k" and q2["model.layers.4.self_attn.o_proj"] == "q3_k"
+
+
+def test_run_minilm_with_a_mix_end_to_end():
+    """The real model through the command line: each layer in llama.cpp's type for it (rows of
+    384 values fall back from q4_k to q5_0, from q6_k to q8_0), the bytes the shapes predict."""
+    import json
+    from test_cli import main
+
+    code, out, err = main("run", "minilm", "--preset", "q4_k_m", "--quick", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    formats = {layer["name"]: layer["format"] for layer in report["memory"]["layers"] if layer["compressed"]}
+    assert formats["encoder.layer.0.attention.self.query"] == "q5_0"
+    assert formats["encoder.layer.0.output.dense"] == "q4_k" and formats["encoder.layer.2.output.dense"] == "q6_k"
+    assert formats["encoder.layer.2.attention.self.value"] == "q8_0"  # q6_k on rows of 384: q8_0
+    assert formats["embeddings.word_embeddings"] == "q8_0"
+    sk = open_skeleton("minilm")
+    assert report["memory"]["compressed_bytes"] == predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
+    assert 0.9 < report["metrics"]["cosine_to_original"] < 1
+    code, text, _ = main("run", "minilm", "--number-format", "q4_k", "--quant-method", "imatrix", "--quick")
+    assert code == 0 and "llama.cpp's Q4_K: 4.5 bits per value" in text and "Q4_K imatrix" in text

@@ -73,8 +73,13 @@ def left_alone(m: dict) -> str:
 
 def print_run(out: dict) -> None:
     """The run report (engine.report) as text."""
+    from ..ggml import layout_note
+
     m = out["memory"]
-    print(f"{out['model']} ({out['kind']}, {out['device']}): {Recipe.from_dict(out['recipe']).describe()}")
+    recipe = Recipe.from_dict(out["recipe"])
+    print(f"{out['model']} ({out['kind']}, {out['device']}): {recipe.describe()}")
+    if layout_note(recipe):
+        print(f"  ({layout_note(recipe)})")
     if out["calibration"]:
         c = out["calibration"]
         print(f"calibration: {c['samples']} sequences, {c['tokens']:,} tokens of {c['source']}"
