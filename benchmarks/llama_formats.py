@@ -29,7 +29,7 @@ from engine.session import Explorer  # noqa: E402
 def recipes(ex: Explorer) -> list[tuple[str, Recipe]]:
     rows = []
     for p in PRESETS:
-        rows += [(f"mix {p.upper()}", ex.preset(p)), (f"mix {p.upper()}", ex.preset(p, Recipe(quant_method="imatrix")))]
+        rows += [(f"mix {p.upper()}", ex.preset(p)), (f"mix {p.upper()}", ex.preset(p, quant_method="imatrix"))]
     emb = dict(include_embeddings=True)
     for fmt in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0"):
         for method in ("rtn", "imatrix", "gptq"):

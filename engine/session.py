@@ -70,11 +70,12 @@ class Explorer:
     def layer(self, name: str) -> LayerInfo:
         return self._by_name[name]
 
-    def preset(self, name: str, base: Recipe | None = None) -> Recipe:
-        """llama.cpp's mix `name` ('q4_k_m', ...) on this model: a recipe with per-layer types."""
+    def preset(self, name: str, base: Recipe | None = None, quant_method: str | None = None) -> Recipe:
+        """llama.cpp's mix `name` ('q4_k_m', ...) on this model: a recipe with per-layer types
+        (`base`'s other fields kept; `quant_method` 'imatrix' for an importance matrix)."""
         from .ggml.presets import preset_recipe
 
-        return preset_recipe(name, self.layers, self.loaded.model.config, base)
+        return preset_recipe(name, self.layers, self.loaded.model.config, base, quant_method)
 
     def selected(self, recipe: Recipe) -> list[LayerInfo]:
         """Layers the recipe compresses (a tied head follows its embedding)."""

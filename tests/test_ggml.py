@@ -182,5 +182,5 @@ def test_run_minilm_with_a_mix_end_to_end():
     sk = open_skeleton("minilm")
     assert report["memory"]["compressed_bytes"] == predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
     assert 0.9 < report["metrics"]["cosine_to_original"] < 1
-    code, text, _ = main("run", "minilm", "--number-format", "q4_k", "--quant-method", "imatrix", "--quick")
-    assert code == 0 and "llama.cpp's Q4_K: 4.5 bits per value" in text and "Q4_K imatrix" in text
+    code, text, _ = main("run", "minilm", "--preset", "q4_k_m", "--quant-method", "imatrix", "--quick")
+    assert code == 0 and "llama.cpp's Q4_K: 4.5 bits per value" in text and "Q4_K imatrix · with embeddings" in text

@@ -31,7 +31,7 @@ def llama_points(variant: str, explorer) -> list[Recipe]:
     method = LLAMA_VARIANTS[variant]
     if method == "gptq":
         return [Recipe(number_format=f, quant_method="gptq", include_embeddings=True) for f in LEGACY_FORMATS]
-    return [explorer.preset(p, Recipe(quant_method=method)) for p in PRESETS]
+    return [explorer.preset(p, quant_method=method) for p in PRESETS]
 
 
 def with_methods(recipe: Recipe, variant: str, sidebar: Recipe) -> Recipe:

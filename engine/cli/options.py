@@ -71,6 +71,10 @@ def recipe_from(args, exclude=()) -> Recipe:
     """The --recipe file's recipe (or the default one) updated with the options given, as a
     user means them (Recipe.updated: a rank clears the rank ratio, a pattern sets the sparsity...)."""
     base = Recipe()
+    if getattr(args, "preset", None):  # its default type, so that options such as --quant-method imatrix hold
+        from ..ggml.presets import PRESETS
+
+        base = Recipe(number_format=PRESETS[args.preset])
     if getattr(args, "recipe", None):
         path = Path(args.recipe)
         if not path.is_file():

@@ -127,10 +127,10 @@ def _attn_output(default: str, experts: int) -> str:
     return {"q2_k": "q3_k", "q3_k": "q4_k"}.get(default, default)
 
 
-def preset_recipe(preset: str, layers, config, base: Recipe | None = None) -> Recipe:
+def preset_recipe(preset: str, layers, config, base: Recipe | None = None, quant_method: str | None = None) -> Recipe:
     """The recipe of llama.cpp's mix `preset` on these layers: its default type for every layer
     (embeddings and head included), a per-layer rule for each other type; `base`'s other fields
-    (e.g. quant_method='imatrix') kept."""
+    kept, and `quant_method` ('rtn', 'imatrix') where given."""
     if preset not in PRESETS:
         from ..recipe_values import RecipeError
         raise RecipeError(f"preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -142,4 +142,6 @@ def preset_recipe(preset: str, layers, config, base: Recipe | None = None) -> Re
         rule = {"number_format": t} if t is not None else {"bits": 16}
         rules.append({"match": "^(" + "|".join(names) + ")$", **rule})
     fields = {"number_format": default, "include_embeddings": True, "per_layer": rules}
+    if quant_method is not None:
+        fields["quant_method"] = quant_method
     return (base or Recipe()).base().updated(**fields)
