@@ -184,3 +184,20 @@ def test_run_minilm_with_a_mix_end_to_end():
     assert 0.9 < report["metrics"]["cosine_to_original"] < 1
     code, text, _ = main("run", "minilm", "--preset", "q4_k_m", "--quant-method", "imatrix", "--quick")
     assert code == 0 and "llama.cpp's Q4_K: 4.5 bits per value" in text and "Q4_K imatrix · with embeddings" in text
+
+
+def test_a_mix_exports_as_gguf_blocks_and_reloads_exactly(minilm_explorer, tmp_path):
+    from engine.storage import explorer as export
+
+    work = minilm_explorer.workspace()
+    work.apply(minilm_explorer.preset("q4_k_m"))
+    manifest = export.write(work, tmp_path / "out", entropy=True)  # llama.cpp's blocks are written as they are
+    assert manifest["tensor_bytes"] == manifest["predicted_bytes"] == work.applied.memory.compressed_bytes
+    formats = {p["format"] for layer in manifest["layers"] for p in layer["parts"]}
+    assert formats == {"q4_k", "q6_k", "q5_0", "q8_0"}  # rows of 384 fall back, rows of 1,536 do not
+    again = minilm_explorer.workspace()
+    export.load_into(again, tmp_path / "out")
+    for name, stored in work.stored.items():
+        back = again.stored[name].matrices[0]
+        assert torch.equal(back.values, stored.matrices[0].values) and back.grid.ggml == stored.matrices[0].grid.ggml
+    assert again.evaluate(quick=True) == work.evaluate(quick=True)
