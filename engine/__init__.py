@@ -10,7 +10,8 @@ The layers, from primitives to drivers (each imports only from the layers above 
 
 1. Primitives, pure functions on tensors: `transforms` (SVD, masks, the quantization grid:
    quantize and dequantize written once), `methods` (whitened SVD, Wanda, GPTQ, k-means),
-   `memory` (the byte rules: every figure counts bytes as it says).
+   `memory` (the byte rules: every figure counts bytes as it says), `ggml` (llama.cpp's number
+   formats: their blocks, bytes and quantizers, byte for byte with llama.cpp's; its mixes).
 2. The recipe: `recipe` (a frozen, validated description of a setting, per-layer rules
    included; its fields declared once in `recipe_values`, from which the command line, the
    app and the sweep derive theirs).

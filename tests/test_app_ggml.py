@@ -42,3 +42,22 @@ def test_llama_cpp_mix_in_one_click():
     predicted = predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
     assert compressed_bytes(at) == pytest.approx(predicted, abs=0.005 * 2**20)  # shown in MiB to 2 decimals
     assert {"cosine_to_original", "lee_spearman", "polarity_accuracy"} <= {m.label for m in at.metric}
+
+
+def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes():
+    import json
+
+    at = ok(start("pages/tradeoffs.py"))
+    at.multiselect(key="tradeoffs_bits").set_value([16])
+    at.multiselect(key="tradeoffs_ratios").set_value([1.0])
+    at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
+    at.multiselect(key="tradeoffs_methods").set_value(["llama.cpp's mixes (Q8_0 … Q2_K)"])
+    next(b for b in at.button if b.label == "Run sweep").click()
+    ok(at.run())
+    table = at.dataframe[0].value
+    assert list(table["label"].str.split(" ").str[0]) == ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
+    assert table["compressed_bytes"].is_monotonic_decreasing  # each mix smaller than the one before
+    assert table["cosine_to_original"].iloc[0] > table["cosine_to_original"].iloc[-1]  # and worse at the end
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    points = next(t for t in spec["data"] if t["name"] == "sweep points")
+    assert len(points["x"]) == 6 and "Pareto frontier" in [t["name"] for t in spec["data"]]
