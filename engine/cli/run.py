@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ..errors import UserError
 from ..recipe import Recipe
@@ -147,6 +148,10 @@ def cmd_export(args):
     work.apply(dataclasses.replace(recipe, distill_steps=0))
     if recipe.distill_steps:
         distill(work, recipe, args.model)
+    if args.format == "gguf":
+        return _gguf(work, folder, recipe, args)
+    if args.dense_fallback:
+        raise UserError("--dense-fallback: only with --format gguf")
     manifest = export.write(work, folder, entropy=args.entropy)
     on_disk = sum(f["bytes"] for f in manifest["files"].values())
     if args.json:
@@ -167,6 +172,26 @@ def cmd_export(args):
     print("  files: " + ", ".join(f"{n} {f['bytes']:,}" for n, f in manifest["files"].items())
           + f"; {on_disk:,} bytes in all, manifest.json aside")
     print(f"  load it back: python -m engine run {folder}")
+
+
+def _gguf(work, folder, recipe, args) -> None:
+    from ..storage import gguf_file
+
+    if args.entropy:
+        raise UserError("--entropy: not with --format gguf (llama.cpp reads fixed-width blocks)")
+    report = gguf_file.write(work, folder, args.dense_fallback)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    kinds = {}
+    for t in report["tensors"]:
+        kinds[t["type"]] = kinds.get(t["type"], 0) + 1
+    print(f"wrote {report['file']}: {recipe.describe()}")
+    print(f"  {len(report['tensors'])} tensors ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+          f"{report['bytes']:,} bytes; the compressed layers' tensors {report['written_bytes']:,} bytes "
+          f"(predicted {report['predicted_bytes']:,}; dense fallbacks added {report['fallback_added_bytes']:,})")
+    print(f"  llama.cpp: llama-cli -m {report['file']}; transformers: AutoModelForCausalLM.from_pretrained("
+          f"'{folder}', gguf_file='{Path(report['file']).name}')")
 
 
 def add_parsers(sub) -> None:
@@ -190,6 +215,13 @@ def add_parsers(sub) -> None:
     model_args(e)
     recipe_args(e, preset=True)
     e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    e.add_argument("--format", choices=("explorer", "gguf"), default="explorer",
+                   help="explorer: this explorer's packed folder (default, every recipe); gguf: a GGUF file llama.cpp "
+                        "and transformers load (the Llama family; llama.cpp's types, and the explorer's symmetric "
+                        "grid in groups of 32)")
+    e.add_argument("--dense-fallback", action="store_true",
+                   help="--format gguf: write the layers GGUF cannot hold (low rank, pruned, other grids) as f16/f32 "
+                        "instead of refusing")
     e.add_argument("--entropy", action="store_true",
                    help="Huffman-code each matrix's b-bit codes where that is smaller; reports coded and fixed-width bytes")
     e.add_argument("--json", action="store_true", help="print the manifest as JSON")

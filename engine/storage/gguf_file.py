@@ -1,0 +1,191 @@
+"""A workspace's compressed model as a GGUF file, the format llama.cpp (and transformers) load.
+
+Every compressed matrix goes in as it is stored: a layer in one of llama.cpp's types
+(engine.ggml) writes its blocks byte for byte; the explorer's own symmetric grid in groups of
+32 writes as the llama.cpp type whose blocks hold its codes exactly (4 bits and fewer as q4_0,
+5 bits as q5_0, 6 to 8 bits as q8_0: the same bytes for 4, 5 and 8 bits, more for the rest).
+What GGUF cannot hold (low-rank factors, pruning masks, k-means codebooks, other grids) is
+refused in one line naming the layer, or with `dense_fallback` written in the smallest float
+type that holds its values exactly (f16, else f32), the bytes that adds reported. Norms are
+f32, other parameters f16. The Llama family only (Llama, Mistral, SmolLM: llama.cpp's `llama`
+architecture), whose q and k projections GGUF stores with their rows permuted for llama.cpp's
+rotary layout; the tokenizer is copied from the GGUF file the model came from.
+
+    report = write(work, "out/", dense_fallback=False)   # out/<model>.gguf
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..ggml import legacy
+from ..ggml.presets import gguf_names
+from ..models import gguf_file
+from ..recipe_values import FORMAT_GRID
+
+ARCHES = {"llama": "llama", "mistral": "llama"}
+_EXACT = {2: "q4_0", 3: "q4_0", 4: "q4_0", 5: "q5_0", 6: "q8_0", 7: "q8_0", 8: "q8_0"}
+
+
+def _rope_permutation(rows: int, heads: int) -> torch.Tensor:
+    """The row order llama.cpp's converter gives a q or k projection: within each head, the
+    rotary pairs (i, i + d/2) of Hugging Face's layout become neighbours (2i, 2i + 1)."""
+    return torch.arange(rows).reshape(heads, 2, rows // heads // 2).transpose(1, 2).reshape(-1)
+
+
+def _int_blocks(stored, fmt: str) -> torch.Tensor:
+    """The explorer's symmetric grid in groups of 32 (codes c in [-2^(b-1), 2^(b-1) - 1], fp16
+    scale s, value c s) as llama.cpp blocks of `fmt` whose values are exactly the same."""
+    (m,) = stored.matrices
+    rows, cols = m.values.shape
+    d = m.grid.scale.reshape(-1).float()  # one per block of 32, row-major
+    q = (m.values.reshape(-1, 32).float() / d[:, None]).round().nan_to_num(0)
+    if fmt != "q8_0":
+        q = q + (8 if fmt == "q4_0" else 16)
+    return legacy.pack(fmt, q, d, None).reshape(rows, -1)
+
+
+def tensor_type(stored) -> tuple[str | None, str]:
+    """How a compressed layer goes into GGUF: (llama.cpp type or None, why not / how)."""
+    r = stored.recipe
+    (m, *more) = stored.matrices
+    if more:
+        return None, f"low rank {stored.rank} (GGUF stores full matrices)"
+    if m.keep is not None:
+        return None, "pruned (GGUF has no sparse tensors)"
+    if m.grid.ggml is not None:
+        return m.grid.ggml, "its llama.cpp blocks, as stored"
+    if m.grid.codebook is not None:
+        return None, "a k-means codebook (no GGUF type)"
+    if m.grid.scale is None:
+        return None, "fp16"
+    if r.symmetric and r.granularity == "group" and r.group_size == 32 and m.values.shape[1] % 32 == 0:
+        fmt = _EXACT[r.bits]
+        same = FORMAT_GRID[fmt][0] == r.bits
+        return fmt, f"int{r.bits} g32 symmetric as {fmt}" + ("" if same else f" (holds it exactly, {fmt}'s bytes)")
+    return None, f"int{r.bits} {r.granularity}{'' if r.granularity != 'group' else r.group_size}" \
+                 f"{'' if r.symmetric else ' asymmetric'} (no GGUF type holds this grid)"
+
+
+def check(work, dense_fallback: bool = False) -> list[str]:
+    """The layers GGUF cannot hold, one line each (empty: it can hold them all)."""
+    model_type = getattr(work.model.config, "model_type", "")
+    if model_type not in ARCHES:
+        raise UserError(f"--format gguf: the Llama family only (Llama, Mistral, SmolLM); this model is {model_type!r}")
+    if gguf_file(work.explorer.loaded.ref) is None:
+        raise UserError("--format gguf: the tokenizer is copied from the GGUF file the model came from (smollm2); "
+                        f"{work.explorer.loaded.ref!r} has none")
+    if dense_fallback:
+        return []
+    out = []
+    for name, stored in work.stored.items():
+        fmt, why = tensor_type(stored)
+        if fmt is None and why != "fp16":
+            out.append(f"{name}: {why}")
+    return out
+
+
+def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
+    """Write the workspace's applied recipe as `out`/<model>.gguf; returns a report: the file,
+    its tensors (name, type, bytes), the bytes predicted for the compressed layers and those
+    written for them, and the bytes dense fallbacks added."""
+    import gguf
+
+    refused = check(work, dense_fallback)
+    if refused:
+        raise UserError(f"--format gguf cannot hold {len(refused)} layer(s), e.g. {refused[0]}; "
+                        "--dense-fallback writes them as f16/f32")
+    ex, config = work.explorer, work.model.config
+    source = gguf.GGUFReader(gguf_file(ex.loaded.ref))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(ex.loaded.ref).name}.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    _metadata(writer, source, config, work)
+    names = gguf_names(ex.layers, config)
+    by_param = {i.param_name: i for i in ex.layers}
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    tensors, predicted, written, added = [], 0, 0, 0
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    working = dict(work.model.named_parameters())  # norms and the like, at the fp16 the explorer counts
+    for pname, p in ex.loaded.model.named_parameters():  # every parameter, in the original's order
+        p = working.get(pname, p)
+        info = by_param.get(pname)
+        if info is not None and info.tied_to is not None:
+            continue
+        target = (names.get(info.name) if info else None) or (name_map.get_name(pname, try_suffixes=(".weight", ".bias")) or "").removesuffix(".weight")
+        if not target:
+            raise UserError(f"--format gguf: no GGUF name for {pname}")
+        stored = work.stored.get(info.name) if info is not None else None
+        fmt, data = _tensor(stored, work.holders[info.name].matrix() if info else p, p.ndim)
+        heads_here = heads if target.endswith("attn_q") else kv if target.endswith("attn_k") else None
+        if heads_here is not None:
+            data = data[_rope_permutation(data.shape[0], heads_here)]
+        kind = gguf.GGMLQuantizationType[fmt.upper()]
+        array = data.cpu().numpy()
+        writer.add_tensor(f"{target}.weight" if not target.endswith(".bias") else target, array, raw_dtype=kind)
+        nbytes = array.nbytes
+        tensors.append({"name": target, "type": fmt, "bytes": nbytes})
+        if stored is not None:
+            predicted += stored.bytes.compressed_bytes
+            written += nbytes
+            added += nbytes - stored.bytes.compressed_bytes  # 0 where GGUF holds the layer as stored
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"file": str(path), "bytes": path.stat().st_size, "tensors": tensors,
+            "predicted_bytes": predicted, "written_bytes": written, "fallback_added_bytes": added}
+
+
+def _tensor(stored, values: torch.Tensor, ndim: int) -> tuple[str, torch.Tensor]:
+    """(GGUF type, data): llama.cpp blocks (rows, row bytes) uint8, or float values."""
+    if stored is not None:
+        fmt, _ = tensor_type(stored)
+        if fmt is not None and stored.matrices[0].grid.ggml is not None:
+            return fmt, stored.matrices[0].grid.raw
+        if fmt is not None:
+            return fmt, _int_blocks(stored, fmt)
+        values = stored.matrix()
+    if ndim == 1:
+        return "f32", values.detach().float()
+    v = values.detach().float()
+    return ("f16", v.half()) if torch.equal(v.half().float(), v) else ("f32", v)
+
+
+def _metadata(writer, source, config, work) -> None:
+    """The architecture's hyperparameters from the config, the tokenizer from the source file."""
+    import gguf
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(f"{Path(work.explorer.loaded.ref).name} ({work.applied.recipe.describe()})")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
+                                    (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, field in source.fields.items():
+        if key.startswith("tokenizer."):
+            _copy(writer, key, field)
+
+
+def _copy(writer, key: str, field) -> None:
+    import gguf
+
+    kind = field.types[0]
+    if kind == gguf.GGUFValueType.ARRAY:
+        writer.add_array(key, field.contents())
+    elif kind == gguf.GGUFValueType.STRING:
+        writer.add_string(key, field.contents())
+    else:
+        writer.add_key_value(key, field.contents(), kind)
+

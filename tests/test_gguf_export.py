@@ -1,0 +1,72 @@
+"""--format gguf: a file the gguf package reads, transformers loads with the explorer's exact
+values, llama.cpp runs (where llama-cpp-python is installed), in the predicted bytes."""
+import collections
+import importlib.util
+
+import gguf
+import pytest
+import torch
+
+from engine import ggml
+from engine.pipeline import compress
+from engine.recipe import Recipe
+from engine.storage import gguf_file
+
+from test_cli import main
+
+
+@pytest.mark.parametrize("bits, fmt", [(2, "q4_0"), (3, "q4_0"), (4, "q4_0"), (5, "q5_0"), (6, "q8_0"), (8, "q8_0")])
+def test_the_explorers_symmetric_grid_in_groups_of_32_is_a_llama_cpp_type_exactly(bits, fmt):
+    w = torch.randn(8, 256, generator=torch.Generator().manual_seed(bits))
+    stored = compress("x", w, Recipe(bits=bits, group_size=32), factors=None)
+    assert gguf_file.tensor_type(stored)[0] == fmt
+    raw = gguf_file._int_blocks(stored, fmt)
+    assert torch.equal(ggml.dequantize(raw, fmt, 256), stored.matrices[0].values)
+    assert (raw.numel() == stored.bytes.compressed_bytes) == (bits in (4, 5, 8))  # the same bytes where layouts agree
+
+
+def test_layers_gguf_cannot_hold_are_refused_by_name():
+    w = torch.randn(8, 256, generator=torch.Generator().manual_seed(0))
+    for recipe, why in [(Recipe(bits=4), "int4 group128"), (Recipe(rank=4), "low rank"), (Recipe(sparsity=0.5), "pruned"),
+                        (Recipe(bits=3, quant_method="kmeans"), "k-means")]:
+        stored = compress("x", w, recipe, factors=lambda: torch.linalg.svd(w, full_matrices=False))
+        fmt, reason = gguf_file.tensor_type(stored)
+        assert fmt is None and why in reason
+    code, _, err = main("export", "minilm", "--bits", "4", "--format", "gguf", "--out", "unused")
+    assert code == 2 and "the Llama family only" in err and err.count("\n") == 1
+
+
+def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_explorer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ex = smollm2_explorer
+    work = ex.workspace()
+    work.apply(ex.preset("q4_k_m"))
+    report = gguf_file.write(work, tmp_path)
+    assert report["written_bytes"] == report["predicted_bytes"] == sum(
+        r.bytes.compressed_bytes for r in work.applied.memory.layers if r.compressed and r.info.tied_to is None)
+    assert report["fallback_added_bytes"] == 0
+    reader = gguf.GGUFReader(report["file"])
+    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
+    assert types == {"Q5_0": 166, "F32": 61, "Q4_K": 16, "Q8_0": 15, "Q6_K": 14}  # 272 tensors, as the shipped file
+    for t in reader.tensors:
+        fmt = t.tensor_type.name.lower()
+        if fmt in ggml.TYPES:
+            cols, rows = (int(x) for x in t.shape)
+            assert t.n_bytes == rows * ggml.TYPES[fmt].row_bytes(cols)
+    ids = ex.loaded.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="smollm2.gguf", dtype=torch.float32)
+    with torch.inference_mode():
+        assert torch.equal(hf(ids).logits, work.model(ids).logits)  # transformers computes with exactly our values
+    if importlib.util.find_spec("llama_cpp") is None:
+        return
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=report["file"], n_ctx=64, n_threads=2, verbose=False, logits_all=True)
+    tokens = ids[0].tolist()
+    llm.eval(tokens)
+    theirs = torch.from_numpy(np.array(llm.scores[: len(tokens)]))
+    ours = work.model(ids).logits[0].detach()
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.9  # llama.cpp's own kernels: close, not equal
+    assert torch.nn.functional.cosine_similarity(theirs, ours, dim=-1).min() > 0.99
