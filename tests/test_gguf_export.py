@@ -70,3 +70,23 @@ def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_expl
     ours = work.model(ids).logits[0].detach()
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.9  # llama.cpp's own kernels: close, not equal
     assert torch.nn.functional.cosine_similarity(theirs, ours, dim=-1).min() > 0.99
+
+
+def test_run_scores_a_gguf_file_as_the_recipe_in_memory(smollm2_explorer, tmp_path):
+    """`run FILE.gguf`: the file's own values on its source model, scored as the recipe was."""
+    import json
+
+    code, out, err = main("export", "smollm2", "--number-format", "q4_0", "--include-embeddings", "--format", "gguf",
+                          "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    written = json.loads(out)
+    code, out, err = main("run", written["file"], "--quick", "--json")
+    assert code == 0, err
+    from_file = json.loads(out)
+    code, out, err = main("run", "smollm2", "--number-format", "q4_0", "--include-embeddings", "--quick", "--json")
+    in_memory = json.loads(out)
+    assert from_file["metrics"]["perplexity"] == pytest.approx(in_memory["metrics"]["perplexity"], rel=1e-6)
+    assert from_file["memory"]["compressed_bytes"] == in_memory["memory"]["compressed_bytes"]
+    assert from_file["export_stored"]["tensor_bytes"] == written["written_bytes"]
+    code, _, err = main("run", written["file"], "--bits", "4")
+    assert code == 2 and "recipe options do not apply to a GGUF file" in err

@@ -16,14 +16,15 @@ def cmd_run(args):
     from ..storage import explorer as export
 
     folder = args.model if export.is_export(args.model) else None
+    gguf = args.model if args.model.endswith(".gguf") and Path(args.model).is_file() else None
     if args.max_memory or args.offload_folder:
-        if folder:
-            raise UserError("run: --max-memory does not apply to an export folder")
+        if folder or gguf:
+            raise UserError("run: --max-memory does not apply to an export")
         if not args.max_memory:
             raise UserError("run: --offload-folder needs --max-memory")
     check_preset(args)
-    if args.preset and (args.max_memory or folder):
-        raise UserError("--preset: not with " + ("--max-memory" if args.max_memory else "an export folder"))
+    if args.preset and (args.max_memory or folder or args.model.endswith(".gguf")):
+        raise UserError("--preset: not with " + ("--max-memory" if args.max_memory else "an export"))
     if args.calibration_memory and not args.max_memory:
         raise UserError("run: --calibration-memory needs --max-memory")
     if args.max_memory:
@@ -35,7 +36,13 @@ def cmd_run(args):
                                args.trust_remote_code, args.quick, text, name)
     else:
         manifest = None
-        if folder:  # an export: its recipe and source model come from its manifest
+        if gguf:  # a GGUF file written by export --format gguf: its metadata names the source and recipe
+            from ..storage import gguf_file
+
+            if recipe_options(args) or args.recipe:
+                raise UserError("run: recipe options do not apply to a GGUF file (it holds its recipe)")
+            model, recipe = gguf_file.source_of(gguf)
+        elif folder:  # an export: its recipe and source model come from its manifest
             if recipe_options(args) or args.recipe:
                 raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
             manifest, _ = export.read(folder)  # every file checked before the model loads
@@ -45,11 +52,11 @@ def cmd_run(args):
             recipe, model = recipe_from(args), args.model
         text, name = eval_text(args)
         ex = open_explorer(args, model)
-        recipe = with_preset(args, recipe, ex)
+        recipe = recipe if gguf else with_preset(args, recipe, ex)
         bar = Progress(f"distill {model}")
         try:
             out = report.in_memory(ex, recipe, model, args.quick, text, name, export=folder, manifest=manifest,
-                                   progress=bar.loss)
+                                   progress=bar.loss, gguf=gguf)
         finally:
             bar.close()
     if args.json:
@@ -95,7 +102,10 @@ def print_run(out: dict) -> None:
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {mb(m['original_bytes_fp32'])} at fp32)")
     print(left_alone(m))
     st = out["export_stored"]
-    if st:
+    if st and st.get("format") == "gguf":
+        print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of compressed tensors, "
+              f"{st['file_bytes']:,} bytes of GGUF file in all")
+    elif st:
         coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
         print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of tensors ({coded}), "
               f"{st['header_bytes']:,} of safetensors header")

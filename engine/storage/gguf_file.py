@@ -19,13 +19,18 @@ from pathlib import Path
 
 import torch
 
+from .. import ggml
 from ..errors import UserError
 from ..ggml import legacy
+from ..memory import TensorBytes, ggml_bytes
+from ..pipeline import Grid, StoredLayer, StoredMatrix
+from ..recipe import Recipe
 from ..ggml.presets import gguf_names
 from ..models import gguf_file
 from ..recipe_values import FORMAT_GRID
 
 ARCHES = {"llama": "llama", "mistral": "llama"}
+SOURCE_KEY, RECIPE_KEY = "explorer.source", "explorer.recipe"
 _EXACT = {2: "q4_0", 3: "q4_0", 4: "q4_0", 5: "q5_0", 6: "q8_0", 7: "q8_0", 8: "q8_0"}
 
 
@@ -173,6 +178,8 @@ def _metadata(writer, source, config, work) -> None:
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(head_dim)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string(SOURCE_KEY, work.explorer.loaded.ref)  # for `run FILE.gguf`; llama.cpp ignores them
+    writer.add_string(RECIPE_KEY, work.applied.recipe.to_json())
     for key, field in source.fields.items():
         if key.startswith("tokenizer."):
             _copy(writer, key, field)
@@ -189,3 +196,77 @@ def _copy(writer, key: str, field) -> None:
     else:
         writer.add_key_value(key, field.contents(), kind)
 
+
+
+# ---------------------------------------------------------------------------------------
+# Reading one back: `run FILE.gguf`
+# ---------------------------------------------------------------------------------------
+
+
+def source_of(path: str | Path) -> tuple[str, Recipe]:
+    """(the source model's ref, the recipe) a GGUF file written here names; a GGUF file from
+    elsewhere is refused in one line."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{str(path)!r}: not a readable GGUF file ({e})") from None
+    if SOURCE_KEY not in reader.fields or RECIPE_KEY not in reader.fields:
+        raise UserError(f"{str(path)!r}: not written by this explorer's export (no {SOURCE_KEY}): "
+                        "its source model is unknown")
+    return reader.fields[SOURCE_KEY].contents(), Recipe.from_json(reader.fields[RECIPE_KEY].contents())
+
+
+def load_into(work, path: str | Path):
+    """Fill a workspace of the file's source model from a GGUF file written by `write`: every
+    layer and parameter takes the file's values (llama.cpp's blocks dequantized by the gguf
+    package, the q and k rows put back in Hugging Face's order). Returns the workspace's
+    Applied, whose memory report counts the file's tensors."""
+    import time
+
+    import gguf
+
+    t0 = time.perf_counter()
+    _, recipe = source_of(path)
+    reader = gguf.GGUFReader(str(path))
+    ex, config = work.explorer, work.model.config
+    tensors = {t.name.removesuffix(".weight"): t for t in reader.tensors}
+    names = gguf_names(ex.layers, config)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    chosen = {i.name for i in ex.selected(recipe)}
+
+    def read(name: str) -> tuple[str, torch.Tensor]:
+        if name not in tensors:
+            raise UserError(f"{str(path)!r}: no tensor {name} for model {ex.loaded.ref!r}")
+        t = tensors[name]
+        data = torch.from_numpy(t.data.copy())
+        heads_here = heads if name.endswith("attn_q") else kv if name.endswith("attn_k") else None
+        if heads_here is not None:
+            data = data[torch.argsort(_rope_permutation(data.shape[0], heads_here))]
+        return t.tensor_type.name.lower(), data
+
+    stored, alone = {}, {}
+    for info in ex.layers:
+        if info.tied_to is not None:
+            continue
+        fmt, data = read(names[info.name])
+        device = ex.weight(info.name).device
+        if info.name not in chosen:
+            alone[info.name] = data.to(device, torch.float32)
+            continue
+        rows, cols = info.shape
+        if fmt in ggml.TYPES:
+            values, grid, nbytes = ggml.dequantize(data, fmt, cols), Grid(ggml=fmt, raw=data.to(device)), \
+                ggml_bytes(rows, cols, fmt)
+        else:
+            values, grid = data.float(), Grid()
+            nbytes = TensorBytes(data.numel() * data.element_size(), 0, 0, fmt)
+        matrix = StoredMatrix(values.to(device), grid, None, rows * cols, nbytes)
+        stored[info.name] = StoredLayer(info.name, info.shape, recipe.for_layer(info.name), None, (matrix,))
+    params = {}
+    for pname, _ in work.model.named_parameters():
+        target = (name_map.get_name(pname, try_suffixes=(".weight", ".bias")) or "").removesuffix(".weight")
+        params[pname] = read(target)[1].float()
+    return work.hold(recipe, stored, alone, params, time.perf_counter() - t0, export=str(path))
