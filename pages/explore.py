@@ -114,6 +114,36 @@ if built and built[:3] == (ctx.key, recipe, entropy):
                        "application/zip", key="explore_export_download")
     st.caption(f"In it: {built[5]}.")
 
+st.markdown("**GGUF, for llama.cpp** (and transformers' `gguf_file=`)")
+gguf = None if context.holds_export(ctx) else context.shielded("Checking the GGUF export", context.gguf_summary, ctx)
+if gguf is not None and not gguf["supported"]:
+    st.caption(f"Not for this model: {gguf['why']}.")
+elif gguf is not None:
+    layers = gguf["layers"]
+    kinds = {}
+    for row in layers:
+        kinds[row["type"]] = kinds.get(row["type"], 0) + 1
+    st.caption(f"{len(layers) - gguf['refused']} of {len(layers)} compressed layers go into GGUF as they are ("
+               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused") + f"), "
+               f"{charts.human_bytes(gguf['bytes'])} of them"
+               + (f"; {gguf['refused']} cannot (low rank, pruning, k-means or a grid no llama.cpp type holds: "
+                  f"e.g. {next(r['layer'] for r in layers if r['type'] == 'refused')}), written dense only with "
+                  f"the fallback: {charts.human_bytes(gguf['bytes_with_fallback'])} in all" if gguf["refused"] else "")
+               + ". Norms go in as f32, layers left alone as f16.")
+    dense = st.checkbox("Dense fallback for what GGUF cannot hold", key="explore_gguf_dense",
+                        disabled=not gguf["refused"])
+    if st.button("Build the GGUF file", key="explore_gguf", disabled=bool(gguf["refused"]) and not dense):
+        with st.spinner("Writing the GGUF file…"):
+            made = context.shielded("Building the GGUF file", context.export_gguf, ctx, dense)
+        if made is not None:
+            st.session_state["export_gguf"] = (ctx.key, recipe, dense, *made)
+    made = st.session_state.get("export_gguf")
+    if made and made[:3] == (ctx.key, recipe, dense):
+        st.download_button(f"Download {made[3]} ({charts.human_bytes(len(made[4]))})", made[4], made[3],
+                           "application/octet-stream", key="explore_gguf_download")
+        st.caption(f"In it: {made[5]}. Run it with `llama-cli -m {made[3]}`, or score it here with "
+                   f"`python -m engine run {made[3]}`.")
+
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])
 if context.holds_export(ctx):

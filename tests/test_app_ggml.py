@@ -32,22 +32,22 @@ def test_a_format_with_pruning_is_an_error_box():
     assert any("stores every value of a full matrix" in e.value for e in at.sidebar.error)
 
 
-def test_llama_cpp_mix_in_one_click():
-    at = ok(start())
+def test_llama_cpp_mix_in_one_click(tiny_models):
+    at = ok(start(model=tiny_models["llama"]))
     at.selectbox(key="ctl_preset").set_value("q4_k_m")
     ok(at.run())
-    assert recipe_caption(at) == "Q4_K · with embeddings · 2 per-layer rules"
+    assert recipe_caption(at) == "Q4_K · with embeddings · 2 per-layer rules"  # block 1's V and down in q6_k, the head q8_0
     assert at.selectbox(key="ctl_preset").value == ""  # back to its prompt
-    sk = open_skeleton("minilm")
+    sk = open_skeleton(tiny_models["llama"])
     predicted = predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
     assert compressed_bytes(at) == pytest.approx(predicted, abs=0.005 * 2**20)  # shown in MiB to 2 decimals
-    assert {"cosine_to_original", "lee_spearman", "polarity_accuracy"} <= {m.label for m in at.metric}
+    assert {"perplexity", "kl_to_original", "top1_agreement"} <= {m.label for m in at.metric}
 
 
-def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes():
+def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes(tiny_models):
     import json
 
-    at = ok(start("pages/tradeoffs.py"))
+    at = ok(start("pages/tradeoffs.py", model=tiny_models["llama"]))  # tiny: every mix quickly
     at.multiselect(key="tradeoffs_bits").set_value([16])
     at.multiselect(key="tradeoffs_ratios").set_value([1.0])
     at.multiselect(key="tradeoffs_sparsity").set_value([0.0])
@@ -56,8 +56,19 @@ def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes():
     ok(at.run())
     table = at.dataframe[0].value
     assert list(table["label"].str.split(" ").str[0]) == ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
-    assert table["compressed_bytes"].is_monotonic_decreasing  # each mix smaller than the one before
-    assert table["cosine_to_original"].iloc[0] > table["cosine_to_original"].iloc[-1]  # and worse at the end
+    assert table["compressed_bytes"].is_monotonic_decreasing  # no mix larger than the one before
+    assert table["kl_to_original"].iloc[0] < table["kl_to_original"].iloc[-1]  # and Q2_K the furthest off
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     points = next(t for t in spec["data"] if t["name"] == "sweep points")
     assert len(points["x"]) == 6 and "Pareto frontier" in [t["name"] for t in spec["data"]]
+
+
+def test_explore_offers_a_gguf_file_where_the_model_can_have_one():
+    at = ok(start(bits=4))  # minilm: a BERT, not the Llama family
+    assert any("Not for this model: the Llama family only" in c.value for c in at.caption)
+    at = ok(start(model="smollm2", bits=4, group=32, layers="attention"))
+    assert any("of 120 compressed layers go into GGUF as they are (120 q4_0)" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Build the GGUF file").click()
+    ok(at.run())
+    assert any(d.label.startswith("Download smollm2-int4-g32") and ".gguf" in d.label
+               for d in at.get("download_button"))

@@ -267,5 +267,29 @@ def export_zip(ctx: Context, entropy: bool = False) -> tuple[str, bytes, str]:
     return f"{name}.zip", data, what
 
 
+def gguf_summary(ctx: Context) -> dict:
+    """What a GGUF file of the current recipe would hold (engine.storage.gguf_file.summary)."""
+    from engine.storage import gguf_file
+
+    ctx.work.ensure(ctx.recipe)
+    return gguf_file.summary(ctx.work)
+
+
+def export_gguf(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
+    """(file name, the GGUF file, what its tensors are) of the current recipe."""
+    import tempfile
+
+    from engine.storage import gguf_file
+
+    ctx.work.ensure(ctx.recipe)
+    with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
+        report = gguf_file.write(ctx.work, tmp, dense_fallback)
+        data = Path(report["file"]).read_bytes()
+    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())])) + ".gguf"
+    what = (f"{len(report['tensors'])} tensors; the compressed layers {report['written_bytes']:,} bytes "
+            f"(predicted {report['predicted_bytes']:,}, dense fallbacks {report['fallback_added_bytes']:,} more)")
+    return name, data, what
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]

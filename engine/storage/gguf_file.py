@@ -92,6 +92,31 @@ def check(work, dense_fallback: bool = False) -> list[str]:
     return out
 
 
+def summary(work) -> dict:
+    """What `write` would do with the workspace's applied recipe, without writing: whether the
+    model can go to GGUF at all (`why` not), and per compressed layer its GGUF type or why GGUF
+    cannot hold it; the compressed layers' bytes as written, without and with dense fallbacks."""
+    try:
+        check(work, dense_fallback=True)
+    except UserError as e:
+        return {"supported": False, "why": str(e).removeprefix("--format gguf: "), "layers": []}
+    rows, exact, fallback = [], 0, 0
+    for name, stored in work.stored.items():
+        fmt, how = tensor_type(stored)
+        (out, cols), n = stored.shape, stored.shape[0] * stored.shape[1]
+        if fmt is not None:
+            written = out * ggml.TYPES[fmt].row_bytes(cols)
+        else:
+            written = 2 * n if how == "fp16" or torch.equal(stored.matrix().half().float(), stored.matrix()) else 4 * n
+        held = fmt is not None or how == "fp16"
+        rows.append({"layer": name, "type": fmt or ("f16" if how == "fp16" else "refused"), "how": how,
+                     "stored_bytes": stored.bytes.compressed_bytes, "written_bytes": written})
+        exact += written if held else 0
+        fallback += written
+    return {"supported": True, "why": None, "layers": rows, "refused": sum(r["type"] == "refused" for r in rows),
+            "bytes": exact, "bytes_with_fallback": fallback}
+
+
 def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     """Write the workspace's applied recipe as `out`/<model>.gguf; returns a report: the file,
     its tensors (name, type, bytes), the bytes predicted for the compressed layers and those
