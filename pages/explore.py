@@ -103,16 +103,25 @@ st.caption("A folder with model.safetensors (b-bit codes packed, fp16 scales, ma
 entropy = st.checkbox("Huffman-code the values", key="explore_entropy", disabled=context.holds_export(ctx),
                       help="Deep Compression's last stage: each matrix's b-bit codes get a Huffman code built "
                            "from their own counts, where that takes fewer bytes. Decoded exactly on reload.")
-if st.button("Build the export (zip)", key="explore_export"):
-    with st.spinner("Writing the export…"):
-        built = context.shielded("Building the export", context.export_zip, ctx, entropy)
-    if built is not None:
-        st.session_state["export_zip"] = (ctx.key, recipe, entropy, *built)
-built = st.session_state.get("export_zip")
-if built and built[:3] == (ctx.key, recipe, entropy):
-    st.download_button(f"Download {built[3]} ({charts.human_bytes(len(built[4]))})", built[4], built[3],
-                       "application/zip", key="explore_export_download")
-    st.caption(f"In it: {built[5]}.")
+
+
+def build_and_offer(what: str, key: str, state: str, build, option, mime: str, disabled: bool = False,
+                    after: str = "") -> None:
+    """A button that builds a file of the current recipe (`build(ctx, option)` -> (name, data,
+    what is in it)), then its download, kept while the model, recipe and option stay."""
+    if st.button(f"Build the {what}", key=key, disabled=disabled):
+        with st.spinner(f"Writing the {what}…"):
+            made = context.shielded(f"Building the {what}", build, ctx, option)
+        if made is not None:
+            st.session_state[state] = (ctx.key, recipe, option, *made)
+    made = st.session_state.get(state)
+    if made and made[:3] == (ctx.key, recipe, option):
+        st.download_button(f"Download {made[3]} ({charts.human_bytes(len(made[4]))})", made[4], made[3], mime,
+                           key=key + "_download")
+        st.caption(f"In it: {made[5]}.{after}")
+
+
+build_and_offer("export (zip)", "explore_export", "export_zip", context.export_zip, entropy, "application/zip")
 
 st.markdown("**GGUF, for llama.cpp** (and transformers' `gguf_file=`)")
 gguf = None if context.holds_export(ctx) else context.shielded("Checking the GGUF export", context.gguf_summary, ctx)
@@ -132,17 +141,9 @@ elif gguf is not None:
                + ". Norms go in as f32, layers left alone as f16.")
     dense = st.checkbox("Dense fallback for what GGUF cannot hold", key="explore_gguf_dense",
                         disabled=not gguf["refused"])
-    if st.button("Build the GGUF file", key="explore_gguf", disabled=bool(gguf["refused"]) and not dense):
-        with st.spinner("Writing the GGUF file…"):
-            made = context.shielded("Building the GGUF file", context.export_gguf, ctx, dense)
-        if made is not None:
-            st.session_state["export_gguf"] = (ctx.key, recipe, dense, *made)
-    made = st.session_state.get("export_gguf")
-    if made and made[:3] == (ctx.key, recipe, dense):
-        st.download_button(f"Download {made[3]} ({charts.human_bytes(len(made[4]))})", made[4], made[3],
-                           "application/octet-stream", key="explore_gguf_download")
-        st.caption(f"In it: {made[5]}. Run it with `llama-cli -m {made[3]}`, or score it here with "
-                   f"`python -m engine run {made[3]}`.")
+    build_and_offer("GGUF file", "explore_gguf", "export_gguf", context.export_gguf, dense, "application/octet-stream",
+                    disabled=bool(gguf["refused"]) and not dense,
+                    after=" Run it with `llama-cli -m FILE`, or score it here with `python -m engine run FILE`.")
 
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])
