@@ -160,8 +160,10 @@ def cmd_export(args):
         distill(work, recipe, args.model)
     if args.format == "gguf":
         return _gguf(work, folder, recipe, args)
+    if args.format == "compressed-tensors":
+        return _compressed_tensors(work, folder, recipe, args)
     if args.dense_fallback:
-        raise UserError("--dense-fallback: only with --format gguf")
+        raise UserError("--dense-fallback: only with --format gguf or compressed-tensors")
     manifest = export.write(work, folder, entropy=args.entropy)
     on_disk = sum(f["bytes"] for f in manifest["files"].values())
     if args.json:
@@ -182,6 +184,22 @@ def cmd_export(args):
     print("  files: " + ", ".join(f"{n} {f['bytes']:,}" for n, f in manifest["files"].items())
           + f"; {on_disk:,} bytes in all, manifest.json aside")
     print(f"  load it back: python -m engine run {folder}")
+
+
+def _compressed_tensors(work, folder, recipe, args) -> None:
+    from ..storage import ct_file
+
+    if args.entropy:
+        raise UserError("--entropy: not with --format compressed-tensors (its codes are fixed-width)")
+    report = ct_file.write(work, folder, args.dense_fallback)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"wrote {report['folder']}: {recipe.describe()}")
+    print(f"  {report['layers']} layers packed ({report['written_bytes']:,} bytes of codes and scales, predicted "
+          f"{report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
+    print(f"  transformers (with compressed-tensors): AutoModelForCausalLM.from_pretrained('{folder}'); "
+          f"vLLM: vllm serve {folder}")
 
 
 def _gguf(work, folder, recipe, args) -> None:
@@ -225,13 +243,14 @@ def add_parsers(sub) -> None:
     model_args(e)
     recipe_args(e, preset=True)
     e.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
-    e.add_argument("--format", choices=("explorer", "gguf"), default="explorer",
+    e.add_argument("--format", choices=("explorer", "gguf", "compressed-tensors"), default="explorer",
                    help="explorer: this explorer's packed folder (default, every recipe); gguf: a GGUF file llama.cpp "
                         "and transformers load (the Llama family; llama.cpp's types, and the explorer's symmetric "
-                        "grid in groups of 32)")
+                        "grid in groups of 32); compressed-tensors: a Hugging Face folder, pack-quantized (symmetric "
+                        "4 or 8 bits per group or channel), that transformers loads and vLLM serves")
     e.add_argument("--dense-fallback", action="store_true",
-                   help="--format gguf: write the layers GGUF cannot hold (low rank, pruned, other grids) as f16/f32 "
-                        "instead of refusing")
+                   help="--format gguf or compressed-tensors: write the layers the format cannot hold (low rank, "
+                        "pruned, other grids) dense instead of refusing")
     e.add_argument("--entropy", action="store_true",
                    help="Huffman-code each matrix's b-bit codes where that is smaller; reports coded and fixed-width bytes")
     e.add_argument("--json", action="store_true", help="print the manifest as JSON")

@@ -1,5 +1,7 @@
-"""--format gguf: a file the gguf package reads, transformers loads with the explorer's exact
-values, llama.cpp runs (where llama-cpp-python is installed), in the predicted bytes."""
+"""The files people ship. --format gguf: a file the gguf package reads, transformers loads with the
+explorer's exact values, llama.cpp runs (where llama-cpp-python is installed), in the predicted
+bytes; `run FILE.gguf` scores it. --format compressed-tensors: a folder plain transformers loads
+with the explorer's exact values."""
 import collections
 import importlib.util
 
@@ -90,3 +92,26 @@ def test_run_scores_a_gguf_file_as_the_recipe_in_memory(smollm2_explorer, tmp_pa
     assert from_file["export_stored"]["tensor_bytes"] == written["written_bytes"]
     code, _, err = main("run", written["file"], "--bits", "4")
     assert code == 2 and "recipe options do not apply to a GGUF file" in err
+
+
+@pytest.mark.parametrize("recipe", [Recipe(bits=4, group_size=64), Recipe(bits=8, granularity="channel"),
+                                    Recipe(number_format="q4_0", layers="mlp")], ids=["int4 g64", "int8 channel", "q4_0"])
+def test_compressed_tensors_folder_loads_in_plain_transformers_with_our_values(smollm2_explorer, tmp_path, recipe):
+    from transformers import AutoModelForCausalLM
+
+    from engine.storage import ct_file
+
+    work = smollm2_explorer.workspace()
+    work.apply(recipe)
+    report = ct_file.write(work, tmp_path)
+    assert report["written_bytes"] == report["predicted_bytes"] > 0 and report["dense_fallback"] == 0
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32)  # no gguf_file, no flags
+    ids = smollm2_explorer.loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, work.model(ids).logits)
+
+
+def test_compressed_tensors_refuses_what_it_cannot_hold_by_name(tmp_path):
+    code, _, err = main("export", "minilm", "--bits", "4", "--asymmetric", "--format", "compressed-tensors",
+                        "--out", str(tmp_path / "x"))
+    assert code == 2 and "asymmetric" in err and "encoder.layer.0" in err and err.count("\n") == 1

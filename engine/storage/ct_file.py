@@ -1,0 +1,132 @@
+"""A workspace's compressed model as a Hugging Face folder in compressed-tensors' `pack-quantized`
+format: what `AutoModelForCausalLM.from_pretrained(folder)` loads (with the `compressed-tensors`
+package) and vLLM serves.
+
+Each compressed `nn.Linear` whose stored grid compressed-tensors has goes in as its codes and
+scales: the explorer's symmetric integer grid at 4 or 8 bits, per group or per output channel,
+and llama.cpp's q4_0 and q8_0 (a symmetric grid in groups of 32). Asymmetric grids are refused:
+compressed-tensors 0.20 packs their zero-points, which transformers 5.23 then refuses to load
+(its placeholder expects them unpacked; measured).
+`weight_packed` holds the signed codes packed into int32 (compressed-tensors' `pack_to_int32`),
+`weight_scale` the fp16 scales (rows, groups), `weight_shape` the matrix's shape; `config.json` gets a `quantization_config`
+with one config group per grid, whose targets name its layers. Everything else is fp16. What
+the format cannot hold (low rank, pruning, k-means, other widths, llama.cpp's other types,
+GPT-2's Conv1D, experts' 3-D parameters) is refused in one line naming the layer, or with
+`dense_fallback` written as a dense fp16 weight (fp32 where fp16 would round it).
+
+    report = write(work, "out/")   # out/config.json, out/model.safetensors, the tokenizer
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..ggml import legacy
+from ..transforms import code_offset, per_entry, quantize
+
+META = "explorer.json"  # the source model and the recipe, for `run DIR`
+
+
+def scheme(stored, info) -> tuple[dict | None, str]:
+    """The compressed-tensors weight arguments of a compressed layer, or None and why not."""
+    r = stored.recipe
+    (m, *more) = stored.matrices
+    if info.role != "linear":
+        return None, f"a {info.role} layer (compressed-tensors quantizes nn.Linear modules)"
+    if more or m.keep is not None:
+        return None, "low rank" if more else "pruned"
+    if m.grid.ggml is not None:
+        if m.grid.ggml not in ("q4_0", "q8_0"):
+            return None, f"llama.cpp's {m.grid.ggml} (no compressed-tensors grid holds it)"
+        bits = 4 if m.grid.ggml == "q4_0" else 8
+        return {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}, ""
+    if m.grid.codebook is not None or m.grid.scale is None:
+        return None, "a k-means codebook" if m.grid.codebook is not None else "fp16"
+    if r.bits not in (4, 8) or r.granularity == "tensor":
+        return None, f"int{r.bits} {r.granularity} (compressed-tensors here: 4 or 8 bits, per group or channel)"
+    if not r.symmetric:  # compressed-tensors 0.20 packs zero-points that transformers 5.23 then refuses to load
+        return None, f"int{r.bits} asymmetric (packed zero-points do not load back through transformers)"
+    if r.granularity == "group" and m.values.shape[1] % r.group_size:
+        return None, f"groups of {r.group_size} do not divide {m.values.shape[1]}"
+    args = {"num_bits": r.bits, "type": "int", "symmetric": r.symmetric,
+            "strategy": r.granularity, "group_size": r.group_size if r.granularity == "group" else None}
+    return args, ""
+
+
+def _codes(stored, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """(signed codes (rows, cols) int8, scales (rows, groups) fp16) of a symmetric grid."""
+    (m,) = stored.matrices
+    rows, cols = m.values.shape
+    half = 1 << (args["num_bits"] - 1)
+    if m.grid.ggml is not None:  # q4_0 / q8_0: value = (q - offset) d
+        blocks = m.grid.raw.reshape(rows * cols // 32, -1)
+        d = blocks[:, :2].contiguous().view(torch.float16).reshape(rows, cols // 32)
+        q = legacy.recode(m.grid.ggml, m.values.reshape(-1, 32).float(), d.reshape(-1, 1).float(), None)
+        q = q - (8 if m.grid.ggml == "q4_0" else 0)
+        return q.reshape(rows, cols).to(torch.int8), d
+    r = stored.recipe
+    scale, zero = per_entry((m.grid.scale, m.grid.zero), rows, cols, r.granularity, r.group_size)
+    offset = code_offset(zero, r.bits, r.symmetric)
+    codes = quantize(m.values.float(), scale.float(), offset, r.bits) - half  # stored unsigned, here signed
+    return codes.to(torch.int8), m.grid.scale.reshape(rows, -1).half()
+
+
+def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
+    """Write the workspace's applied recipe as a compressed-tensors folder at `out`; returns a
+    report: the bytes of the compressed layers' tensors as written, beside the explorer's count."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from safetensors.torch import save_file
+
+    ex = work.explorer
+    infos = {i.name: i for i in ex.layers}
+    refused, groups, tensors, written, predicted = [], {}, {}, 0, 0
+    for name, stored in work.stored.items():
+        args, why = scheme(stored, infos[name])
+        if args is None:
+            if why != "fp16":
+                refused.append(f"{name}: {why}")
+            continue
+        q, scale = _codes(stored, args)
+        part = {f"{name}.weight_packed": pack_to_int32(q.cpu(), args["num_bits"]),
+                f"{name}.weight_scale": scale.cpu().contiguous(),
+                f"{name}.weight_shape": torch.tensor(list(q.shape), dtype=torch.int32)}
+        tensors.update(part)
+        written += sum(t.numel() * t.element_size() for k, t in part.items() if not k.endswith("weight_shape"))
+        # (weight_shape, 8 bytes a layer, is metadata the explorer's count has no place for)
+        predicted += stored.bytes.compressed_bytes
+        groups.setdefault(json.dumps(args, sort_keys=True), []).append(name)
+    if refused and not dense_fallback:
+        raise UserError(f"--format compressed-tensors cannot hold {len(refused)} layer(s), e.g. {refused[0]}; "
+                        "--dense-fallback writes them dense")
+    quantized = {n for names in groups.values() for n in names}
+    working = dict(work.model.named_parameters())
+    for pname, p in ex.loaded.model.named_parameters():
+        layer = pname.removesuffix(".weight")
+        if layer in quantized:
+            continue
+        value = work.holders[layer].matrix() if layer in infos and layer in work.holders else working.get(pname, p)
+        if layer in infos and infos[layer].role == "conv1d":
+            value = value.t()  # back to Conv1D's (in, out)
+        v = value.detach().float().cpu()
+        tensors[pname] = (v.half() if torch.equal(v.half().float(), v) else v).contiguous()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"))
+    config = ex.loaded.model.config.to_dict()
+    config["torch_dtype"] = "float16"
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+        "config_groups": {f"group_{k}": {"targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
+                                         "weights": {**json.loads(args), "dynamic": False}}
+                          for k, (args, names) in enumerate(groups.items())},
+        "ignore": []}
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    ex.loaded.tokenizer.save_pretrained(out)
+    (out / META).write_text(json.dumps({"source": ex.loaded.ref, "recipe": work.applied.recipe.to_dict()}),
+                            encoding="utf-8")
+    return {"folder": str(out), "layers": len(quantized), "dense_fallback": len(refused),
+            "predicted_bytes": predicted, "written_bytes": written}
