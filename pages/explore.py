@@ -121,29 +121,38 @@ def build_and_offer(what: str, key: str, state: str, build, option, mime: str, d
         st.caption(f"In it: {made[5]}.{after}")
 
 
-build_and_offer("export (zip)", "explore_export", "export_zip", context.export_zip, entropy, "application/zip")
-
-st.markdown("**GGUF, for llama.cpp** (and transformers' `gguf_file=`)")
-gguf = None if context.holds_export(ctx) else context.shielded("Checking the GGUF export", context.gguf_summary, ctx)
-if gguf is not None and not gguf["supported"]:
-    st.caption(f"Not for this model: {gguf['why']}.")
-elif gguf is not None:
-    layers = gguf["layers"]
-    kinds = {}
+def offer_format(title: str, key: str, summary, build, mime: str, after: str) -> None:
+    """A shipped format's section: what it would hold of the recipe, the fallback, the file."""
+    st.markdown(title)
+    info = None if context.holds_export(ctx) else context.shielded(f"Checking {title}", summary, ctx)
+    if info is not None and not info["supported"]:
+        st.caption(f"Not for this model: {info['why']}.")
+        return
+    if info is None:
+        return
+    layers, kinds = info["layers"], {}
     for row in layers:
         kinds[row["type"]] = kinds.get(row["type"], 0) + 1
-    st.caption(f"{len(layers) - gguf['refused']} of {len(layers)} compressed layers go into GGUF as they are ("
-               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused") + f"), "
-               f"{charts.human_bytes(gguf['bytes'])} of them"
-               + (f"; {gguf['refused']} cannot (low rank, pruning, k-means or a grid no llama.cpp type holds: "
-                  f"e.g. {next(r['layer'] for r in layers if r['type'] == 'refused')}), written dense only with "
-                  f"the fallback: {charts.human_bytes(gguf['bytes_with_fallback'])} in all" if gguf["refused"] else "")
-               + ". Norms go in as f32, layers left alone as f16.")
-    dense = st.checkbox("Dense fallback for what GGUF cannot hold", key="explore_gguf_dense",
-                        disabled=not gguf["refused"])
-    build_and_offer("GGUF file", "explore_gguf", "export_gguf", context.export_gguf, dense, "application/octet-stream",
-                    disabled=bool(gguf["refused"]) and not dense,
-                    after=" Run it with `llama-cli -m FILE`, or score it here with `python -m engine run FILE`.")
+    refused = next((r for r in layers if r["type"] == "refused"), None)
+    st.caption(f"{len(layers) - info['refused']} of {len(layers)} compressed layers go in as they are ("
+               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused")
+               + f"), {charts.human_bytes(info['bytes'])} of them"
+               + (f"; {info['refused']} cannot, e.g. {refused['layer']}: {refused['how']}; the dense fallback writes "
+                  "them dense" if refused else "") + ".")
+    dense = st.checkbox("Dense fallback for what it cannot hold", key=key + "_dense", disabled=not info["refused"])
+    build_and_offer(title.split("**")[1], key, key + "_made", build, dense, mime,
+                    disabled=bool(info["refused"]) and not dense, after=after)
+
+
+build_and_offer("export (zip)", "explore_export", "export_zip", context.export_zip, entropy, "application/zip")
+
+offer_format("**GGUF file** for llama.cpp (and transformers' `gguf_file=`)", "explore_gguf", context.gguf_summary,
+             context.export_gguf, "application/octet-stream",
+             " Run it with `llama-cli -m FILE`, or score it here with `python -m engine run FILE`.")
+offer_format("**compressed-tensors folder** for transformers and vLLM", "explore_ct", context.ct_summary,
+             context.export_ct, "application/zip",
+             " Unzipped: `AutoModelForCausalLM.from_pretrained(FOLDER)` (with compressed-tensors), `vllm serve FOLDER`.")
+
 
 # -- recovery by distillation ----------------------------------------------------------------
 st.subheader("Recover by distillation", help=CONCEPTS["distillation"])

@@ -67,8 +67,12 @@ def test_explore_offers_a_gguf_file_where_the_model_can_have_one():
     at = ok(start(bits=4))  # minilm: a BERT, not the Llama family
     assert any("Not for this model: the Llama family only" in c.value for c in at.caption)
     at = ok(start(model="smollm2", bits=4, group=32, layers="attention"))
-    assert any("of 120 compressed layers go into GGUF as they are (120 q4_0)" in c.value for c in at.caption)
+    assert any("120 of 120 compressed layers go in as they are (120 q4_0)" in c.value for c in at.caption)  # GGUF
+    assert any("120 of 120 compressed layers go in as they are (120 int4 group)" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Build the GGUF file").click()
     ok(at.run())
     assert any(d.label.startswith("Download smollm2-int4-g32") and ".gguf" in d.label
                for d in at.get("download_button"))
+    next(b for b in at.button if b.label == "Build the compressed-tensors folder").click()
+    ok(at.run())
+    assert any("compressed-tensors.zip" in d.label for d in at.get("download_button"))

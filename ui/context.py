@@ -291,5 +291,34 @@ def export_gguf(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
     return name, data, what
 
 
+def ct_summary(ctx: Context) -> dict:
+    """What a compressed-tensors folder of the current recipe would hold (engine.storage.ct_file)."""
+    from engine.storage import ct_file
+
+    ctx.work.ensure(ctx.recipe)
+    return ct_file.summary(ctx.work)
+
+
+def export_ct(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
+    """(file name, the folder zipped, what is in it) of the current recipe in compressed-tensors' format."""
+    import io
+    import tempfile
+    import zipfile
+
+    from engine.storage import ct_file
+
+    ctx.work.ensure(ctx.recipe)
+    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe()), "compressed-tensors"]))
+    with tempfile.TemporaryDirectory(prefix="ct-") as tmp:
+        report = ct_file.write(ctx.work, Path(tmp) / name, dense_fallback)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for f in sorted(Path(report["folder"]).iterdir()):
+                z.write(f, f"{name}/{f.name}")
+    what = (f"{report['layers']} layers packed, {report['written_bytes']:,} bytes of codes and scales (predicted "
+            f"{report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
+    return f"{name}.zip", buf.getvalue(), what
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]

@@ -75,6 +75,20 @@ def _codes(stored, args) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.to(torch.int8), m.grid.scale.reshape(rows, -1).half()
 
 
+def summary(work) -> dict:
+    """What `write` would do with the workspace's applied recipe, without writing: per compressed
+    layer its scheme or why the format cannot hold it, and the codes and scales' bytes."""
+    infos = {i.name: i for i in work.explorer.layers}
+    rows, held = [], 0
+    for name, stored in work.stored.items():
+        args, why = scheme(stored, infos[name])
+        kind = f"int{args['num_bits']} {args['strategy']}" if args else ("f16" if why == "fp16" else "refused")
+        rows.append({"layer": name, "type": kind, "how": why})
+        held += stored.bytes.compressed_bytes if args else 0
+    return {"supported": True, "why": None, "layers": rows, "refused": sum(r["type"] == "refused" for r in rows),
+            "bytes": held}
+
+
 def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     """Write the workspace's applied recipe as a compressed-tensors folder at `out`; returns a
     report: the bytes of the compressed layers' tensors as written, beside the explorer's count."""
