@@ -41,10 +41,10 @@ def common(model: str, loaded, recipe: dict, evaluator, metrics: dict, quick: bo
 
 def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: str | None = None,
               eval_name: str | None = None, export: str | None = None, manifest: dict | None = None,
-              progress=None, gguf: str | None = None) -> dict:
+              progress=None, shipped: str | None = None) -> dict:
     """Apply `recipe` to a workspace of the Explorer `ex` (or, with `export` and its
-    `manifest`, read the values from that export folder, whose recipe `recipe` is; with `gguf`,
-    from that GGUF file written by `export --format gguf`), distil
+    `manifest`, read the values from that export folder, whose recipe `recipe` is; with
+    `shipped`, from that GGUF file or compressed-tensors folder written by `export`), distil
     when the recipe says so (`progress(step, steps, loss)` after each step), evaluate, and
     report. `model` is the name the report gives the model."""
     from .storage import explorer as exports
@@ -57,11 +57,11 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     t0 = time.perf_counter()
     ev = ex.evaluator(eval_text, eval_name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
-    calibration = ex.calibration() if recipe.calibrated and selected and not export and not gguf else None
-    if gguf:
-        from .storage import gguf_file
+    calibration = ex.calibration() if recipe.calibrated and selected and not export and not shipped else None
+    if shipped:
+        from .storage import ct_file, gguf_file
 
-        applied = gguf_file.load_into(work, gguf)
+        applied = (gguf_file if str(shipped).endswith(".gguf") else ct_file).load_into(work, shipped)
         recipe = dataclasses.replace(recipe, distill_steps=0)
     elif export:
         applied = exports.load_into(work, export)
@@ -83,10 +83,12 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
         evaluate_s += time.perf_counter() - t0
     distill_s = distillation["seconds"] if distillation else 0.0
     stored = None
-    if gguf:
+    if shipped:
+        files = [Path(shipped)] if Path(shipped).is_file() else list(Path(shipped).iterdir())
         stored = {"tensor_bytes": sum(r.bytes.compressed_bytes for r in applied.memory.layers
                                       if r.compressed and r.info.tied_to is None),
-                  "file_bytes": Path(gguf).stat().st_size, "format": "gguf"}
+                  "file_bytes": sum(f.stat().st_size for f in files),
+                  "format": "gguf" if str(shipped).endswith(".gguf") else "compressed-tensors"}
     if export:
         stored = {k: manifest[k] for k in ("tensor_bytes", "header_bytes", "predicted_bytes")}
         stored["entropy"] = manifest.get("entropy", False)
@@ -97,7 +99,7 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
         {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
          "calibrate": calibration.seconds if calibration else 0.0, "apply": applied.seconds - distill_s,
          "distill": distill_s, "evaluate": evaluate_s},
-        export=str(export or gguf) if export or gguf else None, export_stored=stored)
+        export=str(export or shipped) if export or shipped else None, export_stored=stored)
 
 
 def scratch_folder(folder: str | None) -> str:

@@ -115,3 +115,19 @@ def test_compressed_tensors_refuses_what_it_cannot_hold_by_name(tmp_path):
     code, _, err = main("export", "minilm", "--bits", "4", "--asymmetric", "--format", "compressed-tensors",
                         "--out", str(tmp_path / "x"))
     assert code == 2 and "asymmetric" in err and "encoder.layer.0" in err and err.count("\n") == 1
+
+
+def test_run_scores_a_compressed_tensors_folder_as_the_recipe_in_memory(smollm2_explorer, tmp_path):
+    import json
+
+    code, out, err = main("export", "smollm2", "--bits", "4", "--group-size", "64", "--format", "compressed-tensors",
+                          "--out", str(tmp_path / "w4"), "--json")
+    assert code == 0, err
+    code, out, err = main("run", str(tmp_path / "w4"), "--quick", "--json")
+    assert code == 0, err
+    from_folder = json.loads(out)
+    code, out, err = main("run", "smollm2", "--bits", "4", "--group-size", "64", "--quick", "--json")
+    in_memory = json.loads(out)
+    assert from_folder["metrics"] == in_memory["metrics"]
+    assert from_folder["memory"]["compressed_bytes"] == in_memory["memory"]["compressed_bytes"]
+    assert from_folder["export_stored"]["format"] == "compressed-tensors"

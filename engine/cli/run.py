@@ -16,14 +16,17 @@ def cmd_run(args):
     from ..storage import explorer as export
 
     folder = args.model if export.is_export(args.model) else None
+    from ..storage import ct_file
+
     gguf = args.model if args.model.endswith(".gguf") and Path(args.model).is_file() else None
+    shipped = gguf or (args.model if ct_file.is_folder(args.model) else None)
     if args.max_memory or args.offload_folder:
-        if folder or gguf:
+        if folder or shipped:
             raise UserError("run: --max-memory does not apply to an export")
         if not args.max_memory:
             raise UserError("run: --offload-folder needs --max-memory")
     check_preset(args)
-    if args.preset and (args.max_memory or folder or args.model.endswith(".gguf")):
+    if args.preset and (args.max_memory or folder or shipped):
         raise UserError("--preset: not with " + ("--max-memory" if args.max_memory else "an export"))
     if args.calibration_memory and not args.max_memory:
         raise UserError("run: --calibration-memory needs --max-memory")
@@ -36,12 +39,13 @@ def cmd_run(args):
                                args.trust_remote_code, args.quick, text, name)
     else:
         manifest = None
-        if gguf:  # a GGUF file written by export --format gguf: its metadata names the source and recipe
+        if shipped:  # a GGUF file or compressed-tensors folder written by export: it names its source and recipe
             from ..storage import gguf_file
 
             if recipe_options(args) or args.recipe:
-                raise UserError("run: recipe options do not apply to a GGUF file (it holds its recipe)")
-            model, recipe = gguf_file.source_of(gguf)
+                what = "GGUF file" if gguf else "compressed-tensors folder"
+                raise UserError(f"run: recipe options do not apply to a {what} (it holds its recipe)")
+            model, recipe = (gguf_file if gguf else ct_file).source_of(shipped)
         elif folder:  # an export: its recipe and source model come from its manifest
             if recipe_options(args) or args.recipe:
                 raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
@@ -52,11 +56,11 @@ def cmd_run(args):
             recipe, model = recipe_from(args), args.model
         text, name = eval_text(args)
         ex = open_explorer(args, model)
-        recipe = recipe if gguf else with_preset(args, recipe, ex)
+        recipe = recipe if shipped else with_preset(args, recipe, ex)
         bar = Progress(f"distill {model}")
         try:
             out = report.in_memory(ex, recipe, model, args.quick, text, name, export=folder, manifest=manifest,
-                                   progress=bar.loss, gguf=gguf)
+                                   progress=bar.loss, shipped=shipped)
         finally:
             bar.close()
     if args.json:
@@ -102,9 +106,9 @@ def print_run(out: dict) -> None:
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {mb(m['original_bytes_fp32'])} at fp32)")
     print(left_alone(m))
     st = out["export_stored"]
-    if st and st.get("format") == "gguf":
-        print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of compressed tensors, "
-              f"{st['file_bytes']:,} bytes of GGUF file in all")
+    if st and st.get("format") in ("gguf", "compressed-tensors"):
+        print(f"stored in {out['export']} ({st['format']}): {st['tensor_bytes']:,} bytes of compressed tensors, "
+              f"{st['file_bytes']:,} bytes of files in all")
     elif st:
         coded = f"Huffman-coded; {st['predicted_bytes']:,} at fixed width" if st["entropy"] else "fixed width"
         print(f"stored in {out['export']}: {st['tensor_bytes']:,} bytes of tensors ({coded}), "

@@ -144,3 +144,82 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
                             encoding="utf-8")
     return {"folder": str(out), "layers": len(quantized), "dense_fallback": len(refused),
             "predicted_bytes": predicted, "written_bytes": written}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading one back: `run FOLDER`
+# ---------------------------------------------------------------------------------------
+
+
+def is_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder this module wrote (its config says compressed-tensors, and
+    explorer.json names the source)."""
+    path = Path(path)
+    if not (path / META).is_file() or not (path / "config.json").is_file():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+
+
+def source_of(path: str | Path):
+    """(the source model's ref, the recipe) of a folder written by `write`."""
+    from ..recipe import Recipe
+
+    meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
+    return meta["source"], Recipe.from_dict(meta["recipe"])
+
+
+def load_into(work, path: str | Path):
+    """Fill a workspace of the folder's source model from the folder: each packed layer's codes
+    unpacked (compressed-tensors' `unpack_from_int32`) times its scales, on the grid the recipe
+    names; every other tensor as written. Returns the workspace's Applied."""
+    import time
+
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
+
+    from ..pipeline import Grid, StoredLayer, StoredMatrix
+    from ..pipeline import predict as predict_layer
+
+    t0 = time.perf_counter()
+    _, recipe = source_of(path)
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    bits = {}
+    for group in config["config_groups"].values():
+        names = group["targets"][0].removeprefix("re:^(").removesuffix(")$").split("|")
+        bits.update({re.sub(r"\\(.)", r"\1", n): group["weights"]["num_bits"] for n in names})
+    tensors = load_file(str(Path(path) / "model.safetensors"))
+    ex = work.explorer
+    chosen = {i.name for i in ex.selected(recipe)}
+    stored, alone = {}, {}
+    for info in ex.layers:
+        if info.tied_to is not None:
+            continue
+        device = ex.weight(info.name).device
+        if info.name not in bits:
+            dense = tensors[info.param_name].float().to(device)
+            if info.name in chosen:  # written dense: an unquantized layer or the dense fallback
+                m = StoredMatrix(dense, Grid(), None, dense.numel(), predict_layer(info, recipe.for_layer(info.name)).bytes.parts[0])
+                stored[info.name] = StoredLayer(info.name, info.shape, recipe.for_layer(info.name), None, (m,))
+            else:
+                alone[info.name] = dense
+            continue
+        rows, cols = info.shape
+        q = unpack_from_int32(tensors[f"{info.name}.weight_packed"], bits[info.name], torch.Size([rows, cols]))
+        scale = tensors[f"{info.name}.weight_scale"].float()  # (rows, groups)
+        per = scale.repeat_interleave(cols // scale.shape[1], dim=1)
+        values = (q.float() * per).to(device)
+        lr = recipe.for_layer(info.name)
+        if lr.number_format in ("q4_0", "q8_0"):
+            fmt = lr.number_format
+            raw = legacy.pack(fmt, (q.float() + (8 if fmt == "q4_0" else 0)).reshape(-1, 32), scale.reshape(-1), None)
+            grid = Grid(ggml=fmt, raw=raw.reshape(rows, -1).to(device))
+        else:
+            grid = Grid(scale.reshape(-1).to(device), torch.zeros(scale.numel(), device=device))
+        m = StoredMatrix(values, grid, None, rows * cols, predict_layer(info, lr).bytes.parts[0])
+        stored[info.name] = StoredLayer(info.name, info.shape, lr, None, (m,))
+    params = {n: tensors[n].float() for n, _ in work.model.named_parameters()}
+    return work.hold(recipe, stored, alone, params, time.perf_counter() - t0, export=str(path))
