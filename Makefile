@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: help install browser run demo test bench clean
+.PHONY: help install browser run demo test bench llamacpp clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench: $(STAMP)  ## the engine against the naive way, the app's latency, each me
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/llama_formats.py
 	$(PY) benchmarks/speed.py
+
+llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 7 minutes on 2 cores) for the tests and benchmarks that run GGUF files in llama.cpp
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36
 
 clean:  ## remove .venv and caches (not the converted-model cache)
 	rm -rf $(VENV) .pytest_cache
