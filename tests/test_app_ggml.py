@@ -76,3 +76,18 @@ def test_explore_offers_a_gguf_file_where_the_model_can_have_one():
     next(b for b in at.button if b.label == "Build the compressed-tensors folder").click()
     ok(at.run())
     assert any("compressed-tensors.zip" in d.label for d in at.get("download_button"))
+
+
+def test_the_model_picker_takes_a_compressed_tensors_folder(tiny_models, tmp_path):
+    from test_cli import main
+
+    folder = tmp_path / "ct"
+    code, _, err = main("export", tiny_models["llama"], "--bits", "4", "--group-size", "32", "--format",
+                        "compressed-tensors", "--out", str(folder))
+    assert code == 0, err
+    in_memory = ok(start(model=tiny_models["llama"], bits=4, group=32))
+    at = ok(start(model=str(folder)))  # the source model loads, with the folder's values and recipe
+    assert recipe_caption(at) == "int4 g32"
+    assert compressed_bytes(at) == compressed_bytes(in_memory)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["perplexity"] == {m.label: m.value for m in in_memory.metric}["perplexity"]

@@ -159,6 +159,34 @@ def loaded_explorer(ref: str, device: str) -> Explorer:
 _factorize_lock = threading.Lock()
 
 
+def is_export(path: str) -> bool:
+    """Whether `path` is an export the app can load: this explorer's folder, or a GGUF file or
+    compressed-tensors folder written by `python -m engine export`."""
+    from engine.storage import ct_file
+
+    return export_format.is_export(path) or (path.endswith(".gguf") and Path(path).is_file()) \
+        or ct_file.is_folder(path)
+
+
+def export_source(path: str) -> tuple[str, Recipe]:
+    """(the source model's ref, the recipe) an export names."""
+    from engine.storage import ct_file, gguf_file
+
+    if export_format.is_export(path):
+        manifest = export_format.read_manifest(path)
+        return manifest["model"]["ref"], Recipe.from_dict(manifest["recipe"])
+    return (gguf_file if path.endswith(".gguf") else ct_file).source_of(path)
+
+
+def _load_export(work, path: str):
+    """Fill the workspace from an export of any of the three formats."""
+    from engine.storage import ct_file, gguf_file
+
+    if export_format.is_export(path):
+        return export_format.load_into(work, path)
+    return (gguf_file if path.endswith(".gguf") else ct_file).load_into(work, path)
+
+
 def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     """Load the model (with progress) once per process; None, with an error box, when that fails.
     With an export picked in the sidebar, this session's workspace holds the export's values
@@ -194,7 +222,7 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
             recipe = stored  # the controls show the export's recipe (distillation is in its values)
             if work.applied is None or work.applied.export != exported["folder"]:
                 with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
-                    if shielded(f"Reading the export {exported['folder']}", export_format.load_into,
+                    if shielded(f"Reading the export {exported['folder']}", _load_export,
                                 work, exported["folder"]) is None:
                         return None
     return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
@@ -252,7 +280,7 @@ def export_zip(ctx: Context, entropy: bool = False) -> tuple[str, bytes, str]:
     """(file name, zip, what its tensor bytes are) of the current recipe's export: written from
     the workspace (Huffman-coded with `entropy`), or, when the workspace holds a loaded
     export, that export's own files."""
-    if holds_export(ctx):
+    if holds_export(ctx) and export_format.is_export(ctx.export):
         data, manifest = export_format.zip_folder(ctx.export), export_format.read_manifest(ctx.export)
         name = Path(ctx.export).name
     else:

@@ -6,7 +6,6 @@ import streamlit as st
 from engine.errors import UserError, failure
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
 from engine.recipe import Recipe
-from engine.storage import explorer as export_format
 
 from . import context, controls
 
@@ -14,19 +13,20 @@ OTHER = "Hub id or local folder…"
 
 
 def _open_export(folder: str) -> str:
-    """The sidebar was given an export folder: remember it, set the controls from its recipe
-    when it is new, and return its source model's ref."""
+    """The sidebar was given an export (this explorer's folder, a GGUF file or a compressed-tensors
+    folder written by `export`): remember it, set the controls from its recipe when it is new,
+    and return its source model's ref."""
     try:
-        manifest = export_format.read_manifest(folder)
+        source, recipe = context.export_source(folder)
     except UserError as e:
         st.session_state["export"] = None
         st.sidebar.error(str(e))
         return folder
     known = st.session_state.get("export") or {}
     if known.get("folder") != folder:
-        st.session_state["upload_error"] = controls.set_controls(Recipe.from_dict(manifest["recipe"]), folder)
-    st.session_state["export"] = {"folder": folder, "recipe": manifest["recipe"]}
-    return manifest["model"]["ref"]
+        st.session_state["upload_error"] = controls.set_controls(recipe, folder)
+    st.session_state["export"] = {"folder": folder, "recipe": recipe.to_dict()}
+    return source
 
 
 def _model() -> str:
@@ -44,15 +44,15 @@ def _model() -> str:
     if ref == OTHER:
         ref = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model",
                             help="A model folder, a hub id, or an export folder (python -m engine export, or "
-                                 "the Explore page's download, unzipped): its source model loads with the "
-                                 "export's stored values.").strip()
+                                 "the Explore page's download, unzipped), a GGUF file or compressed-tensors folder "
+                                 "written by export: its source model loads with the export's stored values.").strip()
     if st.session_state["ctl_device"] not in ("auto", *available_devices()):
         st.session_state["url_errors"].append("device")
         st.session_state["ctl_device"] = "auto"
     sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
                  help="auto: the GPU when there is one, else the CPU.")
     st.session_state["ctl_model"] = ref or DEFAULT_MODEL
-    if ref and export_format.is_export(ref):  # the URL keeps the folder; the source model is what loads
+    if ref and context.is_export(ref):  # the URL keeps the export; the source model is what loads
         return _open_export(ref)
     st.session_state["export"] = None
     return ref or DEFAULT_MODEL
