@@ -72,6 +72,20 @@ def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_expl
     ours = work.model(ids).logits[0].detach()
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.9  # llama.cpp's own kernels: close, not equal
     assert torch.nn.functional.cosine_similarity(theirs, ours, dim=-1).min() > 0.99
+    # perplexity on the explorer's own evaluation windows (256 tokens, BOS first), the first two
+    windows = ex.evaluator().windows[:2]
+    llm = llama_cpp.Llama(model_path=report["file"], n_ctx=windows.shape[1], n_threads=2, verbose=False,
+                          logits_all=True)
+    nll = {"llama.cpp": [], "explorer": []}
+    for w in windows:
+        llm.reset()
+        llm.eval(w.tolist())
+        logits = {"llama.cpp": torch.from_numpy(np.array(llm.scores[: len(w)])).float(),
+                  "explorer": work.model(w[None]).logits[0].detach().float()}
+        for who, lg in logits.items():
+            nll[who].append(torch.nn.functional.cross_entropy(lg[:-1], w[1:], reduction="none"))
+    ppl = {who: torch.cat(v).mean().exp().item() for who, v in nll.items()}
+    assert abs(ppl["llama.cpp"] / ppl["explorer"] - 1) < 0.02, ppl  # the same file, the same tokens
 
 
 def test_run_scores_a_gguf_file_as_the_recipe_in_memory(smollm2_explorer, tmp_path):
