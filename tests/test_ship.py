@@ -25,6 +25,7 @@ def test_the_explorers_symmetric_grid_in_groups_of_32_is_a_llama_cpp_type_exactl
     raw = gguf_file._int_blocks(stored, fmt)
     assert torch.equal(ggml.dequantize(raw, fmt, 256), stored.matrices[0].values)
     assert (raw.numel() == stored.bytes.compressed_bytes) == (bits in (4, 5, 8))  # the same bytes where layouts agree
+    assert ("more bytes" in gguf_file.tensor_type(stored)[1]) == (bits not in (4, 5, 8))  # only with the fallback
 
 
 def test_layers_gguf_cannot_hold_are_refused_by_name():
@@ -145,3 +146,18 @@ def test_run_scores_a_compressed_tensors_folder_as_the_recipe_in_memory(smollm2_
     assert from_folder["metrics"] == in_memory["metrics"]
     assert from_folder["memory"]["compressed_bytes"] == in_memory["memory"]["compressed_bytes"]
     assert from_folder["export_stored"]["format"] == "compressed-tensors"
+
+
+def test_a_3_bit_grid_goes_into_gguf_only_with_the_fallback(smollm2_explorer, tmp_path):
+    import json
+
+    args = ["export", "smollm2", "--bits", "3", "--group-size", "32", "--group", "attention", "--format", "gguf",
+            "--out", str(tmp_path)]
+    code, _, err = main(*args)
+    assert code == 2 and "no 3-bit GGUF type" in err and err.count("\n") == 1
+    code, out, err = main(*args, "--dense-fallback", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    # 120 attention matrices as q4_0 blocks: 4.5 bits a value where the explorer counts 3.5
+    assert report["fallback_added_bytes"] == report["written_bytes"] - report["predicted_bytes"] > 0
+    assert report["written_bytes"] * 3.5 == report["predicted_bytes"] * 4.5

@@ -2,11 +2,12 @@
 
 Every compressed matrix goes in as it is stored: a layer in one of llama.cpp's types
 (engine.ggml) writes its blocks byte for byte; the explorer's own symmetric grid in groups of
-32 writes as the llama.cpp type whose blocks hold its codes exactly (4 bits and fewer as q4_0,
-5 bits as q5_0, 6 to 8 bits as q8_0: the same bytes for 4, 5 and 8 bits, more for the rest).
-What GGUF cannot hold (low-rank factors, pruning masks, k-means codebooks, other grids) is
-refused in one line naming the layer, or with `dense_fallback` written in the smallest float
-type that holds its values exactly (f16, else f32), the bytes that adds reported. Norms are
+32 writes as the llama.cpp type with the same blocks (4 bits as q4_0, 5 as q5_0, 8 as q8_0).
+What GGUF cannot hold (low-rank factors, pruning masks, k-means codebooks, the explorer's 2, 3,
+6 and 7-bit grids, other grids) is refused in one line naming the layer, or with
+`dense_fallback` written in the smallest type that holds its values exactly (a 2- or 3-bit grid
+in groups of 32 as q4_0, 6 or 7 bits as q8_0; anything else f16, else f32), the bytes that adds
+reported. Norms are
 f32, other parameters f16. The Llama family only (Llama, Mistral, SmolLM: llama.cpp's `llama`
 architecture), whose q and k projections GGUF stores with their rows permuted for llama.cpp's
 rotary layout; the tokenizer is copied from the GGUF file the model came from.
@@ -69,7 +70,8 @@ def tensor_type(stored) -> tuple[str | None, str]:
     if r.symmetric and r.granularity == "group" and r.group_size == 32 and m.values.shape[1] % 32 == 0:
         fmt = _EXACT[r.bits]
         same = FORMAT_GRID[fmt][0] == r.bits
-        return fmt, f"int{r.bits} g32 symmetric as {fmt}" + ("" if same else f" (holds it exactly, {fmt}'s bytes)")
+        return fmt, f"int{r.bits} g32 symmetric as {fmt}" + ("" if same else f" (no {r.bits}-bit GGUF type: "
+                                                              f"{fmt} holds it exactly, with more bytes)")
     return None, f"int{r.bits} {r.granularity}{'' if r.granularity != 'group' else r.group_size}" \
                  f"{'' if r.symmetric else ' asymmetric'} (no GGUF type holds this grid)"
 
@@ -87,7 +89,7 @@ def check(work, dense_fallback: bool = False) -> list[str]:
     out = []
     for name, stored in work.stored.items():
         fmt, why = tensor_type(stored)
-        if fmt is None and why != "fp16":
+        if (fmt is None and why != "fp16") or "more bytes" in why:
             out.append(f"{name}: {why}")
     return out
 
@@ -108,8 +110,9 @@ def summary(work) -> dict:
             written = out * ggml.TYPES[fmt].row_bytes(cols)
         else:
             written = 2 * n if how == "fp16" or torch.equal(stored.matrix().half().float(), stored.matrix()) else 4 * n
-        held = fmt is not None or how == "fp16"
-        rows.append({"layer": name, "type": fmt or ("f16" if how == "fp16" else "refused"), "how": how,
+        held = (fmt is not None and "more bytes" not in how) or how == "fp16"
+        kind = "f16" if how == "fp16" else fmt if held else "refused"
+        rows.append({"layer": name, "type": kind, "how": how,
                      "stored_bytes": stored.bytes.compressed_bytes, "written_bytes": written})
         exact += written if held else 0
         fallback += written
