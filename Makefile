@@ -42,7 +42,7 @@ bench: $(STAMP)  ## the engine against the naive way, the app's latency, each me
 	$(PY) benchmarks/llama_formats.py
 	$(PY) benchmarks/speed.py
 
-llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 7 minutes on 2 cores) for the tests and benchmarks that run GGUF files in llama.cpp
+llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 4 minutes on 2 idle cores) for the tests and benchmarks that run GGUF files in llama.cpp
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36
 
 clean:  ## remove .venv and caches (not the converted-model cache)

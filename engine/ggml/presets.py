@@ -82,7 +82,8 @@ def layer_types(preset: str, layers, config) -> dict[str, str | None]:
         if name is not None and any(k in name for k in _KEPT):
             t = None
         elif cat == "output":
-            t = "q8_0" if info.shape[1] % (32 if default == "q8_0" else 256) else ("q6_k" if default != "q8_0" else "q8_0")
+            blocks = 32 if default == "q8_0" else 256
+            t = "q8_0" if info.shape[1] % blocks or default == "q8_0" else "q6_k"
         elif cat in ("attn_v", "ffn_down"):
             if name not in seen[cat]:
                 seen[cat].append(name)
@@ -95,7 +96,8 @@ def layer_types(preset: str, layers, config) -> dict[str, str | None]:
         elif cat == "attn_output":
             t = _attn_output(default, experts)
         elif cat == "attn_qkv":
-            t = {"q3_k": "q4_k", "q4_k": "q5_k", "q5_k": "q6_k"}.get(default, default) if preset.endswith("_m") else default
+            wider = {"q3_k": "q4_k", "q4_k": "q5_k", "q5_k": "q6_k"}
+            t = wider.get(default, default) if preset.endswith("_m") else default
         out[info.name] = t
     return out
 

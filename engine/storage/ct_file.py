@@ -7,12 +7,14 @@ scales: the explorer's symmetric integer grid at 4 or 8 bits, per group or per o
 and llama.cpp's q4_0 and q8_0 (a symmetric grid in groups of 32). Asymmetric grids are refused:
 compressed-tensors 0.20 packs their zero-points, which transformers 5.23 then refuses to load
 (its placeholder expects them unpacked; measured).
+
 `weight_packed` holds the signed codes packed into int32 (compressed-tensors' `pack_to_int32`),
-`weight_scale` the fp16 scales (rows, groups), `weight_shape` the matrix's shape; `config.json` gets a `quantization_config`
-with one config group per grid, whose targets name its layers. Everything else is fp16. What
-the format cannot hold (low rank, pruning, k-means, other widths, llama.cpp's other types,
-GPT-2's Conv1D, experts' 3-D parameters) is refused in one line naming the layer, or with
-`dense_fallback` written as a dense fp16 weight (fp32 where fp16 would round it).
+`weight_scale` the fp16 scales (rows, groups), `weight_shape` the matrix's shape; `config.json`
+gets a `quantization_config` with one config group per grid, whose targets name its layers.
+Everything else is fp16. What the format cannot hold (low rank, pruning, k-means, other widths,
+llama.cpp's other types, GPT-2's Conv1D, experts' 3-D parameters) is refused in one line naming
+the layer, or with `dense_fallback` written as a dense fp16 weight (fp32 where fp16 would round
+it).
 
     report = write(work, "out/")   # out/config.json, out/model.safetensors, the tokenizer
 """
@@ -202,7 +204,8 @@ def load_into(work, path: str | Path):
         if info.name not in bits:
             dense = tensors[info.param_name].float().to(device)
             if info.name in chosen:  # written dense: an unquantized layer or the dense fallback
-                m = StoredMatrix(dense, Grid(), None, dense.numel(), predict_layer(info, recipe.for_layer(info.name)).bytes.parts[0])
+                counted = predict_layer(info, recipe.for_layer(info.name)).bytes.parts[0]
+                m = StoredMatrix(dense, Grid(), None, dense.numel(), counted)
                 stored[info.name] = StoredLayer(info.name, info.shape, recipe.for_layer(info.name), None, (m,))
             else:
                 alone[info.name] = dense

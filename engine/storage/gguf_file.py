@@ -129,7 +129,7 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     refused = check(work, dense_fallback)
     if refused:
         raise UserError(f"--format gguf cannot hold {len(refused)} layer(s), e.g. {refused[0]}; "
-                        "--dense-fallback writes them as f16/f32")
+                        "--dense-fallback writes them in the smallest type that holds them exactly")
     ex, config = work.explorer, work.model.config
     source = gguf.GGUFReader(gguf_file(ex.loaded.ref))
     out = Path(out)
@@ -148,7 +148,8 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
         info = by_param.get(pname)
         if info is not None and info.tied_to is not None:
             continue
-        target = (names.get(info.name) if info else None) or (name_map.get_name(pname, try_suffixes=(".weight", ".bias")) or "").removesuffix(".weight")
+        mapped = name_map.get_name(pname, try_suffixes=(".weight", ".bias")) or ""
+        target = (names.get(info.name) if info else None) or mapped.removesuffix(".weight")
         if not target:
             raise UserError(f"--format gguf: no GGUF name for {pname}")
         stored = work.stored.get(info.name) if info is not None else None
