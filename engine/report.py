@@ -47,8 +47,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     `shipped`, from that GGUF file or compressed-tensors folder written by `export`), distil
     when the recipe says so (`progress(step, steps, loss)` after each step), evaluate, and
     report. `model` is the name the report gives the model."""
-    from .storage import explorer as exports
     from .peak import Peak
+    from .storage import formats
 
     work = ex.workspace()
     selected = ex.selected(recipe)
@@ -58,13 +58,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     ev = ex.evaluator(eval_text, eval_name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
     calibration = ex.calibration() if recipe.calibrated and selected and not export and not shipped else None
-    if shipped:
-        from .storage import ct_file, gguf_file
-
-        applied = (gguf_file if str(shipped).endswith(".gguf") else ct_file).load_into(work, shipped)
-        recipe = dataclasses.replace(recipe, distill_steps=0)
-    elif export:
-        applied = exports.load_into(work, export)
+    if export or shipped:
+        applied = formats.load_into(work, export or shipped)
         recipe = dataclasses.replace(recipe, distill_steps=0)  # distilled already: the values are in the files
     else:
         applied = work.apply(dataclasses.replace(recipe, distill_steps=0))
@@ -88,7 +83,7 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
         stored = {"tensor_bytes": sum(r.bytes.compressed_bytes for r in applied.memory.layers
                                       if r.compressed and r.info.tied_to is None),
                   "file_bytes": sum(f.stat().st_size for f in files),
-                  "format": "gguf" if str(shipped).endswith(".gguf") else "compressed-tensors"}
+                  "format": formats.kind(shipped)}
     if export:
         stored = {k: manifest[k] for k in ("tensor_bytes", "header_bytes", "predicted_bytes")}
         stored["entropy"] = manifest.get("entropy", False)

@@ -4,7 +4,7 @@ import streamlit as st
 from engine.calibrate import SOURCE
 from engine.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, context, results
+from ui import charts, context, exports, results
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
@@ -144,13 +144,13 @@ def offer_format(title: str, key: str, summary, build, mime: str, after: str) ->
                     disabled=bool(info["refused"]) and not dense, after=after)
 
 
-build_and_offer("export (zip)", "explore_export", "export_zip", context.export_zip, entropy, "application/zip")
+build_and_offer("export (zip)", "explore_export", "export_zip", exports.export_zip, entropy, "application/zip")
 
-offer_format("**GGUF file** for llama.cpp (and transformers' `gguf_file=`)", "explore_gguf", context.gguf_summary,
-             context.export_gguf, "application/octet-stream",
+offer_format("**GGUF file** for llama.cpp (and transformers' `gguf_file=`)", "explore_gguf", exports.gguf_summary,
+             exports.export_gguf, "application/octet-stream",
              " Run it with `llama-cli -m FILE`, or score it here with `python -m engine run FILE`.")
-offer_format("**compressed-tensors folder** for transformers and vLLM", "explore_ct", context.ct_summary,
-             context.export_ct, "application/zip",
+offer_format("**compressed-tensors folder** for transformers and vLLM", "explore_ct", exports.ct_summary,
+             exports.export_ct, "application/zip",
              " Unzipped: `AutoModelForCausalLM.from_pretrained(FOLDER)` (with compressed-tensors), `vllm serve FOLDER`.")
 
 

@@ -11,19 +11,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import re
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
 from engine.errors import UserError, failure
 from engine.recipe import DISTILL_LR, Recipe
 from engine.session import Explorer
-from engine.storage import explorer as export_format
+from engine.storage import formats
 from engine.workspace import Workspace
 
 from . import allocator
@@ -159,34 +157,6 @@ def loaded_explorer(ref: str, device: str) -> Explorer:
 _factorize_lock = threading.Lock()
 
 
-def is_export(path: str) -> bool:
-    """Whether `path` is an export the app can load: this explorer's folder, or a GGUF file or
-    compressed-tensors folder written by `python -m engine export`."""
-    from engine.storage import ct_file
-
-    return export_format.is_export(path) or (path.endswith(".gguf") and Path(path).is_file()) \
-        or ct_file.is_folder(path)
-
-
-def export_source(path: str) -> tuple[str, Recipe]:
-    """(the source model's ref, the recipe) an export names."""
-    from engine.storage import ct_file, gguf_file
-
-    if export_format.is_export(path):
-        manifest = export_format.read_manifest(path)
-        return manifest["model"]["ref"], Recipe.from_dict(manifest["recipe"])
-    return (gguf_file if path.endswith(".gguf") else ct_file).source_of(path)
-
-
-def _load_export(work, path: str):
-    """Fill the workspace from an export of any of the three formats."""
-    from engine.storage import ct_file, gguf_file
-
-    if export_format.is_export(path):
-        return export_format.load_into(work, path)
-    return (gguf_file if path.endswith(".gguf") else ct_file).load_into(work, path)
-
-
 def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
     """Load the model (with progress) once per process; None, with an error box, when that fails.
     With an export picked in the sidebar, this session's workspace holds the export's values
@@ -222,7 +192,7 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
             recipe = stored  # the controls show the export's recipe (distillation is in its values)
             if work.applied is None or work.applied.export != exported["folder"]:
                 with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
-                    if shielded(f"Reading the export {exported['folder']}", _load_export,
+                    if shielded(f"Reading the export {exported['folder']}", formats.load_into,
                                 work, exported["folder"]) is None:
                         return None
     return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
@@ -265,88 +235,7 @@ def page(page_file: str) -> Context:
     return ctx
 
 
-# ---------------------------------------------------------------------------------------
-# The export of the current recipe
-# ---------------------------------------------------------------------------------------
-
-
 def holds_export(ctx: Context) -> bool:
     """Whether the workspace holds the values read from the sidebar's export."""
     held = ctx.work.applied
     return bool(ctx.export) and held is not None and held.export == ctx.export and held.recipe == ctx.recipe
-
-
-def export_zip(ctx: Context, entropy: bool = False) -> tuple[str, bytes, str]:
-    """(file name, zip, what its tensor bytes are) of the current recipe's export: written from
-    the workspace (Huffman-coded with `entropy`), or, when the workspace holds a loaded
-    export, that export's own files."""
-    if holds_export(ctx) and export_format.is_export(ctx.export):
-        data, manifest = export_format.zip_folder(ctx.export), export_format.read_manifest(ctx.export)
-        name = Path(ctx.export).name
-    else:
-        ctx.work.ensure(ctx.recipe)
-        name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())]))
-        if entropy:
-            name += "-huffman"
-        data, manifest = export_format.zipped(ctx.work, name, entropy=entropy)
-    stored, fixed = manifest["tensor_bytes"], manifest["predicted_bytes"]
-    what = (f"{stored:,} bytes of tensors, Huffman-coded ({fixed:,} at fixed width: {stored / fixed:.1%})"
-            if manifest.get("entropy") else f"{stored:,} bytes of tensors (fixed width)")
-    return f"{name}.zip", data, what
-
-
-def gguf_summary(ctx: Context) -> dict:
-    """What a GGUF file of the current recipe would hold (engine.storage.gguf_file.summary)."""
-    from engine.storage import gguf_file
-
-    ctx.work.ensure(ctx.recipe)
-    return gguf_file.summary(ctx.work)
-
-
-def export_gguf(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
-    """(file name, the GGUF file, what its tensors are) of the current recipe."""
-    import tempfile
-
-    from engine.storage import gguf_file
-
-    ctx.work.ensure(ctx.recipe)
-    with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
-        report = gguf_file.write(ctx.work, tmp, dense_fallback)
-        data = Path(report["file"]).read_bytes()
-    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe())])) + ".gguf"
-    what = (f"{len(report['tensors'])} tensors; the compressed layers {report['written_bytes']:,} bytes "
-            f"(predicted {report['predicted_bytes']:,}, dense fallbacks {report['fallback_added_bytes']:,} more)")
-    return name, data, what
-
-
-def ct_summary(ctx: Context) -> dict:
-    """What a compressed-tensors folder of the current recipe would hold (engine.storage.ct_file)."""
-    from engine.storage import ct_file
-
-    ctx.work.ensure(ctx.recipe)
-    return ct_file.summary(ctx.work)
-
-
-def export_ct(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
-    """(file name, the folder zipped, what is in it) of the current recipe in compressed-tensors' format."""
-    import io
-    import tempfile
-    import zipfile
-
-    from engine.storage import ct_file
-
-    ctx.work.ensure(ctx.recipe)
-    name = "-".join(filter(None, [Path(ctx.ref).name, _slug(ctx.recipe.describe()), "compressed-tensors"]))
-    with tempfile.TemporaryDirectory(prefix="ct-") as tmp:
-        report = ct_file.write(ctx.work, Path(tmp) / name, dense_fallback)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-            for f in sorted(Path(report["folder"]).iterdir()):
-                z.write(f, f"{name}/{f.name}")
-    what = (f"{report['layers']} layers packed, {report['written_bytes']:,} bytes of codes and scales (predicted "
-            f"{report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
-    return f"{name}.zip", buf.getvalue(), what
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]

@@ -6,6 +6,7 @@ import streamlit as st
 from engine.errors import UserError, failure
 from engine.models import ALIASES, DEFAULT_MODEL, available_devices
 from engine.recipe import Recipe
+from engine.storage import formats
 
 from . import context, controls
 
@@ -17,7 +18,7 @@ def _open_export(folder: str) -> str:
     folder written by `export`): remember it, set the controls from its recipe when it is new,
     and return its source model's ref."""
     try:
-        source, recipe = context.export_source(folder)
+        source, recipe = formats.source_of(folder)
     except UserError as e:
         st.session_state["export"] = None
         st.sidebar.error(str(e))
@@ -52,7 +53,7 @@ def _model() -> str:
     sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
                  help="auto: the GPU when there is one, else the CPU.")
     st.session_state["ctl_model"] = ref or DEFAULT_MODEL
-    if ref and context.is_export(ref):  # the URL keeps the export; the source model is what loads
+    if ref and formats.kind(ref):  # the URL keeps the export; the source model is what loads
         return _open_export(ref)
     st.session_state["export"] = None
     return ref or DEFAULT_MODEL

@@ -14,19 +14,18 @@ from .options import (Progress, check_preset, distill, eval_text, mb, model_args
 def cmd_run(args):
     from .. import report
     from ..storage import explorer as export
+    from ..storage import formats
 
-    folder = args.model if export.is_export(args.model) else None
-    from ..storage import ct_file
-
-    gguf = args.model if args.model.endswith(".gguf") and Path(args.model).is_file() else None
-    shipped = gguf or (args.model if ct_file.is_folder(args.model) else None)
+    kind = formats.kind(args.model)  # an export of any of the three formats, or None
+    folder = args.model if kind == "explorer" else None
+    shipped = args.model if kind in ("gguf", "compressed-tensors") else None
     if args.max_memory or args.offload_folder:
-        if folder or shipped:
+        if kind:
             raise UserError("run: --max-memory does not apply to an export")
         if not args.max_memory:
             raise UserError("run: --offload-folder needs --max-memory")
     check_preset(args)
-    if args.preset and (args.max_memory or folder or shipped):
+    if args.preset and (args.max_memory or kind):
         raise UserError("--preset: not with " + ("--max-memory" if args.max_memory else "an export"))
     if args.calibration_memory and not args.max_memory:
         raise UserError("run: --calibration-memory needs --max-memory")
@@ -39,24 +38,19 @@ def cmd_run(args):
                                args.trust_remote_code, args.quick, text, name)
     else:
         manifest = None
-        if shipped:  # a GGUF file or compressed-tensors folder written by export: it names its source and recipe
-            from ..storage import gguf_file
-
+        if kind:  # an export names its source model and its recipe
             if recipe_options(args) or args.recipe:
-                what = "GGUF file" if gguf else "compressed-tensors folder"
-                raise UserError(f"run: recipe options do not apply to a {what} (it holds its recipe)")
-            model, recipe = (gguf_file if gguf else ct_file).source_of(shipped)
-        elif folder:  # an export: its recipe and source model come from its manifest
-            if recipe_options(args) or args.recipe:
-                raise UserError("run: recipe options do not apply to an export (it holds its recipe)")
-            manifest, _ = export.read(folder)  # every file checked before the model loads
-            recipe = Recipe.from_dict(manifest["recipe"])
-            model = manifest["model"]["ref"]
+                what = {"explorer": "an export", "gguf": "a GGUF file", "compressed-tensors": "a compressed-tensors "
+                        "folder"}[kind]
+                raise UserError(f"run: recipe options do not apply to {what} (it holds its recipe)")
+            if folder:
+                manifest, _ = export.read(folder)  # every file checked before the model loads
+            model, recipe = formats.source_of(args.model)
         else:
             recipe, model = recipe_from(args), args.model
         text, name = eval_text(args)
         ex = open_explorer(args, model)
-        recipe = recipe if shipped else with_preset(args, recipe, ex)
+        recipe = with_preset(args, recipe, ex)  # --preset with an export was refused above
         bar = Progress(f"distill {model}")
         try:
             out = report.in_memory(ex, recipe, model, args.quick, text, name, export=folder, manifest=manifest,
@@ -154,6 +148,10 @@ def cmd_export(args):
     from ..storage import explorer as export
 
     check_preset(args)
+    if args.format != "explorer" and args.entropy:
+        raise UserError(f"--entropy: only with --format explorer ({args.format} stores fixed-width codes)")
+    if args.format == "explorer" and args.dense_fallback:
+        raise UserError("--dense-fallback: only with --format gguf or compressed-tensors")
     recipe = recipe_from(args)
     folder = out_path(args.out)
     ex = open_explorer(args)
@@ -162,12 +160,8 @@ def cmd_export(args):
     work.apply(dataclasses.replace(recipe, distill_steps=0))
     if recipe.distill_steps:
         distill(work, recipe, args.model)
-    if args.format == "gguf":
-        return _gguf(work, folder, recipe, args)
-    if args.format == "compressed-tensors":
-        return _compressed_tensors(work, folder, recipe, args)
-    if args.dense_fallback:
-        raise UserError("--dense-fallback: only with --format gguf or compressed-tensors")
+    if args.format != "explorer":
+        return _shipped(work, folder, recipe, args)
     manifest = export.write(work, folder, entropy=args.entropy)
     on_disk = sum(f["bytes"] for f in manifest["files"].values())
     if args.json:
@@ -190,40 +184,30 @@ def cmd_export(args):
     print(f"  load it back: python -m engine run {folder}")
 
 
-def _compressed_tensors(work, folder, recipe, args) -> None:
-    from ..storage import ct_file
+def _shipped(work, folder, recipe, args) -> None:
+    """Write a GGUF file or a compressed-tensors folder, and say what is in it."""
+    from ..storage import ct_file, gguf_file
 
-    if args.entropy:
-        raise UserError("--entropy: not with --format compressed-tensors (its codes are fixed-width)")
-    report = ct_file.write(work, folder, args.dense_fallback)
+    gguf = args.format == "gguf"
+    report = (gguf_file if gguf else ct_file).write(work, folder, args.dense_fallback)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"wrote {report['folder']}: {recipe.describe()}")
-    print(f"  {report['layers']} layers packed ({report['written_bytes']:,} bytes of codes and scales, predicted "
-          f"{report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
-    print(f"  transformers (with compressed-tensors): AutoModelForCausalLM.from_pretrained('{folder}'); "
-          f"vLLM: vllm serve {folder}")
-
-
-def _gguf(work, folder, recipe, args) -> None:
-    from ..storage import gguf_file
-
-    if args.entropy:
-        raise UserError("--entropy: not with --format gguf (llama.cpp reads fixed-width blocks)")
-    report = gguf_file.write(work, folder, args.dense_fallback)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    kinds = {}
-    for t in report["tensors"]:
-        kinds[t["type"]] = kinds.get(t["type"], 0) + 1
-    print(f"wrote {report['file']}: {recipe.describe()}")
-    print(f"  {len(report['tensors'])} tensors ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
-          f"{report['bytes']:,} bytes; the compressed layers' tensors {report['written_bytes']:,} bytes "
-          f"(predicted {report['predicted_bytes']:,}; dense fallbacks added {report['fallback_added_bytes']:,})")
-    print(f"  llama.cpp: llama-cli -m {report['file']}; transformers: AutoModelForCausalLM.from_pretrained("
-          f"'{folder}', gguf_file='{Path(report['file']).name}')")
+    print(f"wrote {report['file'] if gguf else report['folder']}: {recipe.describe()}")
+    if gguf:
+        kinds = {}
+        for t in report["tensors"]:
+            kinds[t["type"]] = kinds.get(t["type"], 0) + 1
+        print(f"  {len(report['tensors'])} tensors ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+              f"{report['bytes']:,} bytes; the compressed layers' tensors {report['written_bytes']:,} bytes "
+              f"(predicted {report['predicted_bytes']:,}; dense fallbacks added {report['fallback_added_bytes']:,})")
+        print(f"  llama.cpp: llama-cli -m {report['file']}; transformers: AutoModelForCausalLM.from_pretrained("
+              f"'{folder}', gguf_file='{Path(report['file']).name}')")
+    else:
+        print(f"  {report['layers']} layers packed ({report['written_bytes']:,} bytes of codes and scales, "
+              f"predicted {report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
+        print(f"  transformers (with compressed-tensors): AutoModelForCausalLM.from_pretrained('{folder}'); "
+              f"vLLM: vllm serve {folder}")
 
 
 def add_parsers(sub) -> None:

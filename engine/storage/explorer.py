@@ -55,23 +55,28 @@ def zipped(work, name: str, limit: int = 512 * 2**20, entropy: bool = False) -> 
     and its manifest. Refused above `limit` bytes of tensors."""
     import tempfile
 
-    if work.applied.memory.compressed_bytes > limit:
-        raise UserError(f"export: {work.applied.memory.compressed_bytes / 2**20:,.0f} MiB is too large to download "
-                        f"from the app (limit {limit / 2**20:,.0f} MiB): use python -m engine export")
+    check_download(work, limit)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write(work, Path(tmp) / name, entropy)
         return zip_folder(Path(tmp) / name), manifest
 
 
-def zip_folder(folder: str | os.PathLike) -> bytes:
-    """An export folder's files (those its manifest lists, and the manifest) in a zip held in
-    memory, under the folder's name; stored, not deflated: the files are the bytes counted."""
+def check_download(work, limit: int = 512 * 2**20) -> None:
+    """Refuse, in one line, to build in memory a download of more than `limit` bytes of tensors."""
+    if work.applied.memory.compressed_bytes > limit:
+        raise UserError(f"export: {work.applied.memory.compressed_bytes / 2**20:,.0f} MiB is too large to download "
+                        f"from the app (limit {limit / 2**20:,.0f} MiB): use python -m engine export")
+
+
+def zip_folder(folder: str | os.PathLike, files: list[str] | None = None) -> bytes:
+    """A folder's files (default: those an export's manifest lists, and the manifest) in a zip
+    held in memory, under the folder's name; stored, not deflated: the files are the bytes counted."""
     import zipfile
 
     folder = Path(folder)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for f in [*read_manifest(folder)["files"], "manifest.json"]:
+        for f in files if files is not None else [*read_manifest(folder)["files"], "manifest.json"]:
             z.write(folder / f, f"{folder.name}/{f}")
     return buf.getvalue()
 
