@@ -162,12 +162,12 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
     method = recipe.quant_method if recipe.bits < VALUE_BITS_UNCOMPRESSED else "none"
     if method == "gptq" and hessian is None:
         method = "rtn"
-    if method != "none" and recipe.number_format != "int":  # llama.cpp's types: one full matrix
-        results[0], grids[0] = _ggml(mats[0], recipe, hessian)
-        method = "done"
-    for k in reversed(range(len(results)) if method != "done" else ()):
+    llama_cpp = method != "none" and recipe.number_format != "int"  # its types: a full matrix, never factors
+    for k in reversed(range(len(results))):
         m, keep = mats[k], keeps[k]
-        if method == "gptq":
+        if llama_cpp:
+            results[k], grids[k] = _ggml(m, recipe, hessian)
+        elif method == "gptq":
             results[k], (scale, zero) = gptq_quantize(m, _input_hessian(results, hessian, k), recipe.bits,
                                                       recipe.granularity, recipe.group_size, recipe.symmetric,
                                                       keep, recipe.act_order, return_grid=True)
