@@ -218,7 +218,8 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
         elif m.keep is not None:
             module, why = _sparse(w, m, recipe, dtype)
     except RuntimeError as e:  # a kernel's own limits (tinygemm on the CPU: rows in 16s; 2:4: fp16 or bf16)
-        kernel = f"int{8 if recipe.bits == 8 else 4}" if m.grid.scale is not None else "sparse"
+        kernel = "int4" if m.grid.ggml else f"int{8 if recipe.bits == 8 else 4}" if m.grid.scale is not None \
+            else "sparse"
         why = f"{kernel} kernel refused: {str(e).splitlines()[0][:120]}"
     if module is not None:
         why = _check(module, w, dtype)
