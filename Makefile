@@ -32,8 +32,10 @@ run: $(STAMP)  ## install, then start the app on the offline default model (port
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
 
-test: $(STAMP) browser  ## install, then run every test (the browser test included)
-	$(PY) -m pytest -q --durations=15 tests
+WORKERS ?= 2
+
+test: $(STAMP) browser  ## install, then run every test (the browser test included) in 2 processes (WORKERS=N)
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
 
 bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed
 	$(PY) -m engine bench

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,
@@ -5,6 +7,29 @@ from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassificati
                           Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
 from engine.models import minilm_path
+
+
+def pytest_configure(config):
+    """The app sets glibc's mmap threshold to 128 KiB once per server process (ui/allocator.py),
+    process-wide. Under AppTest that would be the test process (ui.context is imported when the
+    tests are collected), where every tensor of 128 KiB or more would then be a fresh mapping that
+    the kernel zeroes, in every test: the test process keeps glibc's default, and the served app
+    (the browser test) sets it.
+
+    Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each takes its share
+    of torch threads, and so do the interpreters and servers it starts. The controller converts
+    smollm2 once before the workers start, so that two of them never race to write its cache."""
+    from ui import allocator
+
+    allocator.give_back_large_blocks = lambda threshold=allocator.THRESHOLD: False
+    if hasattr(config, "workerinput"):
+        threads = max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"]))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    elif getattr(config.option, "numprocesses", None):
+        from engine.models import smollm2_path
+
+        smollm2_path()
 
 
 def _save(model, folder):
