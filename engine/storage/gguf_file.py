@@ -10,7 +10,8 @@ in groups of 32 as q4_0, 6 or 7 bits as q8_0; anything else f16, else f32), the 
 reported. Norms are
 f32, other parameters f16. The Llama family only (Llama, Mistral, SmolLM: llama.cpp's `llama`
 architecture), whose q and k projections GGUF stores with their rows permuted for llama.cpp's
-rotary layout; the tokenizer is copied from the GGUF file the model came from.
+rotary layout; the tokenizer is copied from the GGUF file the model came from, or written from
+a Hugging Face byte-level BPE tokenizer (gguf_vocab: GPT-2, Llama 3, Qwen2 and SmolLM's).
 
     report = write(work, "out/", dense_fallback=False)   # out/<model>.gguf
 """
@@ -29,6 +30,7 @@ from ..recipe import Recipe
 from ..ggml.presets import gguf_names
 from ..models import gguf_file
 from ..recipe_values import FORMAT_GRID
+from . import gguf_vocab
 
 ARCHES = {"llama": "llama", "mistral": "llama"}
 SOURCE_KEY, RECIPE_KEY = "explorer.source", "explorer.recipe"
@@ -82,8 +84,7 @@ def check(work, dense_fallback: bool = False) -> list[str]:
     if model_type not in ARCHES:
         raise UserError(f"--format gguf: the Llama family only (Llama, Mistral, SmolLM); this model is {model_type!r}")
     if gguf_file(work.explorer.loaded.ref) is None:
-        raise UserError("--format gguf: the tokenizer is copied from the GGUF file the model came from (smollm2); "
-                        f"{work.explorer.loaded.ref!r} has none")
+        gguf_vocab.pre_name(gguf_vocab.spec_of(work.explorer.loaded.tokenizer))  # refused here, before any work
     if dense_fallback:
         return []
     out = []
@@ -131,7 +132,7 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
         raise UserError(f"--format gguf cannot hold {len(refused)} layer(s), e.g. {refused[0]}; "
                         "--dense-fallback writes them in the smallest type that holds them exactly")
     ex, config = work.explorer, work.model.config
-    source = gguf.GGUFReader(gguf_file(ex.loaded.ref))
+    source = gguf.GGUFReader(gguf_file(ex.loaded.ref)) if gguf_file(ex.loaded.ref) is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{Path(ex.loaded.ref).name}.gguf"
@@ -190,7 +191,8 @@ def _tensor(stored, values: torch.Tensor, ndim: int) -> tuple[str, torch.Tensor]
 
 
 def _metadata(writer, source, config, work) -> None:
-    """The architecture's hyperparameters from the config, the tokenizer from the source file."""
+    """The architecture's hyperparameters from the config; the tokenizer copied from the GGUF file
+    the model came from, or else written from its Hugging Face tokenizer (gguf_vocab)."""
     import gguf
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -209,6 +211,9 @@ def _metadata(writer, source, config, work) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(SOURCE_KEY, work.explorer.loaded.ref)  # for `run FILE.gguf`; llama.cpp ignores them
     writer.add_string(RECIPE_KEY, work.applied.recipe.to_json())
+    if source is None:
+        gguf_vocab.write(writer, work.explorer.loaded.tokenizer, config.vocab_size)
+        return
     for key, field in source.fields.items():
         if key.startswith("tokenizer."):
             _copy(writer, key, field)
