@@ -12,7 +12,9 @@ st.set_page_config(page_title="Compression explorer", page_icon=":material/compr
 context.start_run()
 
 pages = [
+    st.Page("pages/tour.py", title="Start here", icon=":material/school:"),
     st.Page("pages/explore.py", title="Explore", icon=":material/tune:", default=True),
+    st.Page("pages/layer.py", title="Inside a layer", icon=":material/biotech:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/balance:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),

@@ -69,6 +69,14 @@ CONCEPTS = {
                    "record each layer's input statistics for Wanda, whitened SVD and GPTQ.",
     "kv_cache": "The keys and values of every past token, kept per layer so generation does not recompute them: "
                 "2 x layers x kv heads x head dim x bytes per token, growing with batch and context.",
+    "weight_sharing": "Weight sharing (k-means): the layer keeps 2^b shared values, its codebook, found by "
+                      "clustering its weights; each weight stores only the b-bit index of its nearest shared "
+                      "value.",
+    "entropy_coding": "Entropy coding: codes that occur often get short bit strings and rare ones long "
+                      "(Huffman), so a layer whose codes cluster near zero takes fewer bits per value than its "
+                      "fixed width, exactly, with nothing lost.",
+    "low_rank": "Low rank replaces an m x n matrix by the product of an m x r and an r x n factor, keeping its r "
+                "largest singular directions: r(m + n) values instead of mn.",
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
 }
 
@@ -76,4 +84,29 @@ CONCEPTS = {
 HIGHER_IS_BETTER = {
     "perplexity": False, "kl_to_original": False, "top1_agreement": True, "cosine_to_original": True,
     "lee_spearman": True, "polarity_accuracy": True, "label_agreement": True,
+}
+
+# The formulas beside the Inside-a-layer page's pictures (LaTeX, one aligned line per step, so a
+# narrow column shows them whole)
+FORMULAS = {
+    "symmetric": r"""\begin{aligned} s &= \max_i |w_i| \,/\, (2^{b-1} - 1) \\
+q_i &= \mathrm{clamp}\big(\lfloor w_i / s \rceil,\ -2^{b-1},\ 2^{b-1} - 1\big) \\
+\hat w_i &= s\,q_i \end{aligned}""",
+    "asymmetric": r"""\begin{aligned} s &= \big(\max(w, 0) - \min(w, 0)\big) \,/\, (2^b - 1) \\
+z &= \lfloor -\min(w, 0) / s \rceil \\
+q_i &= \mathrm{clamp}\big(\lfloor w_i / s \rceil + z,\ 0,\ 2^b - 1\big) \\
+\hat w_i &= s\,(q_i - z) \end{aligned}""",
+    "low_rank": r"""\begin{aligned} W &\approx A B \\
+A &= U_r \Sigma_r,\quad B = V_r^\top \\
+\text{values} &= r(m + n) \ \text{ against } \ mn \\
+\frac{\|W - AB\|_F^2}{\|W\|_F^2} &= 1 - \frac{\sum_{k \le r} \sigma_k^2}{\sum_k \sigma_k^2} \end{aligned}""",
+    "magnitude": r"""\begin{aligned} \text{keep}_{ij} &= \big[\, |W_{ij}| \ge \tau \,\big] \\
+\tau &= \text{the } \lceil s\,mn \rceil\text{-th smallest } |W_{ij}| \end{aligned}""",
+    "wanda": r"""\begin{aligned} S_{ij} &= |W_{ij}| \cdot \|X_{:,j}\|_2 \\
+\text{keep} &: \text{the largest } S_{ij} \text{ of each row } i \end{aligned}""",
+    "kmeans": r"""\begin{aligned} &\min_{c_1 \ldots c_{2^b}} \textstyle\sum_i \min_k (w_i - c_k)^2 \\
+&\hat w_i = c_{k(i)},\quad k(i) = \arg\min_k |w_i - c_k| \end{aligned}""",
+    "entropy": r"""\begin{aligned} H &= -\textstyle\sum_k p_k \log_2 p_k \\
+H \le \bar L_{\mathrm{Huffman}} &= \textstyle\sum_k p_k \ell_k < H + 1 \\
+\bar L_{\mathrm{Huffman}} &\le b \end{aligned}""",
 }

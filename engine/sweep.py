@@ -66,3 +66,13 @@ def pareto(points: list[dict], x: str, y: str, higher_is_better: bool) -> list[i
             front.append(i)
             best = v
     return front
+
+
+def fronts(points: list[dict], metric: str, higher_is_better: bool) -> dict[str, list[int]]:
+    """One Pareto frontier per method (a point's "method"; one unnamed method without): method ->
+    indices into `points` of its frontier, by rising compressed bytes."""
+    out = {}
+    for method in dict.fromkeys(p.get("method", "") for p in points):
+        idx = [i for i, p in enumerate(points) if p.get("method", "") == method]
+        out[method] = [idx[j] for j in pareto([points[i] for i in idx], "compressed_bytes", metric, higher_is_better)]
+    return out

@@ -93,6 +93,15 @@ show(full, final=True)
 context.mark("full")
 with st.expander("How quality is measured"):
     st.json(protocol)
+timed = st.session_state.get("speed_settings")
+name, build = exports.report(ctx, mem, full, True, base, protocol,
+                             results.speed(ctx, timed) if timed and results.speed_known(ctx, timed) else None,
+                             st.session_state.get("sweeps", {}).get(ctx.key))
+st.download_button("Download report (HTML)", build, name, "text/html", key="explore_report", icon=":material/summarize:",
+                   help="One self-contained HTML file for the people who decide: the model, the recipe, memory, "
+                        "quality with its protocol and baseline, speed where measured on the Speed page, the "
+                        "trade-off chart where a sweep was run, the versions and the date. Opens offline; prints "
+                        "to PDF.")
 
 # -- the export: the bytes as stored ----------------------------------------------------------
 st.subheader("Export: the bytes as stored")

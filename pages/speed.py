@@ -35,6 +35,7 @@ report = context.shielded("Measuring speed", results.speed, ctx, settings,
 bar.empty()
 if report is None:
     st.stop()
+st.session_state["speed_settings"] = settings  # the Explore page's report includes it
 
 rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
 if causal:

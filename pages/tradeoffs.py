@@ -80,11 +80,8 @@ rows = done["rows"]
 metrics = [m for m in HIGHER_IS_BETTER if all(m in r for r in rows)]
 metric = st.selectbox("Quality metric", metrics, key="tradeoffs_metric", help=CONCEPTS.get(metrics[0]))
 higher = HIGHER_IS_BETTER[metric]
-methods = list(dict.fromkeys(r["method"] for r in rows))
-fronts = {}
-for m in methods:
-    idx = [i for i, r in enumerate(rows) if r["method"] == m]
-    fronts[m] = [idx[j] for j in sweep.pareto([rows[i] for i in idx], "compressed_bytes", metric, higher)]
+done["metric"] = metric  # the Explore page's report draws this chart
+fronts = sweep.fronts(rows, metric, higher)
 front = sorted({i for f in fronts.values() for i in f})
 cur_mem = results.memory(ctx)
 cur_q = results.quality(ctx, quick=not done["full"])
@@ -92,7 +89,7 @@ current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_b
 label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
 st.plotly_chart(charts.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),
                 config=charts.PNG, key="tradeoffs_chart")
-st.caption(f"{len(rows)} points, {len(front)} on a frontier ({len(methods)} method(s)). Hover a point for its recipe; the camera icon "
+st.caption(f"{len(rows)} points, {len(front)} on a frontier ({len(fronts)} method(s)). Hover a point for its recipe; the camera icon "
            "saves the chart as PNG.")
 df = pd.DataFrame(rows)
 df["on_frontier"] = [i in set(front) for i in range(len(rows))]

@@ -8,7 +8,7 @@ from browser import ROOT, app_server, chromium, metric, wait_idle
 
 SHOTS = ROOT / "screenshots"
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
-PAGES = ["", "spectra", "tradeoffs", "compare", "fit"]
+PAGES = ["", "tour", "layer", "spectra", "tradeoffs", "compare", "fit"]
 
 
 def as_bytes(text: str) -> float:
@@ -93,7 +93,8 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
             if sweep:  # the page's grid without low rank: 4 bit widths x 2 sparsities
                 keep_first(page, "tradeoffs_ratios", 1)
                 page.get_by_role("button", name="Run sweep").click()
-            drawn = {"compare": '[data-testid="stDataFrame"]', "tradeoffs": ".js-plotly-plot" if sweep else "text=Run sweep"}
+            drawn = {"compare": '[data-testid="stDataFrame"]', "tradeoffs": ".js-plotly-plot" if sweep else "text=Run sweep",
+                     "tour": "text=Open step 7"}
             wait_idle(page, 240_000, drawn.get(name, ".js-plotly-plot"))
             if sweep:
                 page.wait_for_selector("text=on a frontier", timeout=240_000)
@@ -102,7 +103,7 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
                                        timeout=120_000)
             assert not page.locator('[data-testid="stException"]').count()
             assert (page.locator(".js-plotly-plot").count() or page.locator('[data-testid="stDataFrame"]').count()
-                    or not sweep and name == "tradeoffs")
+                    or not sweep and name == "tradeoffs" or name == "tour")
             page.screenshot(path=str(SHOTS / f"{name}-{scheme}.png"))
         browser.close()
 
@@ -118,3 +119,33 @@ def test_three_sessions_at_once_each_keep_their_own_recipe(server):
     assert not seen["errors"] and not seen["crosstalk"], seen
     assert all(p.moves >= 3 for p in people), [p.moves for p in people]
     assert memory.peak < 2.5 * 2**30, memory.peak
+
+
+def test_the_report_opens_offline_draws_its_charts_and_prints(minilm_explorer, tmp_path):
+    """The report of a recipe with a sweep, opened from disk with the network cut: every chart
+    draws from the inlined plotly.js; it prints to PDF; screenshot in screenshots/report.png."""
+    from engine import report
+    from engine.recipe import Recipe
+    from engine.sweep import point
+    from ui import report as html_report
+
+    work = minilm_explorer.workspace()
+    rows = [{"method": "rtn", **point(work, Recipe(bits=b), quick=True)} for b in (8, 4, 3)]
+    run = report.in_memory(minilm_explorer, Recipe(bits=4), "minilm", quick=True)
+    path = tmp_path / "report.html"
+    path.write_text(html_report.html(run, sweep={"rows": rows}), encoding="utf-8")
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = chromium(p)
+        context = browser.new_context(offline=True, viewport={"width": 1100, "height": 1400})
+        fetched = []
+        context.on("request", lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page = context.new_page()
+        page.goto(path.as_uri())
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2",
+                               timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() == 2 and not fetched  # memory and trade-offs, nothing fetched
+        page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+        pdf = page.pdf(format="A4")
+        assert pdf[:5] == b"%PDF-" and len(pdf) > 20_000
+        browser.close()

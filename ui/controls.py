@@ -213,12 +213,22 @@ def write_url(recipe: Recipe | None, default_model: str) -> None:
     (the link keeps its last recipe while the controls make none)."""
     params = {"model": st.session_state["ctl_model"], "device": st.session_state["ctl_device"]}
     params.update({FIELDS[f].url: getattr(recipe, f) for f in CONTROLS} if recipe else {})
-    start = {"model": default_model, "device": "auto", **{FIELDS[f].url: DEFAULTS[f] for f in CONTROLS}}
-    for param, value in params.items():
-        if value == start[param] or value is None:
-            st.query_params.pop(param, None)
+    off_default = link_params(recipe, st.session_state["ctl_model"], default_model, st.session_state["ctl_device"])
+    for param in params:
+        if param in off_default:
+            st.query_params[param] = off_default[param]
         else:
-            st.query_params[param] = str(value).lower() if isinstance(value, bool) else str(value)
+            st.query_params.pop(param, None)
+
+
+def link_params(recipe: Recipe | None, model: str, default_model: str, device: str = "auto") -> dict[str, str]:
+    """The URL parameters that open the app on `model` with `recipe`'s controls: those off their
+    defaults, as text."""
+    params = {"model": model, "device": device}
+    params.update({FIELDS[f].url: getattr(recipe, f) for f in CONTROLS} if recipe else {})
+    start = {"model": default_model, "device": "auto", **{FIELDS[f].url: DEFAULTS[f] for f in CONTROLS}}
+    return {p: str(v).lower() if isinstance(v, bool) else str(v) for p, v in params.items()
+            if v != start[p] and v is not None}
 
 
 def load_recipe_file() -> None:

@@ -72,3 +72,16 @@ def export_ct(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
     what = (f"{report['layers']} layers packed, {report['written_bytes']:,} bytes of codes and scales (predicted "
             f"{report['predicted_bytes']:,}), {report['dense_fallback']} dense by the fallback")
     return f"{name}.zip", data, what
+
+
+def report(ctx: Context, memory: dict, quality: dict, full: bool, baseline: dict, protocol: dict,
+           speed: dict | None = None, sweep: dict | None = None):
+    """(file name, a callable that builds the HTML report): the report is built from these
+    plain numbers only when the download is pressed (ui.report)."""
+    from . import report as html_report
+
+    ex = ctx.explorer
+    run = {"model": ctx.ref, "source": ex.loaded.source, "kind": ex.kind, "device": str(ex.loaded.device),
+           "note": ex.loaded.note, "recipe": ctx.recipe.to_dict(), "memory": memory, "baseline_metrics": baseline,
+           "metrics": {**quality, "protocol": {**protocol, "estimate_only": not full}}}
+    return _name(ctx, "report.html"), lambda: html_report.html(run, speed, sweep)

@@ -8,7 +8,7 @@ from engine.models import ALIASES, DEFAULT_MODEL, available_devices
 from engine.recipe import Recipe
 from engine.storage import formats
 
-from . import context, controls
+from . import context, controls, tour
 
 OTHER = "Hub id or local folder…"
 
@@ -83,6 +83,7 @@ def _apply_preset(ref: str):
 def sidebar() -> tuple[str, str, Recipe | None]:
     """Draw the model picker and the controls; returns (model ref, device, recipe or None)."""
     controls.init_from_url(DEFAULT_MODEL)
+    tour.from_url()
     ref = _model()
     recipe = controls.draw(_apply_preset(ref))
     controls.write_url(recipe, DEFAULT_MODEL)

@@ -1,6 +1,6 @@
 """`python -m engine`: a thin command line over the engine's API. One module per group of
 commands (info: models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
-fit; speed); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
+fit; speed; report); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
 on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import traceback
 
 from ..errors import UserError, failure
-from . import fit, info, run, speed, study
+from . import fit, info, report, run, speed, study
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_parsers(sub)
     fit.add_parser(sub)
     speed.add_parser(sub)
+    report.add_parser(sub)
     info.add_bench(sub)
     for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

@@ -62,13 +62,10 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
         out["values"] = flat.half()
     elif _kmeans(recipe):
         book = grid.codebook.float()
-        out.update(_coded(codebook_index(flat, book), bits, entropy))
+        out.update(_coded(codes(v, keep if sel is not None else None, grid, recipe), bits, entropy))
         out["codebook"] = torch.cat([book, book[-1:].expand(2**bits - book.numel())]).half()
     else:
-        scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
-                         per_entry((grid.scale.float(), code_offset(grid.zero.float(), bits, recipe.symmetric)),
-                                   rows, cols, recipe.granularity, recipe.group_size))
-        out.update(_coded(quantize(flat, scale, offset, bits), bits, entropy))
+        out.update(_coded(codes(v, keep if sel is not None else None, grid, recipe), bits, entropy))
         out["scales"] = grid.scale.half()
         if not recipe.symmetric:
             out["zeros"] = pack.pack_bits(grid.zero, bits)
@@ -85,6 +82,21 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
     written = nbytes({k: out[k] for k in ("huffman", "code_lengths", "runs")}) if coded else \
         (nbytes({"values": out["values"]}) if "values" in out else nbytes(out))
     return Encoded({k: t.contiguous() for k, t in out.items()}, "huffman" if coded else "fixed", written)
+
+
+def codes(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe) -> torch.Tensor:
+    """The b-bit codes (int64) of the kept values of `v` (all, with no mask), in row-major
+    order: indices into the k-means codebook, or the uniform grid's codes."""
+    rows, cols = v.shape
+    v = v.detach().float()
+    sel = None if keep is None else keep.flatten()
+    flat = v.flatten() if sel is None else v.flatten()[sel]
+    if _kmeans(recipe):
+        return codebook_index(flat, grid.codebook.float())
+    scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
+                     per_entry((grid.scale.float(), code_offset(grid.zero.float(), recipe.bits, recipe.symmetric)),
+                               rows, cols, recipe.granularity, recipe.group_size))
+    return quantize(flat, scale, offset, recipe.bits).long()
 
 
 def _coded(codes: torch.Tensor, bits: int, entropy: bool) -> dict:
