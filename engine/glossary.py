@@ -59,7 +59,9 @@ CONCEPTS = {
                      "channel or group, optional zero-point), or one of llama.cpp's GGML types, which fix the "
                      "blocks themselves: q4_0 to q8_0 keep an fp16 scale (and minimum) per 32 values; the "
                      "k-quants q2_k to q6_k quantize the scales of 16- or 32-value sub-blocks against one fp16 "
-                     "scale per 256 values, searched to fit.",
+                     "scale per 256 values, searched to fit; mxfp4 (OCP microscaling, as llama.cpp stores it) keeps "
+                     "4-bit E2M1 floats (0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives) with one power-of-two "
+                     "scale per 32 values.",
     "act_order": "GPTQ only: round the columns with the largest inputs first, while the most columns remain to "
                  "absorb their error.",
     "distillation": "Recovery after compression: the compressed layers' stored values are trained to make the "

@@ -23,11 +23,12 @@ QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix")
 # 'int': the explorer's own integer grid (bits, granularity, group size, symmetric); the rest are
 # llama.cpp's GGML types (engine.ggml), which fix the bits and the blocks themselves
 LEGACY_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
-NUMBER_FORMATS = ("int", *LEGACY_FORMATS, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+NUMBER_FORMATS = ("int", *LEGACY_FORMATS, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mxfp4")
 # each GGML type's (bits of a code, values per block, symmetric), as engine.ggml.TYPES defines them
 FORMAT_GRID = {"q4_0": (4, 32, True), "q4_1": (4, 32, False), "q5_0": (5, 32, True), "q5_1": (5, 32, False),
                "q8_0": (8, 32, True), "q2_k": (2, 256, False), "q3_k": (3, 256, True), "q4_k": (4, 256, False),
-               "q5_k": (5, 256, False), "q6_k": (6, 256, True)}
+               "q5_k": (5, 256, False), "q6_k": (6, 256, True), "mxfp4": (4, 32, True)}
+NO_IMPORTANCE = ("mxfp4",)  # llama.cpp's quantizer for these takes no importance matrix
 DISTILL_LR = 1e-4
 CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
 
@@ -147,7 +148,8 @@ def format_fields(r) -> dict:
         if getattr(r, field) not in (value, _QUANT_DEFAULTS[field]):
             raise RecipeError(f"{field}: number format {fmt} fixes it at {value!r}, got {getattr(r, field)!r} "
                               f"(leave {field} out)")
-    if r.quant_method == "kmeans" or (r.quant_method == "gptq" and fmt not in LEGACY_FORMATS):
+    if r.quant_method == "kmeans" or (r.quant_method == "gptq" and fmt not in LEGACY_FORMATS) or (
+            r.quant_method == "imatrix" and fmt in NO_IMPORTANCE):
         raise RecipeError(f"quant_method: {r.quant_method} does not run on {fmt}"
                           + (f" (GPTQ runs on {', '.join(LEGACY_FORMATS)})" if r.quant_method == "gptq" else ""))
     if r.act_order:
@@ -176,6 +178,7 @@ def format_update(current: dict, fields: dict) -> dict:
     method = fields.get("quant_method", current["quant_method"])
     if "quant_method" not in fields and (
             (fmt == "int" and method == "imatrix")
-            or (fmt != "int" and (method == "kmeans" or (method == "gptq" and fmt not in LEGACY_FORMATS)))):
+            or (fmt != "int" and (method == "kmeans" or (method == "gptq" and fmt not in LEGACY_FORMATS)
+                                  or (method == "imatrix" and fmt in NO_IMPORTANCE)))):
         out["quant_method"] = "rtn"
     return out

@@ -4,7 +4,8 @@ A GGML type stores a row in blocks of `block` consecutive values, `size` bytes e
 the block's own scale (and minimum) inside it. The legacy types (q4_0 ... q8_0) have blocks of
 32 values and one fp16 scale; the k-quants (q2_k ... q6_k) have super-blocks of 256 values
 split into sub-blocks of 16 or 32 whose scales (and minimums) are themselves quantized
-against an fp16 super-scale.
+against an fp16 super-scale; mxfp4 (fp4.py) has blocks of 32 E2M1 floats and a power-of-two
+scale.
 
     values, raw = quantize(w, "q4_k")              # (rows, cols) values, (rows, bytes) GGUF blocks
     fit("q4_k", 576)                               # 'q5_0': llama.cpp's fallback for such rows
@@ -52,6 +53,8 @@ TYPES = {t.name: t for t in (
     GgmlType("q4_k", 256, 144, 4, False, "4-bit codes; 8 sub-blocks with 6-bit scales and minimums"),
     GgmlType("q5_k", 256, 176, 5, False, "5-bit codes; 8 sub-blocks with 6-bit scales and minimums"),
     GgmlType("q6_k", 256, 210, 6, True, "6-bit codes; 16 sub-blocks with 8-bit scales"),
+    GgmlType("mxfp4", 32, 17, 4, True, "4-bit E2M1 floats (0 to 6), one power-of-two E8M0 scale per 32 values "
+                                       "(OCP microscaling, gpt-oss's weights)"),
 )}
 LEGACY = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 K_QUANTS = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
@@ -105,6 +108,9 @@ def quantize(w: torch.Tensor, fmt: str, importance: torch.Tensor | None = None) 
     if fit(fmt, w.shape[1]) != fmt:
         raise ValueError(f"{fmt}: rows of {w.shape[1]} values do not divide into blocks of {TYPES[fmt].block}")
     w = w.float()
+    if fmt == "mxfp4":  # llama.cpp's mxfp4 quantizer takes no importance matrix
+        from . import fp4
+        return fp4.quantize(w)
     if fmt in K_QUANTS:
         from . import kquants
         return kquants.quantize(w, fmt, importance)
