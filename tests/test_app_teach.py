@@ -84,3 +84,18 @@ def test_explore_offers_the_report_as_one_html_file():
     at = ok(start(bits=4))
     buttons = [b for b in at.get("download_button") if "report" in b.proto.label.lower()]
     assert buttons, "no report download"
+
+
+def test_the_report_shows_speed_where_it_was_measured(tiny_explorers):
+    from engine import report
+    from engine.speed import SpeedSettings, measure
+
+    ex = tiny_explorers["llama"]
+    run = report.in_memory(ex, Recipe(bits=8, group_size=32), "tiny-llama", quick=True)
+    speed = measure(ex, Recipe(bits=8, group_size=32), SpeedSettings(prompt_tokens=8, new_tokens=3, repeats=1,
+                                                                     dtype="fp32"))
+    page = html_report.html(run, speed=speed)
+    assert "<h2>Speed</h2>" in page and "tokens/s (decode)" in page
+    assert f"{speed['compressed']['decode_tokens_per_s']:,.1f}" in page  # the measured figure, as measured
+    assert page.count('class="figure"') == 2  # the memory bar and the roofline
+    assert "<h2>Speed</h2>" not in html_report.html(run)  # not measured: no section

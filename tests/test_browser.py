@@ -121,17 +121,19 @@ def test_three_sessions_at_once_each_keep_their_own_recipe(server):
     assert memory.peak < 2.5 * 2**30, memory.peak
 
 
-def test_the_report_opens_offline_draws_its_charts_and_prints(minilm_explorer, tmp_path):
-    """The report of a recipe with a sweep, opened from disk with the network cut: every chart
-    draws from the inlined plotly.js; it prints to PDF; screenshot in screenshots/report.png."""
+def test_the_report_opens_offline_draws_its_charts_and_prints(tiny_explorers, tmp_path):
+    """The report of a recipe with a sweep (a tiny BERT: what is tested here is the file), opened
+    from disk with the network cut: every chart draws from the inlined plotly.js; it prints to
+    PDF; screenshot in screenshots/report.png."""
     from engine import report
     from engine.recipe import Recipe
     from engine.sweep import point
     from ui import report as html_report
 
-    work = minilm_explorer.workspace()
-    rows = [{"method": "rtn", **point(work, Recipe(bits=b), quick=True)} for b in (8, 4, 3)]
-    run = report.in_memory(minilm_explorer, Recipe(bits=4), "minilm", quick=True)
+    ex = tiny_explorers["bert"]
+    work = ex.workspace()
+    rows = [{"method": "rtn", **point(work, Recipe(bits=b, group_size=32), quick=True)} for b in (8, 4, 3)]
+    run = report.in_memory(ex, Recipe(bits=4, group_size=32), "tiny-bert", quick=True)
     path = tmp_path / "report.html"
     path.write_text(html_report.html(run, sweep={"rows": rows}), encoding="utf-8")
     SHOTS.mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ from engine import ggml
 from engine.errors import UserError
 from engine.ggml import fp4
 from engine.recipe import Recipe
-from engine.storage import gguf_file
+from engine.storage import codec, gguf_file
 
 MXFP4 = gguf.GGMLQuantizationType.MXFP4
 
@@ -54,6 +54,10 @@ def test_a_recipe_in_mxfp4_counts_its_blocks_and_refuses_what_it_cannot_hold(min
     assert stored.bytes.compressed_bytes == 384 * 384 // 32 * 17
     assert stored.recipe.bits == 4 and stored.recipe.group_size == 32
     assert gguf_file.tensor_type(stored)[0] == "mxfp4"  # GGUF holds it as it is
+    tensors, parts = codec.encode_layer(stored)  # the explorer's own export: the blocks, read back exactly
+    assert sum(t.numel() * t.element_size() for t in tensors.values()) == stored.bytes.compressed_bytes
+    back = codec.decode_layer(name, stored.shape, stored.recipe, None, parts, tensors)
+    assert torch.equal(back.matrix(), stored.matrix())
     errors = {fmt: None for fmt in ("mxfp4", "q4_0")}
     for fmt in errors:
         work.apply(Recipe(number_format=fmt))

@@ -154,7 +154,9 @@ def _sweep(sweep: dict, run: dict, figure) -> list[str]:
     from engine import sweep as engine_sweep
 
     rows = sweep["rows"]
-    metric = sweep.get("metric") or next(m for m in HIGHER_IS_BETTER if all(m in r for r in rows))
+    metric = sweep.get("metric") or next((m for m in HIGHER_IS_BETTER if all(m in r for r in rows)), None)
+    if metric is None:  # points without a quality metric the explorer measures: nothing to draw
+        return []
     higher = HIGHER_IS_BETTER[metric]
     fronts = engine_sweep.fronts(rows, metric, higher)
     current = {"label": Recipe.from_dict(run["recipe"]).describe(),
