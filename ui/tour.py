@@ -28,7 +28,8 @@ STEPS = (
          "copy: that is its baseline.)"),
     Step("A spectrum that falls fast compresses well", "pages/spectra.py", Recipe(rank_ratio=0.5),
          "Each layer's singular values, largest first. Where they fall fast, a low rank keeps most of the "
-         "energy; trained weights fall slowly, so half the rank loses a lot. Below the break-even rank the two "
+         "energy; trained weights fall slowly, so even half the rank drops energy the outputs notice (Explore "
+         "shows how much). Below the break-even rank the two "
          "factors take less memory than the matrix; at or above it they take more."),
     Step("4 bits: a quarter of the memory, little lost", "pages/explore.py", Recipe(bits=4),
          "Round to nearest, 16 levels per group of 128 weights with one fp16 scale each: about 4.1 bits a "
