@@ -136,3 +136,14 @@ def autograd_knows_the_pretend_device():
         x = torch.ones(2, device=device, requires_grad=True)
         torch.autograd.grad((x * x).sum(), x)
     yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Wait for the app's background work (the sorted magnitudes and SVDs it starts after loading
+    a model) before the interpreter exits: a short run of the app's tests otherwise ended while
+    torch was still in it, and the process aborted ("terminate called without an active exception")."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "prepare" or thread.name.startswith("preload"):
+            thread.join()
