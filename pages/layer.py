@@ -18,9 +18,6 @@ names = [i.name for i in ex.selected(recipe)]
 if not names:
     st.info("The layer choice selects no layer: nothing is compressed. Pick a layer group in the sidebar.")
     st.stop()
-context.ensure_calibration(ctx)
-if recipe.rank_ratio is not None or recipe.rank is not None:
-    context.ensure_factors(ctx)
 if context.shielded("Applying the recipe", ctx.work.ensure, recipe) is None:
     st.stop()
 name = st.selectbox("Layer", names, key="layer_name", help="Any layer the current recipe compresses.")

@@ -211,10 +211,8 @@ def init_from_url(default_model: str) -> None:
 def write_url(recipe: Recipe | None, default_model: str) -> None:
     """The URL from the controls: the model, the device and every recipe field off its default
     (the link keeps its last recipe while the controls make none)."""
-    params = {"model": st.session_state["ctl_model"], "device": st.session_state["ctl_device"]}
-    params.update({FIELDS[f].url: getattr(recipe, f) for f in CONTROLS} if recipe else {})
     off_default = link_params(recipe, st.session_state["ctl_model"], default_model, st.session_state["ctl_device"])
-    for param in params:
+    for param in ("model", "device", *(FIELDS[f].url for f in CONTROLS if recipe)):
         if param in off_default:
             st.query_params[param] = off_default[param]
         else:
