@@ -3,10 +3,8 @@
 For each model and each pair, the plain recipe and the method's recipe are applied to the same
 workspace and scored with the full evaluation protocol; the compressed bytes of both are printed
 (and must be equal). Low rank "keeping 80% of the parameters": the rank ratio at which the
-factors of all compressible layers hold 80% of their parameters in all. The planner (engine
-plan, bits per layer type from 8, 6, 5, 4, 3, 2 by measured first-estimate loss) is given the
-size of uniform 3 bits and measured beside it ("apply s" is then the planner's whole run).
-Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored before and
+factors of all compressible layers hold 80% of their parameters in all (the planner is
+measured by benchmarks/planner.py). Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored before and
 after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
 then the distillation's time).
 
@@ -22,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import plan  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
 
@@ -58,7 +55,7 @@ DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
 DISTILL_STEPS = 64  # two passes over the 128 calibration paragraphs, 4 per step
 
 
-def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True, with_distill: bool = True) -> dict:
+def run_model(ref: str, with_pairs: bool = True, with_distill: bool = True) -> dict:
     ex = Explorer.open(ref)
     work = ex.workspace()
     ev = ex.evaluator()
@@ -72,18 +69,6 @@ def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True, with_di
             rows.append({"setting": label, "recipe": recipe.describe(), "bytes": applied.memory.compressed_bytes,
                          "apply_s": apply_s, **work.evaluate()})
         assert len({r["bytes"] for r in rows if r["setting"] == label}) == 1, f"{label}: bytes differ"
-    if with_plan:  # bits per layer type, at most the bytes of uniform 3 bits
-        t0 = time.perf_counter()
-        target = plan.uniform_ratio(work, Recipe(bits=3))
-        p = plan.plan(work, target, Recipe(bits=3), by="type")
-        seconds = time.perf_counter() - t0
-        label = "planner at the bytes of uniform 3 bits"
-        uni = p["uniform"]
-        rows.append({"setting": label, "recipe": uni["recipe"] + " (uniform)", "bytes": uni["compressed_bytes"],
-                     "apply_s": 0.0, **uni["metrics"]})
-        bits = ", ".join(f"{u['unit'].split('.')[-1]} {u['bits']}" for u in p["units"])
-        rows.append({"setting": label, "recipe": f"planned per layer type: {bits}",
-                     "bytes": p["plan"]["compressed_bytes"], "apply_s": seconds, **p["plan"]["metrics"]})
     if with_distill:
         label = f"distillation, {DISTILL_STEPS} steps"
         applied = work.apply(DISTILL_RECIPE)
@@ -99,11 +84,10 @@ def run_model(ref: str, with_pairs: bool = True, with_plan: bool = True, with_di
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
-    ap.add_argument("--only", choices=("pairs", "plan", "distill"),
-                    help="only the method pairs, only the planner, or only distillation")
+    ap.add_argument("--only", choices=("pairs", "distill"), help="only the method pairs, or only distillation")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    parts = [args.only in (None, k) for k in ("pairs", "plan", "distill")]
+    parts = [args.only in (None, k) for k in ("pairs", "distill")]
     results = [run_model(m, *parts) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))

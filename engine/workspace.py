@@ -132,9 +132,11 @@ class Workspace:
                     reports.append(LayerReport.left_alone(info))
                     continue
                 lr = recipe.for_layer(info.name)
-                h = ex.hessian(info.name) if lr.calibrated else None
                 before = old.pop(info.name, None)
-                if pipeline.reusable(before, lr):  # shaped as before: only quantize
+                h = ex.hessian(info.name) if lr.calibrated else None
+                if before is not None and before.recipe == lr and pipeline.reusable(before, lr):
+                    stored = before  # the same recipe as before: the same values
+                elif pipeline.reusable(before, lr):  # shaped as before: only quantize
                     stored = pipeline.requantize(before, lr, h)
                 else:
                     stored = pipeline.compress(info.name, ex.weight(info.name), lr,

@@ -249,17 +249,19 @@ def test_tradeoffs_puts_methods_side_by_side():
 
 
 def test_sensitivity_heatmap_and_plan():
-    at = ok(start("pages/sensitivity.py"))
-    at.multiselect(key="sensitivity_bits").set_value([4, 2])
-    at.slider(key="sensitivity_target").set_value(0.62)
+    at = ok(start("pages/sensitivity.py", bits=3))
+    at.multiselect(key="sensitivity_options").set_value(["2/ch", "3/g64"])
+    at.number_input(key="sensitivity_rounds").set_value(1)
     next(b for b in at.button if b.label == "Measure and plan").click()
     ok(at.run())
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     heat = spec["data"][0]
-    assert heat["type"] == "heatmap" and heat["x"] == ["4 bits", "2 bits"] and len(heat["y"]) == 7
-    assert all(row[1] >= row[0] - 1e-6 for row in heat["z"])  # 2 bits never hurts less than 4 (cosine)
+    assert heat["type"] == "heatmap" and heat["x"] == ["reference", "2/ch", "3/g64"] and len(heat["y"]) == 7
+    assert all(row[0] == 0 for row in heat["z"])  # the reference's own setting costs nothing
+    # 2 bits hurts every encoder layer type; the pooler is not in the mean-pooled embedding
+    assert all(row[1] > 0 for row in heat["z"][:6]) and heat["z"][6][1] == 0 and heat["y"][6] == "pooler.dense"
     plan_rows = at.dataframe[0].value
-    assert set(plan_rows["bits"]) <= {4, 2} and plan_rows["layers"].sum() == 37
+    assert set(plan_rows["setting"]) <= {"reference", "2/ch", "3/g64"} and plan_rows["layers"].sum() == 37
     assert any(m.label.startswith("Planned") for m in at.metric) and at.get("download_button")
     planned = at.session_state["plans"][next(iter(at.session_state["plans"]))]
     # the plan is a recipe: one click puts it in the sidebar, and every page then shows it

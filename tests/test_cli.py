@@ -255,12 +255,18 @@ def test_options_change_a_recipe_file_as_a_user_means_them(tmp_path):
 
 def test_plan_out_writes_a_recipe_that_run_loads(tmp_path):
     f = tmp_path / "plan.json"
-    code, out, err = main("plan", "minilm", "--layers", r"layer\.0\.", "--by", "layer", "--ladder", "4,2",
-                          "--target-ratio", "0.94", "--out", str(f), "--json")
+    code, out, err = main("plan", "minilm", "--layers", r"layer\.0\.", "--bits", "3", "--by", "layer",
+                          "--ladder", "4,2/ch", "--rounds", "1", "--out", str(f), "--json")
     assert code == 0, err
     result = json.loads(out)
     planned = Recipe.from_json(f.read_text())  # the file is a recipe, not the whole result
-    assert planned.to_dict() == result["recipe"] and planned.per_layer  # 4 and 2 bits both used at this target
-    assert {planned.for_layer(u["unit"]).bits for u in result["units"]} == {4, 2}
+    assert planned.to_dict() == result["recipe"]
+    assert len(result["units"]) == 6 and result["plan"]["compressed_bytes"] <= result["uniform"]["compressed_bytes"]
+    for u in result["units"]:
+        want = {"reference": (3, "group"), "4": (4, "group"), "2/ch": (2, "channel")}[u["choice"]]
+        r = planned.for_layer(u["unit"])
+        assert (r.bits, r.granularity) == want
     again = run_json("minilm", "--recipe", str(f), "--quick")
     assert again["recipe"] == result["recipe"] and again["memory"]["compressed_bytes"] == result["plan"]["compressed_bytes"]
+    code, _, err = main("plan", "minilm", "--bits", "3", "--ladder", "3/x")
+    assert code == 2 and err.count("\n") == 1 and "--ladder: '3/x' is not an option" in err

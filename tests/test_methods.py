@@ -142,13 +142,3 @@ def test_recipe_methods_validate_and_round_trip():
         Recipe(quant_method="awq")
 
 
-def test_planner_knapsack_picks_the_least_loss_that_fits():
-    from engine.plan import _least_loss
-
-    ladder = (8, 4, 2)
-    saved = {("a", 8): 10, ("a", 4): 30, ("a", 2): 40, ("b", 8): 10, ("b", 4): 30, ("b", 2): 40}
-    # a is sensitive, b is not: the cheapest way to save 70 is a at 4 bits and b at 2
-    cost = {("a", 8): 0.0, ("a", 4): 0.1, ("a", 2): 5.0, ("b", 8): 0.0, ("b", 4): 0.01, ("b", 2): 0.02}
-    assert _least_loss(["a", "b"], ladder, cost, saved, need=70) == {"a": 4, "b": 2}
-    assert _least_loss(["a", "b"], ladder, cost, saved, need=20) == {"a": 8, "b": 8}
-    assert _least_loss(["a", "b"], ladder, cost, saved, need=80) == {"a": 2, "b": 2}

@@ -129,12 +129,12 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
 
 
 def sensitivity_heatmap(grid: dict) -> go.Figure:
-    """Loss of each unit (row) at each bit width (column), from engine plan.sensitivity_grid."""
+    """Loss of each unit (row) at each option (column) in context, from engine.planner.plan's grid."""
     fig = go.Figure(go.Heatmap(
-        z=grid["loss"], x=[f"{b} bits" for b in grid["bits"]], y=grid["units"], colorscale="Reds",
+        z=grid["loss"], x=grid["options"], y=grid["units"], colorscale="RdBu_r", zmid=0,
         colorbar=dict(title=f"{grid['metric']} loss"),
         hovertemplate="%{y} at %{x}: loss %{z:.4g}<extra></extra>"))
-    fig.update_layout(xaxis=dict(title="bit width of that unit alone"),
+    fig.update_layout(xaxis=dict(title=f"that unit's setting, the rest at {grid['reference']}"),
                       yaxis=dict(title=grid["by"], autorange="reversed",
                                  showticklabels=len(grid["units"]) <= 40))
     return _layout(fig, max(320, min(900, 16 * len(grid["units"]) + 140)))

@@ -1,4 +1,4 @@
-"""`sweep` (a grid of recipes), `sensitivity` (one unit at a time) and `plan` (bit widths per unit)."""
+"""`sweep` (a grid of recipes), `sensitivity` (one unit at a time) and `plan` (a setting per unit)."""
 from __future__ import annotations
 
 import csv
@@ -6,8 +6,8 @@ import json
 import sys
 
 from ..plan import UNITS
-from .options import (SWEEP_AXES, Progress, eval_text, floats, mb, model_args, open_explorer, out_path,
-                      recipe_args, recipe_from)
+from .options import (SWEEP_AXES, Progress, check_preset, eval_text, floats, mb, model_args, open_explorer,
+                      out_path, recipe_args, recipe_from, with_preset)
 
 
 def cmd_sweep(args):
@@ -59,15 +59,18 @@ def cmd_sensitivity(args):
 
 
 def cmd_plan(args):
-    from .. import plan
+    from .. import planner
 
-    base = recipe_from(args)
-    ladder = [int(b) for b in floats(args.ladder, "--ladder")]
+    check_preset(args)
+    reference = recipe_from(args)
+    ladder = planner.parse_ladder(args.ladder) if args.ladder else None
     path = out_path(args.out) if args.out else None
     ex = open_explorer(args)
+    reference = with_preset(args, reference, ex)
     bar = Progress(f"plan {args.model}")
     try:
-        result = plan.plan(ex.workspace(), args.target_ratio, base, args.by, ladder, progress=bar)
+        result = planner.plan(ex.workspace(), reference, args.target_ratio, args.by, ladder, args.rounds,
+                              progress=bar)
     finally:
         bar.close()
     if path:  # the plan as a recipe with per-layer rules: --recipe FILE and the app load it
@@ -75,13 +78,14 @@ def cmd_plan(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    m = result["metric"]
-    print(f"{args.model}: target {args.target_ratio} of fp16, bits per {args.by} from {ladder}")
+    m, p, uni = result["metric"], result["plan"], result["uniform"]
+    budget = "the bytes of the reference" if args.target_ratio is None else f"target {args.target_ratio} of fp16"
+    print(f"{args.model}: a setting per {args.by} from {', '.join(result['ladder'])}, within {budget}")
     for u in result["units"]:
-        print(f"  {u['unit']:<52} {u['bits']} bits")
-    p, uni = result["plan"], result["uniform"]
-    print(f"planned: {mb(p['compressed_bytes'])} (ratio {p['ratio']:.4f}), {m} {p['metrics'][m]:.4g}")
-    print(f"uniform {uni['recipe']}: {mb(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}), "
+        print(f"  {u['unit']:<52} {u['choice']}")
+    print(f"planned: {mb(p['compressed_bytes'])} (ratio {p['ratio']:.4f}), {m} {p['metrics'][m]:.4g}"
+          + (" (no mix measured better: the plan is the reference)" if result["is_reference"] else ""))
+    print(f"reference {uni['recipe']}: {mb(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}), "
           f"{m} {uni['metrics'][m]:.4g}; baseline {result['baseline'][m]:.4g}")
 
 
@@ -103,13 +107,19 @@ def add_parsers(sub) -> None:
     se.add_argument("--out", required=True, help="CSV file to write")
     se.set_defaults(fn=cmd_sensitivity)
 
-    pl = sub.add_parser("plan", help="per-unit bit widths reaching a memory target with the least measured loss")
+    pl = sub.add_parser("plan", help="a setting per unit of layers that beats the reference at its bytes "
+                                      "(or a target size), measured in context")
     model_args(pl)
-    recipe_args(pl)
-    pl.add_argument("--target-ratio", type=float, required=True, help="compressed / fp16 bytes to reach, in (0, 1)")
-    pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own bit width")
-    pl.add_argument("--ladder", default="8,6,5,4,3,2", help="bit widths to choose from (default 8,6,5,4,3,2)")
+    recipe_args(pl, preset=True)
+    pl.add_argument("--target-ratio", type=float,
+                    help="compressed / fp16 bytes to stay within, in (0, 1) (default: the reference's bytes)")
+    pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own setting")
+    pl.add_argument("--ladder", help="options per unit, comma-separated: bits (4), bits in groups of N (3/g64), "
+                                     "per channel (3/ch), llama.cpp types (q4_k); default for b bits: b-1/ch, "
+                                     "b/ch, b/g64, b/g32, b+1/ch, b+1/g128, or the k-quants and q8_0 for a "
+                                     "llama.cpp reference")
+    pl.add_argument("--rounds", type=int, default=2, help="rounds of measuring around the best plan (default 2)")
     pl.add_argument("--out", help="also write the plan as a recipe JSON file (per-layer rules), to load with "
                                   "--recipe FILE or in the app")
-    pl.add_argument("--json", action="store_true", help="print the whole result: units, losses, plan and uniform")
+    pl.add_argument("--json", action="store_true", help="print the whole result: units, losses, plan and reference")
     pl.set_defaults(fn=cmd_plan)

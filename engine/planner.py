@@ -1,0 +1,295 @@
+"""The budget planner: a setting per unit of layers that beats the uniform setting of the same bytes.
+
+    p = plan(work, Recipe(bits=3))                      # at the bytes of uniform 3 bits, group 128
+    p = plan(work, Recipe(bits=4), target_ratio=0.28)   # or at a target size (fraction of fp16)
+    p["recipe"]                                         # the plan: a recipe with per-layer rules
+
+The reference is the setting the plan competes with (a uniform recipe, or a mix such as
+llama.cpp's Q4_K_M); units are engine.plan's (a layer, a block, or a kind of layer). Each unit
+may take one of a ladder of options: a bit width with its own group size (3 bits in groups of
+64 sits between 3 and 4 bits in groups of 128) or per-channel scales, or a llama.cpp type.
+
+In context: every option of every unit is measured (the first estimate, on the planning text:
+paragraphs of the calibration text, which the evaluation never reads) with the rest of the model
+at the current setting, not at full precision, so that a unit's loss is the loss it adds to a
+model already compressed as it will be; losses measured alone do not add up at 2-3 bits (on
+smollm2, k_proj alone at 2 bits costs little, but with everything else at 3 bits it breaks the
+model). The bytes of each option are measured the same way (exact). A multiple-choice knapsack
+then picks the option per unit with the least total loss within the budget, and the plan is
+measured. Each further round measures the options again around the best plan so far (the
+losses of a move from there) and solves again; the best measured plan is kept, so a round can
+only help. The reference itself is always a candidate: where no mix measures better, the plan
+is the reference, and the result says so. The plan and the reference are then measured with
+the full protocol.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import UserError
+from .glossary import HIGHER_IS_BETTER
+from .plan import _groups, unit_regex
+from .recipe import Recipe
+from .recipe_values import BITS, NUMBER_FORMATS, RecipeError
+
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One choice for a unit: recipe fields its per-layer rule sets (none: as the reference)."""
+
+    label: str
+    fields: tuple = ()
+
+    @property
+    def rule(self) -> dict:
+        return dict(self.fields)
+
+
+REFERENCE = Option("reference")
+
+
+def parse_option(text: str) -> Option:
+    """'4' (bits, the reference's grid), '3/g64' (bits in groups of 64), '3/ch' (per output
+    channel), a llama.cpp type ('q4_k'), or 'reference'."""
+    t = text.strip().lower()
+    if t in ("reference", "ref"):
+        return REFERENCE
+    if t in NUMBER_FORMATS and t != "int":
+        return Option(t, (("number_format", t),))
+    m = re.fullmatch(r"(\d+)(?:/(?:g(\d+)|(ch)))?", t)
+    if not m or int(m.group(1)) not in BITS or int(m.group(1)) == 16:
+        raise UserError(f"--ladder: {text!r} is not an option; give bits (2-8), bits/gN (e.g. 3/g64), bits/ch, "
+                        f"or a llama.cpp type ({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
+    bits = int(m.group(1))
+    if m.group(3):
+        return Option(f"{bits}/ch", (("bits", bits), ("granularity", "channel")))
+    if m.group(2):
+        return Option(f"{bits}/g{m.group(2)}", (("bits", bits), ("granularity", "group"), ("group_size", int(m.group(2)))))
+    return Option(str(bits), (("bits", bits),))
+
+
+def parse_ladder(text: str) -> list[Option]:
+    options = [parse_option(t) for t in text.split(",") if t.strip()]
+    if not options:
+        raise UserError("--ladder: give at least one option")
+    return list(dict.fromkeys(options))
+
+
+def default_ladder(reference: Recipe) -> list[Option]:
+    """The options around the reference: for the explorer's integer grid at b bits, b - 1 and b + 1
+    bits per channel, b bits per channel and in groups of 64 and 32, b + 1 bits in groups of 128
+    (about b - 1, b, b + 1/4, b + 1/2 and b + 1 bits per value); for llama.cpp's types, the k-quants
+    and q8_0."""
+    if reference.number_format != "int":
+        return [parse_option(t) for t in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")]
+    b = reference.bits if reference.bits < 16 else 4
+    labels = [f"{b - 1}/ch", f"{b}/ch", f"{b}/g64", f"{b}/g32", f"{b + 1}/ch", f"{b + 1}/g128"]
+    return [parse_option(t) for t in labels if int(t.split("/")[0]) in BITS and int(t.split("/")[0]) < 16]
+
+
+def wider_ladder(reference: Recipe) -> list[Option]:
+    """Every option the app offers around the reference: the default ladder's, and b - 1, b and
+    b + 1 bits each per channel and in groups of 128, 64 and 32."""
+    if reference.number_format != "int":
+        return default_ladder(reference) + [parse_option(t) for t in ("q4_0", "q5_0")]
+    b = reference.bits if reference.bits < 16 else 4
+    return [parse_option(f"{bits}/{g}") for bits in (b - 1, b, b + 1) if bits in BITS and bits < 16
+            for g in ("ch", "g128", "g64", "g32")]
+
+
+def score(metrics: dict, metric: str) -> float:
+    """The primary metric as a loss to add up (lower is better): log perplexity, whose changes
+    multiply the perplexity; else the metric's negative where higher is better."""
+    v = metrics[metric]
+    if metric == "perplexity":
+        return math.log(v)
+    return -v if HIGHER_IS_BETTER[metric] else v
+
+
+def with_choice(reference: Recipe, regexes: dict, choice: dict) -> Recipe:
+    """The reference with a per-layer rule, before its own, for every unit not at REFERENCE."""
+    rules = [{"match": regexes[u], **o.rule} for u, o in choice.items() if o != REFERENCE]
+    if not rules:
+        return reference
+    own = reference.to_dict()["per_layer"]
+    return reference.updated(per_layer=rules + own, distill_steps=0)
+
+
+def least_loss(units: list, options: dict, loss: dict, cost: dict, budget: float, step: float | None = None) -> dict | None:
+    """The option per unit with the least total `loss` whose total `cost` (bytes, relative to
+    the current setting: negative saves) is at most `budget`: a multiple-choice knapsack solved
+    exactly by dynamic programming over costs counted in `step`s (default 1/8000 of the widest
+    range of costs), each rounded up, so the real total never exceeds what is counted (exact when
+    every cost is a multiple of the step). None: nothing fits."""
+    step = step or (sum(max(abs(cost[u, o]) for o in options[u]) for u in units) or 1.0) / 8000
+    w = {k: math.ceil(c / step - 1e-9) for k, c in cost.items()}
+    cap = math.floor(budget / step + 1e-9)
+    # the least total still to come, so that states that can no longer fit are dropped
+    rest = [0] * (len(units) + 1)
+    for i in range(len(units) - 1, -1, -1):
+        rest[i] = rest[i + 1] + min(w[units[i], o] for o in options[units[i]])
+    best = {0: (0.0, ())}
+    for i, u in enumerate(units):
+        nxt = {}
+        for s, (c, picks) in best.items():
+            for o in options[u]:
+                s2, c2 = s + w[u, o], c + loss[u, o]
+                if s2 + rest[i + 1] <= cap and (s2 not in nxt or c2 < nxt[s2][0]):
+                    nxt[s2] = (c2, picks + (o,))
+        best = nxt
+    if not best:
+        return None
+    _, picks = min(best.values(), key=lambda v: v[0])
+    return dict(zip(units, picks))
+
+
+PLAN_PARAGRAPHS = 16  # of the calibration text: the planner measures on them, never on the evaluation text
+
+
+def planning_text() -> tuple[str, str]:
+    """The text the planner measures on, one paragraph per line, and its name: the first
+    PLAN_PARAGRAPHS paragraphs of the calibration text (engine.calibrate), none of which the
+    evaluation reads, so that the full protocol scores the plan on text it was not chosen on."""
+    from .calibrate import SOURCE, wiki_paragraphs
+
+    return "\n".join(wiki_paragraphs(PLAN_PARAGRAPHS)), f"{SOURCE}, first {PLAN_PARAGRAPHS} paragraphs"
+
+
+class _Measure:
+    """Apply a choice and take its first estimate on the planning text and its bytes, each choice once."""
+
+    def __init__(self, work, reference: Recipe, regexes: dict):
+        self.work, self.reference, self.regexes = work, reference, regexes
+        self.text, self.name = planning_text()
+        self.metric = work.explorer.evaluator(self.text, self.name).primary
+        self.seen: dict = {}
+
+    def __call__(self, choice: dict) -> tuple[float, int]:
+        key = tuple(sorted((u, o.label) for u, o in choice.items() if o != REFERENCE))
+        if key not in self.seen:
+            applied = self.work.apply(with_choice(self.reference, self.regexes, choice))
+            metrics = self.work.evaluate(quick=True, eval_text=self.text, eval_name=self.name)
+            self.seen[key] = (score(metrics, self.metric), applied.memory.compressed_bytes)
+        return self.seen[key]
+
+
+def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "type", ladder=None,
+         rounds: int = 2, progress=None) -> dict:
+    """The option per unit (of `ladder`, default `default_ladder`) with the least measured loss
+    within the bytes of `reference` applied (or `target_ratio` of the fp16 bytes), and, with the
+    full protocol, the plan beside the reference."""
+    if target_ratio is not None and not 0 < target_ratio < 1:
+        raise UserError(f"--target-ratio: must be in (0, 1), got {target_ratio!r}")
+    if not isinstance(rounds, int) or not 1 <= rounds <= 10:
+        raise UserError(f"--rounds: must be an integer from 1 to 10, got {rounds!r}")
+    reference = dataclasses.replace(reference, distill_steps=0)
+    ladder = list(ladder) if ladder else default_ladder(reference)
+    for o in ladder:  # each option must make a valid recipe with the reference (e.g. no q4_k with low rank)
+        try:
+            with_choice(reference, {"x": "^x$"}, {"x": o})
+        except RecipeError as e:
+            raise UserError(f"--ladder: option {o.label} does not go with {reference.describe()}: "
+                            f"{str(e).split(': ', 1)[-1]}") from None
+    ex = work.explorer
+    ev = ex.evaluator()
+    groups = _groups(ex, reference, by)
+    everything = [i.name for i in ex.selected(reference)]
+    regexes = {u: unit_regex(u, names, everything) for u, names in groups.items()}
+    measure = _Measure(work, reference, regexes)
+    original = 2 * ex.total_params
+    units = list(groups)
+    options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in units}
+    if target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
+        smallest = work.apply(reference).memory.compressed_bytes + sum(
+            min(_predicted(ex, with_choice(reference, regexes, {u: o}), groups[u]) for o in options[u])
+            - _predicted(ex, reference, groups[u]) for u in units)
+        if smallest > target_ratio * original:
+            raise UserError(f"the target {target_ratio} cannot be reached with the options "
+                            f"{', '.join(o.label for o in ladder)} by {by} (smallest: {smallest / original:.3f} of fp16)")
+    ref_loss, ref_bytes = measure({})
+    budget = ref_bytes if target_ratio is None else target_ratio * original
+    total = rounds * len(units) * len(ladder) + 1
+    done = [0]
+
+    def tick(what):
+        done[0] += 1
+        if progress:
+            progress(min(done[0], total), total, what)
+
+    center = {u: REFERENCE for u in units}
+    best = (ref_loss, ref_bytes, dict(center)) if ref_bytes <= budget else None
+    history, grid = [], None
+    for r in range(rounds):
+        c_loss, c_bytes = measure(center)
+        loss, cost = {}, {}
+        for u in units:
+            for o in options[u]:
+                if o == center[u] or _same(reference, regexes, center, u, o, groups[u]):
+                    loss[u, o], cost[u, o] = 0.0, 0
+                    continue
+                l, b = measure({**center, u: o})
+                loss[u, o], cost[u, o] = l - c_loss, b - c_bytes
+                tick(f"round {r + 1}: {u} at {o.label}")
+        if grid is None:
+            grid = {"metric": measure.metric, "text": measure.name, "by": by, "units": units, "options": [o.label for o in options[units[0]]],
+                    "reference": reference.describe(),
+                    "loss": [[loss[u, o] for o in options[u]] for u in units],
+                    "bytes": [[cost[u, o] for o in options[u]] for u in units]}
+        choice = least_loss(units, options, loss, cost, budget - c_bytes)
+        if choice is None:
+            if r == 0:
+                raise UserError(f"the target {target_ratio} cannot be reached with the options "
+                                f"{', '.join(o.label for o in ladder)} by {by}")
+            break
+        predicted = c_loss + sum(loss[u, choice[u]] for u in units)
+        got, got_bytes = measure(choice)
+        history.append({"round": r + 1, "predicted": predicted, "measured": got, "bytes": got_bytes,
+                        "choice": {u: o.label for u, o in choice.items()}})
+        if got_bytes <= budget and (best is None or got < best[0]):
+            best = (got, got_bytes, choice)
+        if choice == center or best[2] == center:
+            break  # nothing moves, or the move measured worse: another round would measure the same
+        center = best[2]
+    if best is None:
+        raise UserError(f"the target {target_ratio} cannot be reached with the options by {by}")
+    _, plan_bytes, choice = best
+    recipe = with_choice(reference, regexes, choice)
+    planned = work.apply(recipe)
+    assert planned.memory.compressed_bytes == plan_bytes
+    plan_metrics = work.evaluate()
+    uniform = {"recipe": reference.describe(), "compressed_bytes": ref_bytes, "ratio": ref_bytes / original,
+               "metrics": _full(work, reference)}
+    return {
+        "metric": ev.primary, "baseline": ev.baseline(), "target_ratio": target_ratio, "budget_bytes": budget,
+        "by": by, "reference": reference.to_dict(), "ladder": [o.label for o in ladder], "recipe": recipe.to_dict(),
+        "is_reference": all(o == REFERENCE for o in choice.values()),
+        "units": [{"unit": u, "layers": groups[u], "choice": choice[u].label,
+                   "loss_by_option": dict(zip(grid["options"], grid["loss"][i]))} for i, u in enumerate(units)],
+        "grid": grid, "rounds": history, "measured_choices": len(measure.seen),
+        "plan": {"compressed_bytes": plan_bytes, "ratio": plan_bytes / original, "metrics": plan_metrics},
+        "uniform": uniform,
+    }
+
+
+def _same(reference, regexes, center, u, o, names) -> bool:
+    """Whether unit u at option o gives each of its layers the recipe it has now."""
+    now, then = with_choice(reference, regexes, center), with_choice(reference, regexes, {**center, u: o})
+    return all(now.for_layer(n) == then.for_layer(n) for n in names)
+
+
+def _predicted(ex, recipe: Recipe, names) -> int:
+    """The bytes layers `names` store under `recipe`, from their shapes (engine.pipeline.predict)."""
+    from .pipeline import predict
+
+    infos = {i.name: i for i in ex.layers if i.tied_to is None}
+    return sum(predict(infos[n], recipe.for_layer(n)).bytes.compressed_bytes for n in names if n in infos)
+
+
+def _full(work, recipe: Recipe) -> dict:
+    work.apply(recipe)
+    return work.evaluate()

@@ -1,0 +1,83 @@
+"""The budget planner: its knapsack against brute force, its options, and a plan that beats uniform on minilm."""
+import itertools
+import json
+import random
+
+import pytest
+
+from engine import planner as P
+from engine.errors import UserError
+from engine.recipe import Recipe
+
+
+def test_knapsack_equals_brute_force_on_random_instances():
+    rng = random.Random(0)
+    for _ in range(60):
+        units = [f"u{i}" for i in range(rng.randint(1, 4))]
+        options = {u: list(range(rng.randint(1, 4))) for u in units}
+        loss = {(u, o): rng.uniform(-1, 1) for u in units for o in options[u]}
+        cost = {(u, o): rng.randint(-50, 50) for u in units for o in options[u]}
+        budget = rng.randint(-60, 60)
+        fits = [c for c in itertools.product(*(options[u] for u in units))
+                if sum(cost[u, o] for u, o in zip(units, c)) <= budget]
+        got = P.least_loss(units, options, loss, cost, budget, step=1)
+        if not fits:
+            assert got is None
+            continue
+        best = min(sum(loss[u, o] for u, o in zip(units, c)) for c in fits)
+        assert sum(cost[u, got[u]] for u in units) <= budget
+        assert sum(loss[u, got[u]] for u in units) == pytest.approx(best)
+
+
+def test_knapsack_rounds_costs_up_so_the_budget_always_holds():
+    # steps of 3 bytes: a cost of 5 counts as 6, never less
+    units, options = ["a", "b"], {"a": [0, 1], "b": [0, 1]}
+    loss = {("a", 0): 0.0, ("a", 1): -1.0, ("b", 0): 0.0, ("b", 1): -0.5}
+    cost = {("a", 0): 0, ("a", 1): 5, ("b", 0): 0, ("b", 1): 5}
+    assert P.least_loss(units, options, loss, cost, budget=11, step=3) == {"a": 1, "b": 0}
+    assert P.least_loss(units, options, loss, cost, budget=12, step=3) == {"a": 1, "b": 1}
+    assert P.least_loss(units, options, loss, cost, budget=-1, step=3) is None
+
+
+def test_options_parse_and_bad_ones_are_named():
+    assert P.parse_option("3/g64").rule == {"bits": 3, "granularity": "group", "group_size": 64}
+    assert P.parse_option("2/ch").rule == {"bits": 2, "granularity": "channel"}
+    assert P.parse_option("4").rule == {"bits": 4} and P.parse_option("q4_k").rule == {"number_format": "q4_k"}
+    assert P.parse_option("reference") is P.REFERENCE
+    assert [o.label for o in P.default_ladder(Recipe(bits=3))] == ["2/ch", "3/ch", "3/g64", "3/g32", "4/ch", "4/g128"]
+    assert [o.label for o in P.default_ladder(Recipe(bits=8))] == ["7/ch", "8/ch", "8/g64", "8/g32"]  # no 9 bits
+    assert set(P.default_ladder(Recipe(bits=3))) < set(P.wider_ladder(Recipe(bits=3)))
+    assert len(P.wider_ladder(Recipe(bits=2))) == 8 and P.default_ladder(Recipe(number_format="q4_k"))[2].label == "q4_k"
+    for bad in ("9", "3/x", "16", "q9_k"):
+        with pytest.raises(UserError, match="--ladder"):
+            P.parse_option(bad)
+
+
+def test_plan_beats_uniform_3_bits_on_minilm_and_is_a_recipe(minilm_explorer):
+    work = minilm_explorer.workspace()
+    ladder = P.parse_ladder("2/ch,3/ch,3/g64")
+    result = P.plan(work, Recipe(bits=3), by="type", ladder=ladder, rounds=1)
+    p, uni = result["plan"], result["uniform"]
+    assert p["compressed_bytes"] <= uni["compressed_bytes"] == work.apply(Recipe(bits=3)).memory.compressed_bytes
+    assert not result["is_reference"]
+    # measured with the full protocol: the plan keeps the embeddings closer than uniform 3 bits
+    assert p["metrics"]["cosine_to_original"] > uni["metrics"]["cosine_to_original"]
+    assert len(result["grid"]["units"]) == 7 and result["grid"]["options"] == ["reference", "2/ch", "3/ch", "3/g64"]
+    assert all(row[0] == 0.0 for row in result["grid"]["loss"])  # the reference's own option costs nothing
+    # the plan is a recipe: it round-trips through JSON, gives every layer its unit's setting, and
+    # applied again (as the app or `run --recipe` would) has the plan's bytes and quality
+    recipe = Recipe.from_json(json.dumps(result["recipe"]))
+    assert recipe.to_dict() == result["recipe"] and recipe.per_layer
+    for u in result["units"]:
+        want = Recipe(bits=3) if u["choice"] == "reference" else Recipe(bits=3).updated(**P.parse_option(u["choice"]).rule)
+        assert {recipe.for_layer(n) for n in u["layers"]} == {want}
+    applied = work.apply(recipe)
+    assert applied.memory.compressed_bytes == p["compressed_bytes"]
+    from engine import footprint
+
+    sk = footprint.skeleton_of(minilm_explorer.loaded.model.config, "minilm", "minilm")
+    assert footprint.predict(sk, recipe).compressed_bytes == applied.memory.compressed_bytes
+    with pytest.raises(UserError, match="cannot be reached"):
+        P.plan(work, Recipe(bits=3), target_ratio=0.05, by="type", ladder=ladder, rounds=1)
+    with pytest.raises(UserError, match="--ladder: option q4_k does not go with"):
+        P.plan(work, Recipe(bits=3, sparsity=0.5), ladder=[P.parse_option("q4_k")])
