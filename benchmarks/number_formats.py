@@ -9,6 +9,7 @@ a 4-bit model dequantized to fp32 (its weights come from a Q4_1 GGUF): every fig
 against that model, not against SmolLM2's original bf16 weights.
 
     .venv/bin/python benchmarks/number_formats.py [--models minilm,smollm2] [--json]
+    .venv/bin/python benchmarks/number_formats.py --tables RESULTS.json   # the tables of a --json run
 """
 from __future__ import annotations
 
@@ -63,8 +64,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tables", metavar="RESULTS.json", help="print the tables of a --json run's output")
     args = ap.parse_args()
-    results = [run_model(m) for m in args.models.split(",")]
+    if args.tables:
+        results = json.loads(Path(args.tables).read_text(encoding="utf-8"))
+    else:
+        results = [run_model(m) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return

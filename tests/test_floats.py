@@ -202,3 +202,31 @@ def test_the_apps_number_format_control_lists_the_float_formats_with_a_line_each
     assert recipe_caption(at) == "FP8_E4M3" and "dq" not in at.query_params
     assert at.selectbox(key="ctl_granularity").value == "channel"
     assert FORMAT_NOTES["fp8_e4m3"] in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_fp8_and_nvfp4_go_into_a_compressed_tensors_folder_transformers_loads(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from engine.session import Explorer
+    from engine.storage import ct_file
+
+    ex = Explorer.open(tiny_models["llama"])
+    ids = torch.tensor([[101, 2054, 2003, 1996, 3007, 102]])
+    for fmt, dtype in (("fp8_e4m3", torch.float32), ("nvfp4", torch.bfloat16)):
+        work = ex.workspace()
+        work.apply(Recipe(number_format=fmt))
+        report = ct_file.write(work, tmp_path / fmt)
+        assert report["written_bytes"] == report["predicted_bytes"] > 0 and report["dense_fallback"] == 0
+        model = AutoModelForCausalLM.from_pretrained(str(tmp_path / fmt), dtype=dtype)
+        with torch.inference_mode():
+            logits = model(ids).logits  # compressed-tensors decompresses on the first forward
+            if fmt == "fp8_e4m3":
+                assert torch.equal(logits, work.model(ids).logits)
+        for name, stored in work.stored.items():  # nvfp4 decompresses to bf16: our values rounded to it
+            assert torch.equal(model.get_submodule(name).weight.float(), stored.matrix().to(dtype).float())
+        again = ex.workspace()  # `run FOLDER`: the explorer reads its own values back
+        assert ct_file.load_into(again, tmp_path / fmt).memory.compressed_bytes == work.applied.memory.compressed_bytes
+        assert all(torch.equal(again.stored[n].matrix(), s.matrix()) for n, s in work.stored.items())
+    with pytest.raises(UserError, match="nf4"):
+        work.apply(Recipe(number_format="nf4"))
+        ct_file.write(work, tmp_path / "nf4")
