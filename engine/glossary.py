@@ -61,7 +61,11 @@ CONCEPTS = {
                      "k-quants q2_k to q6_k quantize the scales of 16- or 32-value sub-blocks against one fp16 "
                      "scale per 256 values, searched to fit; mxfp4 (OCP microscaling, as llama.cpp stores it) keeps "
                      "4-bit E2M1 floats (0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives) with one power-of-two "
-                     "scale per 32 values.",
+                     "scale per 32 values; or a float format others ship: nf4 and fp4 (bitsandbytes, QLoRA), "
+                     "fp8_e4m3 and fp8_e5m2 (per output channel), nvfp4 (NVIDIA).",
+    "double_quant": "QLoRA's double quantization: the fp32 scale of each 64-value block of nf4 or fp4, minus "
+                    "their mean, is itself stored as an 8-bit code with one fp32 scale per 256 blocks: 4.127 "
+                    "bits per value instead of 4.5.",
     "act_order": "GPTQ only: round the columns with the largest inputs first, while the most columns remain to "
                  "absorb their error.",
     "distillation": "Recovery after compression: the compressed layers' stored values are trained to make the "
@@ -80,6 +84,20 @@ CONCEPTS = {
     "low_rank": "Low rank replaces an m x n matrix by the product of an m x r and an r x n factor, keeping its r "
                 "largest singular directions: r(m + n) values instead of mn.",
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
+}
+
+# One line per float format (engine.floats), beside the number-format control
+FORMAT_NOTES = {
+    "nf4": "NF4 (bitsandbytes, QLoRA): 16 levels at the quantiles of a normal distribution times each 64-value "
+           "block's fp32 absmax: 4.5 bits per value.",
+    "fp4": "FP4 (E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives) times each 64-value block's fp32 absmax / 6, "
+           "bitsandbytes' 4-bit layout: 4.5 bits per value.",
+    "fp8_e4m3": "FP8 E4M3 (4 exponent, 3 mantissa bits, up to 448) times one fp32 scale per output channel, as "
+                "compressed-tensors and vLLM ship FP8 weights: 8 bits per value + 4 bytes a row.",
+    "fp8_e5m2": "FP8 E5M2 (5 exponent, 2 mantissa bits, up to 57344: more range, less precision) times one fp32 "
+                "scale per output channel: 8 bits per value + 4 bytes a row.",
+    "nvfp4": "NVFP4 (NVIDIA): E2M1 values in 16-value blocks, each block's scale in E4M3 (1 byte), and one fp32 "
+             "scale per tensor: 4.5 bits per value + 4 bytes.",
 }
 
 # metric -> True when higher is better

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .recipe_values import FLOAT_FORMATS
 from .storage import codec, huffman
 from .transforms import _grouped, code_offset, dequantize, magnitude_mask, nm_mask
 
@@ -67,7 +68,8 @@ def quantization(work, name: str, group: int | None = None) -> dict:
     recipe = stored.recipe
     picks = [(label, m) for label, m in zip(stored.labels, stored.matrices) if m.grid.scale is not None]
     if not picks or recipe.bits >= 16:
-        why = ("llama.cpp's blocks (" + recipe.number_format + ")" if recipe.number_format != "int" else
+        why = (recipe.number_format + "'s float levels" if recipe.number_format in FLOAT_FORMATS else
+               "llama.cpp's blocks (" + recipe.number_format + ")" if recipe.number_format != "int" else
                "a k-means codebook (see weight sharing)" if recipe.quant_method == "kmeans" else "16 bits")
         return _no(f"{name} is not on a uniform grid: {why}")
     label, m = picks[-1]
@@ -165,7 +167,7 @@ def entropy(work, name: str) -> dict:
     stored, _ = _layer(work, name)
     recipe = stored.recipe
     m = stored.matrices[-1]
-    if recipe.bits >= 16 or m.grid.ggml is not None or (m.grid.scale is None and m.grid.codebook is None):
+    if recipe.bits >= 16 or m.grid.ggml is not None or m.grid.floats is not None or (m.grid.scale is None and m.grid.codebook is None):
         return _no(f"{name} stores no b-bit codes to entropy-code")
     codes = codec.codes(m.values, m.keep, m.grid, recipe)
     counts = torch.bincount(codes, minlength=1 << recipe.bits)

@@ -16,6 +16,11 @@ Conventions (every figure the explorer shows follows them):
 - a llama.cpp type (engine.ggml) stores its blocks as llama.cpp does: rows x cols / block x
   the block's bytes (codes, then the block's scales and minimums); a row its type's blocks
   do not divide takes the fallback type (engine.ggml.fit), or fp16 ('f16') when none fits;
+- a float format (engine.floats) stores its codes packed (4 or 8 bits a value) and its scales
+  at their own widths: nf4 / fp4 an fp32 absmax per 64 values of the flattened matrix (with
+  double quantization instead an 8-bit code per 64 values, an fp32 scale per 256 codes and one
+  fp32 mean), fp8 an fp32 scale per row, nvfp4 an E4M3 byte per 16 values of a row and one fp32
+  global scale; nvfp4 rows of other than a multiple of 16 values take fp16 ('f16');
 - a low-rank layer stores its factors A (out, r) and B (r, in), each counted by these rules;
 - everything not compressed (embeddings, norms, biases) takes 2 bytes per parameter.
 """
@@ -109,6 +114,22 @@ def ggml_bytes(rows: int, cols: int, fmt: str | None) -> TensorBytes:
     total = rows * t.row_bytes(cols)
     codes = rows * cols * t.bits // 8
     return TensorBytes(codes, total - codes, 0, fmt)
+
+
+def float_bytes(rows: int, cols: int, fmt: str | None, double_quant: bool = False) -> TensorBytes:
+    """A (rows, cols) matrix in float format `fmt` (engine.floats; None: fp16).
+
+    >>> float_bytes(4, 128, "nf4")  # 256 B of 4-bit codes, 8 blocks of 64 with an fp32 absmax each
+    TensorBytes(values=256, scales=32, index=0, format='nf4')
+    >>> float_bytes(4, 128, "nvfp4")  # 32 E4M3 block scales and the fp32 global scale
+    TensorBytes(values=256, scales=36, index=0, format='nvfp4')
+    """
+    from . import floats
+
+    if fmt is None:
+        return TensorBytes(2 * rows * cols, 0, 0, "f16")
+    codes, scales = floats.TYPES[fmt].bytes(rows, cols, double_quant)
+    return TensorBytes(codes, scales, 0, floats.label(fmt, double_quant))
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from typing import Callable
 
 import torch
 
-from . import ggml
+from . import floats, ggml
 from .ggml import legacy
-from .memory import VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, ggml_bytes, kept_count, tensor_bytes
+from .memory import (VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, float_bytes, ggml_bytes, kept_count,
+                     tensor_bytes)
 from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
 from .recipe import Recipe
 from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
@@ -35,19 +36,22 @@ Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,),
 class Grid:
     """Where the values of one stored matrix may lie: a uniform grid per group (scale and
     zero-point, as transforms.quant_grid orders them), a codebook, llama.cpp's blocks (`ggml`,
-    the type, and `raw`, its GGUF bytes (rows, row bytes)), or, with none, the fp16 numbers (a
-    16-bit value is stored as fp16)."""
+    the type, and `raw`, its GGUF bytes (rows, row bytes)), a float format's codes and scales
+    (`floats`, the stored format as engine.floats.label names it, and `parts`, its tensors), or,
+    with none, the fp16 numbers (a 16-bit value is stored as fp16)."""
 
     scale: torch.Tensor | None = None
     zero: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
     ggml: str | None = None
     raw: torch.Tensor | None = None
+    floats: str | None = None
+    parts: dict | None = None
 
     def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
         """w moved to the nearest value on the grid: values on it stay exactly where they are."""
-        if self.ggml is not None:  # the recipe refuses what would need it (distillation)
-            raise ValueError(f"values are not moved onto {self.ggml}'s blocks one by one")
+        if self.ggml is not None or self.floats is not None:  # the recipe refuses what would need it (distillation)
+            raise ValueError(f"values are not moved onto {self.ggml or self.floats}'s blocks one by one")
         if self.codebook is not None:
             return on_codebook(w, self.codebook)
         if self.scale is None:
@@ -165,7 +169,9 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
     llama_cpp = method != "none" and recipe.number_format != "int"  # its types: a full matrix, never factors
     for k in reversed(range(len(results))):
         m, keep = mats[k], keeps[k]
-        if llama_cpp:
+        if llama_cpp and recipe.number_format in floats.TYPES:
+            results[k], grids[k] = _float(m, recipe)
+        elif llama_cpp:
             results[k], grids[k] = _ggml(m, recipe, hessian)
         elif method == "gptq":
             results[k], (scale, zero) = gptq_quantize(m, _input_hessian(results, hessian, k), recipe.bits,
@@ -203,9 +209,22 @@ def _ggml(w: torch.Tensor, recipe: Recipe, hessian: torch.Tensor | None) -> tupl
     return values.to(w.dtype), Grid(ggml=fmt, raw=raw)
 
 
+def _float(w: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, Grid]:
+    """`w` in the recipe's float format (engine.floats; fp16 when its blocks do not divide the rows)."""
+    fmt = floats.fit(recipe.number_format, w.shape[1])
+    if fmt is None:
+        return w.half().to(w.dtype), Grid()
+    values, parts = floats.quantize(w, fmt, recipe.double_quant)
+    return values.to(w.dtype), Grid(floats=floats.label(fmt, recipe.double_quant), parts=parts)
+
+
+def _fit(fmt: str, cols: int) -> str | None:
+    return floats.fit(fmt, cols) if fmt in floats.TYPES else ggml.fit(fmt, cols)
+
+
 def _bits(recipe: Recipe, cols: int) -> int:
-    """The width a layer's codes have: 16 where a llama.cpp format leaves the rows in fp16."""
-    if recipe.number_format != "int" and ggml.fit(recipe.number_format, cols) is None:
+    """The width a layer's codes have: 16 where a llama.cpp or float format leaves the rows in fp16."""
+    if recipe.number_format != "int" and _fit(recipe.number_format, cols) is None:
         return VALUE_BITS_UNCOMPRESSED
     return recipe.bits
 
@@ -235,6 +254,8 @@ def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], F
 
 def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tuple[TensorBytes, ...]:
     """The bytes of each stored matrix of these shapes and kept counts under `recipe`."""
+    if recipe.number_format in floats.TYPES:
+        return tuple(float_bytes(r, c, floats.fit(recipe.number_format, c), recipe.double_quant) for r, c in shapes)
     if recipe.number_format != "int":
         return tuple(ggml_bytes(r, c, ggml.fit(recipe.number_format, c)) for r, c in shapes)
     codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED

@@ -36,7 +36,9 @@ class Recipe:
     number_format: 'int' (the explorer's own integer grid, set by bits, granularity, group_size
         and symmetric) or one of llama.cpp's GGML types (q4_0 ... q8_0, q2_k ... q6_k, see
         engine.ggml), which fix those four fields themselves; a row its blocks do not divide
-        takes llama.cpp's fallback type. No low rank, pruning or distillation with them.
+        takes llama.cpp's fallback type; or a float format (nf4, fp4, fp8_e4m3, fp8_e5m2, nvfp4,
+        see engine.floats). No low rank, pruning or distillation with them.
+    double_quant: nf4 / fp4 only: their fp32 block scales stored as 8-bit codes (QLoRA).
     sparsity: fraction of stored values zeroed by magnitude, exactly round(S x n) per tensor.
     pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
         with N:M the sparsity is 1 - N/M.
@@ -72,8 +74,11 @@ class Recipe:
     group_size: int = declared(128, Field(int, "input values per quantization group (default 128)", url="group"))
     symmetric: bool = declared(True, Field(bool, "add a zero-point per group", flag="--asymmetric", url="sym"))
     number_format: str = declared("int", Field(
-        str, "int: the explorer's own grid (default); or a llama.cpp type: q4_0 q4_1 q5_0 q5_1 q8_0 q2_k .. q6_k",
+        str, "int: the explorer's own grid (default); a llama.cpp type: q4_0 q4_1 q5_0 q5_1 q8_0 q2_k .. q6_k "
+        "mxfp4; or a float format: nf4 fp4 fp8_e4m3 fp8_e5m2 nvfp4",
         choices=NUMBER_FORMATS, url="format"))
+    double_quant: bool = declared(False, Field(
+        bool, "nf4/fp4: quantize the block scales to 8 bits (QLoRA's double quantization)", url="dq"))
     sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", url="sparsity"))
     pattern: str = declared("unstructured", Field(str, "unstructured (default) or N:M, e.g. 2:4", url="pattern"))
     include_embeddings: bool = declared(False, Field(
@@ -284,7 +289,8 @@ class Recipe:
         elif self.rank_ratio is not None and self.rank_ratio < 1:
             parts.append(f"rank x{self.rank_ratio:g}{low}")
         if self.number_format != "int":
-            parts.append(self.number_format.upper() + {"imatrix": " imatrix", "gptq": " GPTQ"}.get(self.quant_method, ""))
+            parts.append(self.number_format.upper() + {"imatrix": " imatrix", "gptq": " GPTQ"}.get(self.quant_method, "")
+                         + (" double-quant" if self.double_quant else ""))
         elif self.bits < 16 and self.quant_method == "kmeans":
             parts.append(f"k-means {self.bits}-bit")
         elif self.bits < 16:

@@ -23,12 +23,19 @@ QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix")
 # 'int': the explorer's own integer grid (bits, granularity, group size, symmetric); the rest are
 # llama.cpp's GGML types (engine.ggml), which fix the bits and the blocks themselves
 LEGACY_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
-NUMBER_FORMATS = ("int", *LEGACY_FORMATS, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mxfp4")
+# the float formats of bitsandbytes, compressed-tensors and NVIDIA (engine.floats)
+FLOAT_FORMATS = ("nf4", "fp4", "fp8_e4m3", "fp8_e5m2", "nvfp4")
+NUMBER_FORMATS = ("int", *LEGACY_FORMATS, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mxfp4", *FLOAT_FORMATS)
 # each GGML type's (bits of a code, values per block, symmetric), as engine.ggml.TYPES defines them
 FORMAT_GRID = {"q4_0": (4, 32, True), "q4_1": (4, 32, False), "q5_0": (5, 32, True), "q5_1": (5, 32, False),
                "q8_0": (8, 32, True), "q2_k": (2, 256, False), "q3_k": (3, 256, True), "q4_k": (4, 256, False),
                "q5_k": (5, 256, False), "q6_k": (6, 256, True), "mxfp4": (4, 32, True)}
+# the float formats' (bits, values per block (None: a scale per output channel), symmetric), as engine.floats.TYPES
+FORMAT_GRID.update({"nf4": (4, 64, True), "fp4": (4, 64, True), "fp8_e4m3": (8, None, True),
+                    "fp8_e5m2": (8, None, True), "nvfp4": (4, 16, True)})
+DOUBLE_QUANT_FORMATS = ("nf4", "fp4")  # whose block scales double quantization may quantize
 NO_IMPORTANCE = ("mxfp4",)  # llama.cpp's quantizer for these takes no importance matrix
+NO_IMPORTANCE += FLOAT_FORMATS  # nor do the float formats' (round to nearest)
 DISTILL_LR = 1e-4
 CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
 
@@ -137,13 +144,19 @@ def format_fields(r) -> dict:
     fmt = r.number_format
     if fmt not in NUMBER_FORMATS:
         raise RecipeError(f"number_format: must be one of {', '.join(NUMBER_FORMATS)}, got {fmt!r}")
+    if not isinstance(r.double_quant, bool):
+        raise RecipeError(f"double_quant: must be true or false, got {r.double_quant!r}")
+    if r.double_quant and fmt not in DOUBLE_QUANT_FORMATS:
+        raise RecipeError(f"double_quant: only with number format nf4 or fp4 (it quantizes their block scales), "
+                          f"got {fmt}")
     if fmt == "int":
         if r.quant_method == "imatrix":
             raise RecipeError("quant_method: imatrix weights llama.cpp's quantizers; give a number_format "
                               "such as q4_k")
         return {}
     bits, block, symmetric = FORMAT_GRID[fmt]
-    fixed = {"bits": bits, "granularity": "group", "group_size": block, "symmetric": symmetric}
+    fixed = {"bits": bits, "granularity": "group" if block else "channel",
+             "group_size": block or _QUANT_DEFAULTS["group_size"], "symmetric": symmetric}
     for field, value in fixed.items():
         if getattr(r, field) not in (value, _QUANT_DEFAULTS[field]):
             raise RecipeError(f"{field}: number format {fmt} fixes it at {value!r}, got {getattr(r, field)!r} "
@@ -155,8 +168,9 @@ def format_fields(r) -> dict:
     if r.act_order:
         raise RecipeError(f"act_order: not with number format {fmt} (its blocks take their scales as GPTQ reaches them)")
     if r.rank is not None or (r.rank_ratio is not None and r.rank_ratio < 1) or r.sparsity > 0:
-        raise RecipeError(f"number_format: {fmt} stores every value of a full matrix, as llama.cpp does: "
-                          "no low rank or pruning with it (use number_format int)")
+        raise RecipeError(f"number_format: {fmt} stores every value of a full matrix"
+                          + ("" if fmt in FLOAT_FORMATS else ", as llama.cpp does")
+                          + ": no low rank or pruning with it (use number_format int)")
     if r.distill_steps:
         raise RecipeError(f"distill_steps: distillation keeps values on the explorer's own grids, not on {fmt}")
     return fixed
@@ -175,6 +189,8 @@ def format_update(current: dict, fields: dict) -> dict:
         out.update({f: v for f, v in _QUANT_DEFAULTS.items() if f not in fields})
         if "act_order" not in fields:
             out["act_order"] = False
+    if fmt not in DOUBLE_QUANT_FORMATS and "double_quant" not in fields:
+        out["double_quant"] = False
     method = fields.get("quant_method", current["quant_method"])
     if "quant_method" not in fields and (
             (fmt == "int" and method == "imatrix")

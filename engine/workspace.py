@@ -65,7 +65,7 @@ def _plain_fp16(stored: pipeline.StoredLayer) -> bool:
     original's rounded to fp16, equal to Explorer.fp16_weight."""
     (m, *more) = stored.matrices
     return (not more and stored.rank is None and m.keep is None and m.grid.scale is None
-            and m.grid.codebook is None and m.grid.ggml is None)
+            and m.grid.codebook is None and m.grid.ggml is None and m.grid.floats is None)
 
 
 class Workspace:

@@ -173,8 +173,8 @@ if not ranks:
     st.caption("Nothing is compressed: nothing to recover.")
     st.stop()
 if any(r.number_format != "int" for r in (ctx.recipe, *ctx.recipe.rule_recipes())):
-    st.caption("Distillation keeps the values on the explorer's own grids: a recipe in llama.cpp's formats is "
-               "not distilled here.")
+    st.caption("Distillation keeps the values on the explorer's own grids: a recipe in llama.cpp's formats "
+               "or the float formats is not distilled here.")
     st.stop()
 c1, c2, c3 = st.columns([1, 1, 1], vertical_alignment="bottom")
 steps = c1.number_input("Steps", 1, 2000, 32, key="explore_distill_steps",

@@ -124,4 +124,4 @@ def test_every_field_is_declared_once_with_its_command_line_and_url_names():
     assert len(urls) == len(set(urls))
     assert {n for n, f in fields.items() if f.per_layer} == {
         "rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric", "sparsity", "pattern",
-        "lowrank_method", "prune_method", "quant_method", "act_order", "number_format"}
+        "lowrank_method", "prune_method", "quant_method", "act_order", "number_format", "double_quant"}

@@ -13,11 +13,12 @@ from typing import Callable
 import streamlit as st
 
 from engine.errors import UserError
-from engine.glossary import CONCEPTS
+from engine.floats import TYPES as FLOAT_TYPES
+from engine.glossary import CONCEPTS, FORMAT_NOTES
 from engine.ggml import TYPES, layout_note
 from engine.ggml.presets import PRESETS
 from engine.recipe import Recipe
-from engine.recipe_values import FORMAT_GRID
+from engine.recipe_values import DOUBLE_QUANT_FORMATS, FORMAT_GRID
 
 FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()
@@ -25,7 +26,8 @@ METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitu
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
                  "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)"}
 FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
-                                                      for f, t in TYPES.items()}}
+                                                      for f, t in TYPES.items()},
+                 **{f: f"{f.upper()} ({t.bits_per_value:g} bits/value)" for f, t in FLOAT_TYPES.items()}}
 FORMAT_FIXES = ("bits", "granularity", "group_size", "symmetric")  # what a llama.cpp format sets itself
 GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
 SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP", "experts": "Experts (MoE)",
@@ -74,6 +76,8 @@ CONTROLS: dict[str, Control] = {
                               labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
     "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
                              labels=FORMAT_LABELS),
+    "double_quant": Control("Quantization", "Double quantization", "toggle", CONCEPTS["double_quant"],
+                            shown=lambda v: v["number_format"] in DOUBLE_QUANT_FORMATS),
     "bits": Control("Quantization", "Bit width", "select_slider", CONCEPTS["bits"],
                     labels={16: "16 (off)"}, enabled=_own_grid),
     "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
@@ -137,16 +141,17 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     d["sparsity"] = 0.0 if v["pattern"] != "unstructured" else round(v["sparsity"], 2)
     d["layers"] = (d["layers"] or "").strip() or None
     d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
+    d["double_quant"] = bool(v["double_quant"]) and v["number_format"] in DOUBLE_QUANT_FORMATS
     if v["number_format"] != "int":  # the format sets them
         d = {f: x for f, x in d.items() if f not in FORMAT_FIXES}
     return Recipe.from_dict({**d, "per_layer": per_layer})
 
 
 def _follow_format(v: dict) -> None:
-    """Show a llama.cpp format's own bits, blocks and symmetry in the (disabled) grid controls."""
+    """Show a llama.cpp or float format's own bits, blocks and symmetry in the (disabled) grid controls."""
     if v["number_format"] != "int":
         bits, block, symmetric = FORMAT_GRID[v["number_format"]]
-        for f, x in zip(FORMAT_FIXES, (bits, "group", block, symmetric)):
+        for f, x in zip(FORMAT_FIXES, (bits, "group" if block else "channel", block or 128, symmetric)):
             st.session_state[key(f)] = x
 
 
@@ -247,6 +252,7 @@ def _layout_caption(sb, apply_preset) -> None:
         note = layout_note(recipe_from(values()))
     except UserError:
         note = None
+    note = note or FORMAT_NOTES.get(values()["number_format"])
     if note:
         sb.caption(note)
     if apply_preset:

@@ -81,6 +81,8 @@ def layout_note(recipe) -> str | None:
     fmt = recipe.number_format
     if recipe.bits >= 16:
         return None
+    if fmt != "int" and fmt not in TYPES:  # a float format (engine.floats): no llama.cpp type
+        return None
     if fmt != "int":
         t = TYPES[fmt]
         fallback = _FALLBACK.get(fmt)

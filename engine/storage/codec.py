@@ -8,6 +8,7 @@ Per stored matrix (W, or the factors A and B) of a compressed layer, with n valu
     csr       values: kept codes, col: int32 column per kept value, rowptr: int32 row pointers
     N:M       values: kept codes, nm_index: ceil(log2 M) bits per kept value (its place in its M)
     q4_0 ...  blocks: llama.cpp's blocks of that GGML type, as GGUF stores them (engine.ggml)
+    nf4 ...   the float format's own tensors (engine.floats): codes, absmax or scales, ...
     f16       values: n fp16 values (a llama.cpp format whose blocks do not divide the rows)
 
 Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize: offset
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import ggml
+from .. import floats, ggml
 from ..memory import TensorBytes
 from ..methods import codebook_index
 from ..pipeline import Grid, StoredLayer, StoredMatrix
@@ -58,6 +59,8 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
     bits = recipe.bits
     if grid.ggml is not None:
         out["blocks"] = grid.raw
+    elif grid.floats is not None:
+        out.update(grid.parts)
     elif bits >= 16 or fmt == "f16":
         out["values"] = flat.half()
     elif _kmeans(recipe):
@@ -124,7 +127,7 @@ def _codes(t: dict, bits: int, count: int) -> torch.Tensor:
 
 def _positions(t: dict, rows: int, cols: int, count: int, fmt: str) -> torch.Tensor | None:
     """Where the kept values sit, as flat indices (or a flat bool mask); None when dense."""
-    if fmt == "dense" or fmt == "f16" or fmt in ggml.TYPES:
+    if fmt == "dense" or fmt == "f16" or fmt in ggml.TYPES or floats.parse(fmt):
         return None
     if fmt == "bitmask":
         return pack.unpack_bits(t["mask"], 1, rows * cols).bool()
@@ -153,6 +156,10 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
     if fmt in ggml.TYPES:
         grid = Grid(ggml=fmt, raw=t["blocks"])
         values = ggml.dequantize(t["blocks"], fmt, cols)
+    elif floats.parse(fmt):
+        grid = Grid(floats=fmt, parts=t)
+        name, double_quant = floats.parse(fmt)
+        values = floats.dequantize(t, name, shape, double_quant)
     elif bits >= 16 or fmt == "f16":
         values = t["values"].float()
     elif _kmeans(recipe):

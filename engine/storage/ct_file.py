@@ -4,7 +4,10 @@ package) and vLLM serves.
 
 Each compressed `nn.Linear` whose stored grid compressed-tensors has goes in as its codes and
 scales: the explorer's symmetric integer grid at 4 or 8 bits, per group or per output channel,
-and llama.cpp's q4_0 and q8_0 (a symmetric grid in groups of 32). Asymmetric grids are refused:
+and llama.cpp's q4_0 and q8_0 (a symmetric grid in groups of 32); fp8_e4m3 as compressed-tensors'
+`float-quantized` (float8 `weight`, fp32 `weight_scale` per row) and nvfp4 as its
+`nvfp4-pack-quantized` (`weight_packed`, E4M3 `weight_scale`, `weight_global_scale`), each config
+group naming its format. Asymmetric grids are refused:
 compressed-tensors 0.20 packs their zero-points, which transformers 5.23 then refuses to load
 (its placeholder expects them unpacked; measured).
 
@@ -31,6 +34,27 @@ from ..ggml import legacy
 from ..transforms import code_offset, per_entry, quantize
 
 META = "explorer.json"  # the source model and the recipe, for `run DIR`
+# the float formats compressed-tensors holds: its FP8 per channel and its NVFP4 (NVFP4A16's weights)
+FLOAT_ARGS = {"fp8_e4m3": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel", "group_size": None},
+              "nvfp4": {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": 16,
+                        "scale_dtype": "torch.float8_e4m3fn"}}
+
+
+def _format(args: dict) -> str:
+    """The compressed-tensors format a config group's weights are stored in."""
+    if args["type"] == "float":
+        return "float-quantized" if args["num_bits"] == 8 else "nvfp4-pack-quantized"
+    return "pack-quantized"
+
+
+def _float_tensors(name: str, m) -> dict:
+    """An fp8_e4m3 or nvfp4 matrix's tensors as compressed-tensors names and types them."""
+    p = m.grid.parts
+    if m.grid.floats == "fp8_e4m3":
+        return {f"{name}.weight": p["codes"].view(torch.float8_e4m3fn).cpu(),
+                f"{name}.weight_scale": p["scales"].reshape(-1, 1).cpu()}
+    return {f"{name}.weight_packed": p["codes"].cpu(), f"{name}.weight_scale": p["scales"].view(torch.float8_e4m3fn).cpu(),
+            f"{name}.weight_global_scale": p["global_scale"].cpu()}
 
 
 def scheme(stored, info) -> tuple[dict | None, str]:
@@ -46,6 +70,10 @@ def scheme(stored, info) -> tuple[dict | None, str]:
             return None, f"llama.cpp's {m.grid.ggml} (no compressed-tensors grid holds it)"
         bits = 4 if m.grid.ggml == "q4_0" else 8
         return {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}, ""
+    if m.grid.floats is not None:
+        if m.grid.floats not in FLOAT_ARGS:
+            return None, f"{m.grid.floats} (compressed-tensors here: fp8_e4m3 and nvfp4 of the float formats)"
+        return dict(FLOAT_ARGS[m.grid.floats]), ""
     if m.grid.codebook is not None or m.grid.scale is None:
         return None, "a k-means codebook" if m.grid.codebook is not None else "fp16"
     if r.bits not in (4, 8) or r.granularity == "tensor":
@@ -84,7 +112,7 @@ def summary(work) -> dict:
     rows, held = [], 0
     for name, stored in work.stored.items():
         args, why = scheme(stored, infos[name])
-        kind = f"int{args['num_bits']} {args['strategy']}" if args else ("f16" if why == "fp16" else "refused")
+        kind = f"{args['type']}{args['num_bits']} {args['strategy']}" if args else ("f16" if why == "fp16" else "refused")
         rows.append({"layer": name, "type": kind, "how": why})
         held += stored.bytes.compressed_bytes if args else 0
     return {"supported": True, "why": None, "layers": rows, "refused": sum(r["type"] == "refused" for r in rows),
@@ -106,10 +134,13 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
             if why != "fp16":
                 refused.append(f"{name}: {why}")
             continue
-        q, scale = _codes(stored, args)
-        part = {f"{name}.weight_packed": pack_to_int32(q.cpu(), args["num_bits"]),
-                f"{name}.weight_scale": scale.cpu().contiguous(),
-                f"{name}.weight_shape": torch.tensor(list(q.shape), dtype=torch.int32)}
+        if args["type"] == "float":
+            part = _float_tensors(name, stored.matrices[0])
+        else:
+            q, scale = _codes(stored, args)
+            part = {f"{name}.weight_packed": pack_to_int32(q.cpu(), args["num_bits"]),
+                    f"{name}.weight_scale": scale.cpu().contiguous(),
+                    f"{name}.weight_shape": torch.tensor(list(q.shape), dtype=torch.int32)}
         tensors.update(part)
         written += sum(t.numel() * t.element_size() for k, t in part.items() if not k.endswith("weight_shape"))
         # (weight_shape, 8 bytes a layer, is metadata the explorer's count has no place for)
@@ -134,10 +165,13 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     save_file(tensors, str(out / "model.safetensors"))
     config = ex.loaded.model.config.to_dict()
     config["torch_dtype"] = "float16"
+    formats = {_format(json.loads(args)) for args in groups} or {"pack-quantized"}
     config["quantization_config"] = {
-        "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+        "quant_method": "compressed-tensors", "quantization_status": "compressed",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
         "config_groups": {f"group_{k}": {"targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
-                                         "weights": {**json.loads(args), "dynamic": False}}
+                                         "weights": {**json.loads(args), "dynamic": False},
+                                         "format": _format(json.loads(args))}
                           for k, (args, names) in enumerate(groups.items())},
         "ignore": []}
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -210,6 +244,9 @@ def load_into(work, path: str | Path):
             else:
                 alone[info.name] = dense
             continue
+        if recipe.for_layer(info.name).number_format in FLOAT_ARGS:
+            stored[info.name] = _float_layer(info, recipe.for_layer(info.name), tensors, device)
+            continue
         rows, cols = info.shape
         q = unpack_from_int32(tensors[f"{info.name}.weight_packed"], bits[info.name], torch.Size([rows, cols]))
         scale = tensors[f"{info.name}.weight_scale"].float()  # (rows, groups)
@@ -226,3 +263,20 @@ def load_into(work, path: str | Path):
         stored[info.name] = StoredLayer(info.name, info.shape, lr, None, (m,))
     params = {n: tensors[n].float() for n, _ in work.model.named_parameters()}
     return work.hold(recipe, stored, alone, params, time.perf_counter() - t0, export=str(path))
+
+
+def _float_layer(info, recipe, tensors: dict, device):
+    """A layer written in fp8_e4m3 or nvfp4, read back into the explorer's float format."""
+    from .. import floats
+    from ..pipeline import Grid, StoredLayer, StoredMatrix, predict
+
+    n, fmt = info.name, recipe.number_format
+    if fmt == "fp8_e4m3":
+        parts = {"codes": tensors[f"{n}.weight"].view(torch.uint8), "scales": tensors[f"{n}.weight_scale"].flatten()}
+    else:
+        parts = {"codes": tensors[f"{n}.weight_packed"], "scales": tensors[f"{n}.weight_scale"].view(torch.uint8),
+                 "global_scale": tensors[f"{n}.weight_global_scale"]}
+    parts = {k: v.to(device) for k, v in parts.items()}
+    m = StoredMatrix(floats.dequantize(parts, fmt, info.shape), Grid(floats=fmt, parts=parts), None,
+                     info.shape[0] * info.shape[1], predict(info, recipe).bytes.parts[0])
+    return StoredLayer(n, info.shape, recipe, None, (m,))

@@ -67,6 +67,8 @@ def tensor_type(stored) -> tuple[str | None, str]:
         return None, "pruned (GGUF has no sparse tensors)"
     if m.grid.ggml is not None:
         return m.grid.ggml, "its llama.cpp blocks, as stored"
+    if m.grid.floats is not None:
+        return None, f"{m.grid.floats} (no GGUF type holds it)"
     if m.grid.codebook is not None:
         return None, "a k-means codebook (no GGUF type)"
     if m.grid.scale is None:
