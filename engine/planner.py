@@ -15,8 +15,9 @@ at the current setting, not at full precision, so that a unit's loss is the loss
 model already compressed as it will be; losses measured alone do not add up at 2-3 bits (on
 smollm2, k_proj alone at 2 bits costs little, but with everything else at 3 bits it breaks the
 model). The bytes of each option are measured the same way (exact). A multiple-choice knapsack
-then picks the option per unit with the least total loss within the budget, and the plan is
-measured. Each further round measures the options again around the best plan so far (the
+then picks the option per unit with the least total loss within the budget; since large moves add
+up less faithfully than small ones, its best choices changing at most 1, 2, 3, 4, 6, 8, ... units
+are measured too, and the best measured kept. Each further round measures the options again around the best plan so far (the
 losses of a move from there) and solves again; the best measured plan is kept, so a round can
 only help. The reference itself is always a candidate: where no mix measures better, the plan
 is the reference, and the result says so. The plan and the reference are then measured with
@@ -120,12 +121,14 @@ def with_choice(reference: Recipe, regexes: dict, choice: dict) -> Recipe:
     return reference.updated(per_layer=rules + own, distill_steps=0)
 
 
-def least_loss(units: list, options: dict, loss: dict, cost: dict, budget: float, step: float | None = None) -> dict | None:
+def least_loss(units: list, options: dict, loss: dict, cost: dict, budget: float, step: float | None = None,
+               keep: dict | None = None, max_changes: int | None = None) -> dict | None:
     """The option per unit with the least total `loss` whose total `cost` (bytes, relative to
     the current setting: negative saves) is at most `budget`: a multiple-choice knapsack solved
     exactly by dynamic programming over costs counted in `step`s (default 1/8000 of the widest
     range of costs), each rounded up, so the real total never exceeds what is counted (exact when
-    every cost is a multiple of the step). None: nothing fits."""
+    every cost is a multiple of the step). With `max_changes`, at most that many units take an
+    option other than their `keep` one. None: nothing fits."""
     step = step or (sum(max(abs(cost[u, o]) for o in options[u]) for u in units) or 1.0) / 8000
     w = {k: math.ceil(c / step - 1e-9) for k, c in cost.items()}
     cap = math.floor(budget / step + 1e-9)
@@ -133,19 +136,39 @@ def least_loss(units: list, options: dict, loss: dict, cost: dict, budget: float
     rest = [0] * (len(units) + 1)
     for i in range(len(units) - 1, -1, -1):
         rest[i] = rest[i + 1] + min(w[units[i], o] for o in options[units[i]])
-    best = {0: (0.0, ())}
+    best = {(0, 0): (0.0, ())}  # (counted cost, units changed) -> (loss, options so far)
     for i, u in enumerate(units):
         nxt = {}
-        for s, (c, picks) in best.items():
+        for (s, n), (c, picks) in best.items():
             for o in options[u]:
                 s2, c2 = s + w[u, o], c + loss[u, o]
-                if s2 + rest[i + 1] <= cap and (s2 not in nxt or c2 < nxt[s2][0]):
-                    nxt[s2] = (c2, picks + (o,))
+                n2 = n + (max_changes is not None and o != keep[u])
+                if s2 + rest[i + 1] > cap or (max_changes is not None and n2 > max_changes):
+                    continue
+                if (s2, n2) not in nxt or c2 < nxt[s2, n2][0]:
+                    nxt[s2, n2] = (c2, picks + (o,))
         best = nxt
     if not best:
         return None
     _, picks = min(best.values(), key=lambda v: v[0])
     return dict(zip(units, picks))
+
+
+def candidates(units: list, options: dict, loss: dict, cost: dict, budget: float, center: dict) -> list[dict]:
+    """The knapsack's choices changing at most 1, 2, 3, 4, 6, 8, ... units from `center`, up to
+    the unconstrained one, fewest changes first: small moves add up more faithfully than large
+    ones, so each is measured, not only the one predicted best."""
+    full = least_loss(units, options, loss, cost, budget)
+    if full is None:
+        return []
+    changed = sum(full[u] != center[u] for u in units)
+    out, k = [], 1
+    while k < changed:
+        c = least_loss(units, options, loss, cost, budget, keep=center, max_changes=k)
+        if c is not None and c != center and c not in out:
+            out.append(c)
+        k = k + 1 if k < 4 else k * 2
+    return out + ([full] if full not in out else [])
 
 
 PLAN_PARAGRAPHS = 16  # of the calibration text: the planner measures on them, never on the evaluation text
@@ -240,20 +263,23 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                     "reference": reference.describe(),
                     "loss": [[loss[u, o] for o in options[u]] for u in units],
                     "bytes": [[cost[u, o] for o in options[u]] for u in units]}
-        choice = least_loss(units, options, loss, cost, budget - c_bytes)
-        if choice is None:
+        found = candidates(units, options, loss, cost, budget - c_bytes, center)
+        if not found:
             if r == 0:
                 raise UserError(f"the target {target_ratio} cannot be reached with the options "
                                 f"{', '.join(o.label for o in ladder)} by {by}")
             break
-        predicted = c_loss + sum(loss[u, choice[u]] for u in units)
-        got, got_bytes = measure(choice)
-        history.append({"round": r + 1, "predicted": predicted, "measured": got, "bytes": got_bytes,
-                        "choice": {u: o.label for u, o in choice.items()}})
-        if got_bytes <= budget and (best is None or got < best[0]):
-            best = (got, got_bytes, choice)
-        if choice == center or best[2] == center:
-            break  # nothing moves, or the move measured worse: another round would measure the same
+        before = best
+        for choice in found:
+            predicted = c_loss + sum(loss[u, choice[u]] for u in units)
+            got, got_bytes = measure(choice)
+            history.append({"round": r + 1, "changes": sum(choice[u] != center[u] for u in units),
+                            "predicted": predicted, "measured": got, "bytes": got_bytes,
+                            "choice": {u: o.label for u, o in choice.items()}})
+            if got_bytes <= budget and (best is None or got < best[0]):
+                best = (got, got_bytes, choice)
+        if best is before or best[2] == center:
+            break  # no move measured better: another round would measure the same
         center = best[2]
     if best is None:
         raise UserError(f"the target {target_ratio} cannot be reached with the options by {by}")

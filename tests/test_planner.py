@@ -27,6 +27,16 @@ def test_knapsack_equals_brute_force_on_random_instances():
         best = min(sum(loss[u, o] for u, o in zip(units, c)) for c in fits)
         assert sum(cost[u, got[u]] for u in units) <= budget
         assert sum(loss[u, got[u]] for u in units) == pytest.approx(best)
+        # at most k units moved from `keep`
+        keep, k = {u: options[u][0] for u in units}, rng.randint(0, len(units))
+        near = [c for c in fits if sum(o != keep[u] for u, o in zip(units, c)) <= k]
+        got = P.least_loss(units, options, loss, cost, budget, step=1, keep=keep, max_changes=k)
+        if not near:
+            assert got is None
+            continue
+        assert sum(got[u] != keep[u] for u in units) <= k and sum(cost[u, got[u]] for u in units) <= budget
+        assert sum(loss[u, got[u]] for u in units) == pytest.approx(min(sum(loss[u, o] for u, o in zip(units, c))
+                                                                         for c in near))
 
 
 def test_knapsack_rounds_costs_up_so_the_budget_always_holds():
@@ -37,6 +47,15 @@ def test_knapsack_rounds_costs_up_so_the_budget_always_holds():
     assert P.least_loss(units, options, loss, cost, budget=11, step=3) == {"a": 1, "b": 0}
     assert P.least_loss(units, options, loss, cost, budget=12, step=3) == {"a": 1, "b": 1}
     assert P.least_loss(units, options, loss, cost, budget=-1, step=3) is None
+
+
+def test_candidates_go_from_one_change_to_the_unconstrained_choice():
+    units = ["a", "b", "c"]
+    options = {u: [0, 1] for u in units}
+    loss = {(u, 0): 0.0 for u in units} | {("a", 1): -3.0, ("b", 1): -2.0, ("c", 1): -1.0}
+    cost = {(u, o): 0 for u in units for o in (0, 1)}
+    found = P.candidates(units, options, loss, cost, 0, {u: 0 for u in units})
+    assert found == [{"a": 1, "b": 0, "c": 0}, {"a": 1, "b": 1, "c": 0}, {"a": 1, "b": 1, "c": 1}]
 
 
 def test_options_parse_and_bad_ones_are_named():
