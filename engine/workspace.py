@@ -123,6 +123,7 @@ class Workspace:
         ex = self.explorer
         self._share_parameters()
         reports = []
+        shares = ex.sharing(recipe)  # the layers that share a basis with their neighbours (engine.sharing)
         with torch.inference_mode():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -133,20 +134,21 @@ class Workspace:
                     continue
                 lr = recipe.for_layer(info.name)
                 h = ex.hessian(info.name) if lr.calibrated else None
-                before = old.pop(info.name, None)
-                if pipeline.reusable(before, lr):  # shaped as before: only quantize
+                before, share = old.pop(info.name, None), shares.get(info.name)
+                layer_factors = (lambda n=info.name: factors(n, lr.lowrank_method)) if share is None else (
+                    lambda n=info.name, s=share: ex.shared_factors(s)[s.index(n)])
+                if pipeline.reusable(before, lr, share):  # shaped as before: only quantize
                     stored = pipeline.requantize(before, lr, h)
                 else:
-                    stored = pipeline.compress(info.name, ex.weight(info.name), lr,
-                                               lambda n=info.name: factors(n, lr.lowrank_method),
-                                               lambda n=info.name: ex.sorted_abs(n), h)
+                    stored = pipeline.compress(info.name, ex.weight(info.name), lr, layer_factors,
+                                               lambda n=info.name: ex.sorted_abs(n), h, share)
                 if _plain_fp16(stored):  # the layer at 16 bits, dense, unpruned: the shared rounded copy
                     stored = stored.with_values((ex.fp16_weight(info.name),))
                 self._stored[info.name] = stored
                 self.holders[info.name].fill(stored.tensors())
                 energy = None
                 if stored.rank is not None:
-                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
+                    energy = transforms.energy_kept(layer_factors()[1], stored.rank)
                 reports.append(stored.report(info, energy))
         return reports
 
