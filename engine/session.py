@@ -116,10 +116,20 @@ class Explorer:
         return sharing.groups(self.selected(recipe), recipe)
 
     def shared_spectrum(self, share) -> dict:
-        """The singular values of a group's stacked whitened matrix and the energy kept at its rank."""
+        """The spectrum of a group's stacked whitened matrix [W_1; ...; W_N] S, as `spectrum`
+        gives a layer's, at the group's basis rank."""
         s = self.shared_factors(share)[0][1]
-        return {"layers": list(share.group), "rank": share.rank, "singular_values": s.tolist(),
-                "energy_kept": transforms.energy_kept(s, share.rank)}
+        e = s.double().square().cumsum(0)
+        out, inp = self.layer(share.owner).shape
+        return {"name": " + ".join(share.group), "shape": [len(share.group) * out, inp],
+                "singular_values": s.tolist(), "energy": (e / e[-1]).tolist() if e[-1] > 0 else [1.0] * len(s),
+                "rank": share.rank, "energy_kept": transforms.energy_kept(s, share.rank),
+                "break_even_rank": transforms.break_even_rank(len(share.group) * out, inp)}
+
+    def sharing_table(self, recipe: Recipe) -> list[dict]:
+        """The groups of layers that share one basis under `recipe` (engine.sharing.table), with
+        the energy of the stacked whitened spectrum kept at the basis rank."""
+        return sharing.table(self.selected(recipe), recipe, lambda share: self.shared_spectrum(share)["energy_kept"])
 
     # -- calibration ----------------------------------------------------------------------
     def calibration(self) -> Calibration:

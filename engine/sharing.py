@@ -93,7 +93,7 @@ def groups(infos, recipe) -> dict[str, Share]:
 
 
 def table(infos, recipe, spectra=None) -> list[dict]:
-    """One row per group of two or more layers: its layers, the basis rank k, the per-layer rank
+    """One row per group of two or more layers: its kind, layers and blocks, the basis rank k, the per-layer rank
     r, and the values stored per-layer and shared (the difference is what sharing saves at
     16 bits; the rank k is chosen so that it is never negative). `spectra(share)`: the
     stacked spectrum's energy kept at k, where given."""
@@ -106,7 +106,8 @@ def table(infos, recipe, spectra=None) -> list[dict]:
         out, inp = by_name[name].shape
         n, k = len(share.group), share.rank
         r = recipe.for_layer(name).rank_for(min(out, inp))
-        row = {"kind": kind_and_block(name)[0], "layers": list(share.group), "shape": [out, inp], "rank": k,
+        row = {"kind": kind_and_block(name)[0], "layers": list(share.group),
+               "blocks": [kind_and_block(n)[1] for n in share.group], "shape": [out, inp], "rank": k,
                "per_layer_rank": r, "per_layer_values": n * r * (out + inp), "shared_values": k * inp + n * out * k}
         if spectra is not None:
             row["energy_kept"] = spectra(share)
