@@ -83,7 +83,8 @@ class StoredLayer:
 
     @property
     def bytes(self) -> LayerBytes:
-        return LayerBytes(self.name, self.shape, self.rank, tuple(m.bytes for m in self.matrices))
+        return LayerBytes(self.name, self.shape, self.rank, tuple(m.bytes for m in self.matrices),
+                          1 if self.share is None else len(self.share.group))
 
     @property
     def sparsity(self) -> float:
@@ -257,12 +258,13 @@ def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tu
 def predict(info, recipe: Recipe, share: Share | None = None) -> LayerReport:
     """A compressed layer's report from its shape alone under its recipe, equal to what
     compressing its weights reports (bar the energy kept, which needs the spectrum): the rank,
-    the kept counts and the groups all follow from the shape."""
+    the kept counts and the groups all follow from the shape (with `share`, from its group's)."""
     out, inp = info.shape
     rank = recipe.rank_for(min(out, inp)) if share is None else share.rank
     shapes = [(out, inp)] if rank is None else [(out, rank), (rank, inp)]
     kept = [kept_count(r, c, recipe.sparsity, recipe.nm) for r, c in shapes]
     stored = sum(r * c for r, c in shapes)
     parts = _shared(_bytes(shapes, kept, recipe), info.name, share)
-    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, parts),
+    group = 1 if share is None else len(share.group)
+    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, parts, group),
                        (stored - sum(kept)) / stored, _bits(recipe, inp), None)
