@@ -56,7 +56,7 @@ def shared_groups():
                    "per-layer rank r": r["per_layer_rank"],
                    "bytes saved at 16 bits": 2 * (r["per_layer_values"] - r["shared_values"]),
                    "energy kept at k (stacked)": f"{r['energy_kept']:.2%}"} for r in rows],
-                 hide_index=True, use_container_width=True)
+                 hide_index=True, width="stretch")
 
 
 shares = ex.sharing(recipe) if recipe.lowrank_method == "shared" else {}

@@ -154,3 +154,15 @@ def test_run_minilm_shared_basis_end_to_end(minilm_explorer, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "low rank" in err, err
     code, _, err = main("run", "minilm", "--share-blocks", "3")
     assert code == 2 and err.strip() == "error: share_blocks: only with lowrank_method shared", err
+
+
+def test_spectra_page_shows_which_layers_share_a_basis():
+    from tests.test_app import ok, start
+
+    at = ok(start("pages/spectra.py", rank=0.5, lowrank="shared", share=2))
+    table = at.dataframe[0].value
+    assert list(table["blocks"]) == ["0, 1"] * 6 + ["2, 3"] * 6 + ["4, 5"] * 6  # 6 kinds of layer, 3 groups each
+    assert set(table["basis rank k"]) == {213, 256, 320}
+    assert list(table["bytes saved at 16 bits"])[0] == 2 * (2 * 192 * 768 - 256 * 384 * 3)
+    assert len(at.get("plotly_chart")) == 3  # the layer's spectrum, its group's stacked one, the heatmap
+    assert any("shares one basis of rank 256 with encoder.layer.1.attention.self.query" in c.value for c in at.caption)
