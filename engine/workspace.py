@@ -185,6 +185,7 @@ class Workspace:
         applied = self.applied
         if applied is None or applied.distillation is not None or applied.export is not None:
             raise ValueError("distill: apply a recipe without distillation first")
+        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)  # checked before training
         parts = [Trainable(self.holders[name], tuple(m.unquantized for m in s.matrices),
                            tuple(m.grid for m in s.matrices), tuple(m.keep for m in s.matrices), s.recipe)
                  for name, s in self._stored.items()]
@@ -195,7 +196,6 @@ class Workspace:
             self.applied = None
             raise
         self._stored = {name: s.with_values(self.holders[name].tensors()) for name, s in self._stored.items()}
-        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)
         self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
                                            seconds=applied.seconds + report.seconds)
         return self.applied

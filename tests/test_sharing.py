@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine import footprint, methods as M, offload, pipeline, sharing, transforms as T
+from engine import footprint, methods as M, offload, pipeline, runtime, sharing, transforms as T
 from engine.errors import UserError
 from engine.memory import tensor_bytes
 from engine.recipe import Recipe, RecipeError
@@ -142,6 +142,11 @@ def test_run_minilm_shared_basis_end_to_end(minilm_explorer, tmp_path, capsys):
     assert applied.memory.compressed_bytes == mem["compressed_bytes"]
     sk = footprint.skeleton_of(minilm_explorer.loaded.model.config, "minilm", "test")
     assert footprint.predict(sk, recipe).compressed_bytes == mem["compressed_bytes"]  # from the shapes alone
+    with pytest.raises(RecipeError, match="distill_steps: distillation trains each layer apart"):
+        work.distill(1, 1e-4)  # refused before any step
+    rt = runtime.build(work)  # the speed runtime holds the basis once too
+    q0, q1 = (rt.model.get_submodule(f"encoder.layer.{b}.attention.self.query") for b in (0, 1))
+    assert q0.mats[1] is q1.mats[1] and q0.mats[0] is not q1.mats[0]
     manifest = export_format.write(work, tmp_path / "shared")
     assert manifest["tensor_bytes"] == manifest["predicted_bytes"] == mem["compressed_bytes"]  # the basis once
     back = minilm_explorer.workspace()
