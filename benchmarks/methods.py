@@ -10,7 +10,9 @@ Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored 
 after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
 then the distillation's time). Basis sharing: per-layer whitened SVD at that rank ratio beside
 one basis shared by 2 and by 3 neighbouring blocks, whose rank stores no more (engine.sharing):
-the shared rows may hold a few bytes fewer (the rank is rounded down), never more.
+the shared rows may hold a few bytes fewer (the rank is rounded down), never more; and sharing
+split as the authors' configurations split it (the attention output and down projections keep
+per-layer whitened SVD).
 
     .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--pairs sharing] [--json]
 """
@@ -56,7 +58,17 @@ def pairs(ex: Explorer) -> list[tuple[str, Recipe, list[Recipe]]]:
         (f"basis sharing, low rank at 80% of parameters (ratio {ratio})",
          Recipe(rank_ratio=ratio, lowrank_method="whitened"),
          [Recipe(rank_ratio=ratio, lowrank_method="shared", share_blocks=n) for n in (2, 3)]),
+        (f"basis sharing, the authors' split (o and down per layer), 80% of parameters (ratio {ratio})",
+         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
+         [Recipe(rank_ratio=ratio, lowrank_method="shared",
+                 per_layer=[{"match": OWN_BASIS, "lowrank_method": "whitened"}])]),
     ]
+
+
+# the layers the authors of Basis Sharing keep apart (their configs' private_part): the attention
+# output and the MLP's down projection (BERT's attention.output.dense and output.dense, Llama's o_proj
+# and down_proj); every other layer shares
+OWN_BASIS = r"output\.dense$|o_proj$|down_proj$"
 
 
 DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
