@@ -6,9 +6,13 @@ workspace and scored with the full evaluation protocol; the compressed bytes of 
 factors of all compressible layers hold 80% of their parameters in all (the planner is
 measured by benchmarks/planner.py). Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored before and
 after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
-then the distillation's time).
+then the distillation's time). Basis sharing: per-layer whitened SVD at that rank ratio beside
+one basis shared by 2 and by 3 neighbouring blocks, whose rank stores no more (engine.sharing):
+the shared rows may hold a few bytes fewer (the rank is rounded down), never more; and sharing
+split as the authors' configurations split it (the attention output and down projections keep
+per-layer whitened SVD).
 
-    .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--json]
+    .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--pairs sharing] [--json]
 """
 from __future__ import annotations
 
@@ -48,27 +52,46 @@ def pairs(ex: Explorer) -> list[tuple[str, Recipe, list[Recipe]]]:
          [Recipe(bits=3, quant_method="gptq"), Recipe(bits=3, quant_method="gptq", act_order=True)]),
         (f"low rank, 80% of parameters (ratio {ratio})", Recipe(rank_ratio=ratio),
          [Recipe(rank_ratio=ratio, lowrank_method="whitened")]),
+        (f"basis sharing, low rank at 80% of parameters (ratio {ratio})",
+         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
+         [Recipe(rank_ratio=ratio, lowrank_method="shared", share_blocks=n) for n in (2, 3)]),
+        (f"basis sharing, the authors' split (o and down per layer), 80% of parameters (ratio {ratio})",
+         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
+         [Recipe(rank_ratio=ratio, lowrank_method="shared",
+                 per_layer=[{"match": OWN_BASIS, "lowrank_method": "whitened"}])]),
     ]
+
+
+# the layers the authors of Basis Sharing keep apart (their configs' private_part): the attention
+# output and the MLP's down projection (BERT's attention.output.dense and output.dense, Llama's o_proj
+# and down_proj); every other layer shares
+OWN_BASIS = r"output\.dense$|o_proj$|down_proj$"
 
 
 DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
 DISTILL_STEPS = 64  # two passes over the 128 calibration paragraphs, 4 per step
 
 
-def run_model(ref: str, with_pairs: bool = True, with_distill: bool = True) -> dict:
+def run_model(ref: str, with_pairs: bool = True, with_distill: bool = True, only_pairs: str | None = None) -> dict:
     ex = Explorer.open(ref)
     work = ex.workspace()
     ev = ex.evaluator()
     cal = ex.calibration()
     rows = []
     for label, plain, others in (pairs(ex) if with_pairs else []):
+        if only_pairs and not any(k in label for k in only_pairs.split(",")):
+            continue
         for recipe in (plain, *others):
             t0 = time.perf_counter()
             applied = work.apply(recipe)
             apply_s = time.perf_counter() - t0
             rows.append({"setting": label, "recipe": recipe.describe(), "bytes": applied.memory.compressed_bytes,
                          "apply_s": apply_s, **work.evaluate()})
-        assert len({r["bytes"] for r in rows if r["setting"] == label}) == 1, f"{label}: bytes differ"
+        sizes = [r["bytes"] for r in rows if r["setting"] == label]
+        if "sharing" in label:  # the shared rank is rounded down: never more bytes than the plain
+            assert max(sizes[1:]) <= sizes[0], f"{label}: more bytes than the plain"
+        else:
+            assert len(set(sizes)) == 1, f"{label}: bytes differ"
     if with_distill:
         label = f"distillation, {DISTILL_STEPS} steps"
         applied = work.apply(DISTILL_RECIPE)
@@ -85,10 +108,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--only", choices=("pairs", "distill"), help="only the method pairs, or only distillation")
+    ap.add_argument("--pairs", help="only the pairs whose setting contains one of these comma-separated words, "
+                    "e.g. sharing (implies --only pairs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    parts = [args.only in (None, k) for k in ("pairs", "distill")]
-    results = [run_model(m, *parts) for m in args.models.split(",")]
+    only = "pairs" if args.pairs else args.only
+    parts = [only in (None, k) for k in ("pairs", "distill")]
+    results = [run_model(m, *parts, only_pairs=args.pairs) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return

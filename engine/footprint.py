@@ -28,6 +28,7 @@ from .pipeline import predict as predict_layer
 from .building import building
 from .models import auto_class, kind_of, one_line, open_config, read_config
 from .recipe import Recipe
+from . import sharing
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
 GiB = 2**30
@@ -117,9 +118,10 @@ def _untie_head(model) -> None:
 
 def predict(skeleton: Skeleton, recipe: Recipe) -> MemoryReport:
     """The memory report of a recipe from the shapes alone: what applying it to the weights reports."""
-    chosen = {i.name for i in select(skeleton.layers, recipe)}
-    reports = [predict_layer(i, recipe.for_layer(i.name)) if i.name in chosen else LayerReport.left_alone(i)
-               for i in skeleton.layers if i.tied_to is None]
+    selected = select(skeleton.layers, recipe)
+    chosen, shares = {i.name for i in selected}, sharing.groups(selected, recipe)
+    reports = [predict_layer(i, recipe.for_layer(i.name), shares.get(i.name)) if i.name in chosen
+               else LayerReport.left_alone(i) for i in skeleton.layers if i.tied_to is None]
     return memory_report(skeleton.layers, skeleton.total_params, reports)
 
 

@@ -47,6 +47,9 @@ CONCEPTS = {
     "lowrank_method": "SVD truncates the weight's own spectrum; whitened SVD truncates the spectrum of the "
                       "weight times the whitened calibration inputs, so it keeps what matters for the outputs "
                       "(same rank, same bytes).",
+    "share_blocks": "Shared basis (Basis Sharing, 2024): the layers of one kind in this many neighbouring blocks "
+                    "share one whitened basis B, stored once, and keep their own coefficients A_i; the basis rank "
+                    "is chosen so that a group stores no more than per-layer whitened SVD at the same rank.",
     "prune_method": "Magnitude drops the smallest |W| of the whole matrix; Wanda drops the smallest |W| x input "
                     "column norm within each output row (same count, same bytes).",
     "quant_method": "RTN rounds every weight to its nearest level; GPTQ rounds column by column and pushes each "

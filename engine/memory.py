@@ -22,6 +22,8 @@ Conventions (every figure the explorer shows follows them):
   fp32 mean), fp8 an fp32 scale per row, nvfp4 an E4M3 byte per 16 values of a row and one fp32
   global scale; nvfp4 rows of other than a multiple of 16 values take fp16 ('f16');
 - a low-rank layer stores its factors A (out, r) and B (r, in), each counted by these rules;
+  layers that share one basis B (engine.sharing) store it once, counted with the first layer
+  of their group (the others' B: 0 bytes, format 'shared');
 - everything not compressed (embeddings, norms, biases) takes 2 bytes per parameter.
 """
 from __future__ import annotations
@@ -140,6 +142,7 @@ class LayerBytes:
     shape: tuple[int, int]  # (out, in)
     rank: int | None
     parts: tuple[TensorBytes, ...]
+    sharing: int = 1  # the layers of its group that share one basis (engine.sharing): 1 for none
 
     @property
     def original_bytes(self) -> int:
@@ -156,9 +159,10 @@ class LayerBytes:
 
     @property
     def factors_exceed_dense(self) -> bool:
-        """True when the factors hold more values than W: r (m + n) > m n."""
-        out, inp = self.shape
-        return self.rank is not None and self.rank * (out + inp) > out * inp
+        """True when the factors hold more values than W: r (m + n) > m n (for a group of N layers
+        sharing one basis, when the group's do: r (n + N m) > N m n)."""
+        out, inp, n = *self.shape, self.sharing
+        return self.rank is not None and self.rank * (inp + n * out) > n * out * inp
 
 
 def kept_count(rows: int, cols: int, sparsity: float, nm: tuple[int, int] | None) -> int:

@@ -158,6 +158,9 @@ def check(recipe) -> None:
     if recipe.distill_steps:
         raise UserError("--max-memory: distillation is not available on an offloaded model (it trains through "
                         "the whole model); drop --distill-steps")
+    if any(r.lowrank_method == "shared" and (r.rank or r.rank_ratio) for r in (recipe, *recipe.rule_recipes())):
+        raise UserError("--max-memory: a shared basis needs the weights of several blocks at once, and this path "
+                        "holds one layer at a time; drop --lowrank-method shared")
 
 
 STATS_BUDGET = 2**30  # bytes of calibration statistics held at once, by default

@@ -27,6 +27,7 @@ from .memory import (VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorByt
                      tensor_bytes)
 from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
 from .recipe import Recipe
+from .sharing import SHARED, Share
 from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,), Vh (k, in)
@@ -82,10 +83,12 @@ class StoredLayer:
     recipe: Recipe
     rank: int | None
     matrices: tuple[StoredMatrix, ...]
+    share: Share | None = None  # the group whose basis B it shares (engine.sharing); its B is stored by share.owner
 
     @property
     def bytes(self) -> LayerBytes:
-        return LayerBytes(self.name, self.shape, self.rank, tuple(m.bytes for m in self.matrices))
+        return LayerBytes(self.name, self.shape, self.rank, tuple(m.bytes for m in self.matrices),
+                          1 if self.share is None else len(self.share.group))
 
     @property
     def sparsity(self) -> float:
@@ -130,15 +133,15 @@ def _input_hessian(mats, hessian, k):
 
 def shape(w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
           sorted_abs: Callable[[], torch.Tensor | None] | None = None,
-          hessian: torch.Tensor | None = None) -> tuple[int | None, tuple, tuple]:
+          hessian: torch.Tensor | None = None, share: Share | None = None) -> tuple[int | None, tuple, tuple]:
     """Low rank, then pruning, of the (out, in) matrix `w`: (rank, matrices, masks). `factors()`
     gives (U, s, V^T) of the recipe's low-rank method when a rank needs it (A = U_r sqrt(s_r),
     B = sqrt(s_r) V_r^T); then a mask zeroes entries of each stored matrix, by magnitude
     (`sorted_abs()`, optional: |w| flattened and sorted, a lookup instead of a selection) or by
     Wanda's score, which needs `hessian` (H of the inputs; None, e.g. for an embedding:
     magnitude instead). B is pruned before A, whose inputs it makes. Depends only on the
-    recipe's `structure_key()`."""
-    rank = recipe.rank_for(min(w.shape))
+    recipe's `structure_key()` (and with `share`, the basis rank of the layer's group)."""
+    rank = recipe.rank_for(min(w.shape)) if share is None else share.rank
     mats = [w] if rank is None else list(low_rank_factors(*factors(), rank))
     keeps = [None] * len(mats)
     nm = recipe.nm
@@ -158,10 +161,12 @@ def shape(w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
 
 
 def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tuple, keeps: tuple, recipe: Recipe,
-             hessian: torch.Tensor | None = None) -> StoredLayer:
+             hessian: torch.Tensor | None = None, share: Share | None = None) -> StoredLayer:
     """Quantize the shaped matrices by the recipe's method and count their bytes. GPTQ needs
     `hessian` (without it, e.g. for an embedding, round to nearest is used); for factors it
-    quantizes B first and gives A the H of B's quantized outputs."""
+    quantizes B first and gives A the H of B's quantized outputs. With `share`, B is the group's
+    basis (quantized alike in every layer of the group: round to nearest or k-means), whose
+    bytes only the group's owner counts."""
     results, grids = list(mats), [Grid()] * len(mats)
     method = recipe.quant_method if recipe.bits < VALUE_BITS_UNCOMPRESSED else "none"
     if method == "gptq" and hessian is None:
@@ -186,9 +191,15 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
                 grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
             results[k] = grids[k].snap(m, recipe)
     kept = [m.numel() if keep is None else int(keep.sum()) for m, keep in zip(mats, keeps)]
-    parts = _bytes([tuple(m.shape) for m in mats], kept, recipe)
+    parts = _shared(_bytes([tuple(m.shape) for m in mats], kept, recipe), name, share)
     return StoredLayer(name, tuple(layer_shape), recipe, rank, tuple(
-        StoredMatrix(v, g, keep, n, b, u) for v, g, keep, n, b, u in zip(results, grids, keeps, kept, parts, mats)))
+        StoredMatrix(v, g, keep, n, b, u) for v, g, keep, n, b, u in zip(results, grids, keeps, kept, parts, mats)),
+        share)
+
+
+def _shared(parts: tuple, name: str, share: Share | None) -> tuple:
+    """A layer's parts with its B counted 0 bytes where another layer of its group stores the basis."""
+    return parts if share is None or name == share.owner else (parts[0], SHARED)
 
 
 def _ggml(w: torch.Tensor, recipe: Recipe, hessian: torch.Tensor | None) -> tuple[torch.Tensor, Grid]:
@@ -234,22 +245,24 @@ def requantize(stored: StoredLayer, recipe: Recipe, hessian: torch.Tensor | None
     structure_key() must equal that of `stored.recipe`: a new bit width needs no new shaping."""
     mats = tuple(m.unquantized for m in stored.matrices)
     return quantize(stored.name, stored.shape, stored.rank, mats, tuple(m.keep for m in stored.matrices), recipe,
-                    hessian)
+                    hessian, stored.share)
 
 
-def reusable(stored: StoredLayer | None, recipe: Recipe) -> bool:
-    """Whether `requantize(stored, recipe)` gives what `compress` would."""
+def reusable(stored: StoredLayer | None, recipe: Recipe, share: Share | None = None) -> bool:
+    """Whether `requantize(stored, recipe)` gives what `compress` would (with `share`, the
+    layer's group under `recipe`)."""
     return (stored is not None and stored.recipe.structure_key() == recipe.structure_key()
-            and all(m.unquantized is not None for m in stored.matrices))
+            and stored.share == share and all(m.unquantized is not None for m in stored.matrices))
 
 
 def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
              sorted_abs: Callable[[], torch.Tensor | None] | None = None,
-             hessian: torch.Tensor | None = None) -> StoredLayer:
+             hessian: torch.Tensor | None = None, share: Share | None = None) -> StoredLayer:
     """Apply `recipe` (one layer's, see Recipe.for_layer) to the (out, in) matrix `w` of layer
-    `name`: low rank, then pruning (`shape`), then quantization of the kept values (`quantize`)."""
-    rank, mats, keeps = shape(w, recipe, factors, sorted_abs, hessian)
-    return quantize(name, tuple(w.shape), rank, mats, keeps, recipe, hessian)
+    `name`: low rank, then pruning (`shape`), then quantization of the kept values (`quantize`).
+    With `share` (engine.sharing), `factors()` gives the layer's rows of its group's stacked SVD."""
+    rank, mats, keeps = shape(w, recipe, factors, sorted_abs, hessian, share)
+    return quantize(name, tuple(w.shape), rank, mats, keeps, recipe, hessian, share)
 
 
 def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tuple[TensorBytes, ...]:
@@ -263,14 +276,16 @@ def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tu
                               recipe.nm, codebook=codebook) for (r, c), k in zip(shapes, kept))
 
 
-def predict(info, recipe: Recipe) -> LayerReport:
+def predict(info, recipe: Recipe, share: Share | None = None) -> LayerReport:
     """A compressed layer's report from its shape alone under its recipe, equal to what
     compressing its weights reports (bar the energy kept, which needs the spectrum): the rank,
-    the kept counts and the groups all follow from the shape."""
+    the kept counts and the groups all follow from the shape (with `share`, from its group's)."""
     out, inp = info.shape
-    rank = recipe.rank_for(min(out, inp))
+    rank = recipe.rank_for(min(out, inp)) if share is None else share.rank
     shapes = [(out, inp)] if rank is None else [(out, rank), (rank, inp)]
     kept = [kept_count(r, c, recipe.sparsity, recipe.nm) for r, c in shapes]
     stored = sum(r * c for r, c in shapes)
-    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, _bytes(shapes, kept, recipe)),
+    parts = _shared(_bytes(shapes, kept, recipe), info.name, share)
+    group = 1 if share is None else len(share.group)
+    return LayerReport(info, True, LayerBytes(info.name, info.shape, rank, parts, group),
                        (stored - sum(kept)) / stored, _bits(recipe, inp), None)

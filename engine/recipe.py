@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .recipe_values import (BITS, CALIBRATED, DISTILL_LR, GRANULARITIES, GROUPS, LOWRANK_METHODS,  # noqa: F401
                             NUMBER_FORMATS, PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared,
                             format_fields, format_update, not_int, not_number, parse_pattern, parse_rules)
+from .recipe_values import SHARE_BLOCKS, check_shared
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class Recipe:
     layers: a regular expression; only layers whose name it matches (re.search) are
         compressed. None: all compressible layers. Both group and layers must select a layer.
     lowrank_method: 'svd' (plain truncation) or 'whitened' (truncation-aware SVD on whitened
-        calibration inputs, SVD-LLM); same rank, same bytes.
+        calibration inputs, SVD-LLM); same rank, same bytes. 'shared': layers of one kind in
+        `share_blocks` neighbouring blocks share one whitened basis (engine.sharing), at a rank
+        that stores no more than 'whitened' would.
+    share_blocks: with 'shared', how many neighbouring blocks form one group (2..64).
     prune_method: 'magnitude' (smallest |W| in the tensor) or 'wanda' (smallest |W| x input
         column norm, per output row); with an N:M pattern, the score picks the N of each M.
     quant_method: 'rtn' (round to nearest), 'gptq' (rounding with error feedback through the
@@ -91,6 +95,9 @@ class Recipe:
     lowrank_method: str = declared("svd", Field(
         str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs",
         choices=LOWRANK_METHODS, url="lowrank"))
+    share_blocks: int = declared(SHARE_BLOCKS, Field(
+        int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", url="share",
+        per_layer=False))
     prune_method: str = declared("magnitude", Field(
         str, "magnitude (default) or wanda: |W| x input column norm, per output row", choices=PRUNE_METHODS,
         url="prune"))
@@ -163,6 +170,7 @@ class Recipe:
             raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
         for field, value in format_fields(self).items():
             object.__setattr__(self, field, value)
+        check_shared(self)
         if self.group not in GROUPS:
             raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
@@ -182,7 +190,8 @@ class Recipe:
     def structure_key(self) -> tuple:
         """What a layer's shape (low rank and pruning mask) depends on: recipes equal on it
         differ only in quantization."""
-        return (self.rank, self.rank_ratio, self.sparsity, self.pattern, self.lowrank_method, self.prune_method)
+        return (self.rank, self.rank_ratio, self.sparsity, self.pattern, self.lowrank_method, self.prune_method,
+                self.share_blocks)
 
     @property
     def calibrated(self) -> bool:
@@ -218,6 +227,8 @@ class Recipe:
         if fields.get("quant_method") not in (None, "gptq") and "act_order" not in fields:
             d["act_order"] = False
         d.update(format_update(d, fields))
+        if fields.get("lowrank_method") not in (None, "shared") and "share_blocks" not in fields:
+            d["share_blocks"] = SHARE_BLOCKS
         return Recipe.from_dict({**d, **fields})
 
     def for_layer(self, name: str) -> "Recipe":
@@ -284,6 +295,7 @@ class Recipe:
         """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
         parts = []
         low = " whitened" if self.lowrank_method == "whitened" else ""
+        low = f" shared by {self.share_blocks} blocks" if self.lowrank_method == "shared" else low
         if self.rank is not None:
             parts.append(f"rank {self.rank}{low}")
         elif self.rank_ratio is not None and self.rank_ratio < 1:

@@ -38,6 +38,10 @@ NO_IMPORTANCE = ("mxfp4",)  # llama.cpp's quantizer for these takes no importanc
 NO_IMPORTANCE += FLOAT_FORMATS  # nor do the float formats' (round to nearest)
 DISTILL_LR = 1e-4
 CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
+# Basis Sharing: layers of one kind in neighbouring blocks share one whitened basis (engine.sharing)
+LOWRANK_METHODS = (*LOWRANK_METHODS, "shared")
+CALIBRATED = CALIBRATED | {"shared"}
+SHARE_BLOCKS = 2  # default blocks per group that share one basis
 
 
 class RecipeError(UserError):
@@ -132,6 +136,28 @@ def parse_rules(rules: object, fields: dict) -> tuple:
     return tuple(out)
 
 
+
+
+def check_shared(r) -> None:
+    """What a shared basis cannot hold, refused in one line naming the field: the basis is one
+    matrix stored once, so every step that would treat it per layer (GPTQ and Wanda use one
+    layer's inputs, distillation trains each layer apart) would make it differ between layers."""
+    if not_int(r.share_blocks) or not 2 <= r.share_blocks <= 64:
+        raise RecipeError(f"share_blocks: must be an integer from 2 to 64, got {r.share_blocks!r}")
+    if r.lowrank_method != "shared":
+        if r.share_blocks != SHARE_BLOCKS:
+            raise RecipeError("share_blocks: only with lowrank_method shared")
+        return
+    if r.rank is None and r.rank_ratio is None:
+        return
+    if r.bits < 16 and r.quant_method == "gptq":
+        raise RecipeError("quant_method: gptq quantizes each layer's factors with its own inputs; a shared basis "
+                          "is quantized once (use rtn or kmeans with lowrank_method shared)")
+    if r.sparsity > 0 and r.prune_method == "wanda":
+        raise RecipeError("prune_method: wanda scores by one layer's inputs; a shared basis is pruned once "
+                          "(use magnitude with lowrank_method shared)")
+    if r.distill_steps:
+        raise RecipeError("distill_steps: distillation trains each layer apart and would split a shared basis")
 
 
 _QUANT_DEFAULTS = {"bits": 16, "granularity": "group", "group_size": 128, "symmetric": True}

@@ -121,6 +121,7 @@ def build(work, dtype: torch.dtype = torch.bfloat16) -> Runtime:
     ex = work.explorer
     model = cast(work.model, dtype)
     rows, stacked = [], set()
+    bases: dict[tuple, kernels.Matmul] = {}  # a basis shared by a group of layers (engine.sharing): one module
     for info in ex.layers:
         if info.index is not None or info.role == "router":  # a matrix inside a parameter
             module_name = info.param_name.rpartition(".")[0]
@@ -140,7 +141,11 @@ def build(work, dtype: torch.dtype = torch.bfloat16) -> Runtime:
             if stored is None:
                 mats = [kernels.Dense(module.stored.matrix().detach(), dtype, "left at 16 bits")]
             else:
-                mats = [kernels.matmul(m, stored.recipe, dtype) for m in stored.matrices]
+                group = stored.share.group if stored.share is not None else None
+                mats = [bases[group] if k == 1 and group in bases else kernels.matmul(m, stored.recipe, dtype)
+                        for k, m in enumerate(stored.matrices)]
+                if group is not None:
+                    bases.setdefault(group, mats[1])
             new = KernelLinear(mats, bias)
             rows.append(LayerKernel(info.name, new.label, "; ".join(m.note for m in reversed(mats) if m.note)))
         else:

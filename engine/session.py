@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from . import calibrate, methods, transforms
+from . import calibrate, methods, sharing, transforms
 from .calibrate import Calibration
 from .evaluate import make_evaluator
 from .errors import UserError
@@ -97,6 +97,39 @@ class Explorer:
             if name not in self._svd:
                 self._svd[name] = transforms.svd(self.weight(name))
             return self._svd[name]
+
+    def shared_factors(self, share) -> list:
+        """Per layer of a group that shares one basis (an engine.sharing.Share), in its order,
+        (U_i, s, V^T S^-1) of the group's stacked whitened SVD (methods.shared_whitened_svd),
+        computed once and cached; a group of one layer takes its whitened SVD (`factors`)."""
+        if len(share.group) == 1:
+            return [self.factors(share.owner, "whitened")]
+        key = ("shared", share.group)
+        with self._lock:
+            if key not in self._svd:
+                self._svd[key] = methods.shared_whitened_svd([self.weight(n) for n in share.group],
+                                                             [self.hessian(n) for n in share.group])
+            return self._svd[key]
+
+    def sharing(self, recipe: Recipe) -> dict:
+        """Layer name -> its engine.sharing.Share, for the layers `recipe` shares a basis between."""
+        return sharing.groups(self.selected(recipe), recipe)
+
+    def shared_spectrum(self, share) -> dict:
+        """The spectrum of a group's stacked whitened matrix [W_1; ...; W_N] S, as `spectrum`
+        gives a layer's, at the group's basis rank."""
+        s = self.shared_factors(share)[0][1]
+        e = s.double().square().cumsum(0)
+        out, inp = self.layer(share.owner).shape
+        return {"name": " + ".join(share.group), "shape": [len(share.group) * out, inp],
+                "singular_values": s.tolist(), "energy": (e / e[-1]).tolist() if e[-1] > 0 else [1.0] * len(s),
+                "rank": share.rank, "energy_kept": transforms.energy_kept(s, share.rank),
+                "break_even_rank": transforms.break_even_rank(len(share.group) * out, inp)}
+
+    def sharing_table(self, recipe: Recipe) -> list[dict]:
+        """The groups of layers that share one basis under `recipe` (engine.sharing.table), with
+        the energy of the stacked whitened spectrum kept at the basis rank."""
+        return sharing.table(self.selected(recipe), recipe, lambda share: self.shared_spectrum(share)["energy_kept"])
 
     # -- calibration ----------------------------------------------------------------------
     def calibration(self) -> Calibration:

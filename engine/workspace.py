@@ -123,6 +123,7 @@ class Workspace:
         ex = self.explorer
         self._share_parameters()
         reports = []
+        shares = ex.sharing(recipe)  # the layers that share a basis with their neighbours (engine.sharing)
         with torch.inference_mode():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -132,23 +133,24 @@ class Workspace:
                     reports.append(LayerReport.left_alone(info))
                     continue
                 lr = recipe.for_layer(info.name)
-                before = old.pop(info.name, None)
                 h = ex.hessian(info.name) if lr.calibrated else None
-                if before is not None and before.recipe == lr and pipeline.reusable(before, lr):
+                before, share = old.pop(info.name, None), shares.get(info.name)
+                layer_factors = (lambda n=info.name: factors(n, lr.lowrank_method)) if share is None else (
+                    lambda n=info.name, s=share: ex.shared_factors(s)[s.index(n)])
+                if before is not None and before.recipe == lr and pipeline.reusable(before, lr, share):
                     stored = before  # the same recipe as before: the same values
-                elif pipeline.reusable(before, lr):  # shaped as before: only quantize
+                elif pipeline.reusable(before, lr, share):  # shaped as before: only quantize
                     stored = pipeline.requantize(before, lr, h)
                 else:
-                    stored = pipeline.compress(info.name, ex.weight(info.name), lr,
-                                               lambda n=info.name: factors(n, lr.lowrank_method),
-                                               lambda n=info.name: ex.sorted_abs(n), h)
+                    stored = pipeline.compress(info.name, ex.weight(info.name), lr, layer_factors,
+                                               lambda n=info.name: ex.sorted_abs(n), h, share)
                 if _plain_fp16(stored):  # the layer at 16 bits, dense, unpruned: the shared rounded copy
                     stored = stored.with_values((ex.fp16_weight(info.name),))
                 self._stored[info.name] = stored
                 self.holders[info.name].fill(stored.tensors())
                 energy = None
                 if stored.rank is not None:
-                    energy = transforms.energy_kept(factors(info.name, lr.lowrank_method)[1], stored.rank)
+                    energy = transforms.energy_kept(layer_factors()[1], stored.rank)
                 reports.append(stored.report(info, energy))
         return reports
 
@@ -185,6 +187,7 @@ class Workspace:
         applied = self.applied
         if applied is None or applied.distillation is not None or applied.export is not None:
             raise ValueError("distill: apply a recipe without distillation first")
+        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)  # checked before training
         parts = [Trainable(self.holders[name], tuple(m.unquantized for m in s.matrices),
                            tuple(m.grid for m in s.matrices), tuple(m.keep for m in s.matrices), s.recipe)
                  for name, s in self._stored.items()]
@@ -195,7 +198,6 @@ class Workspace:
             self.applied = None
             raise
         self._stored = {name: s.with_values(self.holders[name].tensors()) for name, s in self._stored.items()}
-        recipe = dataclasses.replace(applied.recipe, distill_steps=steps, distill_lr=lr)
         self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
                                            seconds=applied.seconds + report.seconds)
         return self.applied

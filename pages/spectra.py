@@ -31,9 +31,38 @@ def one_layer():
                f"{spec['rank_for_90pct_energy']}."
                + ("" if name in chosen else " This layer is not selected by the current layer choice."))
     st.plotly_chart(charts.spectrum(spec), config=charts.PNG, key="spectra_one")
+    share = shares.get(name)
+    if share is not None and len(share.group) > 1:  # its basis is shared: the stacked spectrum beside
+        stacked = context.shielded("The stacked spectrum", ex.shared_spectrum, share)
+        if stacked is not None:
+            others = ", ".join(n for n in share.group if n != name)
+            st.caption(f"{name} shares one basis of rank {share.rank} with {others}: the spectrum of their "
+                       f"stacked whitened weights ({stacked['shape'][0]} × {stacked['shape'][1]}), whose top "
+                       f"{share.rank} directions they all use.")
+            st.plotly_chart(charts.spectrum(stacked), config=charts.PNG, key="spectra_stacked")
 
 
+def shared_groups():
+    """Which layers share one basis under the recipe, and what sharing saves."""
+    st.subheader("Layers that share one basis", help=CONCEPTS["share_blocks"])
+    rows = context.shielded("The shared bases", ex.sharing_table, recipe)
+    if not rows:
+        return
+    st.caption(f"Layers of one kind in {recipe.share_blocks} neighbouring blocks share one basis B (k × in), stored "
+               "once; each keeps its own coefficients A_i (out × k). The basis rank k is the largest whose group "
+               "stores no more values than per-layer whitened SVD at the recipe's rank r.")
+    st.dataframe([{"layers": r["kind"], "blocks": ", ".join(str(b) for b in r["blocks"]),
+                   "shape (out × in)": f"{r['shape'][0]} × {r['shape'][1]}", "basis rank k": r["rank"],
+                   "per-layer rank r": r["per_layer_rank"],
+                   "bytes saved at 16 bits": 2 * (r["per_layer_values"] - r["shared_values"]),
+                   "energy kept at k (stacked)": f"{r['energy_kept']:.2%}"} for r in rows],
+                 hide_index=True, width="stretch")
+
+
+shares = ex.sharing(recipe) if recipe.lowrank_method == "shared" else {}
 one_layer()
+if shares:
+    shared_groups()
 context.mark("spectrum")
 st.subheader("All layers: energy kept by rank", help=CONCEPTS["energy_kept"])
 st.caption("Each row is a layer, each column a rank as a fraction of that layer's full rank; brighter keeps more. "

@@ -25,6 +25,8 @@ DEFAULTS = Recipe().to_dict()
 METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
                  "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)"}
+METHOD_LABELS["shared"] = "Basis shared across blocks (calibrated)"
+SHARE_BLOCKS = (2, 3, 4, 6)
 FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
                                                       for f, t in TYPES.items()},
                  **{f: f"{f.upper()} ({t.bits_per_value:g} bits/value)" for f, t in FLOAT_TYPES.items()}}
@@ -74,6 +76,9 @@ CONTROLS: dict[str, Control] = {
                           CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"], span=(0.05, 1.0, 0.05), off=1.0),
     "lowrank_method": Control("Low rank", "Low-rank method", "selectbox", CONCEPTS["lowrank_method"],
                               labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
+    "share_blocks": Control("Low rank", "Blocks sharing one basis", "select_slider", CONCEPTS["share_blocks"],
+                            options=SHARE_BLOCKS, enabled=lambda v: v["rank_ratio"] < 1,
+                            shown=lambda v: v["lowrank_method"] == "shared"),
     "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
                              labels=FORMAT_LABELS),
     "double_quant": Control("Quantization", "Double quantization", "toggle", CONCEPTS["double_quant"],
@@ -142,6 +147,7 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     d["layers"] = (d["layers"] or "").strip() or None
     d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
     d["double_quant"] = bool(v["double_quant"]) and v["number_format"] in DOUBLE_QUANT_FORMATS
+    d["share_blocks"] = v["share_blocks"] if v["lowrank_method"] == "shared" else DEFAULTS["share_blocks"]
     if v["number_format"] != "int":  # the format sets them
         d = {f: x for f, x in d.items() if f not in FORMAT_FIXES}
     return Recipe.from_dict({**d, "per_layer": per_layer})
@@ -166,6 +172,9 @@ def set_controls(r: Recipe, name: str) -> str | None:
     if r.group_size not in GROUP_SIZES:
         problems.append(f"group size {r.group_size} is not offered here; shown as 128")
         r = r.updated(group_size=128)
+    if r.share_blocks not in SHARE_BLOCKS:
+        problems.append(f"{r.share_blocks} blocks sharing a basis is not offered here; shown as 2")
+        r = r.updated(share_blocks=2)
     if r.pattern not in PATTERNS:
         problems.append(f"pattern {r.pattern} is not offered here; shown as unstructured")
         r = r.updated(pattern="unstructured", sparsity=0.0)

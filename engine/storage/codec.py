@@ -31,7 +31,9 @@ import torch
 from .. import floats, ggml
 from ..memory import TensorBytes
 from ..methods import codebook_index
+from ..errors import UserError
 from ..pipeline import Grid, StoredLayer, StoredMatrix
+from ..sharing import SHARED, Share
 from ..transforms import code_offset, dequantize, per_entry, quantize
 from . import huffman, pack
 
@@ -188,9 +190,15 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
 def encode_layer(stored: StoredLayer, entropy: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """A compressed layer's tensors as stored, keyed '<W|A|B>.<values|scales|zeros|mask|col|
     rowptr|nm_index|codebook|huffman|code_lengths|runs>', and per matrix its shape, kept count,
-    format, bytes by component and coding."""
+    format, bytes by component and coding. A basis shared with another layer (engine.sharing)
+    is not written again: its part names the layer that stores it (`shared_with`)."""
     tensors, parts = {}, []
     for label, m in zip(stored.labels, stored.matrices):
+        if m.bytes.format == SHARED.format:
+            parts.append({"matrix": label, "shape": list(m.values.shape), "kept": m.kept, "format": SHARED.format,
+                          "values": 0, "scales": 0, "index": 0, "coding": "fixed", "values_written": 0,
+                          "shared_with": stored.share.owner})
+            continue
         enc = encode_matrix(m.values, m.keep, m.grid, stored.recipe, m.bytes.format, entropy)
         tensors.update({f"{label}.{k}": t for k, t in enc.tensors.items()})
         parts.append({"matrix": label, "shape": list(m.values.shape), "kept": m.kept, "format": m.bytes.format,
@@ -200,12 +208,22 @@ def encode_layer(stored: StoredLayer, entropy: bool = False) -> tuple[dict[str, 
 
 
 def decode_layer(name: str, shape, recipe, rank: int | None, parts: list[dict],
-                 tensors: dict[str, torch.Tensor]) -> StoredLayer:
-    """The inverse of `encode_layer`: the layer read back from its tensors and parts."""
+                 tensors: dict[str, torch.Tensor], share: Share | None = None,
+                 decoded: dict | None = None) -> StoredLayer:
+    """The inverse of `encode_layer`: the layer read back from its tensors and parts; a shared
+    basis is taken from the layer that stores it, among `decoded` (name -> StoredLayer)."""
     mats = []
     for p in parts:
+        if p["format"] == SHARED.format:
+            owner = (decoded or {}).get(p.get("shared_with"))
+            if owner is None:
+                raise UserError(f"layer {name}: its shared basis is stored with {p.get('shared_with')}, "
+                                "which the export does not hold before it")
+            m = owner.matrices[1]
+            mats.append(StoredMatrix(m.values, m.grid, m.keep, m.kept, SHARED))
+            continue
         t = {k[len(p["matrix"]) + 1:]: v for k, v in tensors.items() if k.startswith(p["matrix"] + ".")}
         values, grid, keep = decode_matrix(t, tuple(p["shape"]), p["kept"], recipe, p["format"])
         mats.append(StoredMatrix(values, grid, keep, p["kept"],
                                  TensorBytes(p["values"], p["scales"], p["index"], p["format"])))
-    return StoredLayer(name, tuple(shape), recipe, rank, tuple(mats))
+    return StoredLayer(name, tuple(shape), recipe, rank, tuple(mats), share)

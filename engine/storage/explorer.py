@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..sharing import Share
 from .codec import decode_layer, encode_layer
 
 FORMAT = "compression-explorer export"
@@ -114,6 +115,8 @@ def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
         tensors.update({f"{info.name}/{key}": t.cpu() for key, t in enc.items()})
         layers.append({"name": info.name, "shape": list(info.shape), "rank": stored.rank,
                        "recipe": stored.recipe.to_dict(), "parts": parts})
+        if stored.share is not None:  # one basis for its group, written with the group's first layer
+            layers[-1]["share"] = {"group": list(stored.share.group), "rank": stored.share.rank}
     for name, p in work.model.named_parameters():
         tensors[f"param/{name}"] = p.detach().cpu().half().contiguous()
     data_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -244,7 +247,8 @@ def load_into(work, folder: str | os.PathLike):
             alone[info.name] = tensors[f"{info.name}/weight"].to(device, torch.float32)
             continue
         prefix = f"{info.name}/"
+        share = Share(tuple(layer["share"]["group"]), layer["share"]["rank"]) if "share" in layer else None
         stored[info.name] = decode_layer(
             info.name, info.shape, Recipe.from_dict(layer["recipe"]), layer["rank"], layer["parts"],
-            {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)})
+            {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}, share, stored)
     return work.hold(recipe, stored, alone, params, time.perf_counter() - t0, export=str(folder))
