@@ -213,6 +213,8 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
             why = "no kernel for k-means codebooks"
         elif m.grid.ggml is not None:
             module, why = _ggml(m, dtype)
+        elif m.grid.channel is not None:
+            why = "no kernel divides the inputs by AWQ's channel scales"
         elif m.grid.scale is not None:
             module, why = _quantized(m, recipe, dtype)
         elif m.keep is not None:

@@ -18,8 +18,9 @@ GRANULARITIES = ("tensor", "channel", "group")
 GROUPS = ("all", "attention", "mlp", "experts", "router")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 LOWRANK_METHODS = ("svd", "whitened")
-PRUNE_METHODS = ("magnitude", "wanda")
-QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
+QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix", "hqq", "awq")
+OWN_GRID_ONLY = ("hqq", "awq")  # methods that fit the explorer's own grid, not llama.cpp's blocks
 # 'int': the explorer's own integer grid (bits, granularity, group size, symmetric); the rest are
 # llama.cpp's GGML types (engine.ggml), which fix the bits and the blocks themselves
 LEGACY_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
@@ -30,7 +31,7 @@ FORMAT_GRID = {"q4_0": (4, 32, True), "q4_1": (4, 32, False), "q5_0": (5, 32, Tr
                "q5_k": (5, 256, False), "q6_k": (6, 256, True), "mxfp4": (4, 32, True)}
 NO_IMPORTANCE = ("mxfp4",)  # llama.cpp's quantizer for these takes no importance matrix
 DISTILL_LR = 1e-4
-CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
+CALIBRATED = {"whitened", "wanda", "gptq", "imatrix", "awq", "sparsegpt"}  # methods that need the calibration statistics
 
 
 class RecipeError(UserError):
@@ -148,6 +149,9 @@ def format_fields(r) -> dict:
         if getattr(r, field) not in (value, _QUANT_DEFAULTS[field]):
             raise RecipeError(f"{field}: number format {fmt} fixes it at {value!r}, got {getattr(r, field)!r} "
                               f"(leave {field} out)")
+    if r.quant_method in OWN_GRID_ONLY:
+        raise RecipeError(f"quant_method: {r.quant_method} fits the explorer's own grid, not {fmt}'s blocks "
+                          "(use number_format int)")
     if r.quant_method == "kmeans" or (r.quant_method == "gptq" and fmt not in LEGACY_FORMATS) or (
             r.quant_method == "imatrix" and fmt in NO_IMPORTANCE):
         raise RecipeError(f"quant_method: {r.quant_method} does not run on {fmt}"
@@ -180,5 +184,7 @@ def format_update(current: dict, fields: dict) -> dict:
             (fmt == "int" and method == "imatrix")
             or (fmt != "int" and (method == "kmeans" or (method == "gptq" and fmt not in LEGACY_FORMATS)
                                   or (method == "imatrix" and fmt in NO_IMPORTANCE)))):
+        out["quant_method"] = "rtn"
+    if "quant_method" not in fields and fmt != "int" and method in OWN_GRID_ONLY:
         out["quant_method"] = "rtn"
     return out

@@ -46,6 +46,8 @@ def scheme(stored, info) -> tuple[dict | None, str]:
             return None, f"llama.cpp's {m.grid.ggml} (no compressed-tensors grid holds it)"
         bits = 4 if m.grid.ggml == "q4_0" else 8
         return {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}, ""
+    if m.grid.channel is not None:
+        return None, "AWQ's channel scales (stored per layer; no compressed-tensors field holds them)"
     if m.grid.codebook is not None or m.grid.scale is None:
         return None, "a k-means codebook" if m.grid.codebook is not None else "fp16"
     if r.bits not in (4, 8) or r.granularity == "tensor":
