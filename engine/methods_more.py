@@ -157,7 +157,7 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
     length), as engine.transforms.nm_mask). Returns (values, keep-mask); pruned values are 0.
     """
     rows, cols = w.shape
-    W = w.clone().float()
+    W = w.float().clone(memory_format=torch.contiguous_format)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(_damped(h.float(), damp))),
                                  upper=True)
     if nm is not None:
@@ -170,7 +170,7 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
         W1, Hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         d = Hinv1.diagonal()
         err1 = torch.zeros_like(W1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
         if nm is None:
             share = round(total * i2 / cols) - done
             done += share
