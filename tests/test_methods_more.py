@@ -173,13 +173,15 @@ def test_the_packed_codec_round_trips_each_method(recipe):
     assert recipe.quant_method != "awq" or torch.equal(back.matrices[0].grid.channel, stored.matrices[0].grid.channel)
 
 
+ONE = r"layer\.0\.attention\.self\.query"  # one layer: the methods' cost, not the model's
+
+
 def test_command_line_runs_each_method_on_minilm():
     out = run_json("minilm", "--bits", "4", "--quant-method", "awq", "--sparsity", "0.5", "--prune-method",
-                   "sparsegpt", "--layers", r"layer\.0\.attention\.self\.query", "--quick")
+                   "sparsegpt", "--layers", ONE, "--quick")
     assert out["recipe"]["quant_method"] == "awq" and out["recipe"]["prune_method"] == "sparsegpt"
     assert out["calibration"]["samples"] == 32 and 0.5 < out["metrics"]["cosine_to_original"] < 1
-    hqq = run_json("minilm", "--bits", "3", "--asymmetric", "--quant-method", "hqq", "--layers", r"layer\.0\.attention\.self\.query",
-                   "--quick")
+    hqq = run_json("minilm", "--bits", "3", "--asymmetric", "--quant-method", "hqq", "--layers", ONE, "--quick")
     assert hqq["calibration"] is None and 0.5 < hqq["metrics"]["cosine_to_original"] < 1
-    rtn = run_json("minilm", "--bits", "3", "--asymmetric", "--layers", r"layer\.0\.attention\.self\.query", "--quick")
+    rtn = run_json("minilm", "--bits", "3", "--asymmetric", "--layers", ONE, "--quick")
     assert hqq["memory"]["compressed_bytes"] == rtn["memory"]["compressed_bytes"]

@@ -23,7 +23,8 @@ FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()
 METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
-                 "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)"}
+                 "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)",
+                 "hqq": "HQQ (half-quadratic fit)", "awq": "AWQ (calibrated)", "sparsegpt": "SparseGPT (calibrated)"}
 FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
                                                       for f, t in TYPES.items()}}
 FORMAT_FIXES = ("bits", "granularity", "group_size", "symmetric")  # what a llama.cpp format sets itself
