@@ -19,7 +19,7 @@ import math
 import torch
 
 from .storage import codec, huffman
-from .transforms import _grouped, code_offset, dequantize, magnitude_mask, nm_mask
+from .transforms import _grouped, code_offset, dequantize, magnitude_mask, nm_mask, on_grid
 
 CROP = 48  # values a side of the matrix crops
 HEAT_ROWS = 192  # rows of a heatmap before rows are pooled (max over neighbouring rows)
@@ -76,7 +76,10 @@ def quantization(work, name: str, group: int | None = None) -> dict:
     bits, sym = recipe.bits, recipe.symmetric
     ch = 1.0 if m.grid.channel is None else m.grid.channel.float()  # AWQ: the grid holds W diag(s)
     before, _ = _grouped(m.unquantized.float() * ch, recipe.granularity, recipe.group_size)
-    after, _ = _grouped(m.values.float() * ch, recipe.granularity, recipe.group_size)
+    on = m.values.float() if m.grid.channel is None else on_grid(
+        m.values.float() * ch, m.grid.scale.float(), m.grid.zero.float(), recipe.bits, recipe.granularity,
+        recipe.group_size, recipe.symmetric)  # AWQ: (the grid / s) x s, back on the grid exactly
+    after, _ = _grouped(on, recipe.granularity, recipe.group_size)
     scale, zero = m.grid.scale.float(), m.grid.zero.float()
     g = int(scale.argmax()) if group is None else int(group)
     if not 0 <= g < scale.numel():
