@@ -93,8 +93,7 @@ class Recipe:
         choices=LOWRANK_METHODS, url="lowrank"))
     prune_method: str = declared("magnitude", Field(
         str, "magnitude (default); wanda: |W| x input column norm, per output row; sparsegpt: OBS weight update",
-        choices=PRUNE_METHODS,
-        url="prune"))
+        choices=PRUNE_METHODS, url="prune"))
     quant_method: str = declared("rtn", Field(
         str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook; hqq; awq",
         choices=QUANT_METHODS, url="quant"))
