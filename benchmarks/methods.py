@@ -6,13 +6,16 @@ workspace and scored with the full evaluation protocol; the compressed bytes of 
 factors of all compressible layers hold 80% of their parameters in all (the planner is
 measured by benchmarks/planner.py). Distillation: an aggressive recipe (3 bits, group 128, 50% unstructured) scored before and
 after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
-then the distillation's time). Basis sharing: per-layer whitened SVD at that rank ratio beside
-one basis shared by 2 and by 3 neighbouring blocks, whose rank stores no more (engine.sharing):
-the shared rows may hold a few bytes fewer (the rank is rounded down), never more; and sharing
-split as the authors' configurations split it (the attention output and down projections keep
-per-layer whitened SVD).
+then the distillation's time). HQQ is measured on the asymmetric grid (its zero-point is what
+it fits) beside round to nearest and GPTQ on the same grid; AWQ beside round to nearest on the
+symmetric grid, storing more than it by exactly its fp16 channel scales (2 bytes per input
+column of every compressed matrix; the script checks that difference). Basis sharing: per-layer
+whitened SVD at that rank ratio beside one basis shared by 2 and by 3 neighbouring blocks, whose
+rank stores no more (engine.sharing): the shared rows may hold a few bytes fewer (the rank is
+rounded down), never more; and sharing split as the authors' configurations split it (the
+attention output and down projections keep per-layer whitened SVD).
 
-    .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--pairs sharing] [--json]
+    .venv/bin/python benchmarks/methods.py [--models minilm,smollm2] [--only pairs] [--pairs hqq4,sharing] [--json]
 """
 from __future__ import annotations
 
@@ -41,53 +44,74 @@ def ratio_for_params(ex: Explorer, fraction: float) -> float:
     return round(lo, 4)
 
 
-def pairs(ex: Explorer) -> list[tuple[str, Recipe, list[Recipe]]]:
-    ratio = ratio_for_params(ex, 0.8)
-    return [
-        ("50% unstructured", Recipe(sparsity=0.5), [Recipe(sparsity=0.5, prune_method="wanda")]),
-        ("2:4", Recipe(pattern="2:4"), [Recipe(pattern="2:4", prune_method="wanda")]),
-        ("4 bits, group 128", Recipe(bits=4),
-         [Recipe(bits=4, quant_method="gptq"), Recipe(bits=4, quant_method="gptq", act_order=True)]),
-        ("3 bits, group 128", Recipe(bits=3),
-         [Recipe(bits=3, quant_method="gptq"), Recipe(bits=3, quant_method="gptq", act_order=True)]),
-        (f"low rank, 80% of parameters (ratio {ratio})", Recipe(rank_ratio=ratio),
-         [Recipe(rank_ratio=ratio, lowrank_method="whitened")]),
-        (f"basis sharing, low rank at 80% of parameters (ratio {ratio})",
-         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
-         [Recipe(rank_ratio=ratio, lowrank_method="shared", share_blocks=n) for n in (2, 3)]),
-        (f"basis sharing, the authors' split (o and down per layer), 80% of parameters (ratio {ratio})",
-         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
-         [Recipe(rank_ratio=ratio, lowrank_method="shared",
-                 per_layer=[{"match": OWN_BASIS, "lowrank_method": "whitened"}])]),
-    ]
+def pairs(ex: Explorer, only: list[str] | None = None) -> list[tuple[str, Recipe, list[Recipe]]]:
+    """The pairs keyed in PAIRS (`only`: those keys, in that order), each (label, plain recipe,
+    method recipes)."""
+    keyed = dict(zip(PAIRS, _pairs(ex, only)))
+    return [keyed[key] for key in (only or PAIRS)]
 
 
+PAIRS = ("prune50", "prune24", "q4", "q3", "lowrank", "hqq4", "hqq3", "awq4", "awq3", "sharing", "split")
 # the layers the authors of Basis Sharing keep apart (their configs' private_part): the attention
 # output and the MLP's down projection (BERT's attention.output.dense and output.dense, Llama's o_proj
 # and down_proj); every other layer shares
 OWN_BASIS = r"output\.dense$|o_proj$|down_proj$"
 
 
+def _pairs(ex: Explorer, only: list[str] | None):
+    ratio = ratio_for_params(ex, 0.8) if only is None or {"lowrank", "sharing", "split"} & set(only) else None
+    return [
+        ("50% unstructured", Recipe(sparsity=0.5), [Recipe(sparsity=0.5, prune_method="wanda"),
+                                                    Recipe(sparsity=0.5, prune_method="sparsegpt")]),
+        ("2:4", Recipe(pattern="2:4"), [Recipe(pattern="2:4", prune_method="wanda"),
+                                        Recipe(pattern="2:4", prune_method="sparsegpt")]),
+        ("4 bits, group 128", Recipe(bits=4),
+         [Recipe(bits=4, quant_method="gptq"), Recipe(bits=4, quant_method="gptq", act_order=True)]),
+        ("3 bits, group 128", Recipe(bits=3),
+         [Recipe(bits=3, quant_method="gptq"), Recipe(bits=3, quant_method="gptq", act_order=True)]),
+        (f"low rank, 80% of parameters (ratio {ratio})", Recipe(rank_ratio=ratio),
+         [Recipe(rank_ratio=ratio, lowrank_method="whitened")]) if ratio else None,
+        *[(f"{b} bits, group 128, asymmetric", Recipe(bits=b, symmetric=False),
+           [Recipe(bits=b, symmetric=False, quant_method="hqq"), Recipe(bits=b, symmetric=False, quant_method="gptq")])
+          for b in (4, 3)],
+        *[(f"{b} bits, group 128 (AWQ)", Recipe(bits=b), [Recipe(bits=b, quant_method="awq")]) for b in (4, 3)],
+        (f"basis sharing, low rank at 80% of parameters (ratio {ratio})",
+         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
+         [Recipe(rank_ratio=ratio, lowrank_method="shared", share_blocks=n) for n in (2, 3)]) if ratio else None,
+        (f"basis sharing, the authors' split (o and down per layer), 80% of parameters (ratio {ratio})",
+         Recipe(rank_ratio=ratio, lowrank_method="whitened"),
+         [Recipe(rank_ratio=ratio, lowrank_method="shared",
+                 per_layer=[{"match": OWN_BASIS, "lowrank_method": "whitened"}])]) if ratio else None,
+    ]
+
+
+def awq_extra(ex: Explorer, recipe: Recipe) -> int:
+    """The bytes AWQ stores beyond round to nearest: an fp16 scale per input column of every
+    compressed matrix (the pairs here use no low rank: one matrix per layer)."""
+    return 2 * sum(i.shape[1] for i in ex.selected(recipe)) if recipe.quant_method == "awq" else 0
+
+
 DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
 DISTILL_STEPS = 64  # two passes over the 128 calibration paragraphs, 4 per step
 
 
-def run_model(ref: str, with_pairs: bool = True, with_distill: bool = True, only_pairs: str | None = None) -> dict:
+def run_model(ref: str, with_pairs: bool = True, with_distill: bool = True, only: list[str] | None = None) -> dict:
     ex = Explorer.open(ref)
     work = ex.workspace()
     ev = ex.evaluator()
     cal = ex.calibration()
     rows = []
-    for label, plain, others in (pairs(ex) if with_pairs else []):
-        if only_pairs and not any(k in label for k in only_pairs.split(",")):
-            continue
+    for label, plain, others in (pairs(ex, only) if with_pairs else []):
         for recipe in (plain, *others):
             t0 = time.perf_counter()
             applied = work.apply(recipe)
             apply_s = time.perf_counter() - t0
             rows.append({"setting": label, "recipe": recipe.describe(), "bytes": applied.memory.compressed_bytes,
-                         "apply_s": apply_s, **work.evaluate()})
-        sizes = [r["bytes"] for r in rows if r["setting"] == label]
+                         "apply_s": apply_s, "extra": awq_extra(ex, recipe), **work.evaluate()})
+            print(f"{ref} | {label} | {recipe.describe()} | {rows[-1]['bytes']} B | {apply_s:.1f} s | "
+                  + " ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if isinstance(v, float) and k != "apply_s"),
+                  file=sys.stderr, flush=True)
+        sizes = [r["bytes"] - r["extra"] for r in rows if r["setting"] == label]
         if "sharing" in label:  # the shared rank is rounded down: never more bytes than the plain
             assert max(sizes[1:]) <= sizes[0], f"{label}: more bytes than the plain"
         else:
@@ -108,13 +132,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--only", choices=("pairs", "distill"), help="only the method pairs, or only distillation")
-    ap.add_argument("--pairs", help="only the pairs whose setting contains one of these comma-separated words, "
-                    "e.g. sharing (implies --only pairs)")
+    ap.add_argument("--pairs", help=f"only these pairs, comma-separated, of {','.join(PAIRS)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    only = "pairs" if args.pairs else args.only
-    parts = [only in (None, k) for k in ("pairs", "distill")]
-    results = [run_model(m, *parts, only_pairs=args.pairs) for m in args.models.split(",")]
+    parts = [("pairs" if args.pairs else args.only) in (None, k) for k in ("pairs", "distill")]  # --pairs: pairs only
+    only = None if not args.pairs else args.pairs.split(",")
+    if only and not set(only) <= set(PAIRS):
+        ap.error(f"--pairs: unknown {', '.join(sorted(set(only) - set(PAIRS)))}; known: {', '.join(PAIRS)}")
+    results = [run_model(m, *parts, only=only) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return

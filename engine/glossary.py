@@ -51,13 +51,19 @@ CONCEPTS = {
                     "share one whitened basis B, stored once, and keep their own coefficients A_i; the basis rank "
                     "is chosen so that a group stores no more than per-layer whitened SVD at the same rank.",
     "prune_method": "Magnitude drops the smallest |W| of the whole matrix; Wanda drops the smallest |W| x input "
-                    "column norm within each output row (same count, same bytes).",
+                    "column norm within each output row (same count, same bytes); SparseGPT goes column by column "
+                    "as GPTQ does, zeroes what matters least to the outputs and moves what it held onto the "
+                    "weights not yet reached, through the input statistics (same count, same bytes).",
     "quant_method": "RTN rounds every weight to its nearest level; GPTQ rounds column by column and pushes each "
                     "rounding error onto the columns not yet rounded, weighted by the input statistics (same "
                     "grid, same bytes); k-means replaces the weights by 2^b shared values found per layer, "
                     "stored as b-bit indices plus a codebook; the importance matrix (llama.cpp's imatrix) weights "
                     "llama.cpp's own search for each block's scale by each input's mean square on the "
-                    "calibration text.",
+                    "calibration text; HQQ fits each group's scale and zero-point to the weights by "
+                    "half-quadratic optimization, letting outliers keep their error (no calibration; same grid, "
+                    "same bytes); AWQ multiplies each input column by its input magnitude to a searched power "
+                    "before rounding, so the weights that meet large inputs round finer, and stores those "
+                    "column scales (fp16 per input).",
     "number_format": "How codes become numbers: the explorer's own integer grid (bits, scales per tensor, "
                      "channel or group, optional zero-point), or one of llama.cpp's GGML types, which fix the "
                      "blocks themselves: q4_0 to q8_0 keep an fp16 scale (and minimum) per 32 values; the "
@@ -127,6 +133,8 @@ A &= U_r \Sigma_r,\quad B = V_r^\top \\
 \tau &= \text{the } \lceil s\,mn \rceil\text{-th smallest } |W_{ij}| \end{aligned}""",
     "wanda": r"""\begin{aligned} S_{ij} &= |W_{ij}| \cdot \|X_{:,j}\|_2 \\
 \text{keep} &: \text{the largest } S_{ij} \text{ of each row } i \end{aligned}""",
+    "sparsegpt": r"""\begin{aligned} S_{ij} &= W_{ij}^2 \,/\, [H^{-1}]_{jj}^2 \ \text{(per block of columns)} \\
+\delta_{i,>j} &= -\frac{W_{ij}}{[H^{-1}]_{jj}}\,[H^{-1}]_{j,>j} \ \text{for each pruned } W_{ij} \end{aligned}""",
     "kmeans": r"""\begin{aligned} &\min_{c_1 \ldots c_{2^b}} \textstyle\sum_i \min_k (w_i - c_k)^2 \\
 &\hat w_i = c_{k(i)},\quad k(i) = \arg\min_k |w_i - c_k| \end{aligned}""",
     "entropy": r"""\begin{aligned} H &= -\textstyle\sum_k p_k \log_2 p_k \\

@@ -215,6 +215,8 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
             module, why = _ggml(m, dtype)
         elif m.grid.floats is not None:
             why = f"no torch kernel for {m.grid.floats} (the values run dense)"
+        elif m.grid.channel is not None:
+            why = "no kernel divides the inputs by AWQ's channel scales"
         elif m.grid.scale is not None:
             module, why = _quantized(m, recipe, dtype)
         elif m.keep is not None:

@@ -20,7 +20,7 @@ import torch
 
 from .recipe_values import FLOAT_FORMATS
 from .storage import codec, huffman
-from .transforms import _grouped, code_offset, dequantize, magnitude_mask, nm_mask
+from .transforms import _grouped, code_offset, dequantize, magnitude_mask, nm_mask, on_grid
 
 CROP = 48  # values a side of the matrix crops
 HEAT_ROWS = 192  # rows of a heatmap before rows are pooled (max over neighbouring rows)
@@ -76,8 +76,12 @@ def quantization(work, name: str, group: int | None = None) -> dict:
     if m.unquantized is None:
         return _no(f"{name} was read from a file: its values before rounding are not known")
     bits, sym = recipe.bits, recipe.symmetric
-    before, _ = _grouped(m.unquantized.float(), recipe.granularity, recipe.group_size)
-    after, _ = _grouped(m.values.float(), recipe.granularity, recipe.group_size)
+    ch = 1.0 if m.grid.channel is None else m.grid.channel.float()  # AWQ: the grid holds W diag(s)
+    before, _ = _grouped(m.unquantized.float() * ch, recipe.granularity, recipe.group_size)
+    on = m.values.float() if m.grid.channel is None else on_grid(
+        m.values.float() * ch, m.grid.scale.float(), m.grid.zero.float(), recipe.bits, recipe.granularity,
+        recipe.group_size, recipe.symmetric)  # AWQ: (the grid / s) x s, back on the grid exactly
+    after, _ = _grouped(on, recipe.granularity, recipe.group_size)
     scale, zero = m.grid.scale.float(), m.grid.zero.float()
     g = int(scale.argmax()) if group is None else int(group)
     if not 0 <= g < scale.numel():
@@ -90,7 +94,7 @@ def quantization(work, name: str, group: int | None = None) -> dict:
     rows = scale.numel() // per_row
     size = min(gs, cols - (g % per_row) * gs) if recipe.granularity == "group" else before.shape[1]  # no padding
     scales, pooled = _pooled(scale.reshape(rows, per_row))
-    err = (m.values.float() - m.unquantized.float())
+    err = (m.values.float() - m.unquantized.float()) * ch
     return {"applies": True, "matrix": label, "bits": bits, "symmetric": sym, "granularity": recipe.granularity,
             "group_size": recipe.group_size, "group": g, "groups": scale.numel(), "row": g // per_row,
             "scale": float(scale[g]), "zero": float(zero[g]), "levels": levels.tolist(),
@@ -98,7 +102,7 @@ def quantization(work, name: str, group: int | None = None) -> dict:
             "error": _hist(err[m.keep] if m.keep is not None else err),
             "max_error": float(err.abs().max()), "half_step_max": float(scale.max()) / 2,
             "scales": scales, "zeros": None if sym else _pooled(zero.reshape(rows, per_row))[0],
-            "pooled_rows": pooled}
+            "pooled_rows": pooled, "channel_scaled": m.grid.channel is not None}
 
 
 def low_rank(work, name: str, crop: int = CROP) -> dict:

@@ -10,6 +10,8 @@ Conventions (every figure the explorer shows follows them):
   position + the kept values), CSR (kept values + an int32 column index per kept value +
   int32 row pointers), and for an N:M pattern, N:M (kept values + ceil(log2 M) bits of
   index per kept value);
+- AWQ also stores one fp16 scale per input column of each matrix (its channel scales), counted
+  with the scales;
 - weight sharing (k-means) stores b-bit indices in place of the codes and one codebook of
   2^b fp16 values per matrix in place of the scales; a pruned entry has no code, so a pruned
   k-means matrix is never stored dense;
@@ -75,9 +77,11 @@ def tensor_bytes(
     symmetric: bool = True,
     nm: tuple[int, int] | None = None,
     codebook: bool = False,
+    channel_scales: bool = False,
 ) -> TensorBytes:
     """Bytes of a (rows, cols) matrix with `kept` non-pruned values (`codebook`: k-means
-    weight sharing, indices into 2^bits fp16 values, instead of scaled integer codes).
+    weight sharing, indices into 2^bits fp16 values, instead of scaled integer codes;
+    `channel_scales`: AWQ's fp16 scale per input column, counted with the scales).
 
     >>> tensor_bytes(4, 8, kept=32, bits=4, granularity="channel")  # 16 B codes + 4 fp16 scales
     TensorBytes(values=16, scales=8, index=0, format='dense')
@@ -90,6 +94,7 @@ def tensor_bytes(
     elif quantized:
         groups = quant_groups(rows, cols, granularity, group_size)
         scales = 2 * groups + (0 if symmetric else _packed(groups, bits))
+        scales += 2 * cols if channel_scales else 0
     candidates = [] if codebook and quantized and kept < n else [TensorBytes(_packed(n, bits), scales, 0, "dense")]
     if kept < n:
         kv = _packed(kept, bits)

@@ -26,6 +26,7 @@ from .ggml import legacy
 from .memory import (VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, float_bytes, ggml_bytes, kept_count,
                      tensor_bytes)
 from .methods import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
+from .methods_more import awq_quantize, hqq_quantize, sparsegpt_prune
 from .recipe import Recipe
 from .sharing import SHARED, Share
 from .transforms import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
@@ -48,6 +49,7 @@ class Grid:
     raw: torch.Tensor | None = None
     floats: str | None = None
     parts: dict | None = None
+    channel: torch.Tensor | None = None  # AWQ: the fp16 scale of each input column; values = grid / channel
 
     def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
         """w moved to the nearest value on the grid: values on it stay exactly where they are."""
@@ -57,6 +59,9 @@ class Grid:
             return on_codebook(w, self.codebook)
         if self.scale is None:
             return w.half().to(w.dtype)
+        if self.channel is not None:
+            return on_grid(w * self.channel, self.scale, self.zero, recipe.bits, recipe.granularity,
+                           recipe.group_size, recipe.symmetric) / self.channel
         return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
                        recipe.symmetric)
 
@@ -146,9 +151,13 @@ def shape(w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
     keeps = [None] * len(mats)
     nm = recipe.nm
     wanda = recipe.prune_method == "wanda" and hessian is not None
+    sparsegpt = recipe.prune_method == "sparsegpt" and hessian is not None
     if nm is not None or recipe.sparsity > 0:
         for k in reversed(range(len(mats))):  # B, then A
             m = mats[k]
+            if sparsegpt:
+                mats[k], keeps[k] = sparsegpt_prune(m, _input_hessian(mats, hessian, k), recipe.sparsity, nm)
+                continue
             if wanda:
                 score = wanda_scores(m, _input_hessian(mats, hessian, k).diagonal())
                 keep = nm_mask(score, *nm) if nm is not None else row_mask(score, recipe.sparsity)
@@ -183,6 +192,15 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
                                                       recipe.granularity, recipe.group_size, recipe.symmetric,
                                                       keep, recipe.act_order, return_grid=True)
             grids[k] = Grid(scale, zero)
+        elif method == "hqq":
+            results[k], grid = hqq_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
+                                            keep)
+            grids[k] = Grid(*grid)
+        elif method == "awq":  # without H (an embedding): alpha 0, channel scales of 1, round to nearest
+            results[k], (scale, zero, channel), _ = awq_quantize(
+                m, _input_hessian(results, hessian, k), recipe.bits, recipe.granularity, recipe.group_size,
+                recipe.symmetric, keep)
+            grids[k] = Grid(scale, zero, channel=channel)
         elif method == "kmeans":
             results[k], codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
             grids[k] = Grid(codebook=codebook)
@@ -272,8 +290,9 @@ def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tu
     if recipe.number_format != "int":
         return tuple(ggml_bytes(r, c, ggml.fit(recipe.number_format, c)) for r, c in shapes)
     codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED
+    awq = recipe.quant_method == "awq"
     return tuple(tensor_bytes(r, c, k, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
-                              recipe.nm, codebook=codebook) for (r, c), k in zip(shapes, kept))
+                              recipe.nm, codebook=codebook, channel_scales=awq) for (r, c), k in zip(shapes, kept))
 
 
 def predict(info, recipe: Recipe, share: Share | None = None) -> LayerReport:

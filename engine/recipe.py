@@ -55,9 +55,14 @@ class Recipe:
     share_blocks: with 'shared', how many neighbouring blocks form one group (2..64).
     prune_method: 'magnitude' (smallest |W| in the tensor) or 'wanda' (smallest |W| x input
         column norm, per output row); with an N:M pattern, the score picks the N of each M.
+        'sparsegpt': pruning with the weight update through the inverse input Hessian (the
+        GPTQ loop), the mask picked per block of columns; same count, same bytes.
     quant_method: 'rtn' (round to nearest), 'gptq' (rounding with error feedback through the
         inverse input Hessian; same grid and bytes as rtn) or 'kmeans' (a per-layer codebook of
         2^bits shared values; granularity and group size do not apply).
+        'hqq': half-quadratic fit of each group's scale and zero-point, no calibration (same
+        grid and bytes as rtn); 'awq': input channels scaled by their activation magnitude
+        before round to nearest, the fp16 channel scales stored beside the grid.
     act_order: GPTQ only: quantize columns by decreasing input energy (static groups).
     distill_steps: after compression, this many steps of knowledge distillation from the
         uncompressed model on the calibration text (engine.distill); 0: none. Same bytes.
@@ -99,10 +104,10 @@ class Recipe:
         int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", url="share",
         per_layer=False))
     prune_method: str = declared("magnitude", Field(
-        str, "magnitude (default) or wanda: |W| x input column norm, per output row", choices=PRUNE_METHODS,
-        url="prune"))
+        str, "magnitude (default); wanda: |W| x input column norm, per output row; sparsegpt: OBS weight update",
+        choices=PRUNE_METHODS, url="prune"))
     quant_method: str = declared("rtn", Field(
-        str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook",
+        str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook; hqq; awq",
         choices=QUANT_METHODS, url="quant"))
     act_order: bool = declared(False, Field(bool, "gptq: quantize columns by decreasing input energy", url="actorder"))
     distill_steps: int = declared(0, Field(
@@ -310,11 +315,12 @@ class Recipe:
                 self.granularity, f"g{self.group_size}"
             )
             gptq = (" GPTQ" + (" act-order" if self.act_order else "")) if self.quant_method == "gptq" else ""
+            gptq += {"hqq": " HQQ", "awq": " AWQ"}.get(self.quant_method, "")
             parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{gptq}")
         if self.sparsity > 0:
             parts.append(
                 (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
-                + (" Wanda" if self.prune_method == "wanda" else "")
+                + {"wanda": " Wanda", "sparsegpt": " SparseGPT"}.get(self.prune_method, "")
             )
         if self.group != "all":
             parts.append(f"{self.group} layers only")

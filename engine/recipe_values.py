@@ -18,8 +18,9 @@ GRANULARITIES = ("tensor", "channel", "group")
 GROUPS = ("all", "attention", "mlp", "experts", "router")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 LOWRANK_METHODS = ("svd", "whitened")
-PRUNE_METHODS = ("magnitude", "wanda")
-QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
+QUANT_METHODS = ("rtn", "gptq", "kmeans", "imatrix", "hqq", "awq")
+OWN_GRID_ONLY = ("hqq", "awq")  # methods that fit the explorer's own grid, not llama.cpp's blocks
 # 'int': the explorer's own integer grid (bits, granularity, group size, symmetric); the rest are
 # llama.cpp's GGML types (engine.ggml), which fix the bits and the blocks themselves
 LEGACY_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
@@ -37,7 +38,7 @@ DOUBLE_QUANT_FORMATS = ("nf4", "fp4")  # whose block scales double quantization 
 NO_IMPORTANCE = ("mxfp4",)  # llama.cpp's quantizer for these takes no importance matrix
 NO_IMPORTANCE += FLOAT_FORMATS  # nor do the float formats' (round to nearest)
 DISTILL_LR = 1e-4
-CALIBRATED = {"whitened", "wanda", "gptq", "imatrix"}  # methods that need the calibration statistics
+CALIBRATED = {"whitened", "wanda", "gptq", "imatrix", "awq", "sparsegpt"}  # methods that need the calibration statistics
 # Basis Sharing: layers of one kind in neighbouring blocks share one whitened basis (engine.sharing)
 LOWRANK_METHODS = (*LOWRANK_METHODS, "shared")
 CALIBRATED = CALIBRATED | {"shared"}
@@ -140,8 +141,8 @@ def parse_rules(rules: object, fields: dict) -> tuple:
 
 def check_shared(r) -> None:
     """What a shared basis cannot hold, refused in one line naming the field: the basis is one
-    matrix stored once, so every step that would treat it per layer (GPTQ and Wanda use one
-    layer's inputs, distillation trains each layer apart) would make it differ between layers."""
+    matrix stored once, so every step that would treat it per layer (GPTQ, AWQ, Wanda and
+    SparseGPT use one layer's inputs, distillation trains each layer apart) would make it differ between layers."""
     if not_int(r.share_blocks) or not 2 <= r.share_blocks <= 64:
         raise RecipeError(f"share_blocks: must be an integer from 2 to 64, got {r.share_blocks!r}")
     if r.lowrank_method != "shared":
@@ -150,12 +151,12 @@ def check_shared(r) -> None:
         return
     if r.rank is None and r.rank_ratio is None:
         return
-    if r.bits < 16 and r.quant_method == "gptq":
-        raise RecipeError("quant_method: gptq quantizes each layer's factors with its own inputs; a shared basis "
-                          "is quantized once (use rtn or kmeans with lowrank_method shared)")
-    if r.sparsity > 0 and r.prune_method == "wanda":
-        raise RecipeError("prune_method: wanda scores by one layer's inputs; a shared basis is pruned once "
-                          "(use magnitude with lowrank_method shared)")
+    if r.bits < 16 and r.quant_method in ("gptq", "awq"):
+        raise RecipeError(f"quant_method: {r.quant_method} quantizes each layer's factors with its own inputs; a "
+                          "shared basis is quantized once (use rtn, hqq or kmeans with lowrank_method shared)")
+    if r.sparsity > 0 and r.prune_method in ("wanda", "sparsegpt"):
+        raise RecipeError(f"prune_method: {r.prune_method} prunes by one layer's inputs; a shared basis is pruned "
+                          "once (use magnitude with lowrank_method shared)")
     if r.distill_steps:
         raise RecipeError("distill_steps: distillation trains each layer apart and would split a shared basis")
 
@@ -187,6 +188,9 @@ def format_fields(r) -> dict:
         if getattr(r, field) not in (value, _QUANT_DEFAULTS[field]):
             raise RecipeError(f"{field}: number format {fmt} fixes it at {value!r}, got {getattr(r, field)!r} "
                               f"(leave {field} out)")
+    if r.quant_method in OWN_GRID_ONLY:
+        raise RecipeError(f"quant_method: {r.quant_method} fits the explorer's own grid, not {fmt}'s blocks "
+                          "(use number_format int)")
     if r.quant_method == "kmeans" or (r.quant_method == "gptq" and fmt not in LEGACY_FORMATS) or (
             r.quant_method == "imatrix" and fmt in NO_IMPORTANCE):
         raise RecipeError(f"quant_method: {r.quant_method} does not run on {fmt}"
@@ -222,5 +226,7 @@ def format_update(current: dict, fields: dict) -> dict:
             (fmt == "int" and method == "imatrix")
             or (fmt != "int" and (method == "kmeans" or (method == "gptq" and fmt not in LEGACY_FORMATS)
                                   or (method == "imatrix" and fmt in NO_IMPORTANCE)))):
+        out["quant_method"] = "rtn"
+    if "quant_method" not in fields and fmt != "int" and method in OWN_GRID_ONLY:
         out["quant_method"] = "rtn"
     return out

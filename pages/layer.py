@@ -56,7 +56,9 @@ with tabs[0]:
             st.plotly_chart(charts.group_on_grid(q), config=PNG, key="lesson_grid")
             st.caption(f"Group {q['group']} of {q['groups']} (row {q['row']} of {q['matrix']}): scale "
                        f"{q['scale']:.3g}" + ("" if q["symmetric"] else f", zero-point {q['zero']:.0f}")
-                       + f". Every value after rounding sits on one of the {len(q['levels'])} levels of the grid.")
+                       + f". Every value after rounding sits on one of the {len(q['levels'])} levels of the grid."
+                       + (" AWQ: the weights shown are each times its input column's scale, as the grid holds "
+                          "them." if q.get("channel_scaled") else ""))
         with right:
             explain(["bits", "scale", "symmetric"], "symmetric" if q["symmetric"] else "asymmetric")
         left, right = st.columns(2)
@@ -112,7 +114,7 @@ with tabs[2]:
                 if p["method"] == "magnitude" and p["pattern"] == "unstructured" else
                 ": a pattern or a calibrated method keeps some small weights and removes some large ones."))
         explain(["sparsity"] + (["nm"] if p["pattern"] != "unstructured" else []) + ["prune_method"],
-                "magnitude" if p["method"] == "magnitude" else "wanda")
+                p["method"] if p["method"] in ("magnitude", "sparsegpt") else "wanda")
         if "differs_from_magnitude" in p:
             st.plotly_chart(charts.heatmap(p["magnitude_mask"], "Magnitude's mask at the same count",
                                            "input column", "output row", "kept", "Greens", height=360),

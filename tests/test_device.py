@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_a
 from torch.utils._pytree import tree_flatten
 
 from engine import methods as M
+from engine import methods_more as MM
 from engine import pipeline as P
 from engine import transforms as T
 from engine.recipe import Recipe
@@ -271,6 +272,17 @@ def _huffman(t):
     return lengths, stream, runs, huffman.decode(stream, lengths, runs, t["codes"].numel())
 
 
+def _one_thread(fn, *args, **kw):
+    """fn on one thread, as the pretend device runs it: SparseGPT's kept values are sums, which
+    two threads add in another order (2e-7 apart), where GPTQ rounds them onto its grid."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
 CASES = {
     "svd": lambda t: T.svd(t["w"]),
     "low_rank_factors": lambda t: T.low_rank_factors(*T.svd(t["w"]), 5),
@@ -294,6 +306,10 @@ CASES = {
     "kmeans keep sampled": lambda t: M.kmeans_quantize(t["big"], 2, keep=T.magnitude_mask(t["big"], 0.5),
                                                        max_fit=5000, return_codebook=True),
     "on_codebook": lambda t: M.on_codebook(t["w"], M.kmeans_quantize(t["w"], 2, return_codebook=True)[1]),
+    "hqq": lambda t: MM.hqq_quantize(t["w"], 3, group_size=16, keep=T.magnitude_mask(t["w"], 0.3)),
+    "awq": lambda t: MM.awq_quantize(t["w"], t["h"], 4, group_size=16, grid=4)[:2],
+    "sparsegpt": lambda t: _one_thread(MM.sparsegpt_prune, t["w"], t["h"], 0.45, block=16),
+    "sparsegpt n:m": lambda t: _one_thread(MM.sparsegpt_prune, t["w"], t["h"], 0.5, (2, 4), block=16),
     "pack": _pack,
     "huffman": _huffman,
 }
@@ -321,12 +337,14 @@ RECIPES = [
            act_order=True, group_size=8),
     Recipe(bits=4, prune_method="wanda", pattern="1:4", quant_method="gptq", granularity="channel"),
     Recipe(sparsity=0.4),
+    Recipe(bits=3, symmetric=False, group_size=16, quant_method="hqq", prune_method="sparsegpt", sparsity=0.5),
+    Recipe(bits=4, group_size=8, quant_method="awq", sparsity=0.5),
 ]
 
 
 def _tensors(stored: P.StoredLayer) -> list:
     """Every tensor a stored layer holds: values, keep-masks, grids."""
-    return [[m.values, m.keep, m.grid.scale, m.grid.zero, m.grid.codebook] for m in stored.matrices]
+    return [[m.values, m.keep, m.grid.scale, m.grid.zero, m.grid.codebook, m.grid.channel] for m in stored.matrices]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.describe().replace(" · ", ", "))

@@ -139,6 +139,6 @@ def test_recipe_methods_validate_and_round_trip():
     with pytest.raises(RecipeError, match="act_order: only with quant_method gptq"):
         Recipe(bits=4, act_order=True)
     with pytest.raises(RecipeError, match="quant_method: must be one of rtn, gptq, kmeans"):
-        Recipe(quant_method="awq")
+        Recipe(quant_method="smoothquant")
 
 

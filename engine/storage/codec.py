@@ -12,7 +12,8 @@ Per stored matrix (W, or the factors A and B) of a compressed layer, with n valu
     f16       values: n fp16 values (a llama.cpp format whose blocks do not divide the rows)
 
 Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize: offset
-2^(b-1) when symmetric, the group's zero-point when not; `scales` fp16, `zeros` b-bit packed),
+2^(b-1) when symmetric, the group's zero-point when not; `scales` fp16, `zeros` b-bit packed;
+AWQ: the codes of w x s, with `channel` the fp16 scale s of each input column),
 or the index into the codebook (k-means; `codebook`: 2^b fp16 values), or fp16 values
 (16 bits). With entropy coding, the b-bit codes may be stored instead as `huffman`,
 `code_lengths` and `runs` (engine.storage.huffman) where those take fewer bytes.
@@ -74,6 +75,8 @@ def encode_matrix(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe, fmt:
         out["scales"] = grid.scale.half()
         if not recipe.symmetric:
             out["zeros"] = pack.pack_bits(grid.zero, bits)
+        if grid.channel is not None:
+            out["channel"] = grid.channel.half()
     if sel is not None:
         if fmt == "bitmask":
             out["mask"] = pack.pack_bits(keep.flatten(), 1)
@@ -98,6 +101,9 @@ def codes(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe) -> torch.Ten
     flat = v.flatten() if sel is None else v.flatten()[sel]
     if _kmeans(recipe):
         return codebook_index(flat, grid.codebook.float())
+    if grid.channel is not None:  # AWQ: the codes are those of W diag(s)
+        v = v * grid.channel.float()
+        flat = v.flatten() if sel is None else v.flatten()[sel]
     scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
                      per_entry((grid.scale.float(), code_offset(grid.zero.float(), recipe.bits, recipe.symmetric)),
                                rows, cols, recipe.granularity, recipe.group_size))
@@ -171,13 +177,18 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
         scale = t["scales"].float()
         zero = pack.unpack_bits(t["zeros"], bits, scale.numel()).float() if "zeros" in t \
             else torch.zeros_like(scale)
-        grid = Grid(scale, zero)
+        channel = t["channel"].float() if "channel" in t else None
+        grid = Grid(scale, zero, channel=channel)
         s_e, o_e = (x.flatten() for x in per_entry((scale, code_offset(zero, bits, recipe.symmetric)),
                                                    rows, cols, recipe.granularity, recipe.group_size))
+        c_e = None if channel is None else channel.expand(rows, cols).flatten()
         if positions is not None:
             idx = positions.nonzero(as_tuple=True)[0] if positions.dtype == torch.bool else positions
             s_e, o_e = s_e[idx], o_e[idx]
+            c_e = None if c_e is None else c_e[idx]
         values = dequantize(_codes(t, bits, count).float(), s_e, o_e)
+        if c_e is not None:  # AWQ: the grid holds W diag(s)
+            values = values / c_e
     if positions is None:
         return values.view(rows, cols), grid, None
     out = values.new_zeros(rows * cols)
@@ -189,7 +200,7 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
 
 def encode_layer(stored: StoredLayer, entropy: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """A compressed layer's tensors as stored, keyed '<W|A|B>.<values|scales|zeros|mask|col|
-    rowptr|nm_index|codebook|huffman|code_lengths|runs>', and per matrix its shape, kept count,
+    rowptr|nm_index|codebook|channel|huffman|code_lengths|runs>', and per matrix its shape, kept count,
     format, bytes by component and coding. A basis shared with another layer (engine.sharing)
     is not written again: its part names the layer that stores it (`shared_with`)."""
     tensors, parts = {}, []

@@ -74,6 +74,8 @@ def scheme(stored, info) -> tuple[dict | None, str]:
         if m.grid.floats not in FLOAT_ARGS:
             return None, f"{m.grid.floats} (compressed-tensors here: fp8_e4m3 and nvfp4 of the float formats)"
         return dict(FLOAT_ARGS[m.grid.floats]), ""
+    if m.grid.channel is not None:
+        return None, "AWQ's channel scales (stored per layer; no compressed-tensors field holds them)"
     if m.grid.codebook is not None or m.grid.scale is None:
         return None, "a k-means codebook" if m.grid.codebook is not None else "fp16"
     if r.bits not in (4, 8) or r.granularity == "tensor":

@@ -73,6 +73,8 @@ def tensor_type(stored) -> tuple[str | None, str]:
         return None, "a k-means codebook (no GGUF type)"
     if m.grid.scale is None:
         return None, "fp16"
+    if m.grid.channel is not None:
+        return None, "AWQ's channel scales (no GGUF type holds them)"
     if r.symmetric and r.granularity == "group" and r.group_size == 32 and m.values.shape[1] % 32 == 0:
         fmt = _EXACT[r.bits]
         same = FORMAT_GRID[fmt][0] == r.bits
