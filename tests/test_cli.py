@@ -73,9 +73,9 @@ def test_run_minilm_json():
     assert 0.45 <= m["polarity_accuracy"] <= 1
     assert out["memory"]["ratio"] < 0.7
     assert out["recipe"] == {"rank": None, "rank_ratio": 0.5, "bits": 4, "granularity": "group", "group_size": 128,
-                             "symmetric": True, "number_format": "int", "sparsity": 0.5, "pattern": "unstructured",
-                             "include_embeddings": False, "group": "all", "layers": None,
-                             "lowrank_method": "svd", "prune_method": "magnitude", "quant_method": "rtn",
+                             "symmetric": True, "number_format": "int", "double_quant": False, "sparsity": 0.5,
+                             "pattern": "unstructured", "include_embeddings": False, "group": "all", "layers": None,
+                             "lowrank_method": "svd", "share_blocks": 2, "prune_method": "magnitude", "quant_method": "rtn",
                              "act_order": False, "distill_steps": 0, "distill_lr": 1e-4, "per_layer": []}
     assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
