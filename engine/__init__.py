@@ -9,9 +9,11 @@
 The layers, from primitives to drivers (each imports only from the layers above it):
 
 1. Primitives, pure functions on tensors: `transforms` (SVD, masks, the quantization grid:
-   quantize and dequantize written once), `methods` (whitened SVD, Wanda, GPTQ, k-means),
-   `memory` (the byte rules: every figure counts bytes as it says), `ggml` (llama.cpp's number
-   formats: their blocks, bytes and quantizers, byte for byte with llama.cpp's; its mixes).
+   quantize and dequantize written once), `methods` (whitened SVD, Wanda, GPTQ, k-means, the
+   stacked SVD of Basis Sharing), `methods_more` (HQQ, AWQ, SparseGPT), `memory` (the byte rules:
+   every figure counts bytes as it says), `ggml` (llama.cpp's number formats: their blocks,
+   bytes and quantizers, byte for byte with llama.cpp's; its mixes), `floats` (NF4, FP4, FP8,
+   NVFP4 and double quantization).
 2. The recipe: `recipe` (a frozen, validated description of a setting, per-layer rules
    included; its fields declared once in `recipe_values`, from which the command line, the
    app and the sweep derive theirs).
@@ -27,7 +29,8 @@ The layers, from primitives to drivers (each imports only from the layers above 
 7. Drivers: `session` (Explorer: a loaded model and its caches), `workspace` (Workspace: a
    working copy that recipes are applied to), `offload` (a model larger than memory,
    compressed in place), `footprint` (planning from a config, without weights), `plan`
-   (sensitivity and the budget planner), `sweep`, `bench`, `report` (what `run` prints);
+   (units of layers and their sensitivity), `planner` (the budget planner), `sharing` (which
+   layers share one basis), `sweep`, `bench`, `report` (what `run` prints);
    speed: `kernels` (a stored matrix on the kernel its format allows), `runtime` (the model
    on those kernels, built from a workspace's stored layers), `roofline`, `speed`.
 8. The command line: `cli` (`python -m engine`).
