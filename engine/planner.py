@@ -259,8 +259,8 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                 loss[u, o], cost[u, o] = l - c_loss, b - c_bytes
                 tick(f"round {r + 1}: {u} at {o.label}")
         if grid is None:
-            grid = {"metric": measure.metric, "text": measure.name, "by": by, "units": units, "options": [o.label for o in options[units[0]]],
-                    "reference": reference.describe(),
+            grid = {"metric": measure.metric, "text": measure.name, "by": by, "units": units,
+                    "options": [o.label for o in options[units[0]]], "reference": reference.describe(),
                     "loss": [[loss[u, o] for o in options[u]] for u in units],
                     "bytes": [[cost[u, o] for o in options[u]] for u in units]}
         found = candidates(units, options, loss, cost, budget - c_bytes, center)
