@@ -253,9 +253,10 @@ def test_options_change_a_recipe_file_as_a_user_means_them(tmp_path):
     assert options.recipe_from(args, exclude=options.SWEEP_AXES) == Recipe(pattern="2:4")
 
 
-def test_plan_out_writes_a_recipe_that_run_loads(tmp_path):
+def test_plan_out_writes_a_recipe_that_run_loads(tmp_path, tiny_models):
     f = tmp_path / "plan.json"
-    code, out, err = main("plan", "minilm", "--layers", r"layer\.0\.", "--bits", "3", "--by", "layer",
+    bert = tiny_models["bert"]  # tiny: the command line's part, quickly (the planner on minilm: test_planner.py)
+    code, out, err = main("plan", bert, "--layers", r"layer\.0\.", "--bits", "3", "--by", "layer",
                           "--ladder", "4,2/ch", "--rounds", "1", "--out", str(f), "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -266,7 +267,7 @@ def test_plan_out_writes_a_recipe_that_run_loads(tmp_path):
         want = {"reference": (3, "group"), "4": (4, "group"), "2/ch": (2, "channel")}[u["choice"]]
         r = planned.for_layer(u["unit"])
         assert (r.bits, r.granularity) == want
-    again = run_json("minilm", "--recipe", str(f), "--quick")
+    again = run_json(bert, "--recipe", str(f), "--quick")
     assert again["recipe"] == result["recipe"] and again["memory"]["compressed_bytes"] == result["plan"]["compressed_bytes"]
     code, _, err = main("plan", "minilm", "--bits", "3", "--ladder", "3/x")
     assert code == 2 and err.count("\n") == 1 and "--ladder: '3/x' is not an option" in err

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from engine import evaluate, models, pipeline
+from engine import data, evaluate, models, pipeline
 from engine.recipe import Recipe
 from engine.storage import explorer as export_format
 
@@ -81,10 +81,14 @@ def test_the_evaluation_in_pieces_gives_the_values_of_all_at_once(tiny_explorers
     ex = tiny_explorers["llama"]
     work = ex.workspace()
     work.apply(Recipe(bits=4, sparsity=0.3))
-    before = all_at_once(ex.evaluator(), ex.loaded.model, work.model)
+    # the first 8 articles of the evaluation text: 7 windows, of which the first estimate takes 4
+    text, name = "\n\n".join(data.lee_background()[:8]), "the first 8 articles of lee_background.cor"
+    whole = ex.evaluator(text, name)
+    assert whole.windows.shape[0] == 7 and len(whole.quick_idx) == evaluate.QUICK_WINDOWS < 7
+    before = all_at_once(whole, ex.loaded.model, work.model)
     # each window whole (the default, TOKEN_CHUNK >= 255 scored tokens), and in pieces of 100, 100 and 55
-    for ev in (ex.evaluator(), evaluate.CausalLMEval(ex.loaded, chunk=100)):
-        assert ev.base_full_ppl == pytest.approx(ex.evaluator().base_full_ppl, rel=1e-6)
+    for ev in (whole, evaluate.CausalLMEval(ex.loaded, text, name, chunk=100)):
+        assert ev.base_full_ppl == pytest.approx(whole.base_full_ppl, rel=1e-6)
         for quick in (False, True):
             got = ev(work.model, quick=quick)  # the first estimate's interval: test_estimate.py
             assert {k: got[k] for k in before[quick]} == pytest.approx(before[quick], rel=1e-6, abs=1e-9), (ev.chunk, quick)
