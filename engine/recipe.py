@@ -98,7 +98,8 @@ class Recipe:
     layers: str | None = declared(None, Field(
         str, "regular expression: compress only layers whose name matches", True, url="filter", per_layer=False))
     lowrank_method: str = declared("svd", Field(
-        str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs",
+        str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs; "
+             "shared: one whitened basis per kind of layer in --share-blocks neighbouring blocks",
         choices=LOWRANK_METHODS, url="lowrank"))
     share_blocks: int = declared(SHARE_BLOCKS, Field(
         int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", url="share",

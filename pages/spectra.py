@@ -21,9 +21,12 @@ def one_layer():
     if spec is None:  # a fragment reruns alone: its failure stays in it
         return
     rank, energy = spec["rank"], spec["energy_kept"]
+    share = shares.get(name)
+    shared = share is not None and len(share.group) > 1
     c = st.columns(4)
     c[0].metric("Shape (out × in)", f"{info.shape[0]} × {info.shape[1]}")
-    c[1].metric("Current rank", "full (dense)" if rank is None else f"{rank} of {info.full_rank}",
+    c[1].metric("Current rank", "full (dense)" if rank is None else
+                f"{share.rank} of {info.full_rank} (shared basis)" if shared else f"{rank} of {info.full_rank}",
                 help=CONCEPTS["rank"])
     c[2].metric("Energy kept", "100%" if energy is None else f"{energy:.2%}", help=CONCEPTS["energy_kept"])
     c[3].metric("Break-even rank", f"{spec['break_even_rank']:.1f}", help=CONCEPTS["break_even_rank"])
@@ -31,8 +34,7 @@ def one_layer():
                f"{spec['rank_for_90pct_energy']}."
                + ("" if name in chosen else " This layer is not selected by the current layer choice."))
     st.plotly_chart(charts.spectrum(spec), config=charts.PNG, key="spectra_one")
-    share = shares.get(name)
-    if share is not None and len(share.group) > 1:  # its basis is shared: the stacked spectrum beside
+    if shared:  # its basis is shared: the stacked spectrum beside
         stacked = context.shielded("The stacked spectrum", ex.shared_spectrum, share)
         if stacked is not None:
             others = ", ".join(n for n in share.group if n != name)
