@@ -90,8 +90,9 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
         for name in PAGES[1:]:
             page.goto(f"{served}/{name}?{query}", timeout=120_000)
             sweep = name == "tradeoffs" and scheme == "light"  # the dark run shows the page before its sweep
-            if sweep:  # the page's grid without low rank: 4 bit widths x 2 sparsities
+            if sweep:  # the page's grid without low rank or pruning: its 4 bit widths
                 keep_first(page, "tradeoffs_ratios", 1)
+                keep_first(page, "tradeoffs_sparsity", 1)
                 page.get_by_role("button", name="Run sweep").click()
             drawn = {"compare": '[data-testid="stDataFrame"]', "tradeoffs": ".js-plotly-plot" if sweep else "text=Run sweep",
                      "tour": "text=Open step 7"}
