@@ -26,11 +26,12 @@ with st.form("tradeoffs_grid"):
         [0.0, 0.5] if nm else [0.0, 0.25, 0.5, 0.75], default=[0.0, 0.5], key="tradeoffs_sparsity",
         help=CONCEPTS["sparsity"])
     variants = st.multiselect(
-        "Methods (one frontier each)", [*methods.METHOD_VARIANTS, *methods.LLAMA_VARIANTS],
+        "Methods (one frontier each)", [*methods.METHOD_VARIANTS, *methods.FORMAT_VARIANTS, *methods.LLAMA_VARIANTS],
         default=["As in the sidebar"], key="tradeoffs_methods",
         help="Put methods side by side on the same grid: " + CONCEPTS["quant_method"] + " " + CONCEPTS["prune_method"]
              + " llama.cpp's mixes and types are their own points (the grid's values do not apply to them): "
-               "each of its mixes, with or without an importance matrix, and its legacy types by GPTQ.")
+               "each of its mixes, with or without an importance matrix, and its legacy types by GPTQ; so "
+               "are the number formats (NF4, FP4, MXFP4, NVFP4, FP8), each with its own bits and blocks.")
     full = st.toggle("Full protocol for every point (slower; off: the first estimate on a small slice)",
                      key="tradeoffs_full")
     run = st.form_submit_button("Run sweep", type="primary")
@@ -40,14 +41,24 @@ if run:
     if not (ratios and bits and sparsities and variants):
         st.error("Choose at least one value of each control and one method.")
     else:
+        # the grid's values on the sidebar's other fields, by the plain methods: each variant then sets its own
         base = dataclasses.replace(recipe, rank=None, rank_ratio=None, bits=16, number_format="int",
-                                   quant_method="rtn" if recipe.quant_method == "imatrix" else recipe.quant_method,
-                                   sparsity=0.0 if nm else recipe.sparsity)
+                                   **methods.PLAIN, sparsity=0.0 if nm else recipe.sparsity)
         grid = sweep.grid(sorted(ratios, reverse=True), sorted(bits, reverse=True), sorted(sparsities),
                           base if not nm else dataclasses.replace(base, pattern=recipe.pattern, sparsity=0.0))
-        points = [(v, r) for v in variants if v in methods.LLAMA_VARIANTS for r in methods.llama_points(v, ex)]
-        points = [(v, methods.with_methods(r, v, recipe)) for v in variants if v in methods.METHOD_VARIANTS
-                  for r in grid] + points
+        points, refused = [], []
+        for v in variants:
+            if v in methods.METHOD_VARIANTS:
+                ok, no = methods.method_points(grid, v, recipe)
+                points, refused = points + [(v, r) for r in ok], refused + no
+        points += [(v, r) for v in variants if v in methods.FORMAT_VARIANTS for r in methods.format_points(v, recipe)]
+        points += [(v, r) for v in variants if v in methods.LLAMA_VARIANTS for r in methods.llama_points(v, ex)]
+        if refused:
+            st.warning(f"{len(refused)} point(s) left out, their methods cannot take them:\n\n"
+                       + "\n\n".join(f"- {line}" for line in refused))
+        if not points:
+            st.error("None of the chosen methods can take these points.")
+            st.stop()
         if any(r.rank_ratio is not None for _, r in points):
             context.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(points)} points")
