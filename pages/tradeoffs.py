@@ -49,8 +49,8 @@ if run:
         points, refused = [], []
         for v in variants:
             if v in methods.METHOD_VARIANTS:
-                ok, no = methods.method_points(grid, v, recipe)
-                points, refused = points + [(v, r) for r in ok], refused + no
+                kept, no = methods.method_points(grid, v, recipe)
+                points, refused = points + [(v, r) for r in kept], refused + no
         points += [(v, r) for v in variants if v in methods.FORMAT_VARIANTS for r in methods.format_points(v, recipe)]
         points += [(v, r) for v in variants if v in methods.LLAMA_VARIANTS for r in methods.llama_points(v, ex)]
         if refused:

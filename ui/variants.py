@@ -77,5 +77,3 @@ def method_points(grid: list[Recipe], variant: str, sidebar: Recipe) -> tuple[li
         except RecipeError as e:
             refused.append(f"{variant}, {r.describe()}: {e}")
     return points, refused
-
-
