@@ -23,25 +23,27 @@ def one_layer():
     rank, energy = spec["rank"], spec["energy_kept"]
     share = shares.get(name)
     shared = share is not None and len(share.group) > 1
+    # its basis is shared: the spectrum of its group's stacked weights, whose top k directions it uses
+    stacked = context.shielded("The stacked spectrum", ex.shared_spectrum, share) if shared else None
+    if stacked is not None:
+        energy = stacked["energy_kept"]
     c = st.columns(4)
     c[0].metric("Shape (out × in)", f"{info.shape[0]} × {info.shape[1]}")
-    c[1].metric("Current rank", "full (dense)" if rank is None else
-                f"{share.rank} of {info.full_rank} (shared basis)" if shared else f"{rank} of {info.full_rank}",
-                help=CONCEPTS["rank"])
-    c[2].metric("Energy kept", "100%" if energy is None else f"{energy:.2%}", help=CONCEPTS["energy_kept"])
+    c[1].metric("Current rank" + (" (shared basis)" if shared else ""), "full (dense)" if rank is None else
+                f"{share.rank if shared else rank} of {info.full_rank}", help=CONCEPTS["rank"])
+    c[2].metric("Energy kept" + (" (stacked)" if stacked is not None else ""),
+                "100%" if energy is None else f"{energy:.2%}", help=CONCEPTS["energy_kept"])
     c[3].metric("Break-even rank", f"{spec['break_even_rank']:.1f}", help=CONCEPTS["break_even_rank"])
     st.caption(f"Effective rank {spec['effective_rank']:.1f}; 90% of the energy needs rank "
                f"{spec['rank_for_90pct_energy']}."
                + ("" if name in chosen else " This layer is not selected by the current layer choice."))
     st.plotly_chart(charts.spectrum(spec), config=charts.PNG, key="spectra_one")
-    if shared:  # its basis is shared: the stacked spectrum beside
-        stacked = context.shielded("The stacked spectrum", ex.shared_spectrum, share)
-        if stacked is not None:
-            others = ", ".join(n for n in share.group if n != name)
-            st.caption(f"{name} shares one basis of rank {share.rank} with {others}: the spectrum of their "
-                       f"stacked whitened weights ({stacked['shape'][0]} × {stacked['shape'][1]}), whose top "
-                       f"{share.rank} directions they all use.")
-            st.plotly_chart(charts.spectrum(stacked), config=charts.PNG, key="spectra_stacked")
+    if stacked is not None:
+        others = ", ".join(n for n in share.group if n != name)
+        st.caption(f"{name} shares one basis of rank {share.rank} with {others}: the spectrum of their "
+                   f"stacked whitened weights ({stacked['shape'][0]} × {stacked['shape'][1]}), whose top "
+                   f"{share.rank} directions they all use; the energy kept above is theirs, at that rank.")
+        st.plotly_chart(charts.spectrum(stacked), config=charts.PNG, key="spectra_stacked")
 
 
 def shared_groups():

@@ -171,4 +171,7 @@ def test_spectra_page_shows_which_layers_share_a_basis():
     assert list(table["bytes saved at 16 bits"])[0] == 2 * (2 * 192 * 768 - 256 * 384 * 3)
     assert len(at.get("plotly_chart")) == 3  # the layer's spectrum, its group's stacked one, the heatmap
     assert any("shares one basis of rank 256 with encoder.layer.1.attention.self.query" in c.value for c in at.caption)
-    assert {m.label: m.value for m in at.metric}["Current rank"] == "256 of 384 (shared basis)"  # k, not r
+    assert {m.label: m.value for m in at.metric}["Current rank (shared basis)"] == "256 of 384"  # k, not r
+    shown = {m.label: m.value for m in at.metric}
+    stacked = at.dataframe[0].value["energy kept at k (stacked)"][0]  # the group's row, as the table gives it
+    assert shown["Energy kept (stacked)"] == stacked
