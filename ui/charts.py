@@ -80,8 +80,9 @@ def spectrum(spec: dict) -> go.Figure:
                       annotation_text=f"break-even {be:.0f}", annotation_position="bottom right")
     fig.update_layout(xaxis_title="singular value index (1 = largest)",
                       yaxis=dict(title="singular value σ (log scale)", type="log"),
+                      # ticks of its own every 25%: synced to the log axis' ticks they crowd where σ falls steeply
                       yaxis2=dict(title="energy kept (fraction)", overlaying="y", side="right", range=[0, 1.02],
-                                  tickformat=".0%", showgrid=False))
+                                  tickformat=".0%", showgrid=False, tickmode="linear", tick0=0, dtick=0.25))
     return _layout(fig, 400)
 
 
