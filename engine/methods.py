@@ -26,6 +26,12 @@ def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
     return h
 
 
+def inverse_factor(h: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor of H^-1 (H damped, see _damped): the rows GPTQ and SparseGPT
+    spread each column's error along."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
 def whitened_svd(w: torch.Tensor, h: torch.Tensor, damp: float = 1e-4):
     """Factors of W whose truncation minimizes the output error ||(W - W') X^T||, not ||W - W'||.
 
@@ -139,7 +145,7 @@ def gptq_quantize(
         W, H = W[:, perm], H[perm][:, perm]
         scale, zero = scale[:, perm], zero[:, perm]
         keep = None if keep is None else keep[:, perm]
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    hinv = inverse_factor(H)
     g = min(group_size, cols)
     block = block if static else g
     Q = torch.zeros_like(W)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .methods import _damped
+from .methods import _damped, inverse_factor
 from .transforms import _grouped, code_offset, dequantize, on_grid, quant_grid, quant_params, quantize
 
 FP16_TINY, FP16_MAX = 2.0**-14, 65504.0  # the normal fp16 range: a stored scale stays in it
@@ -158,8 +158,7 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
     """
     rows, cols = w.shape
     W = w.float().clone(memory_format=torch.contiguous_format)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(_damped(h.float(), damp))),
-                                 upper=True)
+    hinv = inverse_factor(_damped(h.float(), damp))
     if nm is not None:
         n, m = nm
         block = max(m, block // m * m)  # an N:M group never crosses a block

@@ -228,9 +228,10 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     units = list(groups)
     options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in units}
     if target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
+        infos = {i.name: i for i in ex.layers if i.tied_to is None}
         smallest = work.apply(reference).memory.compressed_bytes + sum(
-            min(_predicted(ex, with_choice(reference, regexes, {u: o}), groups[u]) for o in options[u])
-            - _predicted(ex, reference, groups[u]) for u in units)
+            min(_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u]) for o in options[u])
+            - _predicted(infos, reference, groups[u]) for u in units)
         if smallest > target_ratio * original:
             raise UserError(f"the target {target_ratio} cannot be reached with the options "
                             f"{', '.join(o.label for o in ladder)} by {by} (smallest: {smallest / original:.3f} of fp16)")
@@ -308,11 +309,11 @@ def _same(reference, regexes, center, u, o, names) -> bool:
     return all(now.for_layer(n) == then.for_layer(n) for n in names)
 
 
-def _predicted(ex, recipe: Recipe, names) -> int:
-    """The bytes layers `names` store under `recipe`, from their shapes (engine.pipeline.predict)."""
+def _predicted(infos: dict, recipe: Recipe, names) -> int:
+    """The bytes layers `names` (among `infos`, name -> LayerInfo) store under `recipe`, from
+    their shapes (engine.pipeline.predict)."""
     from .pipeline import predict
 
-    infos = {i.name: i for i in ex.layers if i.tied_to is None}
     return sum(predict(infos[n], recipe.for_layer(n)).bytes.compressed_bytes for n in names if n in infos)
 
 

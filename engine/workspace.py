@@ -137,10 +137,8 @@ class Workspace:
                 before, share = old.pop(info.name, None), shares.get(info.name)
                 layer_factors = (lambda n=info.name: factors(n, lr.lowrank_method)) if share is None else (
                     lambda n=info.name, s=share: ex.shared_factors(s)[s.index(n)])
-                if before is not None and before.recipe == lr and pipeline.reusable(before, lr, share):
-                    stored = before  # the same recipe as before: the same values
-                elif pipeline.reusable(before, lr, share):  # shaped as before: only quantize
-                    stored = pipeline.requantize(before, lr, h)
+                if pipeline.reusable(before, lr, share):  # shaped as before: the same values, or only quantize
+                    stored = before if before.recipe == lr else pipeline.requantize(before, lr, h)
                 else:
                     stored = pipeline.compress(info.name, ex.weight(info.name), lr, layer_factors,
                                                lambda n=info.name: ex.sorted_abs(n), h, share)

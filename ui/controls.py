@@ -25,8 +25,8 @@ DEFAULTS = Recipe().to_dict()
 METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
                  "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
                  "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)",
-                 "hqq": "HQQ (half-quadratic fit)", "awq": "AWQ (calibrated)", "sparsegpt": "SparseGPT (calibrated)"}
-METHOD_LABELS["shared"] = "Basis shared across blocks (calibrated)"
+                 "hqq": "HQQ (half-quadratic fit)", "awq": "AWQ (calibrated)", "sparsegpt": "SparseGPT (calibrated)",
+                 "shared": "Basis shared across blocks (calibrated)"}
 SHARE_BLOCKS = (2, 3, 4, 6)
 FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
                                                       for f, t in TYPES.items()},

@@ -98,12 +98,11 @@ def codes(v: torch.Tensor, keep: torch.Tensor | None, grid, recipe) -> torch.Ten
     rows, cols = v.shape
     v = v.detach().float()
     sel = None if keep is None else keep.flatten()
+    if grid.channel is not None:  # AWQ: the codes are those of W diag(s)
+        v = v * grid.channel.float()
     flat = v.flatten() if sel is None else v.flatten()[sel]
     if _kmeans(recipe):
         return codebook_index(flat, grid.codebook.float())
-    if grid.channel is not None:  # AWQ: the codes are those of W diag(s)
-        v = v * grid.channel.float()
-        flat = v.flatten() if sel is None else v.flatten()[sel]
     scale, offset = (t.flatten() if sel is None else t.flatten()[sel] for t in
                      per_entry((grid.scale.float(), code_offset(grid.zero.float(), recipe.bits, recipe.symmetric)),
                                rows, cols, recipe.granularity, recipe.group_size))
