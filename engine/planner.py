@@ -250,10 +250,11 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     history, grid = [], None
     for r in range(rounds):
         c_loss, c_bytes = measure(center)
+        now = with_choice(reference, regexes, center)  # every layer's recipe at the center of this round
         loss, cost = {}, {}
         for u in units:
             for o in options[u]:
-                if o == center[u] or _same(reference, regexes, center, u, o, groups[u]):
+                if o == center[u] or _same(now, with_choice(reference, regexes, {**center, u: o}), groups[u]):
                     loss[u, o], cost[u, o] = 0.0, 0
                     continue
                 l, b = measure({**center, u: o})
@@ -303,9 +304,8 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     }
 
 
-def _same(reference, regexes, center, u, o, names) -> bool:
-    """Whether unit u at option o gives each of its layers the recipe it has now."""
-    now, then = with_choice(reference, regexes, center), with_choice(reference, regexes, {**center, u: o})
+def _same(now: Recipe, then: Recipe, names) -> bool:
+    """Whether recipe `then` gives each of the layers `names` the recipe `now` gives it."""
     return all(now.for_layer(n) == then.for_layer(n) for n in names)
 
 
