@@ -37,12 +37,21 @@ from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
 
 
-def gradients(model, tokenizer, weights: dict, samples: int) -> tuple[dict, dict]:
+def news_sequences(tokenizer, samples: int) -> list[list[int]]:
+    """The first SEQ_LEN tokens of each of the 50 Lee documents (gensim lee.cor: news articles
+    of the evaluation's source that the causal-LM evaluation never reads), up to `samples`."""
+    from engine.data import lee_documents
+
+    out = [tokenizer(d, truncation=True, max_length=SEQ_LEN)["input_ids"] for d in lee_documents()]
+    return [ids for ids in out if len(ids) >= SEQ_LEN // 2][:samples]
+
+
+def gradients(model, tokenizer, weights: dict, samples: int, text: str = "wikipedia") -> tuple[dict, dict]:
     """The mean gradient and mean squared gradient of each of `weights` (name -> tensor that
     `model` computes with, requiring grad), one next-token loss per calibration sequence."""
     g = {n: torch.zeros_like(w) for n, w in weights.items()}
     f = {n: torch.zeros_like(w) for n, w in weights.items()}
-    seqs = sequences(tokenizer, samples, SEQ_LEN)
+    seqs = sequences(tokenizer, samples, SEQ_LEN) if text == "wikipedia" else news_sequences(tokenizer, samples)
     with torch.enable_grad():
         for ids in seqs:
             x = torch.tensor([ids], device=next(iter(weights.values())).device)
@@ -61,6 +70,9 @@ def main():
     ap.add_argument("--ladder", default=None, help="default: the planner's default ladder")
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--fisher-scale", type=float, default=1.0)
+    ap.add_argument("--text", choices=("wikipedia", "news"), default="wikipedia",
+                    help="the gradients' text: the calibration paragraphs, or the 50 Lee news documents")
+    ap.add_argument("--out", help="also write the plan as a recipe JSON file")
     a = ap.parse_args()
 
     ex = Explorer.open(a.model)
@@ -78,7 +90,7 @@ def main():
         for w in weights.values():
             w.requires_grad_(True)
         try:
-            g, f = gradients(model, ex.loaded.tokenizer, weights, a.sequences)
+            g, f = gradients(model, ex.loaded.tokenizer, weights, a.sequences, a.text)
         finally:
             for w in weights.values():
                 w.requires_grad_(False)
@@ -88,7 +100,7 @@ def main():
             w = work.holders[i.name].w.detach().clone().requires_grad_(True)
             work.holders[i.name].fill((w,))
             weights[i.name] = w
-        g, f = gradients(work.model, ex.loaded.tokenizer, weights, a.sequences)  # apply() below refills the holders
+        g, f = gradients(work.model, ex.loaded.tokenizer, weights, a.sequences, a.text)  # apply() below refills the holders
 
     options = [REFERENCE] + (parse_ladder(a.ladder) if a.ladder else default_ladder(uniform))
     loss, cost = {}, {}
@@ -109,8 +121,10 @@ def main():
     choice = least_loss(units, {u: options for u in units}, {k: v - ref_loss[k[0]] for k, v in loss.items()},
                         {k: v - cost[k[0], REFERENCE] for k, v in cost.items()}, 0)
     plan = with_choice(uniform, {u: names_regex([u]) for u in units}, choice)
+    if a.out:
+        Path(a.out).write_text(plan.to_json())
     counts = collections.Counter(o.label for o in choice.values())
-    print(f"{a.model}, {a.proxy} proxy over {a.sequences} sequences, per layer, within the bytes of {uniform.describe()}")
+    print(f"{a.model}, {a.proxy} proxy over {a.sequences} sequences of {a.text}, per layer, within the bytes of {uniform.describe()}")
     print("plan:", ", ".join(f"{n} layers {label}" for label, n in counts.most_common()))
     held_out = "\n\n".join(wiki_paragraphs(256)[64:256])
     print(f"{'':8} {'bytes':>12}  {'text':9} {'perplexity':>10} {'KL':>7} {'top-1':>6}")

@@ -6,7 +6,7 @@ from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassificati
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
                           Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
-from engine.models import minilm_path
+from engine.models import minilm_path, smollm2_path
 
 
 def pytest_configure(config):
@@ -69,6 +69,19 @@ def tiny_models(tmp_path_factory):
     return {name: _save(m, root / name) for name, m in
             [("gpt2", gpt2), ("llama", llama), ("bert", bert), ("bert-classifier", classifier),
              ("mixtral", mixtral), ("qwen-moe", qwen_moe)]}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_with_smollm2s_tokenizer(tmp_path_factory):
+    """A tiny Llama with SmolLM2's tokenizer as a Hugging Face folder (as the hub has it: no GGUF)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hf-llama")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) + 3, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # Models loaded once per test session, for the tests that only read them: each test makes its own

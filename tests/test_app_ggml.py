@@ -63,15 +63,18 @@ def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes(tiny_models):
     assert len(points["x"]) == 6 and "Pareto frontier" in [t["name"] for t in spec["data"]]
 
 
-def test_explore_offers_a_gguf_file_where_the_model_can_have_one():
+def test_explore_offers_a_gguf_file_where_the_model_can_have_one(tiny_llama_with_smollm2s_tokenizer):
     at = ok(start(bits=4))  # minilm: a BERT, not the Llama family
     assert any("Not for this model: the Llama family only" in c.value for c in at.caption)
-    at = ok(start(model="smollm2", bits=4, group=32, layers="attention"))
-    assert any("120 of 120 compressed layers go in as they are (120 q4_0)" in c.value for c in at.caption)  # GGUF
-    assert any("120 of 120 compressed layers go in as they are (120 int4 group)" in c.value for c in at.caption)
+    # a Llama with SmolLM2's tokenizer, small enough to build both files in a few seconds
+    # (tests/test_ship.py builds smollm2's own and runs them in transformers and llama.cpp)
+    at = ok(start(model=str(tiny_llama_with_smollm2s_tokenizer), bits=4, group=32, layers="attention"))
+    assert any("8 of 8 compressed layers go in as they are (8 q4_0)" in c.value for c in at.caption)  # GGUF
+    assert any("8 of 8 compressed layers go in as they are (8 int4 group)" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Build the GGUF file").click()
     ok(at.run())
-    assert any(d.label.startswith("Download smollm2-int4-g32") and ".gguf" in d.label
+    name = tiny_llama_with_smollm2s_tokenizer.name
+    assert any(d.label.startswith(f"Download {name}-int4-g32") and ".gguf" in d.label
                for d in at.get("download_button"))
     next(b for b in at.button if b.label == "Build the compressed-tensors folder").click()
     ok(at.run())

@@ -6,11 +6,11 @@ import json
 import gguf
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from engine import data
 from engine.errors import UserError
-from engine.models import gguf_file, minilm_path, smollm2_path
+from engine.models import gguf_file, minilm_path
 from engine.session import Explorer
 from engine.storage import gguf_file as gguf_export
 from engine.storage import gguf_vocab
@@ -43,19 +43,6 @@ def test_pre_tokenizers_are_named_as_llama_cpp_names_them_and_others_refused():
     bert = json.loads(AutoTokenizer.from_pretrained(minilm_path()).backend_tokenizer.to_str())
     with pytest.raises(UserError, match="WordPiece"):
         gguf_vocab.pre_name(bert)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_with_smollm2s_tokenizer(tmp_path_factory):
-    """A tiny Llama with SmolLM2's tokenizer as a Hugging Face folder (as the hub has it: no GGUF)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf-llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) + 3, hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_a_hugging_face_llama_exports_to_gguf_with_its_own_tokenizer(tiny_llama_with_smollm2s_tokenizer, tmp_path):

@@ -89,18 +89,20 @@ def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_expl
     assert abs(ppl["llama.cpp"] / ppl["explorer"] - 1) < 0.02, ppl  # the same file, the same tokens
 
 
-def test_run_scores_a_gguf_file_as_the_recipe_in_memory(smollm2_explorer, tmp_path):
-    """`run FILE.gguf`: the file's own values on its source model, scored as the recipe was."""
+def test_run_scores_a_gguf_file_as_the_recipe_in_memory(tiny_llama_with_smollm2s_tokenizer, tmp_path):
+    """`run FILE.gguf`: the file's own values on its source model (a tiny Llama with SmolLM2's
+    tokenizer; smollm2's own file is the test above), scored as the recipe was."""
     import json
 
-    code, out, err = main("export", "smollm2", "--number-format", "q4_0", "--include-embeddings", "--format", "gguf",
+    model = str(tiny_llama_with_smollm2s_tokenizer)
+    code, out, err = main("export", model, "--number-format", "q4_0", "--include-embeddings", "--format", "gguf",
                           "--out", str(tmp_path), "--json")
     assert code == 0, err
     written = json.loads(out)
     code, out, err = main("run", written["file"], "--quick", "--json")
     assert code == 0, err
     from_file = json.loads(out)
-    code, out, err = main("run", "smollm2", "--number-format", "q4_0", "--include-embeddings", "--quick", "--json")
+    code, out, err = main("run", model, "--number-format", "q4_0", "--include-embeddings", "--quick", "--json")
     in_memory = json.loads(out)
     assert from_file["metrics"]["perplexity"] == pytest.approx(in_memory["metrics"]["perplexity"], rel=1e-6)
     assert from_file["memory"]["compressed_bytes"] == in_memory["memory"]["compressed_bytes"]
@@ -132,16 +134,17 @@ def test_compressed_tensors_refuses_what_it_cannot_hold_by_name(tmp_path):
     assert code == 2 and "asymmetric" in err and "encoder.layer.0" in err and err.count("\n") == 1
 
 
-def test_run_scores_a_compressed_tensors_folder_as_the_recipe_in_memory(smollm2_explorer, tmp_path):
+def test_run_scores_a_compressed_tensors_folder_as_the_recipe_in_memory(tiny_llama_with_smollm2s_tokenizer, tmp_path):
     import json
 
-    code, out, err = main("export", "smollm2", "--bits", "4", "--group-size", "64", "--format", "compressed-tensors",
+    model = str(tiny_llama_with_smollm2s_tokenizer)
+    code, out, err = main("export", model, "--bits", "4", "--group-size", "64", "--format", "compressed-tensors",
                           "--out", str(tmp_path / "w4"), "--json")
     assert code == 0, err
     code, out, err = main("run", str(tmp_path / "w4"), "--quick", "--json")
     assert code == 0, err
     from_folder = json.loads(out)
-    code, out, err = main("run", "smollm2", "--bits", "4", "--group-size", "64", "--quick", "--json")
+    code, out, err = main("run", model, "--bits", "4", "--group-size", "64", "--quick", "--json")
     in_memory = json.loads(out)
     assert from_folder["metrics"] == in_memory["metrics"]
     assert from_folder["memory"]["compressed_bytes"] == in_memory["memory"]["compressed_bytes"]
