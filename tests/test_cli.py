@@ -82,11 +82,11 @@ def test_run_minilm_json():
 
 def test_run_smollm2_json(tmp_path):
     # per-layer rules: low rank in the first four blocks only; the first estimate (the same
-    # evaluator on fewer windows; the baseline is the full protocol)
+    # evaluator on fewer windows; the baseline is the full protocol). A language model's
+    # distillation: test_distill.py, on a tiny Llama
     f = tmp_path / "r.json"
     f.write_text(json.dumps({"per_layer": [{"match": r"\.layers\.[0-3]\.", "rank_ratio": 0.5}]}))
-    out = run_json("smollm2", "--recipe", str(f), "--bits", "4", "--sparsity", "0.5", "--distill-steps", "1",
-                   "--quick")
+    out = run_json("smollm2", "--recipe", str(f), "--bits", "4", "--sparsity", "0.5", "--quick")
     layers = check_shape(out, "causal-lm", ["perplexity", "kl_to_original", "top1_agreement"])
     assert len(layers) == 210 and all(l["bits"] == 4 for l in layers)
     factored = [l for l in layers if l["rank"] is not None]
@@ -102,9 +102,6 @@ def test_run_smollm2_json(tmp_path):
     assert 10 < base < 100  # a working 135M model on news text
     assert out["metrics"]["perplexity"] > base and out["metrics"]["kl_to_original"] > 0
     assert 0 <= out["metrics"]["top1_agreement"] < 1
-    d = out["distillation"]  # one step of KL distillation of the factors, reported beside the metrics before it
-    assert d["objective"].startswith("KL") and d["loss_first"] > 0 and len(d["loss"]) == 1
-    assert out["metrics"]["perplexity"] != d["metrics_before"]["perplexity"] > base
 
 
 def test_error_falls_as_bits_rise_on_smollm2(smollm2_explorer):

@@ -87,3 +87,12 @@ def test_cli_reports_quality_before_and_after_distillation():
     assert out["seconds"]["distill"] == d["seconds"] > 0
     assert out["recipe"]["distill_steps"] == 2
 
+
+def test_cli_distils_a_language_model_on_its_kl_to_the_original(tiny_models):
+    # a causal LM's objective: KL of the next-token distributions (a tiny Llama: one step of the same code
+    # that runs on smollm2)
+    out = run_json(tiny_models["llama"], "--rank-ratio", "0.5", "--bits", "4", "--distill-steps", "1", "--quick")
+    d = out["distillation"]
+    assert d["objective"].startswith("KL") and d["loss_first"] > 0 and len(d["loss"]) == 1
+    assert out["metrics"]["perplexity"] != d["metrics_before"]["perplexity"]
+    assert d["metrics_before"]["kl_to_original"] > 0
