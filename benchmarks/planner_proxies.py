@@ -11,12 +11,14 @@ within the bytes of uniform `--bits` (engine.planner.least_loss, exact), the pre
   option's weights minus the uniform model's, and s the Fisher's scale (`--fisher-scale`:
   1 per sequence, or the sequence length for a per-token estimate).
 
-The plan and the uniform setting are then scored with the full protocol on the evaluation text
-and on held-out Wikipedia paragraphs (the 64th to 256th of the calibration source, past the
-calibration sequences). Printed side by side.
+The gradients are taken on the calibration paragraphs, or (`--text news`) on the 50 Lee news
+documents, of the evaluation's source and never read by the causal-LM evaluation. The plan and
+the uniform setting are then scored with the full protocol on the evaluation text and on
+held-out Wikipedia paragraphs (the 64th to 256th of the calibration source, past the
+calibration sequences). Printed side by side; `--out FILE` writes the plan as a recipe.
 
     .venv/bin/python benchmarks/planner_proxies.py [--model smollm2] [--bits 4] [--proxy fisher|taylor]
-        [--ladder 3/ch,4/ch,...] [--sequences 64] [--fisher-scale 1]
+        [--ladder 3/ch,4/ch,...] [--sequences 64] [--fisher-scale 1] [--text news] [--out plan.json]
 """
 from __future__ import annotations
 

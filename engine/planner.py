@@ -7,7 +7,9 @@
 The reference is the setting the plan competes with (a uniform recipe, or a mix such as
 llama.cpp's Q4_K_M); units are engine.plan's (a layer, a block, or a kind of layer). Each unit
 may take one of a ladder of options: a bit width with its own group size (3 bits in groups of
-64 sits between 3 and 4 bits in groups of 128) or per-channel scales, or a llama.cpp type.
+64 sits between 3 and 4 bits in groups of 128) or per-channel scales, with or without a
+zero-point per group ("+z": 3 bits with zero-points in groups of 256 take fewer bytes than
+without in groups of 128), or a llama.cpp type.
 
 In context: every option of every unit is measured (the first estimate, on the planning text:
 paragraphs of the calibration text, which the evaluation never reads) with the rest of the model
@@ -19,8 +21,11 @@ then picks the option per unit with the least total loss within the budget; sinc
 up less faithfully than small ones, its best choices changing at most 1, 2, 3, 4, 6, 8, ... units
 are measured too, and the best measured kept. Each further round measures the options again around the best plan so far (the
 losses of a move from there) and solves again; the best measured plan is kept, so a round can
-only help. The reference itself is always a candidate: where no mix measures better, the plan
-is the reference, and the result says so. The plan and the reference are then measured with
+only help. The reference itself is always a candidate, and so is each option of the ladder
+given to every unit where its bytes fit (3 bits with zero-points in groups of 256 everywhere,
+say): the next round measures around the best of all of these, so a plan is never worse on the
+planning text than a uniform setting of the ladder within its bytes. Where no mix measures
+better than the reference, the plan is the reference, and the result says so. The plan and the reference are then measured with
 the full protocol.
 """
 from __future__ import annotations
@@ -36,7 +41,7 @@ from .plan import _groups, unit_regex
 from .recipe import Recipe
 from .recipe_values import BITS, NUMBER_FORMATS, RecipeError
 
-GROUP_SIZES = (32, 64, 128)
+GROUP_SIZES = (32, 64, 128, 256)  # the wider ladder's, as the app's group-size control
 
 
 @dataclass(frozen=True)
@@ -56,22 +61,26 @@ REFERENCE = Option("reference")
 
 def parse_option(text: str) -> Option:
     """'4' (bits, the reference's grid), '3/g64' (bits in groups of 64), '3/ch' (per output
-    channel), a llama.cpp type ('q4_k'), or 'reference'."""
+    channel), any of these with '+z' (a zero-point per group: '3/g256+z'), a llama.cpp type
+    ('q4_k'), or 'reference'."""
     t = text.strip().lower()
     if t in ("reference", "ref"):
         return REFERENCE
     if t in NUMBER_FORMATS and t != "int":
         return Option(t, (("number_format", t),))
-    m = re.fullmatch(r"(\d+)(?:/(?:g(\d+)|(ch)))?", t)
+    m = re.fullmatch(r"(\d+)(?:/(?:g(\d+)|(ch)))?(\+z)?", t)
     if not m or int(m.group(1)) not in BITS or int(m.group(1)) == 16:
         raise UserError(f"--ladder: {text!r} is not an option; give bits (2-8), bits/gN (e.g. 3/g64), bits/ch, "
-                        f"or a llama.cpp type ({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
-    bits = int(m.group(1))
+                        f"each with +z for zero-points (3/g256+z), or a llama.cpp type "
+                        f"({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
+    bits, zero = int(m.group(1)), (("symmetric", False),) if m.group(4) else ()
     if m.group(3):
-        return Option(f"{bits}/ch", (("bits", bits), ("granularity", "channel")))
-    if m.group(2):
-        return Option(f"{bits}/g{m.group(2)}", (("bits", bits), ("granularity", "group"), ("group_size", int(m.group(2)))))
-    return Option(str(bits), (("bits", bits),))
+        label, fields = f"{bits}/ch", (("bits", bits), ("granularity", "channel"))
+    elif m.group(2):
+        label, fields = f"{bits}/g{m.group(2)}", (("bits", bits), ("granularity", "group"), ("group_size", int(m.group(2))))
+    else:
+        label, fields = str(bits), (("bits", bits),)
+    return Option(label + "+z" * bool(zero), fields + zero)
 
 
 def parse_ladder(text: str) -> list[Option]:
@@ -84,23 +93,26 @@ def parse_ladder(text: str) -> list[Option]:
 def default_ladder(reference: Recipe) -> list[Option]:
     """The options around the reference: for the explorer's integer grid at b bits, b - 1 and b + 1
     bits per channel, b bits per channel and in groups of 64 and 32, b + 1 bits in groups of 128
-    (about b - 1, b, b + 1/4, b + 1/2 and b + 1 bits per value); for llama.cpp's types, the k-quants
-    and q8_0."""
+    (about b - 1, b, b + 1/4, b + 1/2 and b + 1 bits per value), and b bits with zero-points in
+    groups of 128 and of 256 (a little more, and a little less, than b bits in groups of 128
+    without); for llama.cpp's types, the k-quants and q8_0."""
     if reference.number_format != "int":
         return [parse_option(t) for t in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")]
     b = reference.bits if reference.bits < 16 else 4
-    labels = [f"{b - 1}/ch", f"{b}/ch", f"{b}/g64", f"{b}/g32", f"{b + 1}/ch", f"{b + 1}/g128"]
+    labels = [f"{b - 1}/ch", f"{b}/ch", f"{b}/g64", f"{b}/g32", f"{b + 1}/ch", f"{b + 1}/g128", f"{b}/g128+z",
+              f"{b}/g256+z"]
     return [parse_option(t) for t in labels if int(t.split("/")[0]) in BITS and int(t.split("/")[0]) < 16]
 
 
 def wider_ladder(reference: Recipe) -> list[Option]:
     """Every option the app offers around the reference: the default ladder's, and b - 1, b and
-    b + 1 bits each per channel and in groups of 128, 64 and 32."""
+    b + 1 bits each per channel and in each group size of GROUP_SIZES, with and without zero-points."""
     if reference.number_format != "int":
         return default_ladder(reference) + [parse_option(t) for t in ("q4_0", "q5_0")]
     b = reference.bits if reference.bits < 16 else 4
-    return [parse_option(f"{bits}/{g}") for bits in (b - 1, b, b + 1) if bits in BITS and bits < 16
-            for g in ("ch", "g128", "g64", "g32")]
+    grids = ["ch"] + [f"g{g}" for g in sorted(GROUP_SIZES, reverse=True)]
+    return [parse_option(f"{bits}/{g}{z}") for bits in (b - 1, b, b + 1) if bits in BITS and bits < 16
+            for z in ("", "+z") for g in grids]
 
 
 def score(metrics: dict, metric: str) -> float:
@@ -227,8 +239,8 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     original = 2 * ex.total_params
     units = list(groups)
     options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in units}
+    infos = {i.name: i for i in ex.layers if i.tied_to is None}
     if target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
-        infos = {i.name: i for i in ex.layers if i.tied_to is None}
         smallest = work.apply(reference).memory.compressed_bytes + sum(
             min(_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u]) for o in options[u])
             - _predicted(infos, reference, groups[u]) for u in units)
@@ -237,7 +249,7 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                             f"{', '.join(o.label for o in ladder)} by {by} (smallest: {smallest / original:.3f} of fp16)")
     ref_loss, ref_bytes = measure({})
     budget = ref_bytes if target_ratio is None else target_ratio * original
-    total = rounds * len(units) * len(ladder) + 1
+    total = rounds * len(units) * len(ladder) + len(ladder) + 1
     done = [0]
 
     def tick(what):
@@ -248,7 +260,20 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     center = {u: REFERENCE for u in units}
     best = (ref_loss, ref_bytes, dict(center)) if ref_bytes <= budget else None
     history, grid = [], None
+    for o in ladder:  # each option for every unit, where its bytes fit, is a candidate too
+        tick(f"every unit at {o.label}")
+        everywhere = {u: o for u in units}
+        if ref_bytes + sum(_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u])
+                           - _predicted(infos, reference, groups[u]) for u in units) > budget:
+            continue
+        got, got_bytes = measure(everywhere)
+        history.append({"round": 0, "changes": len(units), "predicted": None, "measured": got, "bytes": got_bytes,
+                        "choice": {u: o.label for u in units}})
+        if got_bytes <= budget and (best is None or got < best[0]):
+            best = (got, got_bytes, everywhere)
+    rounds_run = 0
     for r in range(rounds):
+        rounds_run = r + 1
         c_loss, c_bytes = measure(center)
         now = with_choice(reference, regexes, center)  # every layer's recipe at the center of this round
         loss, cost = {}, {}
@@ -267,11 +292,10 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                     "bytes": [[cost[u, o] for o in options[u]] for u in units]}
         found = candidates(units, options, loss, cost, budget - c_bytes, center)
         if not found:
-            if r == 0:
+            if r == 0 and best is None:
                 raise UserError(f"the target {target_ratio} cannot be reached with the options "
                                 f"{', '.join(o.label for o in ladder)} by {by}")
             break
-        before = best
         for choice in found:
             predicted = c_loss + sum(loss[u, choice[u]] for u in units)
             got, got_bytes = measure(choice)
@@ -280,9 +304,9 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                             "choice": {u: o.label for u, o in choice.items()}})
             if got_bytes <= budget and (best is None or got < best[0]):
                 best = (got, got_bytes, choice)
-        if best is before or best[2] == center:
+        if best is None or best[2] == center:
             break  # no move measured better: another round would measure the same
-        center = best[2]
+        center = best[2]  # the next round around the best so far (a round's own, or an option everywhere)
     if best is None:
         raise UserError(f"the target {target_ratio} cannot be reached with the options by {by}")
     _, plan_bytes, choice = best
@@ -298,7 +322,7 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
         "is_reference": all(o == REFERENCE for o in choice.values()),
         "units": [{"unit": u, "layers": groups[u], "choice": choice[u].label,
                    "loss_by_option": dict(zip(grid["options"], grid["loss"][i]))} for i, u in enumerate(units)],
-        "grid": grid, "rounds": history, "measured_choices": len(measure.seen),
+        "grid": grid, "rounds": history, "rounds_run": rounds_run, "measured_choices": len(measure.seen),
         "plan": {"compressed_bytes": plan_bytes, "ratio": plan_bytes / original, "metrics": plan_metrics},
         "uniform": uniform,
     }

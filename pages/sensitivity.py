@@ -29,7 +29,8 @@ with st.form("sensitivity_form"):
                     help="One layer; every layer of one transformer block; or one kind of layer across blocks.")
     ladder = c[1].multiselect("Options per unit", ladder_all, default=ladder_default, key="sensitivity_options",
                               help="3/g64: 3 bits in groups of 64 values; 3/ch: 3 bits, one scale per output "
-                                   "channel. Each option is measured for each unit.")
+                                   "channel; +z: with a zero-point per group as well (asymmetric). Each option "
+                                   "is measured for each unit.")
     budget = c[2].radio("Bytes", ["as the sidebar's recipe", "a target size"], key="sensitivity_budget",
                         help="Stay within the bytes of the sidebar's recipe applied uniformly, or within a "
                              "fraction of the fp16 bytes.")
@@ -83,7 +84,7 @@ if result["is_reference"]:
 st.caption(f"Planned {charts.human_bytes(p['compressed_bytes'])} (ratio {p['ratio']:.4f}) against "
            f"{charts.human_bytes(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}) for the sidebar's recipe; "
            f"baseline {metric} {result['baseline'][metric]:.4g}; full protocol for both. "
-           f"{result['measured_choices']} settings measured in {len(result['rounds'])} round(s).")
+           f"{result['measured_choices']} settings measured in {result['rounds_run']} round(s).")
 st.dataframe([{"unit": u["unit"], "layers": len(u["layers"]), "setting": u["choice"]} for u in result["units"]],
              hide_index=True, width="stretch")
 planned = Recipe.from_dict(result["recipe"])

@@ -63,11 +63,16 @@ def test_options_parse_and_bad_ones_are_named():
     assert P.parse_option("2/ch").rule == {"bits": 2, "granularity": "channel"}
     assert P.parse_option("4").rule == {"bits": 4} and P.parse_option("q4_k").rule == {"number_format": "q4_k"}
     assert P.parse_option("reference") is P.REFERENCE
-    assert [o.label for o in P.default_ladder(Recipe(bits=3))] == ["2/ch", "3/ch", "3/g64", "3/g32", "4/ch", "4/g128"]
-    assert [o.label for o in P.default_ladder(Recipe(bits=8))] == ["7/ch", "8/ch", "8/g64", "8/g32"]  # no 9 bits
+    assert P.parse_option("3/g256+z").rule == {"bits": 3, "granularity": "group", "group_size": 256, "symmetric": False}
+    assert P.parse_option("2/CH+Z") == P.Option("2/ch+z", (("bits", 2), ("granularity", "channel"), ("symmetric", False)))
+    assert [o.label for o in P.default_ladder(Recipe(bits=3))] == ["2/ch", "3/ch", "3/g64", "3/g32", "4/ch", "4/g128",
+                                                                   "3/g128+z", "3/g256+z"]
+    assert [o.label for o in P.default_ladder(Recipe(bits=8))] == ["7/ch", "8/ch", "8/g64", "8/g32", "8/g128+z",
+                                                                   "8/g256+z"]  # no 9 bits
     assert set(P.default_ladder(Recipe(bits=3))) < set(P.wider_ladder(Recipe(bits=3)))
-    assert len(P.wider_ladder(Recipe(bits=2))) == 8 and P.default_ladder(Recipe(number_format="q4_k"))[2].label == "q4_k"
-    for bad in ("9", "3/x", "16", "q9_k"):
+    assert len(P.wider_ladder(Recipe(bits=2))) == 2 * 2 * 5  # 2 and 3 bits, with and without zero-points, 5 grids
+    assert P.default_ladder(Recipe(number_format="q4_k"))[2].label == "q4_k"
+    for bad in ("9", "3/x", "16", "q9_k", "3/g64+y", "+z"):
         with pytest.raises(UserError, match="--ladder"):
             P.parse_option(bad)
 

@@ -115,8 +115,9 @@ def add_parsers(sub) -> None:
                     help="compressed / fp16 bytes to stay within, in (0, 1) (default: the reference's bytes)")
     pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own setting")
     pl.add_argument("--ladder", help="options per unit, comma-separated: bits (4), bits in groups of N (3/g64), "
-                                     "per channel (3/ch), llama.cpp types (q4_k); default for b bits: b-1/ch, "
-                                     "b/ch, b/g64, b/g32, b+1/ch, b+1/g128, or the k-quants and q8_0 for a "
+                                     "per channel (3/ch), each with +z for a zero-point per group (3/g256+z), "
+                                     "llama.cpp types (q4_k); default for b bits: b-1/ch, b/ch, b/g64, b/g32, "
+                                     "b+1/ch, b+1/g128, b/g128+z, b/g256+z, or the k-quants and q8_0 for a "
                                      "llama.cpp reference")
     pl.add_argument("--rounds", type=int, default=2, help="rounds of measuring around the best plan (default 2)")
     pl.add_argument("--out", help="also write the plan as a recipe JSON file (per-layer rules), to load with "
