@@ -12,7 +12,7 @@ zero-point per group ("+z": 3 bits with zero-points in groups of 256 take fewer 
 without in groups of 128), or a llama.cpp type.
 
 In context: every option of every unit is measured (the first estimate, on the planning text:
-paragraphs of the calibration text, which the evaluation never reads) with the rest of the model
+text the evaluation never reads, of its kind where there is one, see planning_text) with the rest of the model
 at the current setting, not at full precision, so that a unit's loss is the loss it adds to a
 model already compressed as it will be; losses measured alone do not add up at 2-3 bits (on
 smollm2, k_proj alone at 2 bits costs little, but with everything else at 3 bits it breaks the
@@ -184,12 +184,20 @@ def candidates(units: list, options: dict, loss: dict, cost: dict, budget: float
 
 
 PLAN_PARAGRAPHS = 16  # of the calibration text: the planner measures on them, never on the evaluation text
+NEWS_KINDS = ("causal-lm", "seq2seq")  # the kinds whose evaluation reads the 300 Lee news articles
 
 
-def planning_text() -> tuple[str, str]:
-    """The text the planner measures on, one paragraph per line, and its name: the first
-    PLAN_PARAGRAPHS paragraphs of the calibration text (engine.calibrate), none of which the
-    evaluation reads, so that the full protocol scores the plan on text it was not chosen on."""
+def planning_text(kind: str) -> tuple[str, str]:
+    """The text the planner measures on, one paragraph per line, and its name: text the
+    evaluation never reads, so that the full protocol scores the plan on text it was not chosen
+    on, and of the evaluation's kind where there is one. For a language model, scored on the
+    300 Lee news articles, the 50 Lee documents (gensim lee.cor: news of the same source, none of
+    the 300); for an encoder or a classifier, whose evaluation reads those 50, the first
+    PLAN_PARAGRAPHS paragraphs of the calibration text (engine.calibrate)."""
+    if kind in NEWS_KINDS:
+        from .data import lee_documents
+
+        return "\n".join(lee_documents()), "gensim lee.cor (the 50 Lee news documents, none of the 300 evaluated)"
     from .calibrate import SOURCE, wiki_paragraphs
 
     return "\n".join(wiki_paragraphs(PLAN_PARAGRAPHS)), f"{SOURCE}, first {PLAN_PARAGRAPHS} paragraphs"
@@ -200,7 +208,7 @@ class _Measure:
 
     def __init__(self, work, reference: Recipe, regexes: dict):
         self.work, self.reference, self.regexes = work, reference, regexes
-        self.text, self.name = planning_text()
+        self.text, self.name = planning_text(work.explorer.kind)
         self.metric = work.explorer.evaluator(self.text, self.name).primary
         self.seen: dict = {}
 

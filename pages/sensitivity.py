@@ -63,7 +63,8 @@ grid = result["grid"]
 metric = result["metric"]
 st.subheader("Sensitivity in context", help=f"Loss: how much the first estimate of {metric} gets worse (log "
              "perplexity for a language model) with only that unit changed to that option and the rest at "
-             f"{grid['reference']}. Negative: better than the reference.")
+             f"{grid['reference']}, measured on {grid['text']}, which the evaluation never reads. Negative: "
+             "better than the reference.")
 st.plotly_chart(charts.sensitivity_heatmap(grid), config=charts.PNG, key="sensitivity_heatmap")
 rows = [{"unit": u, **{o: grid["loss"][i][j] for j, o in enumerate(grid["options"])}}
         for i, u in enumerate(grid["units"])]

@@ -77,6 +77,20 @@ def test_options_parse_and_bad_ones_are_named():
             P.parse_option(bad)
 
 
+def test_the_planning_text_is_text_the_evaluation_never_reads():
+    from engine import data
+    from engine.calibrate import wiki_paragraphs
+
+    news, name = P.planning_text("causal-lm")  # a language model is scored on the 300 Lee articles
+    assert news.splitlines() == list(data.lee_documents()) and "lee.cor" in name
+    assert not set(news.splitlines()) & set(data.lee_background())
+    assert P.planning_text("seq2seq")[0] == news
+    for kind in ("encoder", "classifier"):  # their evaluation reads lee.cor (similarity) or the polarity sentences
+        wiki, name = P.planning_text(kind)
+        assert wiki.splitlines() == list(wiki_paragraphs(P.PLAN_PARAGRAPHS)) and "Wikipedia" in name
+        assert not set(wiki.splitlines()) & (set(data.lee_documents()) | set(data.polarity()[0]))
+
+
 def test_plan_beats_uniform_3_bits_on_minilm_and_is_a_recipe(minilm_explorer):
     work = minilm_explorer.workspace()
     ladder = P.parse_ladder("2/ch,3/g64")
