@@ -61,26 +61,38 @@ REFERENCE = Option("reference")
 
 def parse_option(text: str) -> Option:
     """'4' (bits, the reference's grid), '3/g64' (bits in groups of 64), '3/ch' (per output
-    channel), any of these with '+z' (a zero-point per group: '3/g256+z'), a llama.cpp type
-    ('q4_k'), or 'reference'."""
+    channel), any of these with '+z' (a zero-point per group: '3/g256+z'), with a rank ratio
+    ('/r0.5': truncated SVD at half the full rank) or a sparsity ('/s0.5': half the values
+    pruned) as well ('4/g64/s0.5', or 's0.5' alone at the reference's bits), a llama.cpp type
+    ('q4_k'), or 'reference'. Validity with the reference is checked by the planner."""
     t = text.strip().lower()
     if t in ("reference", "ref"):
         return REFERENCE
     if t in NUMBER_FORMATS and t != "int":
         return Option(t, (("number_format", t),))
-    m = re.fullmatch(r"(\d+)(?:/(?:g(\d+)|(ch)))?(\+z)?", t)
-    if not m or int(m.group(1)) not in BITS or int(m.group(1)) == 16:
-        raise UserError(f"--ladder: {text!r} is not an option; give bits (2-8), bits/gN (e.g. 3/g64), bits/ch, "
-                        f"each with +z for zero-points (3/g256+z), or a llama.cpp type "
-                        f"({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
-    bits, zero = int(m.group(1)), (("symmetric", False),) if m.group(4) else ()
-    if m.group(3):
-        label, fields = f"{bits}/ch", (("bits", bits), ("granularity", "channel"))
-    elif m.group(2):
-        label, fields = f"{bits}/g{m.group(2)}", (("bits", bits), ("granularity", "group"), ("group_size", int(m.group(2))))
-    else:
-        label, fields = str(bits), (("bits", bits),)
-    return Option(label + "+z" * bool(zero), fields + zero)
+    zero = t.endswith("+z")
+    parts, fields, seen = (t[:-2] if zero else t).split("/"), [], set()
+    for k, part in enumerate(parts):
+        m = re.fullmatch(r"(\d+)|g(\d+)|(ch)|([rs])(0?\.\d+|1(?:\.0*)?|0)", part)
+        kind = m and ("bits" if m.group(1) else "grid" if m.group(2) or m.group(3) else m.group(4))
+        if not m or kind in seen or (kind == "bits" and (k or int(part) not in BITS or int(part) == 16)) \
+                or (kind == "grid" and "bits" not in seen):
+            raise UserError(f"--ladder: {text!r} is not an option; give bits (2-8), bits/gN (e.g. 3/g64), bits/ch, "
+                            f"each with /rX for a rank ratio, /sX for a sparsity and +z for zero-points "
+                            f"(3/g256+z, 4/r0.5, 4/g64/s0.5), or a llama.cpp type "
+                            f"({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
+        seen.add(kind)
+        if kind == "bits":
+            fields.append(("bits", int(part)))
+        elif m.group(3):
+            fields.append(("granularity", "channel"))
+        elif m.group(2):
+            fields += [("granularity", "group"), ("group_size", int(m.group(2)))]
+        else:
+            fields.append(("rank_ratio" if kind == "r" else "sparsity", float(m.group(5))))
+    if zero:
+        fields.append(("symmetric", False))
+    return Option(t, tuple(fields))
 
 
 def parse_ladder(text: str) -> list[Option]:

@@ -28,8 +28,10 @@ with st.form("sensitivity_form"):
                     format_func={"layer": "layer", "block": "block", "type": "layer type"}.get,
                     help="One layer; every layer of one transformer block; or one kind of layer across blocks.")
     ladder = c[1].multiselect("Options per unit", ladder_all, default=ladder_default, key="sensitivity_options",
+                              accept_new_options=True,
                               help="3/g64: 3 bits in groups of 64 values; 3/ch: 3 bits, one scale per output "
-                                   "channel; +z: with a zero-point per group as well (asymmetric). Each option "
+                                   "channel; +z: with a zero-point per group as well (asymmetric). Type your own: "
+                                   "4/r0.5 (rank ratio 0.5), 4/g64/s0.5 (half the values pruned). Each option "
                                    "is measured for each unit.")
     budget = c[2].radio("Bytes", ["as the sidebar's recipe", "a target size"], key="sensitivity_budget",
                         help="Stay within the bytes of the sidebar's recipe applied uniformly, or within a "
@@ -47,10 +49,12 @@ if run:
     else:
         context.ensure_calibration(ctx, recipe)
         bar = st.progress(0.0, text="Measuring…")
-        result = context.shielded(
-            "Measuring and planning", planner.plan, ctx.work, recipe,
-            target if budget == "a target size" else None, by, [planner.parse_option(o) for o in ladder],
-            int(rounds), progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"))
+        def measure_and_plan():  # a typed option that is not one is an error box, like any refusal
+            return planner.plan(ctx.work, recipe, target if budget == "a target size" else None, by,
+                                [planner.parse_option(o) for o in ladder], int(rounds),
+                                progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"))
+
+        result = context.shielded("Measuring and planning", measure_and_plan)
         if result is not None:
             results[key] = result
         bar.empty()

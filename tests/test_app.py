@@ -261,6 +261,11 @@ def test_sensitivity_heatmap_and_plan(tmp_path):
     at.switch_page("pages/explore.py").run()
     assert recipe_caption(ok(at)) == recipe.describe()
     assert compressed_bytes(at) == pytest.approx(planned["plan"]["compressed_bytes"], rel=0.005)  # as shown, rounded
+    at.switch_page("pages/sensitivity.py").run()  # an option typed in that is not one: an error box, the page goes on
+    at.multiselect(key="sensitivity_options").set_value(["3/g64", "4/s1.5"])
+    next(b for b in at.button if b.label == "Measure and plan").click()
+    at.run()
+    assert not at.exception and any("'4/s1.5' is not an option" in e.value for e in at.error)
 
 
 def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):

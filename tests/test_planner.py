@@ -72,7 +72,10 @@ def test_options_parse_and_bad_ones_are_named():
     assert set(P.default_ladder(Recipe(bits=3))) < set(P.wider_ladder(Recipe(bits=3)))
     assert len(P.wider_ladder(Recipe(bits=2))) == 2 * 2 * 5  # 2 and 3 bits, with and without zero-points, 5 grids
     assert P.default_ladder(Recipe(number_format="q4_k"))[2].label == "q4_k"
-    for bad in ("9", "3/x", "16", "q9_k", "3/g64+y", "+z"):
+    assert P.parse_option("4/g64/s0.5").rule == {"bits": 4, "granularity": "group", "group_size": 64, "sparsity": 0.5}
+    assert P.parse_option("4/r0.25+z").rule == {"bits": 4, "rank_ratio": 0.25, "symmetric": False}
+    assert P.parse_option("s0.5").rule == {"sparsity": 0.5}  # at the reference's bits
+    for bad in ("9", "3/x", "16", "q9_k", "3/g64+y", "+z", "g64", "4/s1.5", "4/s0.5/s0.5", "s0.5/4"):
         with pytest.raises(UserError, match="--ladder"):
             P.parse_option(bad)
 
@@ -89,6 +92,21 @@ def test_the_planning_text_is_text_the_evaluation_never_reads():
         wiki, name = P.planning_text(kind)
         assert wiki.splitlines() == list(wiki_paragraphs(P.PLAN_PARAGRAPHS)) and "Wikipedia" in name
         assert not set(wiki.splitlines()) & (set(data.lee_documents()) | set(data.polarity()[0]))
+
+
+def test_rank_and_sparsity_per_unit_where_asked(tiny_models):
+    from engine.session import Explorer
+
+    work = Explorer.open(tiny_models["bert"]).workspace()
+    result = P.plan(work, Recipe(bits=4), by="type", ladder=P.parse_ladder("4/s0.5,8/r0.5,8/ch"), rounds=1)
+    assert result["grid"]["options"] == ["reference", "4/s0.5", "8/r0.5", "8/ch"]
+    assert all(b < 0 for b in (row[1] for row in result["grid"]["bytes"]))  # half the values pruned: fewer bytes
+    assert result["plan"]["compressed_bytes"] <= result["uniform"]["compressed_bytes"]
+    recipe = Recipe.from_json(json.dumps(result["recipe"]))
+    for u in result["units"]:  # every layer of a unit carries its option's sparsity, rank and bits
+        want = Recipe(bits=4) if u["choice"] == "reference" else Recipe(bits=4).updated(**P.parse_option(u["choice"]).rule)
+        assert {recipe.for_layer(n) for n in u["layers"]} == {want}
+    assert work.apply(recipe).memory.compressed_bytes == result["plan"]["compressed_bytes"]
 
 
 def test_plan_beats_uniform_3_bits_on_minilm_and_is_a_recipe(minilm_explorer):

@@ -115,7 +115,8 @@ def add_parsers(sub) -> None:
                     help="compressed / fp16 bytes to stay within, in (0, 1) (default: the reference's bytes)")
     pl.add_argument("--by", choices=UNITS, default="type", help="unit that gets its own setting")
     pl.add_argument("--ladder", help="options per unit, comma-separated: bits (4), bits in groups of N (3/g64), "
-                                     "per channel (3/ch), each with +z for a zero-point per group (3/g256+z), "
+                                     "per channel (3/ch), each with +z for a zero-point per group (3/g256+z), /rX for a "
+                                     "rank ratio and /sX for a sparsity (4/r0.5, 4/g64/s0.5), "
                                      "llama.cpp types (q4_k); default for b bits: b-1/ch, b/ch, b/g64, b/g32, "
                                      "b+1/ch, b+1/g128, b/g128+z, b/g256+z, or the k-quants and q8_0 for a "
                                      "llama.cpp reference")
