@@ -178,10 +178,15 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     units = list(groups)
     options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in units}
     infos = {i.name: i for i in ex.layers if i.tied_to is None}
+
+    def added(u, o) -> int:
+        """The bytes unit u at option o adds to the reference's, from the shapes (negative: saves)."""
+        return (_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u])
+                - _predicted(infos, reference, groups[u]))
+
     if target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
         smallest = work.apply(reference).memory.compressed_bytes + sum(
-            min(_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u]) for o in options[u])
-            - _predicted(infos, reference, groups[u]) for u in units)
+            min(added(u, o) for o in options[u]) for u in units)
         if smallest > target_ratio * original:
             raise UserError(f"the target {target_ratio} cannot be reached with the options "
                             f"{', '.join(o.label for o in ladder)} by {by} (smallest: {smallest / original:.3f} of fp16)")
@@ -198,17 +203,21 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
     center = {u: REFERENCE for u in units}
     best = (ref_loss, ref_bytes, dict(center)) if ref_bytes <= budget else None
     history, grid = [], None
+
+    def consider(choice: dict, round_: int, predicted: float | None):
+        """Measure a candidate, write it in the history, and keep it if it is the best within the budget."""
+        nonlocal best
+        got, got_bytes = measure(choice)
+        history.append({"round": round_, "changes": sum(choice[u] != center[u] for u in units),
+                        "predicted": predicted, "measured": got, "bytes": got_bytes,
+                        "choice": {u: o.label for u, o in choice.items()}})
+        if got_bytes <= budget and (best is None or got < best[0]):
+            best = (got, got_bytes, choice)
+
     for o in ladder:  # each option for every unit, where its bytes fit, is a candidate too
         tick(f"every unit at {o.label}")
-        everywhere = {u: o for u in units}
-        if ref_bytes + sum(_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u])
-                           - _predicted(infos, reference, groups[u]) for u in units) > budget:
-            continue
-        got, got_bytes = measure(everywhere)
-        history.append({"round": 0, "changes": len(units), "predicted": None, "measured": got, "bytes": got_bytes,
-                        "choice": {u: o.label for u in units}})
-        if got_bytes <= budget and (best is None or got < best[0]):
-            best = (got, got_bytes, everywhere)
+        if ref_bytes + sum(added(u, o) for u in units) <= budget:
+            consider({u: o for u in units}, 0, None)
     rounds_run = 0
     for r in range(rounds):
         rounds_run = r + 1
@@ -235,13 +244,7 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
                                 f"{', '.join(o.label for o in ladder)} by {by}")
             break
         for choice in found:
-            predicted = c_loss + sum(loss[u, choice[u]] for u in units)
-            got, got_bytes = measure(choice)
-            history.append({"round": r + 1, "changes": sum(choice[u] != center[u] for u in units),
-                            "predicted": predicted, "measured": got, "bytes": got_bytes,
-                            "choice": {u: o.label for u, o in choice.items()}})
-            if got_bytes <= budget and (best is None or got < best[0]):
-                best = (got, got_bytes, choice)
+            consider(choice, r + 1, c_loss + sum(loss[u, choice[u]] for u in units))
         if best is None or best[2] == center:
             break  # no move measured better: another round would measure the same
         center = best[2]  # the next round around the best so far (a round's own, or an option everywhere)
