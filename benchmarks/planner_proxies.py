@@ -33,19 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import pipeline  # noqa: E402
 from engine.calibrate import SEQ_LEN, sequences, wiki_paragraphs  # noqa: E402
+from engine.data import lee_documents  # noqa: E402
 from engine.plan import names_regex  # noqa: E402
 from engine.planner import REFERENCE, default_ladder, least_loss, parse_ladder, with_choice  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
-
-
-def news_sequences(tokenizer, samples: int) -> list[list[int]]:
-    """The first SEQ_LEN tokens of each of the 50 Lee documents (gensim lee.cor: news articles
-    of the evaluation's source that the causal-LM evaluation never reads), up to `samples`."""
-    from engine.data import lee_documents
-
-    out = [tokenizer(d, truncation=True, max_length=SEQ_LEN)["input_ids"] for d in lee_documents()]
-    return [ids for ids in out if len(ids) >= SEQ_LEN // 2][:samples]
 
 
 def gradients(model, tokenizer, weights: dict, samples: int, text: str = "wikipedia") -> tuple[dict, dict]:
@@ -53,7 +45,9 @@ def gradients(model, tokenizer, weights: dict, samples: int, text: str = "wikipe
     `model` computes with, requiring grad), one next-token loss per calibration sequence."""
     g = {n: torch.zeros_like(w) for n, w in weights.items()}
     f = {n: torch.zeros_like(w) for n, w in weights.items()}
-    seqs = sequences(tokenizer, samples, SEQ_LEN) if text == "wikipedia" else news_sequences(tokenizer, samples)
+    # the calibration paragraphs, or the 50 Lee documents (news of the evaluation's source that the
+    # causal-LM evaluation never reads)
+    seqs = sequences(tokenizer, samples, SEQ_LEN, None if text == "wikipedia" else lee_documents())
     with torch.enable_grad():
         for ids in seqs:
             x = torch.tensor([ids], device=next(iter(weights.values())).device)

@@ -65,11 +65,12 @@ class Calibration:
                 "seconds": round(self.seconds, 3), "layers": len(self.hessians)}
 
 
-def sequences(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN) -> list[list[int]]:
+def sequences(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN, paragraphs=None) -> list[list[int]]:
     """`samples` token sequences: the first `seq_len` tokens of successive paragraphs (each
-    paragraph its own sequence, so no padding is ever seen)."""
+    paragraph its own sequence, so no padding is ever seen; those under half of `seq_len` left
+    out), of the calibration text or of `paragraphs`."""
     out = []
-    for para in wiki_paragraphs():
+    for para in wiki_paragraphs() if paragraphs is None else paragraphs:
         ids = tokenizer(para, truncation=True, max_length=seq_len)["input_ids"]
         if len(ids) >= seq_len // 2:
             out.append(ids)
