@@ -9,8 +9,8 @@ from ui import charts, context, controls
 ctx = context.page(__file__)
 recipe = ctx.recipe
 st.title("Sensitivity and plan")
-st.caption("The planner gives each unit of layers its own setting (a bit width with its own group size, or "
-           "per-channel scales) so that the model stays within the bytes of the sidebar's recipe (or a target "
+st.caption("The planner gives each unit of layers its own setting (a bit width with its own group size or "
+           "per-channel scales, with or without zero-points) so that the model stays within the bytes of the sidebar's recipe (or a target "
            "size) and measures better. It measures every option of every unit **in context**: with the rest of "
            "the model at the sidebar's recipe, not at full precision, since losses measured alone do not add "
            "up at 2 or 3 bits. It then picks the options with the least total loss that fit, measures the plan, "
