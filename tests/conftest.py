@@ -1,11 +1,24 @@
+"""What every test shares: the CPU only (unless CUDA is asked for), the cores, the tiny models and
+the offline models loaded once."""
 import os
 
-import pytest
-import torch
+# The tests run on the CPU, whatever the machine: CUDA is hidden from this process, and from every
+# process it starts (the command line, the served app, xdist's workers), before torch first looks
+# for a GPU, so that the default device ("auto": the GPU when there is one) is the CPU and values
+# are compared exactly. EXPLORER_TEST_CUDA=1 leaves the GPU visible, for the tests that run on it
+# on purpose (those taking the `cuda_device` fixture; the rest of the suite expects the CPU).
+CUDA_OPT_IN = "EXPLORER_TEST_CUDA"
+CUDA_ASKED_FOR = os.environ.get(CUDA_OPT_IN, "") not in ("", "0")
+if not CUDA_ASKED_FOR:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402 (after hiding the GPU)
+import torch  # noqa: E402
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
                           Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
+from engine.cores import usable_cores
 from engine.models import minilm_path, smollm2_path
 
 
@@ -16,14 +29,21 @@ def pytest_configure(config):
     the kernel zeroes, in every test: the test process keeps glibc's default, and the served app
     (the browser test) sets it.
 
-    Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each takes its share
+    Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores this process may use
+    (engine.cores: its affinity and cgroup quota, not the machine's count): each takes its share
     of torch threads, and so do the interpreters and servers it starts. The controller converts
-    smollm2 once before the workers start, so that two of them never race to write its cache."""
+    smollm2 once before the workers start, so that two of them never race to write its cache.
+
+    A GPU left visible without EXPLORER_TEST_CUDA=1 means torch looked for one before this file
+    hid it: refused, as the tests would then compare the GPU's values with the CPU's."""
+    if not CUDA_ASKED_FOR and torch.cuda.is_available():
+        raise pytest.UsageError("torch saw the GPU before tests/conftest.py hid it; "
+                                f"run the CUDA tests with {CUDA_OPT_IN}=1")
     from ui import allocator
 
     allocator.give_back_large_blocks = lambda threshold=allocator.THRESHOLD: False
     if hasattr(config, "workerinput"):
-        threads = max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"]))
+        threads = max(1, usable_cores() // int(config.workerinput["workercount"]))
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     elif getattr(config.option, "numprocesses", None):
@@ -37,6 +57,23 @@ def pytest_collection_modifyitems(config, items):
     under xdist they start at once on one worker while the other takes the rest, rather than
     ending the run alone. (Stable: the rest keep their order.)"""
     items.sort(key=lambda item: item.module.__name__ != "test_browser")
+
+
+@pytest.fixture(scope="session")
+def cuda_asked_for() -> bool:
+    """Whether EXPLORER_TEST_CUDA=1 left the GPU visible."""
+    return CUDA_ASKED_FOR
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The GPU, for a test that runs on it on purpose: skipped, saying why, unless
+    EXPLORER_TEST_CUDA=1 and torch sees a GPU."""
+    if not CUDA_ASKED_FOR:
+        pytest.skip(f"CUDA: the tests hide the GPU; {CUDA_OPT_IN}=1 runs them on one")
+    if not torch.cuda.is_available():
+        pytest.skip(f"CUDA: {CUDA_OPT_IN}=1, but torch sees no CUDA GPU")
+    return torch.device("cuda", 0)
 
 
 def _save(model, folder):

@@ -8,14 +8,21 @@ would: a tensor made with no device (torch.arange(n), torch.zeros(k)) beside one
 device, a mask built on the CPU scattered into a device tensor, a file's tensors decoded on
 the CPU into a model on the device. What CUDA allows passes: 0-dim CPU tensors (scalars),
 copies between devices (.to, copy_), CPU indices into a device tensor. Results on the pretend
-device are computed on the CPU, so they must equal the CPU's exactly.
+device are computed on the CPU, so they must equal the CPU's exactly: the reference and the
+pretend device run on the same number of threads, once on one and once on two, whatever the
+machine's cores and the number of test processes (SparseGPT's kept values are sums that two
+threads add in another order, 2e-7 apart, where GPTQ rounds them onto its grid).
 
-With a GPU the tests run on it instead, under the same check; its results are then checked
-for where they are, not compared bit for bit with the CPU's.
+With EXPLORER_TEST_CUDA=1 and a GPU, each check also runs on the GPU (otherwise reported as
+skipped): under the same check, its results checked for where they are, not compared bit for bit
+with the CPU's. The tests see no GPU otherwise (conftest hides it), which the first test checks.
 """
 import contextlib
 import functools
+import os
 import string
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,8 +39,6 @@ from engine.storage import codec, huffman, pack
 from engine.storage import explorer as export
 
 FAKE = "fakegpu"
-REAL = torch.cuda.is_available()
-EXACT = not REAL  # the pretend device computes on the CPU: the same values, bit for bit
 
 aten = torch.ops.aten
 COPIES = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default}
@@ -131,7 +136,7 @@ def _run(func, args, kwargs):
     devices = _devices(func, args, kwargs, tensors)
     if len(devices) > 1 and func not in COPIES:
         raise DeviceMixing(f"{func} mixes devices: {', '.join(sorted(devices))}")
-    if REAL:
+    if _real[0]:  # on the GPU: checked, then run as it is
         return func(*args, **kwargs)
     to = kwargs.get("device")
     if func is aten.copy_.default:
@@ -160,7 +165,8 @@ class DeviceCheck(TorchDispatchMode):
         return _run(func, args, kwargs or {})
 
 
-_active = [False]
+_active = [False]  # inside on_device(FAKE): the pretend device is available
+_real = [False]  # inside on_device("cuda"): ops run as they are, after the check
 
 
 def _register_fake_device():
@@ -186,24 +192,44 @@ def _register_fake_device():
 
 
 @contextlib.contextmanager
-def on_device():
-    """The device to run on (the GPU, else the pretend one), with the check on."""
-    if REAL:
-        with DeviceCheck():
-            yield torch.device("cuda", 0)
+def threads(n: int):
+    """torch on `n` threads, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def on_device(where: str = FAKE, n_threads: int = 1):
+    """The device to run on, with the check on: the pretend one (FAKE; its ops on `n_threads` CPU
+    threads, one by default: they are small and many, a thread pool would only add waiting) or
+    the GPU ("cuda")."""
+    if where == "cuda":
+        _real[0] = True
+        try:
+            with DeviceCheck():
+                yield torch.device("cuda", 0)
+        finally:
+            _real[0] = False
         return
     _register_fake_device()
-    lift, threads = torch._C._only_lift_cpu_tensors(), torch.get_num_threads()
+    lift = torch._C._only_lift_cpu_tensors()
     torch._C._set_only_lift_cpu_tensors(True)  # torch.tensor(data, device=...) goes through .to(): seen
-    torch.set_num_threads(1)  # its ops are small and many: a thread pool would only add waiting
     _active[0] = True
     try:
-        with DeviceCheck():
+        with threads(n_threads), DeviceCheck():
             yield torch.device(FAKE, 0)
     finally:
         _active[0] = False
-        torch.set_num_threads(threads)
         torch._C._set_only_lift_cpu_tensors(lift)
+
+
+def _exact(device) -> bool:
+    """The pretend device computes on the CPU: the same values as the CPU's, bit for bit."""
+    return device.type == FAKE
 
 
 def _same(out, ref, device):
@@ -213,9 +239,38 @@ def _same(out, ref, device):
     for o, r in zip(outs, refs):
         if isinstance(o, torch.Tensor):
             assert o.device == device, f"a result is on {o.device}, not {device}"
-            assert not EXACT or (o.dtype == r.dtype and torch.equal(o.cpu(), r))
+            assert not _exact(device) or (o.dtype == r.dtype and torch.equal(o.cpu(), r))
         else:
-            assert not EXACT or o == r
+            assert not _exact(device) or o == r
+
+
+@pytest.fixture(params=[pytest.param((FAKE, 1), id="fakegpu-1thread"), pytest.param((FAKE, 2), id="fakegpu-2threads"),
+                        pytest.param(("cuda", 1), id="cuda")])
+def where(request):
+    """(device, threads): the pretend device on one thread and on two (the CPU's reference on as
+    many), and the GPU where EXPLORER_TEST_CUDA=1 finds one."""
+    if request.param[0] == "cuda":
+        request.getfixturevalue("cuda_device")
+    return request.param
+
+
+@pytest.fixture(params=[FAKE, "cuda"])
+def device_kind(request):
+    """The pretend device, and the GPU where EXPLORER_TEST_CUDA=1 finds one."""
+    if request.param == "cuda":
+        request.getfixturevalue("cuda_device")
+    return request.param
+
+
+def test_the_tests_see_no_gpu_unless_asked_for(cuda_asked_for):
+    """conftest hides CUDA (CUDA_VISIBLE_DEVICES="") from the tests and the processes they start."""
+    if cuda_asked_for:
+        pytest.skip("EXPLORER_TEST_CUDA=1: the GPU is meant to be seen")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert not torch.cuda.is_available() and torch.cuda.device_count() == 0
+    child = subprocess.run([sys.executable, "-c", "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout == "''\n"
 
 
 def test_the_check_refuses_mixing_and_allows_what_cuda_allows():
@@ -272,17 +327,6 @@ def _huffman(t):
     return lengths, stream, runs, huffman.decode(stream, lengths, runs, t["codes"].numel())
 
 
-def _one_thread(fn, *args, **kw):
-    """fn on one thread, as the pretend device runs it: SparseGPT's kept values are sums, which
-    two threads add in another order (2e-7 apart), where GPTQ rounds them onto its grid."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args, **kw)
-    finally:
-        torch.set_num_threads(threads)
-
-
 CASES = {
     "svd": lambda t: T.svd(t["w"]),
     "low_rank_factors": lambda t: T.low_rank_factors(*T.svd(t["w"]), 5),
@@ -308,18 +352,19 @@ CASES = {
     "on_codebook": lambda t: M.on_codebook(t["w"], M.kmeans_quantize(t["w"], 2, return_codebook=True)[1]),
     "hqq": lambda t: MM.hqq_quantize(t["w"], 3, group_size=16, keep=T.magnitude_mask(t["w"], 0.3)),
     "awq": lambda t: MM.awq_quantize(t["w"], t["h"], 4, group_size=16, grid=4)[:2],
-    "sparsegpt": lambda t: _one_thread(MM.sparsegpt_prune, t["w"], t["h"], 0.45, block=16),
-    "sparsegpt n:m": lambda t: _one_thread(MM.sparsegpt_prune, t["w"], t["h"], 0.5, (2, 4), block=16),
+    "sparsegpt": lambda t: MM.sparsegpt_prune(t["w"], t["h"], 0.45, block=16),
+    "sparsegpt n:m": lambda t: MM.sparsegpt_prune(t["w"], t["h"], 0.5, (2, 4), block=16),
     "pack": _pack,
     "huffman": _huffman,
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_primitives_and_methods_stay_on_the_device(name):
+def test_primitives_and_methods_stay_on_the_device(name, where):
     t = _inputs()
-    ref = CASES[name](t)
-    with on_device() as device:
+    with threads(where[1]):  # the reference on as many threads as the pretend device
+        ref = CASES[name](t)
+    with on_device(*where) as device:
         _same(CASES[name]({k: v.to(device) for k, v in t.items()}), ref, device)
 
 
@@ -348,7 +393,7 @@ def _tensors(stored: P.StoredLayer) -> list:
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.describe().replace(" · ", ", "))
-def test_pipeline_and_codec_stay_on_the_device(recipe):
+def test_pipeline_and_codec_stay_on_the_device(recipe, where):
     t = _inputs()
     entropy = recipe.quant_method == "kmeans"  # Huffman-coded once (its decoding is 1024 steps)
 
@@ -360,8 +405,9 @@ def test_pipeline_and_codec_stay_on_the_device(recipe):
         back = codec.decode_layer("m", stored.shape, recipe, stored.rank, parts, tensors)
         return _tensors(stored), _tensors(again), tensors, _tensors(back), stored.matrix()
 
-    ref = run(t["w"], t["h"])
-    with on_device() as device:
+    with threads(where[1]):
+        ref = run(t["w"], t["h"])
+    with on_device(*where) as device:
         _same(run(t["w"].to(device), t["h"].to(device)), ref, device)
 
 
@@ -395,8 +441,8 @@ def _on(device, tensors):
             assert t.device == device, f"{tuple(t.shape)} on {t.device}, not {device}"
 
 
-def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path):
-    with on_device() as device:
+def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path, device_kind):
+    with on_device(device_kind) as device:
         ex = Explorer.open(tiny_llama, device=str(device))
         assert ex.loaded.device == device and all(p.device == device for p in ex.loaded.model.parameters())
         work = ex.workspace()
@@ -418,7 +464,7 @@ def test_tiny_llama_end_to_end_on_the_device(tiny_llama, tmp_path):
             _on(device, back.holders[name].tensors())
             assert all(torch.equal(a, b) for a, b in zip(back.holders[name].tensors(), stored.tensors()))
         _on(device, [*back.model.parameters(), *(h.w for h in back.holders.values() if h.w is not None)])
-        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if EXACT else 1e-5)
+        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if _exact(device) else 1e-5)
 
         work.distill(steps=1, lr=1e-3)  # trains the stored values on the device, on their grids
         assert len(work.applied.distillation.loss) == 1
@@ -443,10 +489,10 @@ def tiny_mixtral(tiny_llama):
     return folder
 
 
-def test_tiny_mixtral_experts_on_the_device(tiny_mixtral, tmp_path):
+def test_tiny_mixtral_experts_on_the_device(tiny_mixtral, tmp_path, device_kind):
     """Each expert's statistics (the routed tokens' inputs), its compression, the stacked
     parameter the experts module computes with, and the export's reload stay on the device."""
-    with on_device() as device:
+    with on_device(device_kind) as device:
         ex = Explorer.open(tiny_mixtral, device=str(device))
         # transformers' grouped experts count tokens with torch.histc on integers, which the pretend
         # device (computing on the CPU) lacks and CUDA has: its eager experts here
@@ -462,4 +508,4 @@ def test_tiny_mixtral_experts_on_the_device(tiny_mixtral, tmp_path):
         export.write(work, tmp_path / "export")
         back = ex.workspace()
         export.load_into(back, tmp_path / "export")
-        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if EXACT else 1e-5)
+        assert back.evaluate(quick=True) == pytest.approx(work.evaluate(quick=True), rel=0 if _exact(device) else 1e-5)
