@@ -177,14 +177,14 @@ def test_calibration_runs_both_stacks_and_gptq_and_wanda_use_it(s2s_models, monk
 def test_cli_run_export_and_reload(s2s, s2s_models, tmp_path):
     text = tmp_path / "held-out.txt"
     text.write_text(TEXT)
-    args = ["--bits", "4", "--include-embeddings", "--eval-text", str(text)]
+    args = ["--bits", "4", "--include-embeddings", "--device", "cpu", "--eval-text", str(text)]
     code, out, err = main("run", s2s_models["t5"], *args)
     assert code == 0, err
     assert "(seq2seq, cpu): int4 g128 · with embeddings" in out and "perplexity" in out
     assert "decoder.block.1.layer.1.EncDecAttention.k" in out and "encoder.embed_tokens" in out
-    code, _, err = main("export", s2s_models["t5"], *args[:3], "--out", str(tmp_path / "int4"))
+    code, _, err = main("export", s2s_models["t5"], *args[:5], "--out", str(tmp_path / "int4"))
     assert code == 0, err
-    code, out, err = main("run", str(tmp_path / "int4"), "--eval-text", str(text), "--json")
+    code, out, err = main("run", str(tmp_path / "int4"), *args[3:], "--json")
     assert code == 0, err
     back = json.loads(out)
     work = s2s["t5"].workspace()
