@@ -11,6 +11,8 @@
     16 bits, unstructured sparse        a CSR matmul, where it measured faster than dense
     anything else                       dense, in the activations' dtype ("dense fallback": 5, 6,
                                         7 bits, k-means codebooks, per-tensor grids, ...)
+    a kernel slower than dense here     dense ("dense (faster here)"), where the runtime is given a
+                                        workload and the kernel measured slower (engine.tuning)
 
 `matmul(stored, recipe, dtype)` builds the module for one stored matrix (pipeline.StoredMatrix)
 and says which kernel it chose and why. Every kernel is checked when it is built: its output
@@ -51,10 +53,11 @@ class Matmul(nn.Module):
 
 
 class Dense(Matmul):
-    def __init__(self, w: torch.Tensor, dtype: torch.dtype, note: str = "", fallback: bool = False):
+    def __init__(self, w: torch.Tensor, dtype: torch.dtype, note: str = "", fallback: bool = False,
+                 timed: bool = False):
         super().__init__(note)
         self.register_buffer("w", w.to(dtype).contiguous())
-        self.kernel = "dense fallback" if fallback else "dense"
+        self.kernel = "dense fallback" if fallback else "dense (faster here)" if timed else "dense"
 
     def mm(self, x):
         return F.linear(x, self.w)
@@ -204,8 +207,10 @@ def _seconds(module: Matmul, w: torch.Tensor, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
-    """The module computing x W^T for one stored matrix `m` under its layer's `recipe`, in `dtype`."""
+def matmul(m, recipe, dtype: torch.dtype, workload=None) -> Matmul:
+    """The module computing x W^T for one stored matrix `m` under its layer's `recipe`, in `dtype`.
+    With a `workload` (engine.tuning.Workload), an int8 or int4 kernel runs only where it is
+    measured at least as fast as the dense product on this machine; else dense, saying why."""
     w = m.values
     module, why = None, ""
     try:
@@ -226,13 +231,19 @@ def matmul(m, recipe, dtype: torch.dtype) -> Matmul:
             else "sparse"
         why = f"{kernel} kernel refused: {str(e).splitlines()[0][:120]}"
     if module is not None:
-        why = _check(module, w, dtype)
+        why = check(module, w, dtype)
     if module is None or why:
         return Dense(w, dtype, why, fallback=bool(why))
+    if workload is not None and isinstance(module, (Int8, Int4)):
+        from .tuning import slower_than_dense
+
+        slower = slower_than_dense(module, w, dtype, workload)
+        if slower:
+            return Dense(w, dtype, slower, timed=True)
     return module
 
 
-def _check(module: Matmul, w: torch.Tensor, dtype: torch.dtype) -> str:
+def check(module: Matmul, w: torch.Tensor, dtype: torch.dtype) -> str:
     """'' when the kernel computes the dense product of `w` on a probe input, else why not."""
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(3, w.shape[1], generator=g).to(w.device, dtype)

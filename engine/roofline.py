@@ -45,8 +45,17 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
 def machine(device: torch.device | str, repeats: int = 5) -> dict:
     """This machine, measured: read bandwidth (the sum of a 256 MiB tensor, far larger than any
     cache) and matmul throughput (square products, n = 1,024 on the CPU, 8,192 on a GPU) in fp32
-    and bf16, with torch's threads as set."""
+    and bf16, with torch's threads as set. A CPU is measured once and remembered
+    (engine.machine.remembered: per processor, torch build and threads)."""
     device = torch.device(device)
+    if device.type == "cpu":
+        from . import machine as this
+
+        return this.remembered("roofline", lambda: _measure(device, repeats))
+    return _measure(device, repeats)
+
+
+def _measure(device: torch.device, repeats: int) -> dict:
     size = 256 * 2**20
     read = median_seconds(torch.ones(size // 4, device=device).sum, repeats, device)
     out = {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_bytes_per_s": size / read,

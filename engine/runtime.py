@@ -116,8 +116,10 @@ def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy
 
 
-def build(work, dtype: torch.dtype = torch.bfloat16) -> Runtime:
-    """The runtime model of the recipe `work` holds (uncompressed before any apply)."""
+def build(work, dtype: torch.dtype = torch.bfloat16, workload=None) -> Runtime:
+    """The runtime model of the recipe `work` holds (uncompressed before any apply). With a
+    `workload` (engine.tuning.Workload), each int8 or int4 kernel runs only where it is measured
+    at least as fast as the dense product on this machine (kernels.matmul)."""
     ex = work.explorer
     model = cast(work.model, dtype)
     rows, stacked = [], set()
@@ -142,8 +144,8 @@ def build(work, dtype: torch.dtype = torch.bfloat16) -> Runtime:
                 mats = [kernels.Dense(module.stored.matrix().detach(), dtype, "left at 16 bits")]
             else:
                 group = stored.share.group if stored.share is not None else None
-                mats = [bases[group] if k == 1 and group in bases else kernels.matmul(m, stored.recipe, dtype)
-                        for k, m in enumerate(stored.matrices)]
+                mats = [bases[group] if k == 1 and group in bases
+                        else kernels.matmul(m, stored.recipe, dtype, workload) for k, m in enumerate(stored.matrices)]
                 if group is not None:
                     bases.setdefault(group, mats[1])
             new = KernelLinear(mats, bias)

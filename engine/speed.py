@@ -7,7 +7,10 @@ lee_background.cor), batch 1; prefill is one forward pass over it with the cache
 is `new_tokens` greedy steps with the key/value cache, after a prefill. An encoder: sentences/s
 on a batch of `batch` sentences of the same text. Every figure is the median over `repeats`
 runs after one warm-up run. The models: the original in fp32, in bf16 where the machine has
-it, and the compressed runtime model (engine.runtime) in the runtime dtype. Peak memory: the
+it natively, and the compressed runtime model (engine.runtime) in the runtime dtype: by default
+bf16 where this machine has native bf16 matmuls, else fp32 (engine.machine.runtime_dtype), with
+each int8 and int4 kernel timed against the dense product for this workload and the faster one
+run (engine.tuning), so that no layer is slower than the original's. Peak memory: the
 bytes of the tensors the model holds, plus the peak rise of memory while it runs (CUDA's peak
 allocated bytes; on the CPU the process's resident set, engine.peak).
 """
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import data, roofline, runtime
+from . import data, machine, roofline, runtime, tuning
 from .footprint import kv_cache_of
 from .peak import Peak
 
@@ -29,20 +32,12 @@ class SpeedSettings:
     new_tokens: int = 32
     batch: int = 32  # sentences, for an encoder
     repeats: int = 5
-    dtype: str = "bf16"  # the runtime model's activations: 'bf16' or 'fp32'
+    dtype: str = "auto"  # the runtime model's activations: 'auto' (engine.machine.runtime_dtype), 'bf16', 'fp32'
+    timed_kernels: bool = True  # each int8/int4 kernel against the dense product, the faster runs (engine.tuning)
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def has_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively (a CUDA GPU of compute capability 8.0 or more; on the
-    CPU, AVX-512 BF16 or AMX: torch's oneDNN reports it)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    mkldnn = getattr(torch.backends, "mkldnn", None)
-    return bool(mkldnn and getattr(mkldnn, "is_available", lambda: False)() and
-                torch.ops.mkldnn._is_mkldnn_bf16_supported())
+has_bf16 = machine.native_bf16
 
 
 def _sync(device):
@@ -131,9 +126,11 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     loaded = explorer.loaded
     if loaded.kind == "seq2seq":
         raise UserError("speed: encoder-decoder models are not measured yet (causal LMs and encoders are)")
-    device, dtype = loaded.device, DTYPES[settings.dtype]
-    if dtype == torch.bfloat16 and not has_bf16(device):
-        raise UserError("speed: this machine has no native bf16 matmuls; use --dtype fp32")
+    device = loaded.device
+    dtype_name, dtype_why = machine.runtime_dtype(device, settings.dtype)
+    if dtype_name == "bf16" and not has_bf16(device):
+        dtype_why += "; this machine has no native bf16 matmuls: they are emulated, slower than fp32"
+    dtype = DTYPES[dtype_name]
     steps = 7
     say = progress or (lambda *a: None)
     say(0, steps, "measuring this machine's bandwidth and matmul throughput")
@@ -142,8 +139,10 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     say(1, steps, "compressing")
     applied = work.apply(recipe)
     say(2, steps, "building the runtime model on its kernels")
-    rt = runtime.build(work, dtype)
     x = inputs(loaded, settings)
+    workload = (tuning.Workload.causal(settings.prompt_tokens, settings.new_tokens) if loaded.kind == "causal-lm"
+                else tuning.Workload.encoder(int(x["input_ids"].numel())))
+    rt = runtime.build(work, dtype, workload if settings.timed_kernels else None)
     first = min(settings.prompt_tokens, 64)  # the outputs compared on the prompt's first tokens
     diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first))
     del work
@@ -169,15 +168,19 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
         speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
         speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
-            "recipe": recipe.to_dict(), "settings": settings.__dict__, "runtime_dtype": settings.dtype,
+            "machine": machine.header(device), "recipe": recipe.to_dict(), "settings": settings.__dict__,
+            "runtime_dtype": dtype_name, "runtime_dtype_why": dtype_why,
+            "kernel_choice": (f"each int8 and int4 kernel timed against the dense product on this machine for "
+                              f"{workload.what}; the faster runs") if settings.timed_kernels else
+                             "every kernel its format allows (not timed against dense)",
             "original": originals, "compressed": compressed, "speedup": speedup,
             "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
             "max_abs_diff": diff, "max_abs_output": scale,
             "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
-            "roofline": _roofline(explorer, applied.memory, here, settings, originals, compressed)}
+            "roofline": _roofline(explorer, applied.memory, here, settings, dtype_name, originals, compressed)}
 
 
-def _roofline(explorer, memory, here, settings, originals, compressed) -> dict:
+def _roofline(explorer, memory, here, settings, dtype_name, originals, compressed) -> dict:
     """Bounds for the original (fp32, bf16) and the compressed model, on this machine (with the
     measured fraction of each) and on the shipped list of hardware."""
     loaded = explorer.loaded
@@ -186,8 +189,7 @@ def _roofline(explorer, memory, here, settings, originals, compressed) -> dict:
     context = settings.prompt_tokens + settings.new_tokens // 2  # the mean context of the decode steps
     models = {"original fp32": (roofline.model_costs(explorer, memory, 4), 4, "fp32"),
               "original bf16": (roofline.model_costs(explorer, memory, 2), 2, "bf16"),
-              "compressed": (roofline.model_costs(explorer, memory), 4 if settings.dtype == "fp32" else 2,
-                             settings.dtype)}
+              "compressed": (roofline.model_costs(explorer, memory), 4 if dtype_name == "fp32" else 2, dtype_name)}
     measured = {"original fp32": originals.get("fp32"), "original bf16": originals.get("bf16"),
                 "compressed": compressed}
     out = {"machine": here, "context_tokens": context, "models": {}, "hardware": []}

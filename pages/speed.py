@@ -21,8 +21,9 @@ with st.form("speed_form"):
     new = cols[1].number_input("New tokens", 1, 1024, 32, key="speed_new", disabled=not causal,
                                help="Decode: greedy steps with the key/value cache.")
     repeats = cols[2].number_input("Repeats", 1, 50, 5, key="speed_repeats", help="The median of these runs is shown.")
-    dtype = cols[3].selectbox("Runtime dtype", ("bf16", "fp32"), key="speed_dtype",
-                              help="The activations of the compressed model (bf16 where the machine has it).")
+    dtype = cols[3].selectbox("Runtime dtype", ("auto", "bf16", "fp32"), key="speed_dtype",
+                              help="The activations of the compressed model. auto: bf16 where this machine has "
+                                   "native bf16 matmuls, else fp32 (emulated bf16 is slower than fp32).")
     go = st.form_submit_button("Measure speed", type="primary")
 settings = SpeedSettings(int(prompt), int(new), 32, int(repeats), dtype)
 if not go and not results.speed_known(ctx, settings):
@@ -61,7 +62,9 @@ if anchor and anchor["installed"]:
 st.dataframe(table, hide_index=True, width="stretch")
 if anchor and not anchor["installed"]:
     st.caption(f"llama.cpp on the model's GGUF file: {anchor['note']}.")
-st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']}. The runtime computes "
+st.caption(f"{report['machine'].removeprefix('machine: ')}.")
+st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']} "
+           f"({report['runtime_dtype_why']}); kernels: {report['kernel_choice']}. The runtime computes "
            f"what the workspace computes: max |difference| of the {report['max_abs_diff_of']} "
            f"{report['max_abs_diff']:.3g}, the largest |value| {report['max_abs_output']:.3g} (the rounding of "
            "activations to the runtime dtype). Peak memory: the model's tensors plus the "

@@ -2,6 +2,7 @@
 roofline's arithmetic (engine.speed, engine.roofline): each kernel path computes what the
 workspace computes."""
 import json
+import re
 
 import pytest
 import torch
@@ -106,18 +107,53 @@ def test_bf16_runtime_on_minilm_stays_close_to_the_workspace(minilm_explorer):
     assert int4_bytes == sum(s.shape[0] * s.shape[1] // 2 for s in (work.stored[n] for n in work.stored))
 
 
-def test_speed_report_and_the_roofline_bytes(tiny_explorers):
+@pytest.fixture(autouse=True)
+def machine_measured_once_per_session(tmp_path_factory, monkeypatch):
+    """This machine's roofline and kernel timings, kept for the test session only (not the user's cache)."""
+    monkeypatch.setenv("EXPLORER_MACHINE_CACHE", str(tmp_path_factory.getbasetemp() / "machine"))
+
+
+def _held_by_hand(ex, recipe_group: int, width: int) -> int:
+    """Bytes the tiny Llama's runtime holds with every linear layer on the int4 kernel: half a byte per
+    code, a scale and a zero per group in the activations' `width`, and the rest dense."""
+    model = ex.loaded.model
+    stored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features != 30522]
+    codes = sum(m.out_features * m.in_features // 2 for m in stored)
+    groups = sum(m.out_features * m.in_features // recipe_group for m in stored)
+    rest = model.num_parameters() - sum(m.weight.numel() for m in stored)  # embedding, head, norms
+    return codes + 2 * groups * width + rest * width + _buffer_bytes(model)
+
+
+def _buffer_bytes(model) -> int:
+    """The rotary embedding's frequencies: kept as they are (fp32) in every copy."""
+    return sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["native bf16", "no native bf16"])
+def test_speed_report_and_the_roofline_bytes(tiny_explorers, monkeypatch, bf16):
+    """The dtype follows the machine (forced here both ways); every figure is a relation of others."""
+    monkeypatch.setenv("EXPLORER_BF16", "1" if bf16 else "0")
     ex = tiny_explorers["llama"]
     recipe = Recipe(bits=4, group_size=32)
-    settings = SpeedSettings(prompt_tokens=8, new_tokens=3, repeats=1, dtype="fp32")
+    settings = SpeedSettings(prompt_tokens=8, new_tokens=3, repeats=1, timed_kernels=False)
     report = measure(ex, recipe, settings)
-    for model in (*report["original"].values(), report["compressed"]):
-        assert model["prefill_tokens_per_s"] > 0 and model["decode_tokens_per_s"] > 0
-        assert model["peak_memory_bytes"] >= model["held_bytes"] > 0
-    assert set(report["original"]) == {"fp32", "bf16"}
-    assert set(report["speedup"]) == {"decode_vs_fp32", "prefill_vs_fp32", "decode_vs_bf16", "prefill_vs_bf16"}
+    dtype, width = ("bf16", 2) if bf16 else ("fp32", 4)
+    assert report["runtime_dtype"] == dtype
+    assert report["runtime_dtype_why"] == ("this CPU has native bf16 matmuls" if bf16 else
+                                           "bf16 turned off (EXPLORER_BF16=0)")
+    assert set(report["original"]) == ({"fp32", "bf16"} if bf16 else {"fp32"})
+    c = report["compressed"]
+    assert report["speedup"] == {f"{what}_vs_{name}": c[f"{what}_tokens_per_s"] / o[f"{what}_tokens_per_s"]
+                                 for name, o in report["original"].items() for what in ("decode", "prefill")}
+    for model in (*report["original"].values(), c):
+        assert model["prefill_tokens_per_s"] == 8 / model["prefill_seconds"]
+        assert model["decode_tokens_per_s"] == 3 / model["decode_seconds"]
+    assert report["original"]["fp32"]["held_bytes"] == 4 * ex.loaded.model.num_parameters() + _buffer_bytes(
+        ex.loaded.model)
+    assert c["held_bytes"] == _held_by_hand(ex, 32, width)
     assert report["kernels"] == {"int4": 14, "embedding lookup": 1, "dense": 1}
-    assert report["max_abs_diff"] < 1e-5
+    assert report["max_abs_diff"] < (1e-5 if not bf16 else 0.05 * report["max_abs_output"])
+    assert report["machine"].startswith("machine: ") and f"native bf16: {'yes' if bf16 else 'no'}" in report["machine"]
     # bytes a decode step reads, by hand: every weight but the input embedding table (30,522 x 32)
     total, table = ex.loaded.model.num_parameters(), 30522 * 32
     work = ex.workspace()
@@ -125,31 +161,105 @@ def test_speed_report_and_the_roofline_bytes(tiny_explorers):
     assert model_costs(ex, memory, 4)["decode_weight_bytes"] == 4 * (total - table)
     assert model_costs(ex, memory)["decode_weight_bytes"] == memory.compressed_bytes - 2 * table
     roof = report["roofline"]["models"]["compressed"]
-    kv = 2 * 2 * 2 * 8 * 4  # 2 (k, v) x 2 layers x 2 kv heads x head dim 8 x 4 bytes (fp32), per token
+    kv = 2 * 2 * 2 * 8 * width  # 2 (k, v) x 2 layers x 2 kv heads x head dim 8 x the runtime's bytes, per token
     assert roof["decode_bytes_per_token"] == memory.compressed_bytes - 2 * table + kv * (8 + 3 // 2)
     assert roof["macs_per_token"] == sum(r.info.params for r in memory.layers if r.info.role != "embedding")
     assert [r["name"] for r in report["roofline"]["hardware"]][:2] == ["NVIDIA H200 SXM", "NVIDIA H100 SXM"]
 
 
-def test_the_speed_command(tiny_models, capsys):
+@pytest.mark.parametrize("kernel_wins", [True, False], ids=["kernel faster", "dense faster"])
+def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, monkeypatch, kernel_wins):
+    """The timings forced both ways: the int4 kernel where it wins, the dense product (and why) where it loses;
+    the outputs the same either way."""
+    from engine import tuning
+
+    timed = []
+
+    def call_seconds(fn, label, shape, dtype, device, tokens, cap=None):
+        timed.append((label, shape, tokens))
+        if label == "dense":
+            return 0.001 * tokens
+        return 0.0005 * tokens if kernel_wins else 0.01 * tokens
+
+    monkeypatch.setattr(tuning, "call_seconds", call_seconds)
+    work = tiny_explorers["llama"].workspace()
+    work.apply(Recipe(bits=4, group_size=32))
+    rt = runtime.build(work, torch.float32, tuning.Workload.causal(8, 3))
+    got = rt.counts()
+    assert got == {"int4" if kernel_wins else "dense (faster here)": 14, "embedding lookup": 1, "dense": 1}
+    assert ("int4/g32", (64, 32), 8) in timed and ("dense", (32, 64), 1) in timed  # up and down, prefill and decode
+    if not kernel_wins:  # dense: 8 ms + 3 x 1 ms; int4: 80 + 3 x 10
+        note = {r.note for r in rt.layers if r.kernel == "dense (faster here)"}
+        assert note == {"int4 kernel measured slower than the dense product here (110.00 ms against 11.00 ms for a "
+                        "8-token prefill and 3 one-token decode steps, float32 activations): dense runs"}
+    torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+
+
+def test_a_kernel_far_slower_is_timed_no_further():
+    """per_call_seconds stops after one call that exceeds its cap."""
+    from engine.tuning import per_call_seconds
+
+    calls = []
+    per_call_seconds(lambda x: calls.append(x), torch.zeros(1), cap=-1.0)
+    assert len(calls) == 1
+    per_call_seconds(lambda x: calls.append(x), torch.zeros(1), least=5, budget=0.0)
+    assert len(calls) == 1 + 2 + 5  # two warm-up calls, then five timed
+
+
+def test_the_speed_command(tiny_models, capsys, monkeypatch):
+    monkeypatch.setenv("EXPLORER_BF16", "0")  # a machine without native bf16: fp32, chosen without a flag
     args = ["speed", tiny_models["llama"], "--bits", "8", "--granularity", "channel", "--prompt-tokens", "8",
-            "--new-tokens", "2", "--repeats", "1", "--dtype", "fp32"]
+            "--new-tokens", "2", "--repeats", "1", "--device", "cpu", "--every-kernel"]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("original", "compressed", "speedup", "kernels", "max_abs_diff", "roofline"):
-        assert key in report
+    assert report["runtime_dtype"] == "fp32" and report["settings"]["dtype"] == "auto"
     assert report["kernels"]["int8"] == 14
+    assert report["kernel_choice"] == "every kernel its format allows (not timed against dense)"
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert out.startswith("machine: ") and "runtime in fp32: bf16 turned off (EXPLORER_BF16=0)" in out
     assert "decode tok/s" in out and "kernels (layers): int8 14" in out and "NVIDIA H100 SXM" in out
     assert main([*args, "--repeats", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --repeats must be 1 or more, got 0"
 
 
-def test_speed_page_measures_on_press_and_shows_kernels_and_roofline():
+def test_the_info_command(capsys, monkeypatch):
+    from engine import machine
+
+    monkeypatch.setenv("EXPLORER_BF16", "0")
+    assert main(["info", "--json", "--device", "cpu"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["native_bf16"] is False and d["runtime_dtype"] == "fp32" and d["device"] == "cpu"
+    assert d["threads"] == torch.get_num_threads() and 1 <= d["usable_cores"] <= d["cores"]
+    assert d["cpu"] == machine.cpu_model() and d["gpus"] == []
+    probes = {(k["kernel"], k["dtype"]): k for k in d["kernels"]}
+    assert probes[("2:4", "bf16")] == {"kernel": "2:4", "dtype": "bf16", "works": False,
+                                       "why": "no 2:4 kernel on the CPU"}
+    assert all(k["works"] == (k["why"] == "") for k in d["kernels"])
+    assert {("int8", "fp32"), ("int4", "fp32"), ("int4", "bf16"), ("csr", "fp32")} <= probes.keys()
+    monkeypatch.setenv("EXPLORER_BF16", "1")
+    assert main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "bf16       native on cpu" in out and "runtime    bf16 activations by default" in out
+
+
+def test_a_kernel_that_computes_wrongly_is_reported_not_used(monkeypatch):
+    """A probe whose kernel gives wrong values says so (a processor where a kernel misbehaves)."""
+    from engine import kernels, machine
+
+    monkeypatch.setattr(kernels.Int8, "mm", lambda self, x: torch.zeros(x.shape[0], self.q.shape[0], dtype=x.dtype))
+    rows = {(k["kernel"], k["dtype"]): k for k in machine.kernel_probes("cpu")}
+    assert not rows[("int8", "fp32")]["works"]
+    assert rows[("int8", "fp32")]["why"].startswith("int8 kernel gave a relative error of 1.0e+00")
+    assert rows[("int4", "fp32")]["works"]
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["native bf16", "no native bf16"])
+def test_speed_page_measures_on_press_and_shows_kernels_and_roofline(monkeypatch, bf16):
     from app_harness import app_test
     from test_app import APP, ok
 
+    monkeypatch.setenv("EXPLORER_BF16", "1" if bf16 else "0")
     at = app_test(APP, default_timeout=300)
     at.query_params["bits"] = "8"
     at.query_params["granularity"] = "channel"
@@ -160,9 +270,13 @@ def test_speed_page_measures_on_press_and_shows_kernels_and_roofline():
     at.button[0].click().run()  # the form's submit button
     ok(at)
     table = at.dataframe[0].value
-    assert list(table["model"]) == ["original fp32", "original bf16", "compressed"]
+    assert list(table["model"]) == (["original fp32", "original bf16", "compressed"] if bf16 else
+                                    ["original fp32", "compressed"])
     assert (table["sentences/s"] > 0).all()
-    assert any("**int8**: 37 layers" in m.value for m in at.markdown)  # 6 blocks x 6 layers, and the pooler
+    counts = dict(re.findall(r"\*\*([^*]+)\*\*: (\d+) layers", " ".join(m.value for m in at.markdown)))
+    # 6 blocks x 6 layers, and the pooler: each on the int8 kernel or, where it measured slower here, dense
+    assert int(counts.get("int8", 0)) + int(counts.get("dense (faster here)", 0)) == 37, counts
+    assert any(f"runtime in {'bf16' if bf16 else 'fp32'}" in c.value for c in at.caption)
 
 
 def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_explorer, monkeypatch):

@@ -142,8 +142,9 @@ def _speed(speed: dict, figure) -> list[str]:
     if (speed.get("llama_cpp") or {}).get("installed"):
         rows.append(["llama.cpp, the model's GGUF file", f"{speed['llama_cpp']['decode_tokens_per_s']:,.1f}"])
     out = ["<h2>Speed</h2>",
-           f"<p>Measured on {_e(speed['device'])} with {speed['threads']} thread(s), {_e(speed['runtime_dtype'])}; "
-           "medians of repeated runs.</p>", _table(["model", unit], rows),
+           f"<p>Measured on {_e(speed['device'])} with {speed['threads']} thread(s), {_e(speed['runtime_dtype'])} "
+           f"({_e(speed.get('runtime_dtype_why', ''))}); medians of repeated runs. "
+           f"{_e(speed.get('machine', ''))}.</p>", _table(["model", unit], rows),
            "<p class='muted'>Kernels: " + _e(", ".join(f"{k} × {n}" for k, n in speed["kernels"].items())) + "</p>"]
     if speed["kind"] == "causal-lm":
         out.append(figure(charts.roofline_bars(speed)))

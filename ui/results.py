@@ -144,13 +144,16 @@ def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tupl
 
 
 
-def _speed_field(settings) -> str:
-    return f"speed {settings}"
+def _speed_field(ctx: Context, settings) -> str:
+    """The settings, and the runtime dtype 'auto' resolves to on the model's device (engine.machine)."""
+    from engine.machine import runtime_dtype
+
+    return f"speed {settings} {runtime_dtype(ctx.explorer.loaded.device, settings.dtype)[0]}"
 
 
 def speed_known(ctx: Context, settings) -> bool:
     """Whether the current recipe's speed under these settings was measured (by any session)."""
-    return store().get((ctx.key, ctx.recipe.to_json()), _speed_field(settings)) is not None
+    return store().get((ctx.key, ctx.recipe.to_json()), _speed_field(ctx, settings)) is not None
 
 
 def speed(ctx: Context, settings, progress=None) -> dict:
@@ -158,5 +161,5 @@ def speed(ctx: Context, settings, progress=None) -> dict:
     settings for every session."""
     from engine import speed as engine_speed
 
-    return cached(ctx, ctx.recipe, _speed_field(settings),
+    return cached(ctx, ctx.recipe, _speed_field(ctx, settings),
                   lambda: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))

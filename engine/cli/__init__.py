@@ -1,5 +1,5 @@
 """`python -m engine`: a thin command line over the engine's API. One module per group of
-commands (info: models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
+commands (info: info, models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
 fit; speed; report); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
 on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback)."""
 from __future__ import annotations
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m engine", description="Compress a real transformer and measure it honestly.")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    info.add_info(sub)
     info.add_models(sub)
     info.add_inspect(sub)
     run.add_parsers(sub)

@@ -1,9 +1,37 @@
-"""`models`, `inspect` and `bench`: what is there, what a model holds, how fast the engine is."""
+"""`info`, `models`, `inspect` and `bench`: this machine, what is there, what a model holds, how
+fast the engine is."""
 from __future__ import annotations
 
 import json
 
 from .options import mb, model_args, open_explorer
+
+
+def cmd_info(args):
+    from ..machine import describe
+
+    d = describe(args.device)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"CPU        {d['cpu']} ({d['architecture']})")
+    print(f"cores      {d['usable_cores']} usable of {d['cores']}; torch uses {d['threads']} threads "
+          f"({d['threads_why']})")
+    print(f"features   {', '.join(d['features']) or 'none of those the engine looks for'}")
+    print(f"torch      {d['torch']}, CPU capability {d['torch_cpu_capability']}, "
+          f"CUDA {d['cuda'] or 'not built in'}")
+    print(f"bf16       {'native' if d['native_bf16'] else 'not native'} on {d['device']}")
+    print(f"runtime    {d['runtime_dtype']} activations by default: {d['runtime_dtype_why']}")
+    print("kernels    (each built on a small matrix here and checked against the dense product)")
+    for k in d["kernels"]:
+        print(f"  {k['kernel']:<5} {k['dtype']:<5} {'works' if k['works'] else 'no: ' + k['why']}")
+    print("  speed also times each int8/int4 kernel against the dense product, per shape, and runs the faster")
+    if d["gpus"]:
+        for g in d["gpus"]:
+            print(f"GPU {g['index']}      {g['name']}, {g['memory_bytes'] / 2**30:.0f} GiB, compute capability "
+                  f"{g['compute_capability']}, bf16 {'yes' if g['bf16'] else 'no'}")
+    else:
+        print("GPUs       none visible to torch")
 
 
 def cmd_models(args):
@@ -69,6 +97,14 @@ def cmd_bench(args):
     models = args.models.split(",")
     result = run_bench(models, device=args.device, repeats=args.repeats)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
+def add_info(sub) -> None:
+    i = sub.add_parser("info", help="this machine: CPU, cores and threads, features, torch's build, which kernels "
+                                    "work here, GPUs")
+    i.add_argument("--device", help="the device the kernels are probed on (default: the GPU when there is one)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_info)
 
 
 def add_models(sub) -> None:

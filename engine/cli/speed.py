@@ -23,7 +23,8 @@ def cmd_speed(args):
     recipe = recipe_from(args)
     explorer = open_explorer(args)
     recipe = with_preset(args, recipe, explorer)
-    settings = SpeedSettings(args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.dtype)
+    settings = SpeedSettings(args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.dtype,
+                             timed_kernels=not args.every_kernel)
     quiet = args.json or not sys.stderr.isatty()
     report = measure(explorer, recipe, settings,
                      None if quiet else lambda i, n, what: print(f"[{i}/{n}] {what}", file=sys.stderr))
@@ -31,8 +32,10 @@ def cmd_speed(args):
         print(json.dumps(report, indent=2, default=str))
         return
     causal = report["kind"] == "causal-lm"
+    print(report["machine"])
     print(f"{report['model']} on {report['device']} ({report['threads']} threads), {recipe.describe()}; "
-          f"runtime in {report['runtime_dtype']}, medians of {settings.repeats} runs")
+          f"medians of {settings.repeats} runs")
+    print(f"runtime in {report['runtime_dtype']}: {report['runtime_dtype_why']}; kernels: {report['kernel_choice']}")
     rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
     if causal:
         print(f"{'':<16}{'prefill tok/s':>14}{'decode tok/s':>14}{'peak memory':>14}   "
@@ -52,8 +55,9 @@ def cmd_speed(args):
         print(f"llama.cpp: {anchor['note']}")
     print("speedup: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in report["speedup"].items()))
     print("kernels (layers): " + ", ".join(f"{k} {v}" for k, v in report["kernels"].items()))
-    for note in sorted({r["note"] for r in report["layers"] if "kernel" in r["note"] or "CSR" in r["note"]}):
-        print(f"  fallback: {note}")
+    for kernel, note in sorted({(r["kernel"], r["note"]) for r in report["layers"]
+                                if "kernel" in r["note"] or "CSR" in r["note"]}):
+        print(f"  {'chosen by timing' if 'faster here' in kernel else 'fallback'}: {note}")
     print(f"outputs: runtime against the workspace, max |difference| of the {report['max_abs_diff_of']}: "
           f"{report['max_abs_diff']:.3g} (the largest |value| is {report['max_abs_output']:.3g})")
     roof = report["roofline"]
@@ -80,7 +84,11 @@ def add_parser(sub) -> None:
     s.add_argument("--new-tokens", type=int, default=32, help="greedy tokens decoded with the cache (default 32)")
     s.add_argument("--batch", type=int, default=32, help="sentences per batch, for an encoder (default 32)")
     s.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
-    s.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
-                   help="the compressed model's activations (default bf16)")
+    s.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the compressed model's activations (default auto: bf16 where this machine has native bf16 "
+                        "matmuls, else fp32; `python -m engine info` says which)")
+    s.add_argument("--every-kernel", action="store_true",
+                   help="run every int8/int4 kernel the format allows, even where the dense product is faster here "
+                        "(default: each is timed against dense once per shape on this machine, the faster runs)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_speed)
