@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from browser import app_server, chromium, free_port  # noqa: E402
+from engine.machine import header  # noqa: E402
 
 WALK = [  # (widget kind, key, value): each step changes one control
     ("select_slider", "ctl_bits", 8), ("select_slider", "ctl_bits", 4), ("slider", "ctl_sparsity", 0.3),
@@ -74,6 +75,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="cold starts of `make run` to time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     rows = server_times()
     starts = first_chart(args.repeats)
     med = {m: statistics.median(r[m] for r in rows) for m in MARKS}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import header  # noqa: E402
 from engine import evaluate  # noqa: E402
 from engine.peak import Peak, _status  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--chunk", type=int, default=evaluate.TOKEN_CHUNK, help="scored tokens per piece")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     ex = Explorer.open(args.model, "cpu")
     for p in ex.loaded.model.parameters():  # read every weight once: loaded files are mapped, resident when read
         p.sum()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import header  # noqa: E402
 from engine.ggml.presets import PRESETS  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     results = [run_model(m) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import header  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
 
@@ -135,6 +136,7 @@ def main():
     ap.add_argument("--pairs", help=f"only these pairs, comma-separated, of {','.join(PAIRS)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     parts = [("pairs" if args.pairs else args.only) in (None, k) for k in ("pairs", "distill")]  # --pairs: pairs only
     only = None if not args.pairs else args.pairs.split(",")
     if only and not set(only) <= set(PAIRS):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import header  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.session import Explorer  # noqa: E402
 
@@ -66,6 +67,7 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--tables", metavar="RESULTS.json", help="print the tables of a --json run's output")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     if args.tables:
         results = json.loads(Path(args.tables).read_text(encoding="utf-8"))
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import header  # noqa: E402
 from engine import planner  # noqa: E402
 from engine.ggml.presets import preset_recipe  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
@@ -61,6 +62,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     refs = [r for r in args.refs.split(",") if r]
     results = []
     for m in args.models.split(","):

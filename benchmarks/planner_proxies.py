@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import pipeline  # noqa: E402
+from engine.machine import header  # noqa: E402
 from engine.calibrate import SEQ_LEN, sequences, wiki_paragraphs  # noqa: E402
 from engine.data import lee_documents  # noqa: E402
 from engine.plan import names_regex  # noqa: E402
@@ -70,6 +71,7 @@ def main():
                     help="the gradients' text: the calibration paragraphs, or the 50 Lee news documents")
     ap.add_argument("--out", help="also write the plan as a recipe JSON file")
     a = ap.parse_args()
+    print(header(), flush=True)
 
     ex = Explorer.open(a.model)
     if ex.loaded.kind != "causal-lm":

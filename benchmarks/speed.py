@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import Explorer, Recipe  # noqa: E402
+from engine.machine import header  # noqa: E402
 from engine.speed import SpeedSettings, measure  # noqa: E402
 
 RECIPES = [  # (recipe, the figure its goal is about, the goal)
@@ -30,6 +31,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    print(header(), file=sys.stderr if args.json else sys.stdout, flush=True)
     ex = Explorer.open(args.model)
     settings = SpeedSettings(repeats=args.repeats)
     reports, rows = {}, []

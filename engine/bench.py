@@ -9,14 +9,12 @@ Figures are medians over the recipes (and repeats).
 """
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
 
-import torch
-
 from . import transforms
+from .machine import describe, header
 from .recipe import Recipe
 from .session import Explorer
 
@@ -98,9 +96,7 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
 
 def run_bench(models, device=None, repeats=1) -> dict:
     out = {name: bench_model(name, device, repeats) for name in models}
-    out["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "python": platform.python_version(),
-                      "processor": platform.processor() or platform.machine()}
+    out["machine"] = {**describe(probes=False), "python": platform.python_version(), "header": header()}
     return out
 
 
@@ -120,6 +116,5 @@ def format_table(result: dict) -> str:
             lines.append(f"  {r['recipe']:<34} apply {r['apply_s']:.3f}s  estimate {r['estimate']:.4g} "
                          f"(95%: {r['estimate_low']:.4g} to {r['estimate_high']:.4g}) vs full {r['full']:.4g} "
                          f"({r['estimate_error']:.1%}, {inside})")
-    mach = result["machine"]
-    lines.append(f"machine: {mach['cpus']} CPUs, torch {mach['torch']} with {mach['torch_threads']} threads")
+    lines.append(result["machine"]["header"])
     return "\n".join(lines)
