@@ -195,6 +195,28 @@ def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, mon
     torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
 
 
+def test_a_long_prompt_is_timed_on_an_eighth_first(tiny_explorers, monkeypatch):
+    """Where a kernel on an eighth of the prompt already takes longer than dense's whole workload, the
+    whole prompt is not timed (tinygemm's fp32 prefill can take seconds a call) and the note says 'over'."""
+    from engine import tuning
+
+    timed = []
+
+    def call_seconds(fn, label, shape, dtype, device, tokens, cap=None):
+        timed.append((label, tokens))
+        return 0.001 * tokens if label == "dense" else 0.01 * tokens
+
+    monkeypatch.setattr(tuning, "call_seconds", call_seconds)
+    work = tiny_explorers["llama"].workspace()
+    work.apply(Recipe(bits=4, group_size=32))
+    rt = runtime.build(work, torch.float32, tuning.Workload.causal(128, 3))
+    assert ("int4/g32", 16) in timed and ("int4/g32", 128) not in timed and ("dense", 128) in timed
+    # dense: 128 ms + 3 x 1 ms; int4: 160 ms on 16 tokens alone, + 3 x 10 ms
+    assert {r.note for r in rt.layers if r.kernel == "dense (faster here)"} == {
+        "int4 kernel measured slower than the dense product here (over 190.00 ms against 131.00 ms for a "
+        "128-token prefill and 3 one-token decode steps, float32 activations): dense runs"}
+
+
 def test_a_kernel_far_slower_is_timed_no_further():
     """per_call_seconds stops after one call that exceeds its cap."""
     from engine.tuning import per_call_seconds
