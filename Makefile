@@ -33,9 +33,9 @@ run: $(STAMP)  ## install, then start the app on the offline default model (port
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
 
-WORKERS ?= 2
+WORKERS ?= $(shell $(PYTHON) tests/workers.py 2>/dev/null || echo 1)
 
-test: $(STAMP) browser  ## install, then run every test (the browser test included) in 2 processes (WORKERS=N)
+test: $(STAMP) browser  ## install, then run every test (the browser test included), one process per core (WORKERS=N)
 	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
 
 bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed
