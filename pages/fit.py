@@ -2,7 +2,7 @@
 import streamlit as st
 
 from engine.glossary import CONCEPTS
-from ui import charts, context, results
+from ui import access, charts, context, results
 
 context.page_start(__file__)
 
@@ -13,7 +13,8 @@ st.caption("The model is built from its config alone, every parameter on the met
            "are an estimate.")
 shipped = results.shipped_configs()
 sidebar_model = st.session_state.get("ctl_model")
-choices = [*shipped, results.SIDEBAR_MODEL, results.CONFIG_REF]
+policy = access.for_visitors()
+choices = [*shipped, results.SIDEBAR_MODEL, *([results.CONFIG_REF] if policy.typing else [])]
 left, mid, right, last = st.columns([3, 1, 1, 1])
 choice = left.selectbox("Model", choices, key="fit_model", index=choices.index("llama-3-8b"),
                         format_func=lambda c: f"{c} ({shipped[c]})" if c in shipped else
@@ -24,6 +25,8 @@ ref = {results.SIDEBAR_MODEL: sidebar_model}.get(choice, choice)
 if choice == results.CONFIG_REF:
     ref = st.text_input("config.json, model folder or hub id", key="fit_ref",
                         placeholder="e.g. ./my-model/config.json or Qwen/Qwen2.5-14B").strip()
+    # served: the same allow-list as the sidebar's (only a config is read, so no size limit)
+    ref = ref and context.shielded("Checking the model", policy.check, ref, download=False)
 batch = mid.number_input("Batch", 1, 4096, 1, key="fit_batch", help="Sequences generated at once.")
 tokens = right.number_input("Context (tokens)", 1, 1 << 21, 4096, step=1024, key="fit_context",
                             help="Prompt and output tokens per sequence.")

@@ -1,28 +1,32 @@
 """The sidebar on every page: the model and device, the recipe's controls, the recipe file."""
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from engine.errors import UserError, failure
-from engine.models import ALIASES, DEFAULT_MODEL, available_devices
+from engine.models import ALIASES, available_devices
 from engine.recipe import Recipe
 from engine.storage import formats
 
-from . import context, controls, tour
+from . import access, context, controls, tour
 
 OTHER = "Hub id or local folder…"
 
 
-def _open_export(folder: str) -> str:
+def _open_export(folder: str, policy) -> str:
     """The sidebar was given an export (this explorer's folder, a GGUF file or a compressed-tensors
     folder written by `export`): remember it, set the controls from its recipe when it is new,
-    and return its source model's ref."""
+    and return its source model's ref (Refused, the controls untouched, when the policy does not
+    allow the source)."""
     try:
         source, recipe = formats.source_of(folder)
     except UserError as e:
         st.session_state["export"] = None
         st.sidebar.error(str(e))
         return folder
+    source = policy.check(source, listed_only=False)
     known = st.session_state.get("export") or {}
     if known.get("folder") != folder:
         st.session_state["upload_error"] = controls.set_controls(recipe, folder)
@@ -30,33 +34,72 @@ def _open_export(folder: str) -> str:
     return source
 
 
-def _model() -> str:
-    """The model picker and the device; returns the model's ref (an export folder: its source)."""
-    if "ctl_source" not in st.session_state:
+def _open(policy, asked: str) -> str:
+    """The ref that loads for the picker's `asked` (an export: its source); Refused by the policy
+    before the filesystem is touched, and then nothing in the session has changed."""
+    ref = policy.check(asked)
+    if formats.kind(ref):  # the URL keeps the export; the source model is what loads
+        source = _open_export(ref, policy)
+    else:
+        source = ref
+        st.session_state["export"] = None
+    st.session_state["ctl_model"] = ref
+    return source
+
+
+def _label(policy, ref: str) -> str:
+    if ref in ALIASES:
+        return f"{ref} ({ALIASES[ref].kind})"
+    if policy.served and ref in policy.folders:
+        return f"{os.path.relpath(ref, policy.root)} (folder)"
+    return ref
+
+
+def _model(policy, default: str) -> str:
+    """The model picker and the device; returns the model's ref (an export folder: its source).
+
+    Served with a policy (ui.access), the picker lists what it allows, and the text field is
+    there only when visitors may type; a reference it refuses, typed or from the link, shows one
+    line and leaves the session on its model and recipe."""
+    refused = None
+    if "ctl_source" not in st.session_state:  # the session's first run: the model from the link
         ref = st.session_state["ctl_model"]
-        st.session_state["ctl_source"] = ref if ref in ALIASES else OTHER
-        st.session_state["ctl_ref"] = "" if ref in ALIASES else ref
+        try:
+            ref = policy.check(ref)
+        except access.Refused as e:
+            refused, ref = str(e), default
+        st.session_state["ctl_source"] = ref if ref in policy.listed else OTHER
+        st.session_state["ctl_ref"] = "" if ref in policy.listed else ref
     sb = st.sidebar
     sb.subheader("Model")
-    sb.selectbox("Model", [*ALIASES, OTHER], key="ctl_source",
-                 format_func=lambda a: f"{a} ({ALIASES[a].kind})" if a in ALIASES else a,
-                 help="The offline aliases, any Hugging Face hub id (needs a network), or a local model folder.")
-    ref = st.session_state["ctl_source"]
-    if ref == OTHER:
-        ref = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model",
-                            help="A model folder, a hub id, or an export folder (python -m engine export, or "
-                                 "the Explore page's download, unzipped), a GGUF file or compressed-tensors folder "
-                                 "written by export: its source model loads with the export's stored values.").strip()
+    sb.selectbox("Model", [*policy.listed, *([OTHER] if policy.typing else [])], key="ctl_source",
+                 format_func=lambda a: _label(policy, a),
+                 help="The offline aliases, any Hugging Face hub id (needs a network), or a local model folder."
+                 if not policy.served else "The models this server offers.")
+    if policy.served:
+        sb.caption("This server limits the models it opens to this list"
+                   + (" and what its policy allows to be typed." if policy.typing else "."))
+    asked = st.session_state["ctl_source"]
+    if asked == OTHER:
+        asked = sb.text_input("Hub id or folder", key="ctl_ref", placeholder="e.g. gpt2 or ./my-model",
+                              help="A model folder, a hub id, or an export folder (python -m engine export, or "
+                                   "the Explore page's download, unzipped), a GGUF file or compressed-tensors folder "
+                                   "written by export: its source model loads with the export's stored values.").strip()
     if st.session_state["ctl_device"] not in ("auto", *available_devices()):
         st.session_state["url_errors"].append("device")
         st.session_state["ctl_device"] = "auto"
     sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
                  help="auto: the GPU when there is one, else the CPU.")
-    st.session_state["ctl_model"] = ref or DEFAULT_MODEL
-    if ref and formats.kind(ref):  # the URL keeps the export; the source model is what loads
-        return _open_export(ref)
-    st.session_state["export"] = None
-    return ref or DEFAULT_MODEL
+    try:
+        source = _open(policy, asked or default)
+        st.session_state["_model_in_use"] = (st.session_state["ctl_model"], source, st.session_state["export"])
+    except access.Refused as e:  # the model, the export and the controls stay as they were
+        refused = str(e)
+        st.session_state["ctl_model"], source, st.session_state["export"] = st.session_state.get(
+            "_model_in_use", (default, default, None))
+    if refused:
+        sb.error(refused)
+    return source
 
 
 def _apply_preset(ref: str):
@@ -82,11 +125,12 @@ def _apply_preset(ref: str):
 
 def sidebar() -> tuple[str, str, Recipe | None]:
     """Draw the model picker and the controls; returns (model ref, device, recipe or None)."""
-    controls.init_from_url(DEFAULT_MODEL)
+    policy = access.for_visitors()  # a policy file that cannot be used: an error box, no model
+    controls.init_from_url(policy.default)
     tour.from_url()
-    ref = _model()
+    ref = _model(policy, policy.default)
     recipe = controls.draw(_apply_preset(ref))
-    controls.write_url(recipe, DEFAULT_MODEL)
+    controls.write_url(recipe, policy.default)
     with st.sidebar.expander("Recipe file"):
         if recipe is not None:
             st.download_button("Download recipe (JSON)", recipe.to_json(), "recipe.json", "application/json",
