@@ -26,9 +26,9 @@ browser:  ## install Debian's chromium for the browser test (apt-get, as root or
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null || { echo "error: chromium is not installed (apt-get install chromium)"; exit 1; }
 
-run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change)
+run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change; ALLOW=FILE.json: only the models that file allows, to serve it to others)
 	@echo "Compression explorer: open http://localhost:$(PORT) (Ctrl+C stops it)"
-	$(PY) -m ui.serve --server.port $(PORT)
+	$(PY) -m ui.serve $(if $(ALLOW),--allow $(ALLOW) )--server.port $(PORT)
 
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5

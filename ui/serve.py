@@ -1,11 +1,16 @@
 """`make run`: start the app, and load the default model while the browser connects.
 
-    python -m ui.serve [streamlit options, e.g. --server.port 8502]
+    python -m ui.serve [--allow FILE.json] [streamlit options, e.g. --server.port 8502]
 
 The same as `streamlit run app.py [options]`, except that a background thread imports the
 engine (torch, transformers) and loads the default model (then its reference outputs, sorted
 magnitudes and SVDs) while the server starts, so the first page finds it ready or nearly so.
+
+`--allow FILE.json` serves the app to others with an allow-list of models (ui/access.py; the
+same as EXPLORER_ALLOW=FILE.json): the file is read before the server starts, and one that
+cannot be used stops it with one line and exit status 2.
 """
+import os
 import sys
 import threading
 from pathlib import Path
@@ -13,19 +18,46 @@ from pathlib import Path
 from streamlit.web import cli
 
 
-def _preload():
-    from engine.models import DEFAULT_MODEL
+def _preload(model: str):
     from ui import context
 
-    context.preload(DEFAULT_MODEL)
+    context.preload(model)
+
+
+def split_allow(args: list[str]) -> tuple[str | None, list[str]]:
+    """(the --allow file or None, the other arguments, for streamlit).
+
+    >>> split_allow(["--allow", "a.json", "--server.port", "8502"])
+    ('a.json', ['--server.port', '8502'])
+    """
+    allow, rest, it = None, [], iter(args)
+    for arg in it:
+        if arg == "--allow":
+            allow = next(it, "")
+        elif arg.startswith("--allow="):
+            allow = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return allow, rest
 
 
 def main() -> int:
-    from ui import allocator
+    allow, rest = split_allow(sys.argv[1:])
+    if allow is not None:
+        if not allow:
+            print("error: --allow needs a policy file (e.g. --allow assets/allow.example.json)", file=sys.stderr)
+            return 2
+        os.environ["EXPLORER_ALLOW"] = str(Path(allow).resolve())  # for the app's sessions, in this process
+    from ui import access, allocator
 
+    try:
+        policy = access.current()
+    except access.PolicyError as e:
+        print(f"error: {access.ENV if allow is None else '--allow'}: {e}", file=sys.stderr)
+        return 2
     allocator.give_back_large_blocks()  # before the model loads (ui.context does it too, for `streamlit run`)
-    threading.Thread(target=_preload, name="preload").start()
-    sys.argv = ["streamlit", "run", str(Path(__file__).resolve().parent.parent / "app.py"), *sys.argv[1:]]
+    threading.Thread(target=_preload, args=(policy.default,), name="preload").start()
+    sys.argv = ["streamlit", "run", str(Path(__file__).resolve().parent.parent / "app.py"), *rest]
     return cli.main()
 
 
