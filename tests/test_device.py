@@ -274,7 +274,7 @@ def test_the_tests_see_no_gpu_unless_asked_for(cuda_asked_for):
 
 
 def test_the_check_refuses_mixing_and_allows_what_cuda_allows():
-    x0 = torch.randn(4, 6)
+    x0 = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     with on_device() as device:
         x = x0.to(device)
         with pytest.raises(DeviceMixing, match="scatter_"):

@@ -24,9 +24,9 @@ def test_straight_through_rounds_forward_and_passes_gradients_within_the_mask():
 
 
 def test_training_starts_exactly_at_the_compressed_values():
-    torch.manual_seed(0)
-    w = torch.randn(16, 64)
-    x = torch.randn(200, 64) @ torch.randn(64, 64)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g)
+    x = torch.randn(200, 64, generator=g) @ torch.randn(64, 64, generator=g)
     recipe = Recipe(bits=3, group_size=32, quant_method="gptq")
     q, (scale, zero) = gptq_quantize(w, x.T @ x / 200, 3, "group", 32, return_grid=True)
     grid = Grid(scale, zero)

@@ -96,9 +96,10 @@ def test_nm_pattern_holds():
     a = w.abs().view(16, 6, 4)
     assert (a[groups].view(16, 6, 2).min(-1).values >= a.masked_fill(groups, -1).max(-1).values).all()
     # a short last group keeps at most N
-    keep = T.nm_mask(torch.randn(3, 6), 2, 4)
+    g = torch.Generator().manual_seed(1)
+    keep = T.nm_mask(torch.randn(3, 6, generator=g), 2, 4)
     assert keep[:, :4].sum(1).eq(2).all() and keep[:, 4:].sum(1).eq(2).all()
-    keep = T.nm_mask(torch.randn(3, 5), 2, 4)
+    keep = T.nm_mask(torch.randn(3, 5, generator=g), 2, 4)
     assert keep[:, 4].all()
 
 
