@@ -7,10 +7,12 @@ a dense fp32 product for a 128-token prefill, and slower for one token too: ther
 make the compressed model slower than its original. So the runtime times each kernel and the
 dense product of the same shape, for the work the model will do (`Workload`: a prompt's prefill
 and N decode steps, or an encoder's batch), once per shape on this machine (kept on disk,
-engine.machine.remembered), and keeps the kernel only where it is faster:
+engine.machine.remembered), and keeps the kernel only where it is faster. In an fp32 model the
+same kernel with bf16 activations is a candidate too (engine.kernels.InBf16): on a processor
+without native bf16, tinygemm's bf16 path was measured faster than its fp32 one.
 
     workload = Workload.causal(prompt_tokens=128, new_tokens=32)
-    note = slower_than_dense(kernel_module, w, torch.float32, workload)   # '' where the kernel wins
+    module, why = fastest([kernel, kernel_in_bf16], w, torch.float32, workload)   # None: dense runs
 """
 from __future__ import annotations
 
@@ -67,12 +69,6 @@ def per_call_seconds(fn, x: torch.Tensor, least: int = 5, budget: float = 0.05, 
     return times[len(times) // 2]
 
 
-def _label(module) -> str:
-    """What a kernel's time depends on besides the shape and dtype: its kind and its group."""
-    group = getattr(module, "group", None)
-    return module.kernel + (f"/g{group}" if group else "")
-
-
 def call_seconds(fn, label: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device, tokens: int,
                  cap: float | None = None) -> float:
     """Seconds of one call of `fn`, (tokens, in) -> (tokens, out), timed once per machine and kept
@@ -87,24 +83,44 @@ def call_seconds(fn, label: str, shape: tuple[int, int], dtype: torch.dtype, dev
     return measure() if device.type != "cpu" else machine.remembered(key, measure)
 
 
-def slower_than_dense(module, w: torch.Tensor, dtype: torch.dtype, workload: Workload) -> str:
-    """'' where `module` (a kernel for the matrix `w`, (out, in)) is at least as fast as the dense
-    product in `dtype` for `workload`; else why the dense product runs instead."""
+def _workload_seconds(fn, label, shape, dtype, device, workload: Workload, beat: float) -> tuple[float, bool]:
+    """Seconds of `fn` for `workload`, and whether that is a lower bound: a call size is timed on an
+    eighth of its tokens first, and no further where that alone, times its count, exceeds `beat`."""
+    total, at_least = 0.0, False
+    for tokens, n in workload.calls:
+        if tokens >= 16:
+            probe = call_seconds(fn, label, shape, dtype, device, tokens // 8, cap=beat / n)
+            if n * probe > beat:
+                total, at_least = total + n * probe, True
+                continue
+        total += n * call_seconds(fn, label, shape, dtype, device, tokens, cap=beat / n)
+    return total, at_least
+
+
+def _ms(seconds: float, at_least: bool) -> str:
+    return f"{'over ' if at_least else ''}{seconds * 1e3:.2f} ms"
+
+
+def fastest(candidates: list, w: torch.Tensor, dtype: torch.dtype, workload: Workload) -> tuple:
+    """The fastest of `candidates` (kernels for the matrix `w`, (out, in), taking activations in
+    `dtype`; the first is the plain one) and the dense product in `dtype`, for `workload`:
+    (the chosen kernel, or None for dense; why, '' where the plain kernel wins)."""
     dense_w = w.to(dtype)
-    shape = tuple(w.shape)
+    shape, name = tuple(w.shape), str(dtype).removeprefix("torch.")
     dense = sum(n * call_seconds(lambda x: F.linear(x, dense_w), "dense", shape, dtype, w.device, tokens)
                 for tokens, n in workload.calls)
-    kernel, at_least = 0.0, False
-    for tokens, n in workload.calls:
-        if tokens >= 16:  # an eighth of the tokens first: where that alone loses, the whole call does too
-            probe = call_seconds(module.mm, _label(module), shape, dtype, w.device, tokens // 8, cap=dense / n)
-            if n * probe > dense:
-                kernel, at_least = kernel + n * probe, True
-                continue
-        kernel += n * call_seconds(module.mm, _label(module), shape, dtype, w.device, tokens, cap=dense / n)
-    if kernel <= dense:
-        return ""
-    return (f"{module.kernel} kernel measured slower than the dense product here ({'over ' if at_least else ''}"
-            f"{kernel * 1e3:.2f} ms against "
-            f"{dense * 1e3:.2f} ms for {workload.what}, {str(dtype).removeprefix('torch.')} activations): "
-            "dense runs")
+    timed = [(m, *_workload_seconds(m.mm, _label(m), shape, dtype, w.device, workload, dense)) for m in candidates]
+    times = ", ".join(f"{_ms(t, low)} for the {m.kernel} kernel" for m, t, low in timed)
+    best, t, _ = min(timed, key=lambda r: r[1])
+    if t > dense:
+        return None, (f"{candidates[0].kernel} kernel measured slower than the dense product here ({times}, against "
+                      f"{dense * 1e3:.2f} ms dense, for {workload.what}, {name} activations): dense runs")
+    if best is candidates[0]:
+        return best, ""
+    return best, f"measured fastest here ({times}, {dense * 1e3:.2f} ms dense, for {workload.what})"
+
+
+def _label(module) -> str:
+    """What a kernel's time depends on besides the shape and dtype: its kind and its group."""
+    group = getattr(module, "group", None)
+    return module.kernel + (f"/g{group}" if group else "")

@@ -57,7 +57,7 @@ def cmd_speed(args):
     print("kernels (layers): " + ", ".join(f"{k} {v}" for k, v in report["kernels"].items()))
     for kernel, note in sorted({(r["kernel"], r["note"]) for r in report["layers"]
                                 if "kernel" in r["note"] or "CSR" in r["note"]}):
-        print(f"  {'chosen by timing' if 'faster here' in kernel else 'fallback'}: {note}")
+        print(f"  {'chosen by timing' if 'measured' in note else 'fallback'}: {note}")
     print(f"outputs: runtime against the workspace, max |difference| of the {report['max_abs_diff_of']}: "
           f"{report['max_abs_diff']:.3g} (the largest |value| is {report['max_abs_output']:.3g})")
     roof = report["roofline"]
