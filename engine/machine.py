@@ -5,6 +5,7 @@
     native_bf16(device)        # whether bf16 matmuls run natively here
     runtime_dtype(device)      # the runtime's dtype: ("bf16" | "fp32", why)
     remembered(name, compute)  # a measurement of this machine, taken once and kept on disk
+    forget()                   # drop those measurements (`speed --remeasure`)
 
 Where a choice depends on the hardware (the runtime's dtype, a kernel, the threads) the engine
 asks this module, and reports the answer with its reason. Features are read from the kernel
@@ -201,6 +202,16 @@ def _store() -> Path:
 
     root = os.environ.get("EXPLORER_MACHINE_CACHE")
     return (Path(root) if root else cache_dir() / "machine") / f"{fingerprint()}.json"
+
+
+def forget() -> bool:
+    """Drop what was measured of this machine (`remembered`), to measure it again: after a run on a
+    busy machine, say. Whether there was anything to drop."""
+    try:
+        _store().unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def remembered(name: str, compute):

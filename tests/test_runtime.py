@@ -252,6 +252,14 @@ def test_the_speed_command(tiny_models, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "runtime in fp32: bf16 turned off (EXPLORER_BF16=0)" in out
     assert "decode tok/s" in out and "kernels (layers): int8 14" in out and "NVIDIA H100 SXM" in out
+    from engine import machine
+
+    assert "roofline" in json.loads(machine._store().read_text())  # measured once and kept
+    assert machine.remembered("marker", lambda: 1) == 1 and machine.remembered("marker", lambda: 2) == 1
+    assert main([*args, "--json", "--remeasure"]) == 0
+    kept = json.loads(machine._store().read_text())
+    assert "marker" not in kept and "roofline" in kept  # dropped, then measured again
+    capsys.readouterr()
     assert main([*args, "--repeats", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --repeats must be 1 or more, got 0"
 

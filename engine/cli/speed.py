@@ -20,6 +20,10 @@ def cmd_speed(args):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
     check_preset(args)
+    if args.remeasure:
+        from ..machine import forget
+
+        forget()
     recipe = recipe_from(args)
     explorer = open_explorer(args)
     recipe = with_preset(args, recipe, explorer)
@@ -90,5 +94,8 @@ def add_parser(sub) -> None:
     s.add_argument("--every-kernel", action="store_true",
                    help="run every int8/int4 kernel the format allows, even where the dense product is faster here "
                         "(default: each is timed against dense once per shape on this machine, the faster runs)")
+    s.add_argument("--remeasure", action="store_true",
+                   help="measure this machine again (bandwidth, matmul throughput, each kernel against dense): they "
+                        "are measured once and kept, so a run on a busy machine is not taken for the machine's speed")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_speed)
