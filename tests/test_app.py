@@ -67,19 +67,29 @@ def test_each_control_changes_the_recipe_and_the_memory_shown(name, change, para
     assert dict(at.query_params) != url_before  # the link follows the controls
     # quality for the new recipe is the full protocol, with the encoder's three metrics
     assert any("Full protocol" in c.value for c in at.caption)
-    labels = {m.label: m.value for m in at.metric}
-    assert {"cosine_to_original", "lee_spearman", "polarity_accuracy"} <= set(labels)
+    labels = {m.label for m in at.metric}  # the memory's three figures, then the encoder's metrics
+    assert labels == {"Original (fp16)", "Compressed", "Ratio", "cosine_to_original", "lee_spearman",
+                      "polarity_accuracy"}
 
 
-def test_explore_shows_memory_errors_and_quality_of_a_real_recipe():
+def test_explore_shows_memory_errors_and_quality_of_a_real_recipe(minilm_explorer):
+    from ui import charts
+
+    results.store.clear()  # no result of this recipe known yet (the store is shared by the tests)
     at = ok(start(bits=4, sparsity=0.5, rank=0.5))
     assert recipe_caption(at) == "rank x0.5 · int4 g128 · 50% sparse"
     assert len(at.get("plotly_chart")) == 2  # memory by component, per-layer error
-    cos = float(next(m.value for m in at.metric if m.label == "cosine_to_original"))
-    assert 0 < cos < 1
-    ratio = float(next(m.value for m in at.metric if m.label == "Ratio"))
-    assert 0 < ratio < 1
-    assert at.session_state["timings"]["memory"] < at.session_state["timings"]["full"]
+    shown = {m.label: m.value for m in at.metric}
+    assert 0 < float(shown["cosine_to_original"]) < 1
+    # the figures are the engine's for the same recipe
+    mem = minilm_explorer.workspace().apply(Recipe(rank_ratio=0.5, bits=4, sparsity=0.5)).memory
+    assert shown["Ratio"] == f"{mem.compressed_bytes / mem.original_bytes:.3f}"
+    assert shown["Compressed"] == charts.human_bytes(mem.compressed_bytes)
+    # a recipe not seen before: its first estimate is drawn, then the full protocol
+    assert set(at.session_state["timings"]) == {"memory", "layer_errors", "quick", "full"}
+    at.run()  # the same recipe again: every result from the store, the full protocol at once
+    assert set(at.session_state["timings"]) == {"memory", "layer_errors", "full"}
+    assert {m.label: m.value for m in at.metric} == shown
 
 
 def test_distillation_runs_from_explore_and_reports_before_and_after():

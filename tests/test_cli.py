@@ -138,7 +138,17 @@ def test_sweep_writes_one_row_per_point(tmp_path):
     assert {(r["rank"], r["group_size"], r["symmetric"], r["per_layer"]) for r in rows} == {("", "64", "True", "[]")}
     assert [Recipe.from_json(r["recipe"]).rank_ratio for r in rows] == [None, None, 0.5, 0.5]
     assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["cosine_to_original"]) == pytest.approx(1.0, abs=1e-5)
-    assert float(rows[3]["ratio"]) < float(rows[1]["ratio"]) < 1
+    # the bytes by hand: minilm's 22,713,216 parameters at 2 bytes; its 37 compressed matrices (6 blocks of
+    # 4 x 384x384 and 2 x 384x1536, and the 384x384 pooler) hold 10,764,288, the other 11,948,928 stay at 2
+    # bytes; at rank 192 (x0.5) their factors hold 192 x (384 + 384) or 192 x (1536 + 384) each: 8,110,080.
+    # 4 bits: half a byte a value and an fp16 scale per group of 64 (every row divides into them)
+    untouched = 2 * 11_948_928
+    assert [int(r["original_bytes"]) for r in rows] == [2 * 22_713_216] * 4
+    assert [int(r["compressed_bytes"]) for r in rows] == [
+        2 * 22_713_216, untouched + 10_764_288 // 2 + 2 * 10_764_288 // 64,
+        untouched + 2 * 8_110_080, untouched + 8_110_080 // 2 + 2 * 8_110_080 // 64]
+    assert [float(r["ratio"]) for r in rows] == [
+        pytest.approx(int(r["compressed_bytes"]) / int(r["original_bytes"])) for r in rows]
 
 
 def test_models_and_inspect():
