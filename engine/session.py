@@ -9,11 +9,27 @@ The original model is never modified after loading. The explorer caches what eve
 reads from it: each layer's SVD and sorted magnitudes, the calibration statistics, the
 evaluators with their reference outputs, and the values rounded to fp16 that a workspace
 computes with where a recipe leaves them at 16 bits. See engine.workspace for the working copy.
+
+What the explorer keeps, and its budget per model (each an engine.lru.LRU: the least recently
+used entry is evicted first, and computed again when next asked for):
+
+    cache                                                      budget
+    factors: each layer's SVD, plain or whitened, and a        FACTORS_BYTES (768 MiB; smollm2's
+      shared group's stacked one                                 plain SVDs take 604 MiB)
+    sorted magnitudes |W| of each layer                        MAGNITUDES_BYTES (512 MiB; smollm2: 405)
+    evaluators with their reference outputs, per text          EVALUATORS (2; smollm2's: 383 MiB each)
+    calibration statistics                                     one per model (computed once)
+    the fp16 copies of weights and parameters                  held weakly: as long as a workspace
+                                                                 computes with them
+    each layer's ||W||^2                                       one float per layer
+
+The background preparation stops where a budget is full, rather than evict what it made.
 """
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import torch
 
@@ -22,9 +38,22 @@ from .calibrate import Calibration
 from .evaluate import make_evaluator
 from .errors import UserError
 from .layers import BLOCK_ROLES, LayerInfo, find_layers, select
+from .lru import LRU, tensor_bytes
 from .models import Loaded, load
 from .recipe import Recipe
 from .workspace import Workspace, module_copy
+
+MIB = 2**20
+FACTORS_BYTES = 768 * MIB
+MAGNITUDES_BYTES = 512 * MIB
+EVALUATORS = 2
+
+
+def svd_bytes(info: LayerInfo, element_size: int = 4) -> int:
+    """The bytes of a layer's full SVD (U, S, V^T): (out*k + k + k*in) values, k = min(out, in)."""
+    out, inp = info.shape
+    k = min(out, inp)
+    return (out * k + k + k * inp) * element_size
 
 
 def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Module) -> list[LayerInfo]:
@@ -44,12 +73,13 @@ class Explorer:
         self.layers = require_compressible(find_layers(loaded.model), loaded.ref, loaded.model)
         self._by_name = {i.name: i for i in self.layers}
         self.total_params = sum(p.numel() for p in loaded.model.parameters())
-        self._svd: dict[str, tuple] = {}
-        self._sorted_abs: dict[str, torch.Tensor] = {}
+        self._svd = LRU("factors", max_bytes=FACTORS_BYTES, size=tensor_bytes)
+        self._sorted_abs = LRU("sorted magnitudes", max_bytes=MAGNITUDES_BYTES, size=tensor_bytes)
         self._preparing: threading.Thread | None = None
         self._signal: dict[str, float] = {}
-        self._evaluators: dict = {}
-        self._fp16: dict = {}  # layer name or id(parameter) -> its values rounded to fp16 (shared, read only)
+        self._evaluators = LRU("evaluators", max_entries=EVALUATORS, size=lambda ev: tensor_bytes(vars(ev)))
+        # layer name or id(parameter) -> its values rounded to fp16 (shared, read only), while a workspace holds them
+        self._fp16: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()  # reference outputs take seconds: not under _lock
         self._calibration: Calibration | None = None
@@ -90,13 +120,9 @@ class Explorer:
             h = self.hessian(name)
             if h is not None:
                 with self._lock:
-                    if ("whitened", name) not in self._svd:
-                        self._svd[("whitened", name)] = methods.whitened_svd(self.weight(name), h)
-                    return self._svd[("whitened", name)]
+                    return self._svd.get_or_put(("whitened", name), lambda: methods.whitened_svd(self.weight(name), h))
         with self._lock:
-            if name not in self._svd:
-                self._svd[name] = transforms.svd(self.weight(name))
-            return self._svd[name]
+            return self._svd.get_or_put(name, lambda: transforms.svd(self.weight(name)))
 
     def shared_factors(self, share) -> list:
         """Per layer of a group that shares one basis (an engine.sharing.Share), in its order,
@@ -106,10 +132,8 @@ class Explorer:
             return [self.factors(share.owner, "whitened")]
         key = ("shared", share.group)
         with self._lock:
-            if key not in self._svd:
-                self._svd[key] = methods.shared_whitened_svd([self.weight(n) for n in share.group],
-                                                             [self.hessian(n) for n in share.group])
-            return self._svd[key]
+            return self._svd.get_or_put(key, lambda: methods.shared_whitened_svd(
+                [self.weight(n) for n in share.group], [self.hessian(n) for n in share.group]))
 
     def sharing(self, recipe: Recipe) -> dict:
         """Layer name -> its engine.sharing.Share, for the layers `recipe` shares a basis between."""
@@ -163,14 +187,16 @@ class Explorer:
     def sorted_abs(self, name: str) -> torch.Tensor | None:
         """|W| of a layer, flattened and sorted, computed once: any sparsity's magnitude
         threshold is then a lookup (one more copy of the layer's weights in memory). While
-        `prepare_in_background` is still building them, None (the caller selects instead)."""
+        `prepare_in_background` is still building them, or where MAGNITUDES_BYTES has no room
+        for them, None (the caller selects instead)."""
         with self._lock:
             if name in self._sorted_abs:
-                return self._sorted_abs[name]
-            if self._preparing is not None and self._preparing.is_alive():
+                return self._sorted_abs.get(name)
+            w = self.weight(name)
+            if (self._preparing is not None and self._preparing.is_alive()
+                    or not self._sorted_abs.room(w.numel() * w.element_size())):
                 return None
-            self._sorted_abs[name] = self._magnitudes(name)
-            return self._sorted_abs[name]
+            return self._sorted_abs.put(name, self._magnitudes(name))
 
     def _magnitudes(self, name: str) -> torch.Tensor:
         return self.weight(name).abs().flatten().sort().values
@@ -178,17 +204,23 @@ class Explorer:
     def prepare_in_background(self, factorize: bool = False) -> threading.Thread:
         """Build the sorted magnitudes of every layer but embeddings and head in a background
         thread (a second or more per model), so the first pruning after loading need not wait;
-        then, with `factorize`, their SVDs, so the first low-rank recipe need not either.
-        Not a daemon: the process waits for it on exit (torch killed mid-sort aborts)."""
+        then, with `factorize`, their SVDs, so the first low-rank recipe need not either. Each
+        stops where its budget is full (MAGNITUDES_BYTES, FACTORS_BYTES): the rest are made when
+        asked for. Not a daemon: the process waits for it on exit (torch killed mid-sort aborts)."""
         def build():
-            names = [i.name for i in self.selected(Recipe())]
-            for name in names:
-                if name not in self._sorted_abs:
-                    v = self._magnitudes(name)
+            layers = self.selected(Recipe())
+            for info in layers:
+                if info.name not in self._sorted_abs:
+                    if not self._sorted_abs.room(info.params * self.weight(info.name).element_size()):
+                        break
+                    v = self._magnitudes(info.name)
                     with self._lock:
-                        self._sorted_abs[name] = v
+                        self._sorted_abs.put(info.name, v)
             if factorize:
-                self.factorize(names)
+                for info in layers:
+                    if info.name not in self._svd and not self._svd.room(svd_bytes(info)):
+                        break
+                    self.factors(info.name)
 
         with self._lock:
             if self._preparing is None:
@@ -198,24 +230,26 @@ class Explorer:
 
     def fp16_weight(self, name: str) -> torch.Tensor:
         """A layer's original (out, in) weight rounded to fp16, in its own dtype: what a layer
-        left alone, or kept at 16 bits dense and unpruned, computes with. Computed once and
-        shared by every workspace (never written to); a normal tensor, so distillation can run
-        autograd through a model that holds it."""
+        left alone, or kept at 16 bits dense and unpruned, computes with. Shared by every
+        workspace (never written to), and kept while one holds it; a normal tensor, so
+        distillation can run autograd through a model that holds it."""
         with self._lock:
-            if name not in self._fp16:
+            held = self._fp16.get(name)
+            if held is None:
                 w = self.weight(name)
                 with torch.inference_mode(False), torch.no_grad():
-                    self._fp16[name] = w.half().to(w.dtype)
-            return self._fp16[name]
+                    self._fp16[name] = held = w.half().to(w.dtype)
+            return held
 
     def fp16_parameter(self, p: torch.nn.Parameter) -> torch.nn.Parameter:
         """A parameter of the original model (a norm, a bias, position embeddings) rounded to
-        fp16, in its own dtype, as it is stored: computed once and shared by every workspace."""
+        fp16, in its own dtype, as it is stored: shared by every workspace, kept while one holds it."""
         with self._lock:
-            if id(p) not in self._fp16:  # the original's parameters live as long as the explorer
+            held = self._fp16.get(id(p))  # the original's parameters live as long as the explorer
+            if held is None:
                 with torch.inference_mode(False), torch.no_grad():
-                    self._fp16[id(p)] = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
-            return self._fp16[id(p)]
+                    self._fp16[id(p)] = held = torch.nn.Parameter(p.detach().half().to(p.dtype), requires_grad=False)
+            return held
 
     def signal(self, name: str) -> float:
         """||W||^2 of a layer's original weight (cached): the denominator of its error."""
@@ -235,7 +269,10 @@ class Explorer:
         return time.perf_counter() - t0
 
     def factorized(self) -> bool:
-        return all(i.name in self._svd for i in self.selected(Recipe()))
+        """Whether every layer's SVD is held, or as many as FACTORS_BYTES holds (the others are
+        computed when a recipe asks for them)."""
+        missing = [i for i in self.selected(Recipe()) if i.name not in self._svd]
+        return not missing or not self._svd.room(svd_bytes(missing[0]))
 
     def low_rank_layers(self, recipe: Recipe) -> list[str]:
         """The selected layers that `recipe` factorizes (its per-layer rules included)."""
@@ -287,11 +324,9 @@ class Explorer:
     # -- evaluation -----------------------------------------------------------------------
     def evaluator(self, eval_text: str | None = None, eval_name: str | None = None):
         """The quality evaluator for this model (reference outputs computed on first use)."""
-        key = (eval_text, eval_name)
         with self._eval_lock:
-            if key not in self._evaluators:
-                self._evaluators[key] = make_evaluator(self.loaded, eval_text, eval_name)
-            return self._evaluators[key]
+            return self._evaluators.get_or_put((eval_text, eval_name),
+                                               lambda: make_evaluator(self.loaded, eval_text, eval_name))
 
     def workspace(self) -> "Workspace":
         return Workspace(self)

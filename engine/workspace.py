@@ -29,6 +29,7 @@ import torch
 from . import compare, pipeline, transforms
 from .distill import Distillation, Trainable, distill
 from .layers import install
+from .lru import tensors
 from .memory import LayerReport, MemoryReport, memory_report
 from .recipe import Recipe
 
@@ -81,10 +82,25 @@ class Workspace:
         self.applied: Applied | None = None
         self._stored: dict[str, pipeline.StoredLayer] = {}
         self._reusable = False  # whether the stored layers' shapes may be reused (cached factors)
+        self.held_bytes = 0  # own_bytes() as of the last apply, hold or distillation
 
     def _share_parameters(self) -> None:
         """The parameters rounded to fp16, shared with every workspace of the explorer."""
         set_parameters(self.model, lambda name, p: self.explorer.fp16_parameter(self._original[name]))
+
+    def own_bytes(self) -> int:
+        """The bytes of the tensors this workspace holds that the explorer does not share (its
+        original weights and fp16 copies): the stored layers' values, values before
+        quantization, masks and scales, and parameters of its own (an export read back); a
+        tensor's numel * element_size, tensors on one storage counted once (the largest)."""
+        ex = self.explorer
+        shared = {t.untyped_storage().data_ptr() for t in [*ex.loaded.model.parameters(), *ex._fp16.values()]}
+        own: dict[int, int] = {}
+        for t in tensors(([*self._stored.values()], [*self.model.parameters()])):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in shared and t.device.type != "meta":
+                own[ptr] = max(own.get(ptr, 0), t.numel() * t.element_size())
+        return sum(own.values())
 
     @property
     def stored(self) -> MappingProxyType:
@@ -106,11 +122,12 @@ class Workspace:
         try:
             reports = self._fill(recipe, chosen, old, factors)
         except BaseException:
-            self._stored, self._reusable = {}, False
+            self._stored, self._reusable, self.held_bytes = {}, False, 0
             raise
         compressed = dataclasses.replace(recipe, distill_steps=0)
         self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
                                time.perf_counter() - t0)
+        self.held_bytes = self.own_bytes()
         if recipe.distill_steps:
             self.distill(recipe.distill_steps, recipe.distill_lr, progress)
         return self.applied
@@ -175,6 +192,7 @@ class Workspace:
                 params[name].to(device=p.device, dtype=p.dtype), requires_grad=False))
         self._stored = dict(stored)
         self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)
+        self.held_bytes = self.own_bytes()
         return self.applied
 
     def distill(self, steps: int, lr: float, progress=None) -> Applied:
@@ -198,6 +216,7 @@ class Workspace:
         self._stored = {name: s.with_values(self.holders[name].tensors()) for name, s in self._stored.items()}
         self.applied = dataclasses.replace(applied, recipe=recipe, distillation=report,
                                            seconds=applied.seconds + report.seconds)
+        self.held_bytes = self.own_bytes()
         return self.applied
 
     @torch.inference_mode()
