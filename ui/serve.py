@@ -56,6 +56,9 @@ def main() -> int:
         print(f"error: {access.ENV if allow is None else '--allow'}: {e}", file=sys.stderr)
         return 2
     allocator.give_back_large_blocks()  # before the model loads (ui.context does it too, for `streamlit run`)
+    from engine.machine import pick_threads
+
+    pick_threads()  # torch's threads: the cores this process may use (affinity, container quota)
     threading.Thread(target=_preload, args=(policy.default,), name="preload").start()
     sys.argv = ["streamlit", "run", str(Path(__file__).resolve().parent.parent / "app.py"), *rest]
     return cli.main()
