@@ -11,7 +11,8 @@ st.caption(f"Original vs **{recipe.describe()}** on {ctx.ref}.")
 
 
 def run(field: str, fn):
-    """Cached per (model, recipe, input); errors become an error box (None)."""
+    """Cached per (model, recipe, input): `fn(the workspace holding the recipe)`; errors become an
+    error box (None)."""
     return context.shielded("Comparing the models", results.cached, ctx, recipe, field, fn)
 
 
@@ -31,7 +32,7 @@ def generating():
     label, default, key, help_, continues, subheader, caption = GENERATING[ex.kind]
     text = st.text_area(label, default, key=key, height=100, help=help_)
     n = st.slider("New tokens", 5, 100, 40, key="compare_tokens")
-    out = run(f"compare:{n}:{text}", lambda: ctx.work.compare(text, max_new_tokens=n))
+    out = run(f"compare:{n}:{text}", lambda work: work.compare(text, max_new_tokens=n))
     if out is None:
         return
     shown = text if continues else ""
@@ -52,7 +53,7 @@ def encoder():
     sentences = st.text_area("Sentences to rank (one per line)", "\n".join(texts[:10]), height=220,
                              key="compare_sentences", help="Defaults: ten Pang-Lee movie-review sentences.")
     lines = [s for s in sentences.splitlines() if s.strip()]
-    rows = run(f"compare:{query}\n{sentences}", lambda: ctx.work.compare(query, lines))
+    rows = run(f"compare:{query}\n{sentences}", lambda work: work.compare(query, lines))
     if rows is None:
         return
     moved = sum(r["original_rank"] != r["compressed_rank"] for r in rows)
@@ -67,7 +68,7 @@ def encoder():
 @st.fragment
 def classifier():
     text = st.text_area("Text", data.polarity()[0][0], key="compare_text")
-    rows = run(f"compare:{text}", lambda: ctx.work.compare(text))
+    rows = run(f"compare:{text}", lambda work: work.compare(text))
     if rows is not None:
         st.plotly_chart(charts.label_probs(rows), config=charts.PNG, key="compare_labels")
 

@@ -4,7 +4,7 @@ import streamlit as st
 from engine.calibrate import SOURCE
 from engine.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, context, exports, results
+from ui import caches, charts, context, exports, results
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
@@ -122,7 +122,7 @@ def build_and_offer(what: str, key: str, state: str, build, option, mime: str, d
         with st.spinner(f"Writing the {what}…"):
             made = context.shielded(f"Building the {what}", build, ctx, option)
         if made is not None:
-            st.session_state[state] = (ctx.key, recipe, option, *made)
+            caches.keep_built(state, (ctx.key, recipe, option, *made))
     made = st.session_state.get(state)
     if made and made[:3] == (ctx.key, recipe, option):
         st.download_button(f"Download {made[3]} ({charts.human_bytes(len(made[4]))})", made[4], made[3], mime,

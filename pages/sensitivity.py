@@ -4,7 +4,7 @@ import streamlit as st
 
 from engine import plan, planner
 from engine.recipe import Recipe
-from ui import charts, context, controls
+from ui import caches, charts, context, controls
 
 ctx = context.page(__file__)
 recipe = ctx.recipe
@@ -41,7 +41,7 @@ with st.form("sensitivity_form"):
                                help="Each round measures the options again around the best plan so far.")
     run = st.form_submit_button("Measure and plan", type="primary")
 
-results = st.session_state.setdefault("plans", {})
+results = caches.session_map("plans", caches.SESSION_PLANS)  # per model and recipe, the latest few
 key = (ctx.key, recipe.to_json())
 if run:
     if not ladder:

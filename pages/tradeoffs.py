@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import charts, context, results, variants as methods
+from ui import caches, charts, context, results, variants as methods
 
 ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
@@ -36,7 +36,7 @@ with st.form("tradeoffs_grid"):
                      key="tradeoffs_full")
     run = st.form_submit_button("Run sweep", type="primary")
 
-sweeps = st.session_state.setdefault("sweeps", {})
+sweeps = caches.session_map("sweeps", caches.SESSION_SWEEPS)  # one per model, the latest few
 if run:
     if not (ratios and bits and sparsities and variants):
         st.error("Choose at least one value of each control and one method.")

@@ -2,7 +2,9 @@
 
 - The loaded model (engine Explorer) is cached once per process and never mutated; the
   launcher can start loading it before the first visit (`preload`).
-- Each browser session compresses its own working copy (engine Workspace).
+- Each browser session compresses its own working copy (engine Workspace), held for it within
+  the budget of ui.caches (released when over it, idle or the session ended; made again, with
+  the session's recipe, when next needed).
 - app.py opens the context (`open_context`) after the sidebar; pages read it (`context`).
 - Whatever fails shows one line in an error box and the session goes on (`shielded`).
 """
@@ -13,8 +15,9 @@ import importlib
 import logging
 import threading
 import time
+import uuid
+import weakref
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import streamlit as st
 
@@ -24,7 +27,7 @@ from engine.session import Explorer
 from engine.storage import formats
 from engine.workspace import Workspace
 
-from . import allocator
+from . import allocator, caches
 
 log = logging.getLogger(__name__)
 allocator.give_back_large_blocks()  # once per server process (this module is imported once)
@@ -34,20 +37,52 @@ allocator.give_back_large_blocks()  # once per server process (this module is im
 # 'pandas' has no attribute 'Series'")
 importlib.import_module("pandas")
 
-@dataclass
 class Context:
-    """What a page needs: the shared model, this session's workspace and the current recipe."""
+    """What a page needs: the shared model, this session's workspace and the current recipe
+    (`export`: the export folder picked in the sidebar, whose values the workspace holds while
+    the recipe is the export's, `export_recipe`). It keeps the model weakly and the workspace not
+    at all (ui.caches holds both), so that a session left idle holds nothing the caches let go."""
 
-    ref: str
-    device: str
-    explorer: Explorer
-    work: Workspace
-    recipe: Recipe
-    export: str | None = None  # the export folder whose values the workspace holds
+    def __init__(self, ref: str, device: str, explorer: Explorer, recipe: Recipe, export: str | None = None,
+                 owner: str = "", export_recipe: Recipe | None = None):
+        self.ref, self.device, self.recipe, self.export, self.owner = ref, device, recipe, export, owner
+        self.export_recipe = export_recipe
+        self._explorer = weakref.ref(explorer)
 
     @property
     def key(self) -> str:
         return _key(self.ref, self.device, self.export)
+
+    @property
+    def explorer(self) -> Explorer:
+        """The shared model (loaded again if the cache let it go meanwhile)."""
+        return self._explorer() or _explorer(self.ref, self.device)
+
+    def _workspace(self) -> tuple[Workspace, bool]:
+        return caches.WORKSPACES.get(self.owner, self.key, self.explorer.workspace)
+
+    @property
+    def work(self) -> Workspace:
+        """This session's workspace. One made now (the session's first, or after a release)
+        first takes this context's recipe, or the export's values."""
+        work, fresh = self._workspace()
+        if fresh:
+            self._fill(work, self.recipe)
+        return work
+
+    def holding(self, recipe: Recipe) -> Workspace:
+        """This session's workspace holding `recipe` (applied unless it already does)."""
+        work, fresh = self._workspace()
+        if fresh or work.applied is None or work.applied.recipe != recipe:
+            self._fill(work, recipe)
+        return work
+
+    def _fill(self, work: Workspace, recipe: Recipe) -> None:
+        if self.export and recipe == self.export_recipe:
+            formats.load_into(work, self.export)
+        else:
+            work.apply(recipe)
+        caches.WORKSPACES.fit(self.owner)
 
 
 def _key(ref: str, device: str, export_folder: str | None) -> str:
@@ -135,7 +170,7 @@ def preload(ref: str, device: str = "auto") -> None:
     threading.Thread(target=work, name=f"preload-{ref}").start()
 
 
-@st.cache_resource(show_spinner=False, max_entries=3)
+@st.cache_resource(show_spinner=False, max_entries=caches.MODELS)
 def _explorer(ref: str, device: str) -> Explorer:
     future = _preloads.pop((ref, device), None)
     ex = None
@@ -181,21 +216,35 @@ def open_context(ref: str, device: str, recipe: Recipe) -> Context | None:
         log.exception("opening %s failed", ref)
         st.error(failure(f"Opening {ref}", e))
         return None
-    works = st.session_state.setdefault("workspaces", {})
-    if key not in works:
-        works.clear()  # one compressed copy per session: the model in use
-        works[key] = ex.workspace()
-    work = works[key]
-    if exported:
-        stored = Recipe.from_dict(exported["recipe"])
-        if recipe == dataclasses.replace(stored, distill_steps=0, distill_lr=DISTILL_LR):
-            recipe = stored  # the controls show the export's recipe (distillation is in its values)
-            if work.applied is None or work.applied.export != exported["folder"]:
-                with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
-                    if shielded(f"Reading the export {exported['folder']}", formats.load_into,
-                                work, exported["folder"]) is None:
-                        return None
-    return Context(ref, device, ex, works[key], recipe, exported["folder"] if exported else None)
+    stored = Recipe.from_dict(exported["recipe"]) if exported else None
+    if stored is not None and recipe == dataclasses.replace(stored, distill_steps=0, distill_lr=DISTILL_LR):
+        recipe = stored  # the controls show the export's recipe (distillation is in its values)
+    ctx = Context(ref, device, ex, recipe, exported["folder"] if exported else None, _owner(), stored)
+    if exported and recipe == stored:
+        work, _ = ctx._workspace()
+        if work.applied is None or work.applied.export != exported["folder"]:
+            with st.spinner(f"Reading the export {exported['folder']} and checking its files…"):
+                if shielded(f"Reading the export {exported['folder']}", formats.load_into,
+                            work, exported["folder"]) is None:
+                    return None
+            caches.WORKSPACES.fit(ctx.owner)
+    return ctx
+
+
+class _Owner:
+    """A session's name in ui.caches.WORKSPACES: when Streamlit lets the session's state go (the
+    session ended), its workspace is released."""
+
+    def __init__(self):
+        self.id = uuid.uuid4().hex
+        weakref.finalize(self, caches.WORKSPACES.release, self.id)
+
+
+def _owner() -> str:
+    owner = st.session_state.get("_owner")
+    if not isinstance(owner, _Owner):
+        owner = st.session_state["_owner"] = _Owner()
+    return owner.id
 
 
 def ensure_calibration(ctx: Context, recipe: Recipe | None = None) -> None:

@@ -1,41 +1,34 @@
 """Results cached for every session: per (model, recipe), per model, and per config.
 
 Keyed by the context's key (model, device, export held) and the recipe's JSON, in a bounded
-store shared by all sessions (`store`); a miss makes the session's workspace hold the recipe
-(`Workspace.ensure`) and computes.
+store shared by all sessions (`store`, within ui.caches.RESULT_BYTES and RESULT_ENTRIES); a miss
+makes the session's workspace hold the recipe (`Context.holding`) and computes on it.
 """
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import streamlit as st
 
 from engine import footprint
+from engine.lru import LRU, nbytes
 from engine.recipe import Recipe
 
+from . import caches
 from .context import Context
 
 
 class ResultStore:
-    """A bounded map (model, recipe) -> {'memory', 'errors', 'quick', 'full', 'compare:...'}."""
+    """Results by (model, recipe) and field ('memory', 'quick', 'full', 'distillation',
+    'compare:...', 'speed ...'), within `max_bytes` and `max_entries` (an engine.lru.LRU: the
+    least recently used result is evicted first; each measured with its key by lru.nbytes)."""
 
-    def __init__(self, size: int = 512):
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, max_bytes: int = caches.RESULT_BYTES, max_entries: int = caches.RESULT_ENTRIES):
+        self.lru = LRU("results", max_bytes=max_bytes, max_entries=max_entries)
 
     def get(self, key: tuple, field: str):
-        with self._lock:
-            entry = self._d.get(key)
-            return None if entry is None else entry.get(field)
+        return self.lru.get((key, field))
 
     def put(self, key: tuple, field: str, value):
-        with self._lock:
-            self._d.setdefault(key, {})[field] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
+        self.lru.put((key, field), value, size=nbytes(((key, field), value)))
 
 
 @st.cache_resource(show_spinner=False)
@@ -44,11 +37,11 @@ def store() -> ResultStore:
 
 
 def cached(ctx: Context, recipe: Recipe, field: str, compute):
+    """The result `field` of `recipe`, or `compute(work)` on this session's workspace holding it."""
     key = (ctx.key, recipe.to_json())
     value = store().get(key, field)
     if value is None:
-        ctx.work.ensure(recipe)
-        value = compute()
+        value = compute(ctx.holding(recipe))
         store().put(key, field, value)
     return value
 
@@ -57,12 +50,12 @@ def memory(ctx: Context, recipe: Recipe | None = None) -> dict:
     """Memory report (engine MemoryReport.to_dict) with each layer's relative error and SQNR."""
     recipe = recipe or ctx.recipe
 
-    return cached(ctx, recipe, "memory", ctx.work.report)
+    return cached(ctx, recipe, "memory", lambda work: work.report())
 
 
 def quality(ctx: Context, quick: bool, recipe: Recipe | None = None) -> dict:
     recipe = recipe or ctx.recipe
-    return cached(ctx, recipe, "quick" if quick else "full", lambda: ctx.work.evaluate(quick=quick))
+    return cached(ctx, recipe, "quick" if quick else "full", lambda work: work.evaluate(quick=quick))
 
 
 def quality_if_known(ctx: Context, recipe: Recipe | None = None) -> dict | None:
@@ -75,14 +68,15 @@ def distilled(ctx: Context, steps: int, lr: float, run: bool) -> tuple[Recipe, d
     recipe = Recipe.from_dict({**ctx.recipe.to_dict(), "distill_steps": steps, "distill_lr": lr})
     key = (ctx.key, recipe.to_json())
     if run and store().get(key, "distillation") is None:
-        ctx.work.ensure(ctx.recipe)
+        work = ctx.holding(ctx.recipe)
         bar = st.progress(0.0, text="Distillation")
-        applied = ctx.work.distill(steps, lr, progress=lambda k, n, loss: bar.progress(
+        applied = work.distill(steps, lr, progress=lambda k, n, loss: bar.progress(
             k / n, text=f"Distillation: step {k}/{n}, loss {loss:.4f}"))
         bar.empty()
+        caches.WORKSPACES.fit(ctx.owner)
         with st.spinner("Scoring the distilled model (full protocol)…"):
-            store().put(key, "full", ctx.work.evaluate())
-            store().put(key, "memory", ctx.work.report())
+            store().put(key, "full", work.evaluate())
+            store().put(key, "memory", work.report())
         store().put(key, "distillation", applied.distillation.to_dict())
     if store().get(key, "distillation") is None:
         return recipe, None
@@ -128,12 +122,13 @@ def fit_ladder() -> list[str]:
     return [r.describe() for r in footprint.LADDER]
 
 
-@st.cache_resource(show_spinner="Building the model from its config on the meta device…", max_entries=16)
+@st.cache_resource(show_spinner="Building the model from its config on the meta device…",
+                   max_entries=caches.SKELETONS)
 def _skeleton(ref: str) -> footprint.Skeleton:
     return footprint.open_skeleton(ref)
 
 
-@st.cache_data(show_spinner=False, ttl=60, max_entries=256)
+@st.cache_data(show_spinner=False, ttl=caches.FIT_TTL_S, max_entries=caches.FIT_ENTRIES)
 def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tuple[dict, list[dict]]:
     """(footprint of the recipe, per device the mildest ladder recipe that fits); this machine's
     free memory is read again after a minute."""
@@ -162,4 +157,4 @@ def speed(ctx: Context, settings, progress=None) -> dict:
     from engine import speed as engine_speed
 
     return cached(ctx, ctx.recipe, _speed_field(ctx, settings),
-                  lambda: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))
+                  lambda work: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))
