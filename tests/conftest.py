@@ -6,7 +6,8 @@ import os
 # process it starts (the command line, the served app, xdist's workers), before torch first looks
 # for a GPU, so that the default device ("auto": the GPU when there is one) is the CPU and values
 # are compared exactly. EXPLORER_TEST_CUDA=1 leaves the GPU visible, for the tests that run on it
-# on purpose (those taking the `cuda_device` fixture; the rest of the suite expects the CPU).
+# on purpose (those taking the `cuda_device` fixture: `EXPLORER_TEST_CUDA=1 pytest tests/test_device.py`);
+# the rest of the suite is written for the CPU (the app's default device is then the GPU).
 CUDA_OPT_IN = "EXPLORER_TEST_CUDA"
 CUDA_ASKED_FOR = os.environ.get(CUDA_OPT_IN, "") not in ("", "0")
 if not CUDA_ASKED_FOR:
@@ -74,6 +75,14 @@ def cuda_device() -> torch.device:
     if not torch.cuda.is_available():
         pytest.skip(f"CUDA: {CUDA_OPT_IN}=1, but torch sees no CUDA GPU")
     return torch.device("cuda", 0)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """The optional llama-cpp-python (`make llamacpp`), for the tests that run a file in llama.cpp:
+    skipped, saying so, where it is not installed (before any module- or function-scoped fixture
+    of the test is built)."""
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: make llamacpp)")
 
 
 def _save(model, folder):

@@ -1,7 +1,8 @@
 """--format gguf from a Hugging Face model: its byte-level BPE tokenizer written as GGUF metadata,
-read back by the gguf package, transformers and (where installed) llama.cpp with the same tokens."""
-import importlib.util
+read back by the gguf package, transformers and llama.cpp (where the optional llama-cpp-python is
+installed: skipped, saying so, where not) with the same tokens."""
 import json
+from pathlib import Path
 
 import gguf
 import pytest
@@ -45,14 +46,26 @@ def test_pre_tokenizers_are_named_as_llama_cpp_names_them_and_others_refused():
         gguf_vocab.pre_name(bert)
 
 
-def test_a_hugging_face_llama_exports_to_gguf_with_its_own_tokenizer(tiny_llama_with_smollm2s_tokenizer, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    folder = tiny_llama_with_smollm2s_tokenizer
-    ex = Explorer.open(str(folder), device="cpu")
+@pytest.fixture(scope="module")
+def hf_llama_gguf(tiny_llama_with_smollm2s_tokenizer, tmp_path_factory):
+    """The tiny Hugging Face Llama in Q8_0, and its GGUF file: (the workspace, the writer's report)."""
+    ex = Explorer.open(str(tiny_llama_with_smollm2s_tokenizer), device="cpu")
     work = ex.workspace()
     work.apply(ex.preset("q8_0"))
-    report = gguf_export.write(work, tmp_path)
+    return work, gguf_export.write(work, tmp_path_factory.mktemp("q8_0"))
+
+
+def _text_and_ids(folder):
+    """Real text (gensim's Lee corpus, numbers included) and the Hugging Face tokenizer's ids for it."""
+    text = " ".join(data.lee_documents()[:3])
+    return text, AutoTokenizer.from_pretrained(folder)(text).input_ids
+
+
+def test_a_hugging_face_llama_exports_to_gguf_with_its_own_tokenizer(tiny_llama_with_smollm2s_tokenizer,
+                                                                     hf_llama_gguf):
+    from transformers import AutoModelForCausalLM
+
+    work, report = hf_llama_gguf
     assert report["written_bytes"] == report["predicted_bytes"]
     ours, shipped = gguf.GGUFReader(report["file"]), gguf.GGUFReader(gguf_file("smollm2"))
 
@@ -69,18 +82,19 @@ def test_a_hugging_face_llama_exports_to_gguf_with_its_own_tokenizer(tiny_llama_
     for key in ("bos_token_id", "eos_token_id"):
         assert field(ours, f"tokenizer.ggml.{key}") == field(shipped, f"tokenizer.ggml.{key}")
 
-    text = " ".join(data.lee_documents()[:3])  # real text: gensim's Lee corpus, numbers included
-    hf_ids = AutoTokenizer.from_pretrained(folder)(text).input_ids
-    name = report["file"].rsplit("/", 1)[-1]
-    assert AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=name)(text).input_ids == hf_ids
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=name, dtype=torch.float32)
+    text, hf_ids = _text_and_ids(tiny_llama_with_smollm2s_tokenizer)
+    file = Path(report["file"])
+    assert AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)(text).input_ids == hf_ids
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
     ids = torch.tensor([hf_ids[:64]])
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, work.model(ids).logits)
-    if importlib.util.find_spec("llama_cpp") is None:
-        return
-    import llama_cpp
 
+
+def test_llama_cpp_splits_the_exported_tokenizer_as_hugging_face_does(llama_cpp, tiny_llama_with_smollm2s_tokenizer,
+                                                                       hf_llama_gguf):
+    _, report = hf_llama_gguf
+    text, hf_ids = _text_and_ids(tiny_llama_with_smollm2s_tokenizer)
     llm = llama_cpp.Llama(model_path=report["file"], n_ctx=64, n_threads=2, verbose=False, vocab_only=True)
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == hf_ids  # llama.cpp splits text as HF does
 

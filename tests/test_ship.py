@@ -1,9 +1,9 @@
 """The files people ship. --format gguf: a file the gguf package reads, transformers loads with the
-explorer's exact values, llama.cpp runs (where llama-cpp-python is installed), in the predicted
-bytes; `run FILE.gguf` scores it. --format compressed-tensors: a folder plain transformers loads
+explorer's exact values, llama.cpp runs (where the optional llama-cpp-python is installed: skipped,
+saying so, where not), in the predicted bytes; `run FILE.gguf` scores it. --format compressed-tensors: a folder plain transformers loads
 with the explorer's exact values."""
 import collections
-import importlib.util
+from pathlib import Path
 
 import gguf
 import pytest
@@ -39,13 +39,22 @@ def test_layers_gguf_cannot_hold_are_refused_by_name():
     assert code == 2 and "the Llama family only" in err and err.count("\n") == 1
 
 
-def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_explorer, tmp_path):
+@pytest.fixture(scope="module")
+def q4_k_m_gguf(smollm2_explorer, tmp_path_factory):
+    """smollm2 in llama.cpp's Q4_K_M mix, and its GGUF file: (the workspace, the writer's report)."""
+    work = smollm2_explorer.workspace()
+    work.apply(smollm2_explorer.preset("q4_k_m"))
+    return work, gguf_file.write(work, tmp_path_factory.mktemp("q4_k_m"))
+
+
+def _prompt(ex):
+    return ex.loaded.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+
+
+def test_smollm2_q4_k_m_as_gguf_loads_in_transformers(smollm2_explorer, q4_k_m_gguf):
     from transformers import AutoModelForCausalLM
 
-    ex = smollm2_explorer
-    work = ex.workspace()
-    work.apply(ex.preset("q4_k_m"))
-    report = gguf_file.write(work, tmp_path)
+    ex, (work, report) = smollm2_explorer, q4_k_m_gguf
     assert report["written_bytes"] == report["predicted_bytes"] == sum(
         r.bytes.compressed_bytes for r in work.applied.memory.layers if r.compressed and r.info.tied_to is None)
     assert report["fallback_added_bytes"] == 0
@@ -57,15 +66,18 @@ def test_smollm2_q4_k_m_as_gguf_loads_in_transformers_and_llama_cpp(smollm2_expl
         if fmt in ggml.TYPES:
             cols, rows = (int(x) for x in t.shape)
             assert t.n_bytes == rows * ggml.TYPES[fmt].row_bytes(cols)
-    ids = ex.loaded.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="smollm2.gguf", dtype=torch.float32)
+    ids = _prompt(ex)
+    file = Path(report["file"])
+    hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
     with torch.inference_mode():
         assert torch.equal(hf(ids).logits, work.model(ids).logits)  # transformers computes with exactly our values
-    if importlib.util.find_spec("llama_cpp") is None:
-        return
-    import llama_cpp
+
+
+def test_smollm2_q4_k_m_as_gguf_runs_in_llama_cpp(llama_cpp, smollm2_explorer, q4_k_m_gguf):
     import numpy as np
 
+    ex, (work, report) = smollm2_explorer, q4_k_m_gguf
+    ids = _prompt(ex)
     llm = llama_cpp.Llama(model_path=report["file"], n_ctx=64, n_threads=2, verbose=False, logits_all=True)
     tokens = ids[0].tolist()
     llm.eval(tokens)
