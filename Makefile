@@ -36,7 +36,7 @@ demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse)
 WORKERS ?= $(shell $(PYTHON) tests/workers.py 2>/dev/null || echo 1)
 
 test: $(STAMP) browser  ## install, then run every test (the browser test included), one process per core (WORKERS=N)
-	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
+	$(PY) -m pytest -q -rs -n $(WORKERS) --dist worksteal --durations=15 tests
 
 bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed
 	$(PY) -m engine bench
