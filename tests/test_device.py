@@ -13,8 +13,8 @@ pretend device run on the same number of threads, once on one and once on two, w
 machine's cores and the number of test processes (SparseGPT's kept values are sums that two
 threads add in another order, 2e-7 apart, where GPTQ rounds them onto its grid).
 
-With EXPLORER_TEST_CUDA=1 and a GPU, each check also runs on the GPU (otherwise reported as
-skipped): under the same check, its results checked for where they are, not compared bit for bit
+With EXPLORER_TEST_CUDA=1 and a GPU, the primitives, the pipeline and the tiny models also run on
+the GPU (otherwise reported as skipped): under the same check, its results checked for where they are, not compared bit for bit
 with the CPU's. The tests see no GPU otherwise (conftest hides it), which the first test checks.
 """
 import contextlib
@@ -74,6 +74,9 @@ class OnDevice(torch.Tensor):
 
     def tolist(self):  # a copy to the host, as from a GPU
         return self.host.tolist()
+
+    def untyped_storage(self):  # its memory, which its views share, as a GPU tensor's: the host's
+        return self.host.untyped_storage()
 
     def numpy(self, *, force=False):  # as from a GPU: refused
         raise TypeError(f"can't convert {self.device} device type tensor to numpy; copy it to the CPU first")
