@@ -51,51 +51,60 @@ def served(server):
     return server[0]
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
+BACKGROUND = "() => getComputedStyle(document.querySelector('.stApp')).backgroundColor"
+
+
+def both_themes(page, name: str):
+    """Screenshots of the page as drawn, in the light theme and then the dark one: the app follows
+    the browser's color scheme as it changes, without running again (each page is drawn once)."""
+    page.screenshot(path=str(SHOTS / f"{name}-light.png"))
+    light = page.evaluate(BACKGROUND)
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_function(f"() => ({BACKGROUND})() !== {light!r}", timeout=30_000)
+    assert page.evaluate(BACKGROUND) == "rgb(23, 22, 20)"  # Streamlit's dark background
+    page.screenshot(path=str(SHOTS / f"{name}-dark.png"))
+    page.emulate_media(color_scheme="light")
+    page.wait_for_function(f"() => ({BACKGROUND})() === {light!r}", timeout=30_000)
+
+
+def test_sliders_move_the_memory_figure_and_every_page_draws(served):
+    """The sliders moved by keyboard, as a user would; every page drawn from the link that holds the
+    recipe (each shot in the light and the dark theme); the same view opened from its link alone."""
     SHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 2400}, color_scheme=scheme)
-        if scheme == "light":  # the sliders moved by keyboard, as a user would
-            page.goto(served, timeout=120_000)
-            wait_idle(page, timeout=240_000)
-            start = metric(page, "Compressed")
-            assert start == metric(page, "Original (fp16)")  # uncompressed to begin with
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, color_scheme="light")
+        page.goto(served, timeout=120_000)
+        wait_idle(page, timeout=240_000)
+        start = metric(page, "Compressed")
+        assert start == metric(page, "Original (fp16)")  # uncompressed to begin with
 
-            move(page, "ctl_bits", "ArrowLeft", 1)  # 16 -> 8 bits
-            changed(page, "Compressed", start)
-            wait_idle(page)
-            eight = metric(page, "Compressed")
-            assert as_bytes(eight) < as_bytes(start)
+        move(page, "ctl_bits", "ArrowLeft", 1)  # 16 -> 8 bits
+        changed(page, "Compressed", start)
+        wait_idle(page)
+        eight = metric(page, "Compressed")
+        assert as_bytes(eight) < as_bytes(start)
 
-            move(page, "ctl_sparsity", "ArrowRight", 10)  # 0 -> 0.5
-            # the run of the last value writes it to the link first, then draws its memory
-            page.wait_for_function("() => location.search.includes('sparsity=0.5')", timeout=60_000)
-            changed(page, "Compressed", eight)
-            wait_idle(page)
-            page.wait_for_selector("text=Full protocol", timeout=120_000)
-            sparse = metric(page, "Compressed")
-            assert as_bytes(sparse) < as_bytes(eight)
-            page.wait_for_selector("text=Full protocol", timeout=120_000)
-            assert "bits=8" in page.url and "sparsity=0.5" in page.url
-        else:  # the same view opened from its link
-            page.goto(f"{served}/?bits=8&sparsity=0.5", timeout=120_000)
-            wait_idle(page, timeout=240_000)
-            page.wait_for_selector("text=Full protocol", timeout=120_000)
-            assert as_bytes(metric(page, "Compressed")) < as_bytes(metric(page, "Original (fp16)"))
-        page.screenshot(path=str(SHOTS / f"explore-{scheme}.png"))
+        move(page, "ctl_sparsity", "ArrowRight", 10)  # 0 -> 0.5
+        # the run of the last value writes it to the link first, then draws its memory
+        page.wait_for_function("() => location.search.includes('sparsity=0.5')", timeout=60_000)
+        changed(page, "Compressed", eight)
+        wait_idle(page)
+        page.wait_for_selector("text=Full protocol", timeout=120_000)
+        sparse = metric(page, "Compressed")
+        assert as_bytes(sparse) < as_bytes(eight)
+        assert "bits=8" in page.url and "sparsity=0.5" in page.url
+        both_themes(page, "explore")
 
         query = page.url.split("?", 1)[1]
         for name in PAGES[1:]:
             page.goto(f"{served}/{name}?{query}", timeout=120_000)
-            sweep = name == "tradeoffs" and scheme == "light"  # the dark run shows the page before its sweep
+            sweep = name == "tradeoffs"
             if sweep:  # the page's grid without low rank or pruning: its 4 bit widths
                 keep_first(page, "tradeoffs_ratios", 1)
                 keep_first(page, "tradeoffs_sparsity", 1)
                 page.get_by_role("button", name="Run sweep").click()
-            drawn = {"compare": '[data-testid="stDataFrame"]', "tradeoffs": ".js-plotly-plot" if sweep else "text=Run sweep",
-                     "tour": "text=Open step 7"}
+            drawn = {"compare": '[data-testid="stDataFrame"]', "tour": "text=Open step 7"}
             wait_idle(page, 240_000, drawn.get(name, ".js-plotly-plot"))
             if sweep:
                 page.wait_for_selector("text=on a frontier", timeout=240_000)
@@ -104,8 +113,16 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served, scheme):
                                        timeout=120_000)
             assert not page.locator('[data-testid="stException"]').count()
             assert (page.locator(".js-plotly-plot").count() or page.locator('[data-testid="stDataFrame"]').count()
-                    or not sweep and name == "tradeoffs" or name == "tour")
-            page.screenshot(path=str(SHOTS / f"{name}-{scheme}.png"))
+                    or name == "tour")
+            both_themes(page, name)
+
+        # the same view opened from its link alone, in a new session in the dark theme
+        linked = browser.new_page(viewport={"width": 1400, "height": 1600}, color_scheme="dark")
+        linked.goto(f"{served}/?bits=8&sparsity=0.5", timeout=120_000)
+        wait_idle(linked, timeout=240_000)
+        linked.wait_for_selector("text=Full protocol", timeout=120_000)
+        assert metric(linked, "Compressed") == sparse and metric(linked, "Original (fp16)") == start
+        assert linked.evaluate(BACKGROUND) == "rgb(23, 22, 20)"
         browser.close()
 
 
