@@ -13,6 +13,13 @@ CUDA_ASKED_FOR = os.environ.get(CUDA_OPT_IN, "") not in ("", "0")
 if not CUDA_ASKED_FOR:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+# What the engine measures of this machine (the roofline, each kernel against dense) is kept in a
+# folder of this test run, not the user's cache: measured once per run, for this run's machine.
+if "EXPLORER_MACHINE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EXPLORER_MACHINE_CACHE"] = tempfile.mkdtemp(prefix="explorer-machine-")
+
 import pytest  # noqa: E402 (after hiding the GPU)
 import torch  # noqa: E402
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,

@@ -107,12 +107,6 @@ def test_bf16_runtime_on_minilm_stays_close_to_the_workspace(minilm_explorer):
     assert int4_bytes == sum(s.shape[0] * s.shape[1] // 2 for s in (work.stored[n] for n in work.stored))
 
 
-@pytest.fixture(autouse=True)
-def machine_measured_once_per_session(tmp_path_factory, monkeypatch):
-    """This machine's roofline and kernel timings, kept for the test session only (not the user's cache)."""
-    monkeypatch.setenv("EXPLORER_MACHINE_CACHE", str(tmp_path_factory.getbasetemp() / "machine"))
-
-
 def _held_by_hand(ex, recipe_group: int, width: int) -> int:
     """Bytes the tiny Llama's runtime holds with every linear layer on the int4 kernel: half a byte per
     code, a scale and a zero per group in the activations' `width`, and the rest dense."""
