@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: help install browser run demo test bench llamacpp clean
+.PHONY: help install browser run demo info test bench llamacpp clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ run: $(STAMP)  ## install, then start the app on the offline default model (port
 
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
+
+info: $(STAMP)  ## this machine: CPU, cores and threads, features, torch's build, which kernels work, GPUs (python -m engine info)
+	$(PY) -m engine info
 
 WORKERS ?= $(shell $(PYTHON) tests/workers.py 2>/dev/null || echo 1)
 
