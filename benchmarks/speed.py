@@ -53,8 +53,17 @@ def main() -> None:
         print(json.dumps({"rows": rows, "reports": reports}, indent=2, default=str))
         return
     for row in rows:
+        if row["measured"] is None:  # against bf16, on a machine without native bf16: no such original
+            print(f"{row['recipe']:<34} {row['figure']:<18} not measured: this machine has no native bf16")
+            continue
         print(f"{row['recipe']:<34} {row['figure']:<18} {row['measured']:>6.2f}x  goal {row['goal']:.2f}x  "
               f"{'met' if row['met'] else 'NOT MET'}")
+    for key, r in reports.items():
+        c = r["compressed"]
+        print(f"{key:<34} runtime {r['runtime_dtype']} ({r['runtime_dtype_why']}); decode "
+              f"{c['decode_tokens_per_s']:.1f} tok/s, prefill {c['prefill_tokens_per_s']:.1f}; original fp32 "
+              f"{r['original']['fp32']['decode_tokens_per_s']:.1f} / {r['original']['fp32']['prefill_tokens_per_s']:.1f}; "
+              "kernels " + ", ".join(f"{k} {v}" for k, v in r["kernels"].items()))
     if anchor and anchor.get("installed"):
         for key, r in reports.items():
             print(f"{key:<34} decode {r['compressed']['decode_tokens_per_s']:.1f} tok/s; llama.cpp "
