@@ -3,6 +3,8 @@ out by hand, no browser and no timing (the budgets: engine/session.py for the ex
 ui/caches.py for the app's)."""
 import gc
 import sys
+import threading
+import time
 import types
 
 import pytest
@@ -209,3 +211,44 @@ def test_per_session_state_keeps_its_entries(monkeypatch):
     caches.keep_built("explore_gguf_made", ("gguf",))  # one built file per session: the zip dropped
     assert "export_zip" not in fake.session_state and fake.session_state["explore_gguf_made"] == ("gguf",)
     assert caches.session_map("plans", 3) is caches.session_map("plans", 3)
+
+
+def test_at_most_two_sessions_compute_at_once_and_one_that_waited_finds_the_result(monkeypatch):
+    monkeypatch.setattr(caches, "SLOTS", threading.BoundedSemaphore(caches.COMPUTATIONS))
+    running, most, calls, lock = [0], [0], [], threading.Lock()
+    release = {}  # recipe's bits -> the event its computation waits for
+
+    def compute(work):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(work)
+        release[work].wait()
+        with lock:
+            running[0] -= 1
+        return {"bits": work}
+
+    def ask(bits: int) -> threading.Thread:
+        ctx = types.SimpleNamespace(key=f"budget-test@{id(release)}", holding=lambda recipe: recipe.bits)
+        release.setdefault(bits, threading.Event())
+        t = threading.Thread(target=results.cached, args=(ctx, Recipe(bits=bits), "quick", compute))
+        t.start()
+        return t
+
+    def until(n: int):
+        while running[0] < n:
+            time.sleep(0.01)
+
+    first, second = ask(2), ask(3)
+    until(2)
+    waiting = [ask(4), ask(5), ask(2)]  # no slot free: they wait, the last for what the first computes
+    assert calls == [2, 3]
+    release[2].set()
+    first.join()  # its slot goes to one of the three; the bits=2 result is stored
+    release[4].set()
+    release[5].set()
+    for t in waiting:
+        t.join()
+    release[3].set()
+    second.join()
+    assert most[0] == caches.COMPUTATIONS == 2 and sorted(calls) == [2, 3, 4, 5]  # bits=2 computed once

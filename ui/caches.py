@@ -8,7 +8,7 @@ next asked for; a session's recipe lives in its widgets and its link, never only
     loaded models (engine Explorer)    context._explorer            MODELS: 2 models
     the explorer's own caches          engine/session.py            per model: FACTORS_BYTES 768 MiB,
       (SVDs, magnitudes, evaluators)                                  MAGNITUDES_BYTES 512 MiB, EVALUATORS 2
-    each session's workspace           WORKSPACES (here)            WORKSPACE_BYTES: 1.5 GiB in all; one
+    each session's workspace           WORKSPACES (here)            WORKSPACE_BYTES: 512 MiB in all; one
                                                                       unused for WORKSPACE_IDLE_S (600 s)
                                                                       is released, so is one whose
                                                                       session ended
@@ -22,6 +22,15 @@ next asked for; a session's recipe lives in its widgets and its link, never only
     the engine's small caches          engine/recipe.py             4,096 per-layer recipes
                                        engine/storage/gguf_file.py  4 parsed GGUF files
                                        engine/data.py, calibrate    one per packaged text
+
+What a session computes (a recipe applied with its memory report, an evaluation, a comparison,
+a speed report, a distillation: every miss of the results) takes one of COMPUTATIONS slots (2)
+while it runs; the others wait their turn. A computation in flight holds a workspace and its
+working memory, at most COMPUTE_BYTES (1.5 GiB) for the shipped models (smollm2 at 4 bits, 50%
+sparse: a 0.9 GiB workspace and about 0.4 GiB of logits and log-probabilities). So however many
+sessions ask at once, the server holds at most: the models with the explorer's budgets, plus
+WORKSPACE_BYTES, RESULT_BYTES and COMPUTATIONS x COMPUTE_BYTES. The planner, the exports and a
+layer's lesson, rarely asked for, run outside the slots.
 
 A workspace (engine.workspace) holds only what its recipe changes; the model, its fp16 copies
 and every cache above are shared by all sessions. A workspace released (over the budget, idle,
@@ -40,7 +49,8 @@ import streamlit as st
 
 MIB = 2**20
 MODELS = 2
-WORKSPACE_BYTES = 1536 * MIB  # one at 4 bits, 50% sparse: smollm2 918 MiB, minilm 93 MiB
+WORKSPACE_BYTES = 512 * MIB  # one at 4 bits, 50% sparse: smollm2 918 MiB, minilm 93 MiB
+COMPUTATIONS, COMPUTE_BYTES = 2, 1536 * MIB
 WORKSPACE_IDLE_S = 600
 RESULT_BYTES = 64 * MIB  # a memory report: smollm2 (212 layers) 0.22 MiB, minilm 0.04 MiB
 RESULT_ENTRIES = 4096
@@ -122,6 +132,7 @@ class WorkspacePool:
 
 
 WORKSPACES = WorkspacePool()
+SLOTS = threading.BoundedSemaphore(COMPUTATIONS)  # `with SLOTS:` around a computation on a workspace
 
 
 class Bounded(OrderedDict):

@@ -37,12 +37,17 @@ def store() -> ResultStore:
 
 
 def cached(ctx: Context, recipe: Recipe, field: str, compute):
-    """The result `field` of `recipe`, or `compute(work)` on this session's workspace holding it."""
+    """The result `field` of `recipe`, or `compute(work)` on this session's workspace holding it,
+    in one of the computation slots (ui.caches.SLOTS; another session may have computed it
+    meanwhile)."""
     key = (ctx.key, recipe.to_json())
     value = store().get(key, field)
     if value is None:
-        value = compute(ctx.holding(recipe))
-        store().put(key, field, value)
+        with caches.SLOTS:
+            value = store().get(key, field)
+            if value is None:
+                value = compute(ctx.holding(recipe))
+                store().put(key, field, value)
     return value
 
 
@@ -68,16 +73,17 @@ def distilled(ctx: Context, steps: int, lr: float, run: bool) -> tuple[Recipe, d
     recipe = Recipe.from_dict({**ctx.recipe.to_dict(), "distill_steps": steps, "distill_lr": lr})
     key = (ctx.key, recipe.to_json())
     if run and store().get(key, "distillation") is None:
-        work = ctx.holding(ctx.recipe)
         bar = st.progress(0.0, text="Distillation")
-        applied = work.distill(steps, lr, progress=lambda k, n, loss: bar.progress(
-            k / n, text=f"Distillation: step {k}/{n}, loss {loss:.4f}"))
-        bar.empty()
-        caches.WORKSPACES.fit(ctx.owner)
-        with st.spinner("Scoring the distilled model (full protocol)…"):
-            store().put(key, "full", work.evaluate())
-            store().put(key, "memory", work.report())
-        store().put(key, "distillation", applied.distillation.to_dict())
+        with caches.SLOTS:
+            work = ctx.holding(ctx.recipe)
+            applied = work.distill(steps, lr, progress=lambda k, n, loss: bar.progress(
+                k / n, text=f"Distillation: step {k}/{n}, loss {loss:.4f}"))
+            bar.empty()
+            caches.WORKSPACES.fit(ctx.owner)
+            with st.spinner("Scoring the distilled model (full protocol)…"):
+                store().put(key, "full", work.evaluate())
+                store().put(key, "memory", work.report())
+            store().put(key, "distillation", applied.distillation.to_dict())
     if store().get(key, "distillation") is None:
         return recipe, None
     return recipe, {f: store().get(key, f) for f in ("distillation", "full", "memory")}
