@@ -14,9 +14,10 @@
 (c) With --smollm2-moves N: `streamlit run app.py`, then N sessions open smollm2 from their own
     links and move the bit-width and sparsity sliders for --smollm2-seconds, as in (a), while the
     server's memory is sampled every 0.5 s: at the start, after 1, 2, 5 and 10 minutes (each the
-    median of the samples of the 10 s before), its peak, and its growth over the last third of
-    the run (the last third's peak less the peak before it). Goals: under 6 GiB, and flat after
-    the first minutes (growth over the last third at most 0.1 GiB).
+    median of the samples of the 10 s before), its peak, and per third of the run its median and
+    peak; the growth over the last third is its median less the middle third's (a median over
+    minutes, so that a few computations running at once, which come and go, do not count as
+    growth). Goals: under 6 GiB, and flat after the first minutes (growth at most 0.1 GiB).
 
 The machine it ran on comes first (engine.machine.header: CPU model, usable cores, native bf16).
 
@@ -42,7 +43,7 @@ from browser import CHROMIUM_ARGS, app_server, free_port  # noqa: E402
 
 GIB = 2**30
 MINUTES = (1, 2, 5, 10)
-FLAT_GIB = 0.1  # the most the last third of a run may add to the peak before it, to count as flat
+FLAT_GIB = 0.1  # the most the last third of a run may add to the middle third's median, to count as flat
 
 
 def serve_command(port: int, module: str) -> list[str]:
@@ -53,8 +54,8 @@ def serve_command(port: int, module: str) -> list[str]:
 
 def memory_figures(samples: list[tuple[float, int]]) -> dict:
     """From (seconds, bytes) samples: bytes at the start, after each of MINUTES (the median of the
-    samples of the 10 s before; None past the run's end), the peak, and over the last third of the
-    run its growth (its peak less the peak before it) and the median bytes at its start and end."""
+    samples of the 10 s before; None past the run's end), the peak, per third of the run its
+    median and peak, and the growth over the last third (its median less the middle third's)."""
     def around(t: float) -> int | None:
         if t > samples[-1][0] + 1:
             return None
@@ -62,12 +63,13 @@ def memory_figures(samples: list[tuple[float, int]]) -> dict:
         return int(statistics.median(near))
 
     end = samples[-1][0]
-    early = [b for s, b in samples if s < 2 * end / 3]
-    late = [b for s, b in samples if s >= 2 * end / 3]
+    thirds = [[b for s, b in samples if k * end / 3 <= s < (k + 1) * end / 3 or k == 2 and s == end]
+              for k in range(3)]
+    medians = [int(statistics.median(t)) if t else None for t in thirds]
     return {"start_bytes": samples[0][1], "minutes_bytes": {m: around(60 * m) for m in MINUTES},
             "peak_bytes": max(b for _, b in samples), "seconds": end,
-            "last_third_growth_bytes": max(late) - max(early) if early and late else None,
-            "last_third_from_to_bytes": (around(2 * end / 3), around(end)),
+            "thirds_median_bytes": medians, "thirds_peak_bytes": [max(t) if t else None for t in thirds],
+            "last_third_growth_bytes": medians[2] - medians[1] if None not in medians[1:] else None,
             "every_minute_bytes": [around(60 * m) for m in range(int(end // 60) + 1)]}
 
 
@@ -139,10 +141,13 @@ def print_moving(label: str, r: dict, goal_gib: float, timeline: bool) -> None:
           f"(goal: under {goal_gib} GiB)")
     if timeline:
         after = ", ".join(f"{k} min {gib(v)}" for k, v in m["minutes_bytes"].items())
-        frm, to = m["last_third_from_to_bytes"]
-        print(f"    after {after} GiB; last third of the run ({2 * m['seconds'] / 3 / 60:.1f} to "
-              f"{m['seconds'] / 60:.1f} min) {gib(frm)} to {gib(to)} GiB, growth of the peak "
-              f"{m['last_third_growth_bytes'] / GIB:+.2f} GiB (goal: flat, at most +{FLAT_GIB} GiB)")
+        third = m["seconds"] / 3 / 60
+        growth = m["last_third_growth_bytes"]
+        print(f"    after {after} GiB; thirds of the run (0 to {third:.1f}, to {2 * third:.1f}, to {3 * third:.1f} "
+              f"min): median {', '.join(gib(b) for b in m['thirds_median_bytes'])} GiB, peak "
+              f"{', '.join(gib(b) for b in m['thirds_peak_bytes'])} GiB")
+        print(f"    growth over the last third (its median less the middle third's): "
+              f"{'-' if growth is None else f'{growth / GIB:+.2f}'} GiB (goal: flat, at most +{FLAT_GIB} GiB)")
         print(f"    every minute: {', '.join(gib(b) for b in m['every_minute_bytes'])} GiB")
     for s in r["per_session"]:
         chart = "none" if s["first_chart_s"] is None else f"{s['first_chart_s']:.1f} s"
