@@ -27,10 +27,11 @@ What a session computes (a recipe applied with its memory report, an evaluation,
 a speed report, a distillation: every miss of the results) takes one of COMPUTATIONS slots (2)
 while it runs; the others wait their turn. A computation in flight holds a workspace and its
 working memory, at most COMPUTE_BYTES (1.5 GiB) for the shipped models (smollm2 at 4 bits, 50%
-sparse: a 0.9 GiB workspace and about 0.4 GiB of logits and log-probabilities). So however many
-sessions ask at once, the server holds at most: the models with the explorer's budgets, plus
-WORKSPACE_BYTES, RESULT_BYTES and COMPUTATIONS x COMPUTE_BYTES. The planner, the exports and a
-layer's lesson, rarely asked for, run outside the slots.
+sparse: a 0.9 GiB workspace and, from their shapes, about 0.4 GiB of logits and
+log-probabilities). So however many sessions ask at once, the server holds at most: the models
+with the explorer's budgets, plus WORKSPACE_BYTES, RESULT_BYTES and COMPUTATIONS x
+COMPUTE_BYTES. The planner, the exports and a layer's lesson, rarely asked for, run outside the
+slots.
 
 A workspace (engine.workspace) holds only what its recipe changes; the model, its fp16 copies
 and every cache above are shared by all sessions. A workspace released (over the budget, idle,
