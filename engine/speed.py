@@ -168,6 +168,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
         speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
         speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
+            "threads_why": machine.describe(device, probes=False)["threads_why"],
             "machine": machine.header(device), "recipe": recipe.to_dict(), "settings": settings.__dict__,
             "runtime_dtype": dtype_name, "runtime_dtype_why": dtype_why,
             "kernel_choice": (f"each int8 and int4 kernel timed against the dense product on this machine for "

@@ -7,8 +7,7 @@ a dense fp32 product for a 128-token prefill, and slower for one token too: ther
 make the compressed model slower than its original. So the runtime times each kernel and the
 dense product of the same shape, for the work the model will do (`Workload`: a prompt's prefill
 and N decode steps, or an encoder's batch), once per shape on this machine (kept on disk,
-engine.machine.remembered), and keeps the kernel unless it is more than 10% slower (it holds a
-fraction of the dense product's bytes, and a few percent is within the noise). In an fp32 model the
+engine.machine.remembered), and keeps the kernel only where it is faster. In an fp32 model the
 same kernel with bf16 activations is a candidate too (engine.kernels.InBf16): on a processor
 without native bf16, tinygemm's bf16 path was measured faster than its fp32 one.
 
@@ -24,11 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from . import machine
-
-
-# a kernel within this factor of the dense product's time runs: it holds a fraction of the bytes, and
-# a few percent is within the noise of one machine's timings
-KEEP_WITHIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -110,18 +104,17 @@ def _ms(seconds: float, at_least: bool) -> str:
 def fastest(candidates: list, w: torch.Tensor, dtype: torch.dtype, workload: Workload) -> tuple:
     """The fastest of `candidates` (kernels for the matrix `w`, (out, in), taking activations in
     `dtype`; the first is the plain one) and the dense product in `dtype`, for `workload`:
-    (the chosen kernel, or None for dense; why, '' where the plain kernel wins). The fastest
-    kernel runs unless it is more than KEEP_WITHIN times slower than dense."""
+    (the chosen kernel, or None for dense; why, '' where the plain kernel wins)."""
     dense_w = w.to(dtype)
     shape, name = tuple(w.shape), str(dtype).removeprefix("torch.")
     dense = sum(n * call_seconds(lambda x: F.linear(x, dense_w), "dense", shape, dtype, w.device, tokens)
                 for tokens, n in workload.calls)
-    beat = dense * KEEP_WITHIN
+    beat = dense
     timed = [(m, *_workload_seconds(m.mm, _label(m), shape, dtype, w.device, workload, beat)) for m in candidates]
     times = ", ".join(f"{_ms(t, low)} for the {m.kernel} kernel" for m, t, low in timed)
     best, t, _ = min(timed, key=lambda r: r[1])
     if t > beat:
-        return None, (f"{candidates[0].kernel} kernel measured over 10% slower than the dense product here ({times}, "
+        return None, (f"{candidates[0].kernel} kernel measured slower than the dense product here ({times}, "
                       f"against {dense * 1e3:.2f} ms dense, for {workload.what}, {name} activations): dense runs")
     if best is candidates[0]:
         return best, ""

@@ -63,7 +63,8 @@ st.dataframe(table, hide_index=True, width="stretch")
 if anchor and not anchor["installed"]:
     st.caption(f"llama.cpp on the model's GGUF file: {anchor['note']}.")
 st.caption(f"{report['machine'].removeprefix('machine: ')}.")
-st.caption(f"{report['device']}, {report['threads']} threads; runtime in {report['runtime_dtype']} "
+st.caption(f"{report['device']}, {report['threads']} threads ({report.get('threads_why', '')}); runtime in "
+           f"{report['runtime_dtype']} "
            f"({report['runtime_dtype_why']}); kernels: {report['kernel_choice']}. The runtime computes "
            f"what the workspace computes: max |difference| of the {report['max_abs_diff_of']} "
            f"{report['max_abs_diff']:.3g}, the largest |value| {report['max_abs_output']:.3g} (the rounding of "

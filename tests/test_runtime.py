@@ -183,7 +183,7 @@ def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, mon
     assert ("int4/g32", (64, 32), 8) in timed and ("dense", (32, 64), 1) in timed  # up and down, prefill and decode
     notes = {r.note for r in rt.layers if r.kernel == winner}
     if winner == "dense (faster here)":  # dense: 4 ms + 3 x 0.5 ms; int4 either way: 80 + 3 x 10
-        assert notes == {"int4 kernel measured over 10% slower than the dense product here (110.00 ms for the int4 kernel, "
+        assert notes == {"int4 kernel measured slower than the dense product here (110.00 ms for the int4 kernel, "
                          "110.00 ms for the int4 (bf16 activations) kernel, against 5.50 ms dense, for a 8-token "
                          "prefill and 3 one-token decode steps, float32 activations): dense runs"}
     elif winner == "int4":
@@ -199,9 +199,9 @@ def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, mon
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("slower, kept", [(1.09, True), (1.11, False)])
-def test_a_kernel_up_to_a_tenth_slower_than_dense_still_runs(tiny_explorers, monkeypatch, slower, kept):
-    """It holds a fraction of the bytes, and a few percent is within the noise of the timings."""
+@pytest.mark.parametrize("slower, kept", [(0.99, True), (1.0, True), (1.01, False)])
+def test_a_kernel_runs_where_it_is_at_least_as_fast_as_dense(tiny_explorers, monkeypatch, slower, kept):
+    """A tie goes to the kernel (it holds a fraction of the bytes); a kernel 1% slower does not run."""
     from engine import tuning
 
     monkeypatch.setattr(tuning, "call_seconds", lambda fn, label, shape, dtype, device, tokens, cap=None:
@@ -230,7 +230,7 @@ def test_a_long_prompt_is_timed_on_an_eighth_first(tiny_explorers, monkeypatch):
     assert ("int4/g32", 16) in timed and ("int4/g32", 128) not in timed and ("dense", 128) in timed
     # dense: 128 ms + 3 x 1 ms; int4 either way: 160 ms on 16 tokens alone, + 3 x 10 ms
     assert {r.note for r in rt.layers if r.kernel == "dense (faster here)"} == {
-        "int4 kernel measured over 10% slower than the dense product here (over 190.00 ms for the int4 kernel, over "
+        "int4 kernel measured slower than the dense product here (over 190.00 ms for the int4 kernel, over "
         "190.00 ms for the int4 (bf16 activations) kernel, against 131.00 ms dense, for a 128-token prefill and 3 "
         "one-token decode steps, float32 activations): dense runs"}
 

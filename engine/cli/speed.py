@@ -37,7 +37,8 @@ def cmd_speed(args):
         return
     causal = report["kind"] == "causal-lm"
     print(report["machine"])
-    print(f"{report['model']} on {report['device']} ({report['threads']} threads), {recipe.describe()}; "
+    print(f"{report['model']} on {report['device']} ({report['threads']} threads: {report['threads_why']}), "
+          f"{recipe.describe()}; "
           f"medians of {settings.repeats} runs")
     print(f"runtime in {report['runtime_dtype']}: {report['runtime_dtype_why']}; kernels: {report['kernel_choice']}")
     rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
