@@ -64,7 +64,7 @@ def usable_cores() -> int:
     return cores()
 
 
-_THREADS_WHY = ["torch's default (the machine's cores)"]
+_THREADS_WHY = ["torch's default: the machine's cores"]
 
 
 def pick_threads() -> str:

@@ -9,8 +9,9 @@ ctx = context.page(__file__)
 st.title("Speed")
 st.caption("The sidebar's recipe, run with the kernel its stored format allows in every layer (int8 and int4 "
            "weight-only matmuls, two matmuls for low rank, CSR or 2:4 where they are faster, dense where there is "
-           "no kernel), beside the original in fp32 and bf16, on this machine. Figures are medians over repeats "
-           "after a warm-up run; other work on the machine slows them. The roofline bounds each model from its "
+           "no kernel), beside the original in fp32 (and in bf16 where this machine has native bf16 matmuls), on "
+           "this machine; each int8 and int4 kernel runs only where it measured faster here than the dense product. "
+           "Figures are medians over repeats after a warm-up run; other work on the machine slows them. The roofline bounds each model from its "
            "exact bytes: decode can be no faster than the bytes it reads over the memory bandwidth.")
 kind = ctx.explorer.loaded.kind
 with st.form("speed_form"):

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 import streamlit as st
 
 from engine.errors import UserError, failure
+from engine.machine import pick_threads
 from engine.recipe import DISTILL_LR, Recipe
 from engine.session import Explorer
 from engine.storage import formats
@@ -31,6 +32,7 @@ from . import allocator, caches
 
 log = logging.getLogger(__name__)
 allocator.give_back_large_blocks()  # once per server process (this module is imported once)
+pick_threads()  # torch's threads: the cores this process may use (`streamlit run app.py` too)
 # pandas imported whole before any page runs (app.py imports this module first; a second session
 # waits for the first's import of it): plotly looks pandas up in sys.modules, where another
 # session's first import of it (st.dataframe) can be half done ("partially initialized module
