@@ -1,10 +1,13 @@
 """A grid of recipes, one row of plain numbers per point, and the Pareto frontier."""
 from __future__ import annotations
 
+import csv
 import itertools
 import json
+import math
 import time
 
+from .errors import UserError
 from .recipe import Recipe
 
 
@@ -76,3 +79,27 @@ def fronts(points: list[dict], metric: str, higher_is_better: bool) -> dict[str,
         idx = [i for i, p in enumerate(points) if p.get("method", "") == method]
         out[method] = [idx[j] for j in pareto([points[i] for i in idx], "compressed_bytes", metric, higher_is_better)]
     return out
+
+
+def _number(text: str):
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
+
+
+def read_csv(path: str) -> list[dict]:
+    """The points of a CSV written by `sweep` (the recipe's columns, label, bytes and metrics)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    except OSError as e:
+        raise UserError(f"--sweep: cannot read {path!r} ({e.strerror})") from None
+    if not rows or "compressed_bytes" not in rows[0] or "label" not in rows[0]:
+        raise UserError(f"--sweep: {path!r} is not a CSV written by `python -m engine sweep`")
+    for r in rows:
+        r["estimate_only"] = str(r.get("estimate_only")).lower() == "true"
+        if any(isinstance(v, float) and math.isnan(v) for v in r.values()):
+            raise UserError(f"--sweep: {path!r} has a point without a number ({r['label']})")
+    return rows

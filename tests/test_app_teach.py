@@ -1,10 +1,11 @@
 """The pages that teach and show under AppTest: Inside a layer, the guided tour (every step), and
-the report (the app's download and `python -m engine report`)."""
+the report (the app's download and `python -m ui.cli report`)."""
 import re
 
 import pytest
 
 from engine.recipe import Recipe
+from ui import cli as ui_cli
 from ui import report as html_report
 from ui.tour import STEPS
 
@@ -70,14 +71,18 @@ def test_the_report_holds_memory_quality_versions_and_a_sweep(minilm_explorer, t
     assert not re.search(r"<(script|link|img)[^>]*\b(src|href)=", page)  # nothing to fetch: it opens offline
     assert f"{run['memory']['compressed_bytes'] / 2**20:,.2f} MiB" in page
     assert "first estimate" in page and "transformers" in page and "Trade-offs" in page
-    code, _, err = main("report", "minilm", "--bits", "4", "--quick", "--out", str(tmp_path / "r.html"))
+    code, _, err = main("report", "minilm", "--bits", "4", "--quick", "--out", str(tmp_path / "r.html"), run=ui_cli.main)
     assert code == 0, err
     written = (tmp_path / "r.html").read_text()
     assert "minilm: int4 g128" in written and re.search(r"cosine_to_original", written)
-    code, _, err = main("report", "minilm", "--out", str(tmp_path / "r.txt"))
+    code, _, err = main("report", "minilm", "--out", str(tmp_path / "r.txt"), run=ui_cli.main)
     assert code == 2 and "should end in .html" in err and err.count("\n") == 1
-    code, _, err = main("report", "minilm", "--sweep", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.html"))
+    code, _, err = main("report", "minilm", "--sweep", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.html"),
+                        run=ui_cli.main)
     assert code == 2 and "cannot read" in err
+    # the engine's own command line has no command that draws: it imports no UI library
+    code, _, err = main("report", "minilm", "--out", str(tmp_path / "y.html"))
+    assert code == 2 and "invalid choice: 'report'" in err and not (tmp_path / "y.html").exists()
 
 
 def test_explore_offers_the_report_as_one_html_file():

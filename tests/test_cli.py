@@ -23,11 +23,12 @@ def engine(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=900)
 
 
-def main(*args):
-    """engine.cli.main(ARGS) in this process: (exit code, stdout, stderr)."""
+def main(*args, run=None):
+    """engine.cli.main(ARGS) in this process (or `run`, ui.cli.main for the command that draws):
+    (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(args))
+        code = (run or cli.main)(list(args))
     return code, out.getvalue(), err.getvalue()
 
 

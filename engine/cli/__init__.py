@@ -1,7 +1,9 @@
 """`python -m engine`: a thin command line over the engine's API. One module per group of
 commands (info: info, models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
-fit; speed; report); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
-on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback)."""
+fit; speed); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
+on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback). A layer above
+adds its own commands through `extra` (ui.cli adds `report`, which draws with the app's figures):
+the engine never imports a UI library."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +12,7 @@ import sys
 import traceback
 
 from ..errors import UserError, failure
-from . import fit, info, report, run, speed, study
+from . import fit, info, run, speed, study
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,8 +23,9 @@ class _Parser(argparse.ArgumentParser):
 DEBUG_HELP = "on an unexpected failure, print its traceback (default: one line naming what failed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m engine", description="Compress a real transformer and measure it honestly.")
+def build_parser(extra=(), prog: str = "python -m engine") -> argparse.ArgumentParser:
+    """The parser of every command; `extra`: functions adding more (each given the subparsers)."""
+    p = _Parser(prog=prog, description="Compress a real transformer and measure it honestly.")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     info.add_info(sub)
@@ -32,14 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_parsers(sub)
     fit.add_parser(sub)
     speed.add_parser(sub)
-    report.add_parser(sub)
     info.add_bench(sub)
+    for add in extra:
+        add(sub)
     for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, extra=(), prog: str = "python -m engine") -> int:
     """Run the command in `argv` (default sys.argv[1:]); 0 when done, 2 after bad input (its
     message on one line of stderr), 1 after an unexpected failure (one line naming the command
     and the exception; with --debug, its traceback), 130 when interrupted."""
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
     logging.getLogger("engine").setLevel(logging.INFO)
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(extra, prog).parse_args(argv)
         args.fn(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,7 +65,7 @@ def main(argv=None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         else:
-            what = args.command if args else "python -m engine"
+            what = args.command if args else prog
             print(f"error: {failure(what, e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,10 @@
-"""`report`: one self-contained HTML file of a recipe on a model, for the people who decide.
+"""`python -m ui.cli`: the command line with the command that draws, `report`, beside every
+command of `python -m engine` (engine.cli, which never imports a UI library: this layer adds its
+command to that parser).
 
+    python -m ui.cli report MODEL [recipe options] --out report.html [--quick] [--speed] [--sweep CSV]
+
+`report` writes one self-contained HTML file of a recipe on a model, for the people who decide.
 The numbers are the run report's (engine.report, what `run --json` prints); `--speed` adds the
 speed report (engine.speed), `--sweep` the trade-off chart of a CSV that `sweep` wrote. The page
 is drawn by ui.report with the app's figures (plotly, no Streamlit), so the app's "Download
@@ -7,51 +12,29 @@ report" and this command give the same file.
 """
 from __future__ import annotations
 
-import csv
-import math
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .options import eval_text, model_args, open_explorer, out_path, recipe_args, recipe_from, with_preset
+from engine import cli
+from engine.cli.options import eval_text, model_args, out_path, open_explorer, recipe_args, recipe_from, with_preset
+from engine.errors import UserError
 
-
-def _number(text: str):
-    try:
-        v = float(text)
-    except ValueError:
-        return text
-    return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
-
-
-def read_sweep(path: str) -> list[dict]:
-    """The points of a CSV written by `sweep` (the recipe's columns, label, bytes and metrics)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    except OSError as e:
-        raise UserError(f"--sweep: cannot read {path!r} ({e.strerror})") from None
-    if not rows or "compressed_bytes" not in rows[0] or "label" not in rows[0]:
-        raise UserError(f"--sweep: {path!r} is not a CSV written by `python -m engine sweep`")
-    for r in rows:
-        r["estimate_only"] = str(r.get("estimate_only")).lower() == "true"
-        if any(isinstance(v, float) and math.isnan(v) for v in r.values()):
-            raise UserError(f"--sweep: {path!r} has a point without a number ({r['label']})")
-    return rows
+PROG = "python -m ui.cli"
 
 
 def cmd_report(args):
-    from ui import report as html_report
+    from engine import report
+    from engine.glossary import HIGHER_IS_BETTER
+    from engine.sweep import read_csv
 
-    from .. import report
-    from ..glossary import HIGHER_IS_BETTER
+    from . import report as html_report
 
     out = out_path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"report: --out {args.out!r} should end in .html")
     sweep = None
     if args.sweep:
-        rows = read_sweep(args.sweep)
+        rows = read_csv(args.sweep)
         metrics = [m for m in HIGHER_IS_BETTER if all(m in r for r in rows)]
         if not metrics:
             raise UserError(f"--sweep: {args.sweep!r} has no quality metric the explorer measures")
@@ -63,7 +46,7 @@ def cmd_report(args):
     run = report.in_memory(ex, recipe, args.model, args.quick, text, name)
     speed = None
     if args.speed:
-        from ..speed import SpeedSettings, measure
+        from engine.speed import SpeedSettings, measure
 
         speed = measure(ex, recipe, SpeedSettings())
     Path(out).write_text(html_report.html(run, speed, sweep), encoding="utf-8")
@@ -80,3 +63,15 @@ def add_parser(sub) -> None:
     p.add_argument("--speed", action="store_true", help="also measure speed (engine.speed's defaults; a minute or more)")
     p.add_argument("--sweep", metavar="CSV", help="draw the trade-off chart of this CSV, written by `sweep`")
     p.set_defaults(fn=cmd_report)
+
+
+def main(argv=None) -> int:
+    """engine.cli.main with `report` added (its exit codes and one-line errors)."""
+    return cli.main(argv, extra=(add_parser,), prog=PROG)
+
+
+if __name__ == "__main__":
+    from engine.machine import pick_threads
+
+    pick_threads()  # torch's threads: the cores this process may use, as `python -m engine` does
+    sys.exit(main())
