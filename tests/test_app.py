@@ -14,8 +14,9 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
-def start(page="pages/explore.py", **params) -> AppTest:
-    at = app_test(APP, default_timeout=300)
+def start(page="pages/explore.py", timeout: float = 300, **params) -> AppTest:
+    """The app opened on `page` from a link with these parameters, run once without an exception."""
+    at = app_test(APP, default_timeout=timeout)
     for k, v in params.items():
         at.query_params[k] = str(v)
     at.switch_page(page).run()

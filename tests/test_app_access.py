@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app_harness import app_test
+import test_app
 from engine import hub
 from engine.errors import UserError
 from engine.models import ALIASES
@@ -20,7 +20,6 @@ from ui import access, serve
 from ui.sidebar import OTHER
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 REFUSED = "This server does not open that model: pick one from its list."
 
 
@@ -195,12 +194,7 @@ def test_serve_stops_at_a_bad_policy_in_one_line(tree, monkeypatch, capsys):
 
 def start(page="pages/fit.py", **params):
     """The app on a page that loads no model (Will it fit?) unless told otherwise."""
-    at = app_test(APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = str(v)
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return test_app.start(page, timeout=120, **params)
 
 
 def type_ref(at, ref: str):
