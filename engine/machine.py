@@ -16,6 +16,7 @@ the bf16 detection: a machine without native bf16 can be measured on one that ha
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,9 @@ FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "AVX-512 BF16": ("avx512
             "NEON": ("asimd", "neon"), "SVE": ("sve",), "arm BF16": ("bf16",)}
 
 
+@functools.cache
 def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process (the processor does not change under it)."""
     try:
         return Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -65,6 +68,11 @@ def usable_cores() -> int:
 
 
 _THREADS_WHY = ["torch's default: the machine's cores"]
+
+
+def threads_why() -> str:
+    """Why torch runs the threads it runs (`pick_threads`, else torch's default)."""
+    return _THREADS_WHY[0]
 
 
 def pick_threads() -> str:
@@ -168,7 +176,7 @@ def describe(device: torch.device | str | None = None, probes: bool = True) -> d
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype, why = runtime_dtype(device)
     out = {"cpu": cpu_model(), "architecture": platform.machine(), "cores": os.cpu_count(),
-           "usable_cores": usable_cores(), "threads": torch.get_num_threads(), "threads_why": _THREADS_WHY[0],
+           "usable_cores": usable_cores(), "threads": torch.get_num_threads(), "threads_why": threads_why(),
            "features": cpu_features(), "torch": torch.__version__,
            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "cuda": torch.version.cuda, "native_bf16": native_bf16(device),
@@ -204,11 +212,16 @@ def _store() -> Path:
     return (Path(root) if root else cache_dir() / "machine") / f"{fingerprint()}.json"
 
 
+_KNOWN: dict[Path, dict] = {}  # the kept measurements, per store file, as read or written by this process
+
+
 def forget() -> bool:
     """Drop what was measured of this machine (`remembered`), to measure it again: after a run on a
     busy machine, say. Whether there was anything to drop."""
+    path = _store()
+    _KNOWN.pop(path, None)
     try:
-        _store().unlink()
+        path.unlink()
         return True
     except FileNotFoundError:
         return False
@@ -216,17 +229,24 @@ def forget() -> bool:
 
 def remembered(name: str, compute):
     """compute()'s result (JSON), measured once on this machine (its `fingerprint`) and kept in
-    the cache folder; a file that cannot be read or written is measured again, never an error."""
+    the cache folder (read once per process); a file that cannot be read or written is measured
+    again, never an error."""
     path = _store()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
+    if path not in _KNOWN:
+        try:
+            _KNOWN[path] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            _KNOWN[path] = {}
+    known = _KNOWN[path]
     if name in known:
         return known[name]
     value = compute()
     known[name] = value
     try:
+        try:  # what another process kept meanwhile, kept too
+            known.update({k: v for k, v in json.loads(path.read_text()).items() if k not in known})
+        except (OSError, ValueError):
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known))

@@ -37,7 +37,6 @@ class SpeedSettings:
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-has_bf16 = machine.native_bf16
 
 
 def _sync(device):
@@ -128,7 +127,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
         raise UserError("speed: encoder-decoder models are not measured yet (causal LMs and encoders are)")
     device = loaded.device
     dtype_name, dtype_why = machine.runtime_dtype(device, settings.dtype)
-    if dtype_name == "bf16" and not has_bf16(device):
+    if dtype_name == "bf16" and not machine.native_bf16(device):
         dtype_why += "; this machine has no native bf16 matmuls: they are emulated, slower than fp32"
     dtype = DTYPES[dtype_name]
     steps = 7
@@ -149,7 +148,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     originals = {}
     say(3, steps, "timing the original in fp32")
     originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), loaded, x, settings)
-    if has_bf16(device):
+    if machine.native_bf16(device):
         say(4, steps, "timing the original in bf16")
         bf16 = runtime.cast(loaded.model, torch.bfloat16)
         originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), loaded, x, settings)
@@ -168,7 +167,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
         speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
         speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
-            "threads_why": machine.describe(device, probes=False)["threads_why"],
+            "threads_why": machine.threads_why(),
             "machine": machine.header(device), "recipe": recipe.to_dict(), "settings": settings.__dict__,
             "runtime_dtype": dtype_name, "runtime_dtype_why": dtype_why,
             "kernel_choice": (f"each int8 and int4 kernel timed against the dense product on this machine for "

@@ -109,11 +109,10 @@ def fastest(candidates: list, w: torch.Tensor, dtype: torch.dtype, workload: Wor
     shape, name = tuple(w.shape), str(dtype).removeprefix("torch.")
     dense = sum(n * call_seconds(lambda x: F.linear(x, dense_w), "dense", shape, dtype, w.device, tokens)
                 for tokens, n in workload.calls)
-    beat = dense
-    timed = [(m, *_workload_seconds(m.mm, _label(m), shape, dtype, w.device, workload, beat)) for m in candidates]
+    timed = [(m, *_workload_seconds(m.mm, _label(m), shape, dtype, w.device, workload, dense)) for m in candidates]
     times = ", ".join(f"{_ms(t, low)} for the {m.kernel} kernel" for m, t, low in timed)
     best, t, _ = min(timed, key=lambda r: r[1])
-    if t > beat:
+    if t > dense:
         return None, (f"{candidates[0].kernel} kernel measured slower than the dense product here ({times}, "
                       f"against {dense * 1e3:.2f} ms dense, for {workload.what}, {name} activations): dense runs")
     if best is candidates[0]:
