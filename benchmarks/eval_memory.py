@@ -1,5 +1,5 @@
 """Peak memory of the quality evaluation of a causal LM (default smollm2), measured in this
-fresh process: the resident set's high-water mark (engine.peak), reset before each step.
+fresh process: the resident set's high-water mark (engine.hardware.peak), reset before each step.
 
     .venv/bin/python benchmarks/eval_memory.py [--model smollm2] [--chunk 256]
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.machine import header  # noqa: E402
-from engine import evaluate  # noqa: E402
-from engine.peak import Peak, _status  # noqa: E402
-from engine.recipe import Recipe  # noqa: E402
-from engine.session import Explorer  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.quality import evaluate  # noqa: E402
+from engine.hardware.peak import Peak, _status  # noqa: E402
+from engine.recipe.recipe import Recipe  # noqa: E402
+from engine.drivers.explorer import Explorer  # noqa: E402
 
 MIB = 2**20
 

@@ -11,7 +11,7 @@ it fits) beside round to nearest and GPTQ on the same grid; AWQ beside round to 
 symmetric grid, storing more than it by exactly its fp16 channel scales (2 bytes per input
 column of every compressed matrix; the script checks that difference). Basis sharing: per-layer
 whitened SVD at that rank ratio beside one basis shared by 2 and by 3 neighbouring blocks, whose
-rank stores no more (engine.sharing): the shared rows may hold a few bytes fewer (the rank is
+rank stores no more (engine.methods.shared): the shared rows may hold a few bytes fewer (the rank is
 rounded down), never more; and sharing split as the authors' configurations split it (the
 attention output and down projections keep per-layer whitened SVD).
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.machine import header  # noqa: E402
-from engine.recipe import Recipe  # noqa: E402
-from engine.session import Explorer  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.recipe.recipe import Recipe  # noqa: E402
+from engine.drivers.explorer import Explorer  # noqa: E402
 
 
 def ratio_for_params(ex: Explorer, fraction: float) -> float:

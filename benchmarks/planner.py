@@ -1,7 +1,7 @@
 """The budget planner against the setting it competes with, at the same or fewer bytes.
 
 For each model and each reference (uniform 3 and 4 bits in groups of 128; on a model llama.cpp
-can hold, its Q4_K_M and Q3_K_M mixes), the planner (engine.planner: a setting per layer type,
+can hold, its Q4_K_M and Q3_K_M mixes), the planner (engine.studies.planner: a setting per layer type,
 measured in context, two rounds) is given the reference's bytes; the plan and the reference are
 scored with the full protocol. Printed side by side, with the plan's settings and its time.
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.machine import header  # noqa: E402
-from engine import planner  # noqa: E402
-from engine.ggml.presets import preset_recipe  # noqa: E402
-from engine.recipe import Recipe  # noqa: E402
-from engine.session import Explorer  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.studies import planner  # noqa: E402
+from engine.recipe.presets import preset_recipe  # noqa: E402
+from engine.recipe.recipe import Recipe  # noqa: E402
+from engine.drivers.explorer import Explorer  # noqa: E402
 
 REFS = ("int3", "int4", "q4_k_m", "q3_k_m")
 

@@ -1,7 +1,7 @@
 """Proxies that add up, tried for the planner on a language model, and not kept (README, *The planner*).
 
 Each layer takes the option of the planner's default ladder with the least predicted loss
-within the bytes of uniform `--bits` (engine.planner.least_loss, exact), the prediction being:
+within the bytes of uniform `--bits` (engine.studies.planner.least_loss, exact), the prediction being:
 
 - fisher: SqueezeLLM's sensitivity, 1/2 sum F * dW^2, with F the mean squared gradient of the
   next-token loss per calibration sequence at the original weights and dW the option's
@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import pipeline  # noqa: E402
-from engine.machine import header  # noqa: E402
-from engine.calibrate import SEQ_LEN, sequences, wiki_paragraphs  # noqa: E402
-from engine.data import lee_documents  # noqa: E402
-from engine.plan import names_regex  # noqa: E402
-from engine.planner import REFERENCE, default_ladder, least_loss, parse_ladder, with_choice  # noqa: E402
-from engine.recipe import Recipe  # noqa: E402
-from engine.session import Explorer  # noqa: E402
+from engine.pipeline import compress as pipeline  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.models.calibrate import SEQ_LEN, sequences, wiki_paragraphs  # noqa: E402
+from engine.models.data import lee_documents  # noqa: E402
+from engine.studies.sensitivity import names_regex  # noqa: E402
+from engine.studies.planner import REFERENCE, default_ladder, least_loss, parse_ladder, with_choice  # noqa: E402
+from engine.recipe.recipe import Recipe  # noqa: E402
+from engine.drivers.explorer import Explorer  # noqa: E402
 
 
 def gradients(model, tokenizer, weights: dict, samples: int, text: str = "wikipedia") -> tuple[dict, dict]:

@@ -19,7 +19,7 @@
     minutes, so that a few computations running at once, which come and go, do not count as
     growth). Goals: under 6 GiB, and flat after the first minutes (growth at most 0.1 GiB).
 
-The machine it ran on comes first (engine.machine.header: CPU model, usable cores, native bf16).
+The machine it ran on comes first (engine.hardware.machine.header: CPU model, usable cores, native bf16).
 
     .venv/bin/python benchmarks/sessions.py [--sessions 5] [--seconds 120] [--smollm2 3]
         [--smollm2-moves 3 --smollm2-seconds 600] [--json]
@@ -172,7 +172,7 @@ def main():
     ap.add_argument("--smollm2-seconds", type=float, default=600, help="(c) how long they move them")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from engine import machine
+    from engine.hardware import machine
 
     print(machine.header(), flush=True)
     out = {}

@@ -1,5 +1,5 @@
 """The compressed model's speed on real kernels against the goals of the README's *How fast it
-runs*: each recipe timed beside the original (fp32 and bf16) in one `engine.speed.measure` run,
+runs*: each recipe timed beside the original (fp32 and bf16) in one `engine.speed.measure.measure` run,
 with llama.cpp on the same GGUF file where llama-cpp-python is installed.
 
     .venv/bin/python benchmarks/speed.py [--model smollm2] [--repeats 5] [--json]
@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import Explorer, Recipe  # noqa: E402
-from engine.machine import header  # noqa: E402
-from engine.speed import SpeedSettings, measure  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.speed.measure import SpeedSettings, measure  # noqa: E402
 
 RECIPES = [  # (recipe, the figure its goal is about, the goal)
     (Recipe(bits=4, group_size=32, include_embeddings=True), "decode_vs_fp32", 2.0),

@@ -43,9 +43,9 @@ The engine never imports streamlit; the app (app.py, pages/, ui/) calls it and d
 import importlib
 
 # the public API, name -> its module; imported on first use, so `import engine.recipe` stays light
-_API = {"Recipe": "recipe", "UserError": "errors", "Explorer": "session", "Workspace": "workspace",
-        "Applied": "workspace", "StoredLayer": "pipeline", "StoredMatrix": "pipeline", "compress": "pipeline",
-        "predict": "pipeline"}
+_API = {"Recipe": "recipe.recipe", "UserError": "errors", "Explorer": "drivers.explorer",
+        "Workspace": "drivers.workspace", "Applied": "drivers.workspace", "StoredLayer": "pipeline.compress",
+        "StoredMatrix": "pipeline.compress", "compress": "pipeline.compress", "predict": "pipeline.compress"}
 __all__ = sorted(_API)
 
 

@@ -95,7 +95,7 @@ CONCEPTS = {
     "pareto": "The Pareto frontier: settings no other setting beats on both memory and quality at once.",
 }
 
-# One line per float format (engine.floats), beside the number-format control
+# One line per float format (engine.formats.floats), beside the number-format control
 FORMAT_NOTES = {
     "nf4": "NF4 (bitsandbytes, QLoRA): 16 levels at the quantiles of a normal distribution times each 64-value "
            "block's fp32 absmax: 4.5 bits per value.",

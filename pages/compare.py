@@ -1,7 +1,7 @@
 """Compare: the uncompressed and the compressed model side by side on your own input."""
 import streamlit as st
 
-from engine import data
+from engine.models import data
 from ui import charts, context, results
 
 ctx = context.page(__file__)

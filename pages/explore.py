@@ -1,8 +1,8 @@
 """Explore: memory, per-layer error and quality after each change of the controls."""
 import streamlit as st
 
-from engine.calibrate import SOURCE
-from engine.distill import BATCH, OBJECTIVES, SAMPLES
+from engine.models.calibrate import SOURCE
+from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import caches, charts, context, exports, results
 

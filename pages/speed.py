@@ -1,7 +1,7 @@
 """Speed: the compressed model on real kernels against the original, timed, and bounded by a roofline."""
 import streamlit as st
 
-from engine.speed import SpeedSettings
+from engine.speed.measure import SpeedSettings
 from ui import charts, context, results
 
 ctx = context.page(__file__)

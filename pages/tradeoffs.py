@@ -4,7 +4,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from engine import sweep
+from engine.studies import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from ui import caches, charts, context, results, variants as methods
 

@@ -26,8 +26,8 @@ from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassificati
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
                           Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
-from engine.cores import usable_cores
-from engine.models import minilm_path, smollm2_path
+from engine.hardware.cores import usable_cores
+from engine.models.loading import minilm_path, smollm2_path
 
 
 def pytest_configure(config):
@@ -38,7 +38,7 @@ def pytest_configure(config):
     (the browser test) sets it.
 
     Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores this process may use
-    (engine.cores: its affinity and cgroup quota, not the machine's count): each takes its share
+    (engine.hardware.cores: its affinity and cgroup quota, not the machine's count): each takes its share
     of torch threads, and so do the interpreters and servers it starts. The controller converts
     smollm2 once before the workers start, so that two of them never race to write its cache.
 
@@ -55,7 +55,7 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     elif getattr(config.option, "numprocesses", None):
-        from engine.models import smollm2_path
+        from engine.models.loading import smollm2_path
 
         smollm2_path()
 
@@ -151,7 +151,7 @@ def offline_models_loaded_once():
     does: an explorer is never modified, and its caches (reference outputs, SVDs, calibration)
     are then computed once. Loading itself is tested where the fixtures first open each alias,
     and through `python -m engine` in a new interpreter (test_cli)."""
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     opened = {}
     plain = Explorer.open.__func__
@@ -171,21 +171,21 @@ def offline_models_loaded_once():
 
 @pytest.fixture(scope="session")
 def minilm_explorer():
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     return Explorer.open("minilm", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def smollm2_explorer():
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     return Explorer.open("smollm2", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_explorers(tiny_models):
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     return {name: Explorer.open(path, device="cpu") for name, path in tiny_models.items()}
 

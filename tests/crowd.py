@@ -3,7 +3,7 @@
 Each `Person` opens the Explore page from a link with its own model and recipe, then moves the
 bit-width and sparsity sliders by keyboard, one step at a time, and after each step waits until
 its page shows the new recipe: the recipe in the caption, the compressed size that recipe has
-(counted from the model's config alone, engine.footprint), and a link that holds it. When its
+(counted from the model's config alone, engine.drivers.footprint), and a link that holds it. When its
 time is up it waits for its last move's redraw and checks that final page the same way.
 
 What it sees is written down apart: an error box; cross-talk (a recipe, a size or a link that
@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from browser import CHROMIUM_ARGS
-from engine.models import DEFAULT_MODEL  # a link leaves it out
+from engine.models.loading import DEFAULT_MODEL  # a link leaves it out
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # the bit-width slider's stops
 SPARSITY_STEP, SPARSITY_MAX = 0.05, 0.9
@@ -136,14 +136,14 @@ class Person:
         return p
 
     def recipe(self):
-        from engine.recipe import Recipe
+        from engine.recipe.recipe import Recipe
 
         e = self.extra
         return Recipe(bits=self.bits, sparsity=round(self.sparsity, 2), group_size=int(e.get("group", 128)),
                       symmetric=e.get("sym", "true") == "true", group=e.get("layers", "all"))
 
     def expected(self, skeleton) -> dict:
-        from engine import footprint
+        from engine.drivers import footprint
         from ui.charts import human_bytes
 
         r = self.recipe()
@@ -241,7 +241,7 @@ async def _crowd(url: str, people: list[Person], seconds: float, timeout: float,
                  settle: float) -> None:
     from playwright.async_api import async_playwright
 
-    from engine import footprint
+    from engine.drivers import footprint
 
     skeletons = {m: footprint.open_skeleton(m) for m in {p.model for p in people}}
     async with async_playwright() as p:

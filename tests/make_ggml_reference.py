@@ -13,7 +13,7 @@ imatrix)` through ctypes on fixed inputs and stores the raw GGUF block bytes it 
 - for q2_k ... q6_k: raw bytes without and with the importance vector ("<input>/<type>/plain",
   "<input>/<type>/imatrix"); for q4_0, q4_1, q5_0, q5_1: with it ("<input>/<type>/imatrix").
 
-tests/test_ggml_reference.py checks engine/ggml's quantizers against these bytes.
+tests/test_ggml_reference.py checks engine/formats/ggml's quantizers against these bytes.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def inputs() -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for engine
-    from engine.models import minilm_path
+    from engine.models.loading import minilm_path
 
     weight = load_file(str(minilm_path() / "model.safetensors"))["encoder.layer.0.output.dense.weight"]
     minilm = np.ascontiguousarray(weight[:8, :1536], dtype=np.float32)

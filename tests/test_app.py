@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_harness import app_test
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 from ui import results
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -280,7 +280,7 @@ def test_sensitivity_heatmap_and_plan(tmp_path):
 
 
 def test_will_it_fit_plans_from_configs_without_loading_a_model(tmp_path):
-    from engine import footprint
+    from engine.drivers import footprint
 
     at = ok(start("pages/fit.py", bits=4))
     assert at.session_state["_ctx"] is None  # no model was loaded for this page
@@ -309,7 +309,7 @@ def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path, 
     import io
     import zipfile
 
-    from engine.storage import explorer as export
+    from engine.storage import explorer_format as export
 
     at = ok(start(bits=3, sparsity=0.5))
     shown = compressed_bytes(at)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import test_app
-from engine import hub
+from engine.models import hub
 from engine.errors import UserError
-from engine.models import ALIASES
-from engine.storage import explorer as export_format
+from engine.models.loading import ALIASES
+from engine.storage import explorer_format as export_format
 from ui import access, serve
 from ui.sidebar import OTHER
 

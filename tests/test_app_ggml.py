@@ -2,8 +2,8 @@
 import pytest
 from test_app import compressed_bytes, ok, recipe_caption, start
 
-from engine.footprint import open_skeleton, predict
-from engine.ggml.presets import preset_recipe
+from engine.drivers.footprint import open_skeleton, predict
+from engine.recipe.presets import preset_recipe
 
 
 def _captions(at) -> str:

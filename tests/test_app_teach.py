@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 from ui import cli as ui_cli
 from ui import report as html_report
 from ui.tour import STEPS
@@ -61,7 +61,7 @@ def test_every_tour_step_sets_its_recipe_and_opens_its_page(model, steps):
 
 
 def test_the_report_holds_memory_quality_versions_and_a_sweep(minilm_explorer, tmp_path):
-    from engine import report
+    from engine.drivers import run_report as report
 
     run = report.in_memory(minilm_explorer, Recipe(bits=4), "minilm", quick=True)
     rows = [{"method": "rtn", "label": f"int{b}", "compressed_bytes": 1000 * b, "cosine_to_original": 0.9 + b / 100}
@@ -92,8 +92,8 @@ def test_explore_offers_the_report_as_one_html_file():
 
 
 def test_the_report_shows_speed_where_it_was_measured(tiny_explorers):
-    from engine import report
-    from engine.speed import SpeedSettings, measure
+    from engine.drivers import run_report as report
+    from engine.speed.measure import SpeedSettings, measure
 
     ex = tiny_explorers["llama"]
     run = report.in_memory(ex, Recipe(bits=8, group_size=32), "tiny-llama", quick=True)

@@ -156,9 +156,9 @@ def test_the_report_opens_offline_draws_its_charts_and_prints(tiny_explorers, tm
     """The report of a recipe with a sweep (a tiny BERT: what is tested here is the file), opened
     from disk with the network cut: every chart draws from the inlined plotly.js; it prints to
     PDF; screenshot in screenshots/report.png."""
-    from engine import report
-    from engine.recipe import Recipe
-    from engine.sweep import point
+    from engine.drivers import run_report as report
+    from engine.recipe.recipe import Recipe
+    from engine.studies.sweep import point
     from ui import report as html_report
 
     ex = tiny_explorers["bert"]

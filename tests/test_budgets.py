@@ -1,5 +1,5 @@
 """Every cache bounded by its budget, the least recently used evicted first: exact counts, worked
-out by hand, no browser and no timing (the budgets: engine/session.py for the explorer's caches,
+out by hand, no browser and no timing (the budgets: engine/drivers/explorer.py for the explorer's caches,
 ui/caches.py for the app's)."""
 import gc
 import sys
@@ -10,10 +10,10 @@ import types
 import pytest
 import torch
 
-from engine import session
+from engine.drivers import explorer as session
 from engine.lru import LRU, nbytes
-from engine.recipe import Recipe
-from engine.session import Explorer, svd_bytes
+from engine.recipe.recipe import Recipe
+from engine.drivers.explorer import Explorer, svd_bytes
 from ui import caches, context, results
 
 # the tiny BERT's 13 compressible layers: per block q, k, v, o (32 x 32), intermediate (64 x 32)

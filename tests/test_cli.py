@@ -12,7 +12,7 @@ import pytest
 
 from engine import cli
 from engine.cli import options
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +106,7 @@ def test_run_smollm2_json(tmp_path):
 
 
 def test_error_falls_as_bits_rise_on_smollm2(smollm2_explorer):
-    from engine import footprint
+    from engine.drivers import footprint
 
     work = smollm2_explorer.workspace()
     kl, size = [], []

@@ -1,9 +1,9 @@
-"""engine.cores.usable_cores: affinity and a cgroup v2 quota, each forced (the same on any machine)."""
+"""engine.hardware.cores.usable_cores: affinity and a cgroup v2 quota, each forced (the same on any machine)."""
 import os
 
 import pytest
 
-from engine.cores import usable_cores
+from engine.hardware.cores import usable_cores
 
 
 @pytest.fixture

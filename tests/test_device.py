@@ -29,14 +29,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
 from torch.utils._pytree import tree_flatten
 
-from engine import methods as M
-from engine import methods_more as MM
-from engine import pipeline as P
-from engine import transforms as T
-from engine.recipe import Recipe
-from engine.session import Explorer
-from engine.storage import codec, huffman, pack
-from engine.storage import explorer as export
+from engine.methods import calibrated as M
+from engine.methods import more as MM
+from engine.pipeline import compress as P
+from engine.formats import grid as T
+from engine.recipe.recipe import Recipe
+from engine.drivers.explorer import Explorer
+from engine.storage import codec
+from engine.storage import huffman
+from engine.storage import pack
+from engine.storage import explorer_format as export
 
 FAKE = "fakegpu"
 

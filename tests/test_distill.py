@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from engine.pipeline import Grid
-from engine.distill import _quantized, _start
-from engine.methods import gptq_quantize
-from engine.recipe import Recipe
-from engine.transforms import fake_quantize, quant_grid
+from engine.pipeline.compress import Grid
+from engine.drivers.distill import _quantized, _start
+from engine.methods.calibrated import gptq_quantize
+from engine.recipe.recipe import Recipe
+from engine.formats.grid import fake_quantize, quant_grid
 
 from test_cli import run_json
 

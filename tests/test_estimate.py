@@ -1,4 +1,4 @@
-"""The first estimate says how sure it is: a 95% interval for the full figure (engine.evaluate)."""
+"""The first estimate says how sure it is: a 95% interval for the full figure (engine.quality.evaluate)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from scipy.stats import t
 
 from engine import Recipe
-from engine.evaluate import interval95
+from engine.quality.evaluate import interval95
 
 
 def test_interval_by_hand():

@@ -8,12 +8,12 @@ import time
 import pytest
 import torch
 
-from engine.storage import explorer as export
-from engine.pipeline import compress
+from engine.storage import explorer_format as export
+from engine.pipeline.compress import compress
 from engine.storage.codec import decode_layer, decode_matrix, encode_layer, encode_matrix, nbytes
 from engine.errors import UserError
-from engine.recipe import Recipe
-from engine.transforms import svd
+from engine.recipe.recipe import Recipe
+from engine.formats.grid import svd
 
 from test_cli import ROOT, main, run_json
 

@@ -8,12 +8,14 @@ import torch
 from transformers import AutoTokenizer, ResNetConfig, ResNetModel
 
 from app_harness import app_test
-from engine import errors, models, pipeline
+from engine import errors
+from engine.models import loading as models
+from engine.pipeline import compress as pipeline
 from engine.cli import build_parser
-from engine.models import minilm_path
-from engine.session import Explorer
-from engine.recipe import Recipe
-from engine.workspace import Workspace
+from engine.models.loading import minilm_path
+from engine.drivers.explorer import Explorer
+from engine.recipe.recipe import Recipe
+from engine.drivers.workspace import Workspace
 from test_app import APP, compressed_bytes, ok
 from test_cli import main
 

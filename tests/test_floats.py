@@ -8,13 +8,16 @@ import io
 import pytest
 import torch
 
-from engine import cli, floats
+from engine import cli
+from engine.formats import floats
 from engine.errors import UserError
-from engine.floats import blockwise, scaled
-from engine.memory import float_bytes
-from engine.recipe import Recipe
-from engine.storage import codec, gguf_file
-from engine.storage import explorer as export
+from engine.formats.floats import blockwise
+from engine.formats.floats import scaled
+from engine.formats.bytes import float_bytes
+from engine.recipe.recipe import Recipe
+from engine.storage import codec
+from engine.storage import gguf_file
+from engine.storage import explorer_format as export
 
 
 def weights(rows=32, cols=128, seed=0):
@@ -162,7 +165,7 @@ def test_the_recipe_sets_each_format_and_refuses_what_it_cannot_hold():
 
 
 def test_minilm_in_each_format_counts_exports_and_reads_back_exactly(minilm_explorer, tmp_path):
-    from engine.pipeline import predict
+    from engine.pipeline.compress import predict
 
     ex = minilm_explorer
     work = ex.workspace()
@@ -207,7 +210,7 @@ def test_the_apps_number_format_control_lists_the_float_formats_with_a_line_each
 def test_fp8_and_nvfp4_go_into_a_compressed_tensors_folder_transformers_loads(tiny_models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
     from engine.storage import ct_file
 
     ex = Explorer.open(tiny_models["llama"])

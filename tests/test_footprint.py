@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from engine import footprint
+from engine.drivers import footprint
 from engine.errors import UserError
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 from engine.cli import main
 
 # the parameter counts the models' publishers state (model cards and papers), against which the

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine import ggml, kernels
-from engine.footprint import open_skeleton, predict
-from engine.ggml import legacy
-from engine.ggml.presets import layer_types, preset_recipe
-from engine.memory import ggml_bytes
-from engine.methods import gptq_quantize
-from engine.pipeline import compress, predict as predict_layer
-from engine.recipe import Recipe, RecipeError
-from engine.recipe_values import FLOAT_FORMATS, FORMAT_GRID, NUMBER_FORMATS
+from engine.formats import ggml
+from engine.speed import kernels
+from engine.drivers.footprint import open_skeleton, predict
+from engine.formats.ggml import legacy
+from engine.recipe.presets import layer_types, preset_recipe
+from engine.formats.bytes import ggml_bytes
+from engine.methods.calibrated import gptq_quantize
+from engine.pipeline.compress import compress, predict as predict_layer
+from engine.recipe.recipe import Recipe, RecipeError
+from engine.recipe.fields import FLOAT_FORMATS, FORMAT_GRID, NUMBER_FORMATS
 
 
 def _weights(rows=16, cols=512, seed=0):
@@ -49,7 +50,7 @@ def test_legacy_types_are_the_reference_quantizers_bit_for_bit(fmt):
 def test_the_shipped_smollm2_gguf_byte_for_byte():
     """Every tensor of the shipped Q4_1 file in a type we have: our bytes for its shape are its
     bytes, and re-quantizing the values it holds gives llama.cpp's bytes back."""
-    from engine.models import gguf_file
+    from engine.models.loading import gguf_file
 
     reader = gguf.GGUFReader(gguf_file("smollm2"))
     checked = 0
@@ -187,7 +188,7 @@ def test_run_minilm_with_a_mix_end_to_end():
 
 
 def test_a_mix_exports_as_gguf_blocks_and_reloads_exactly(minilm_explorer, tmp_path):
-    from engine.storage import explorer as export
+    from engine.storage import explorer_format as export
 
     work = minilm_explorer.workspace()
     work.apply(minilm_explorer.preset("q4_k_m"))

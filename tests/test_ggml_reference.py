@@ -1,4 +1,4 @@
-"""engine/ggml's k-quant and importance-weighted quantizers against llama.cpp's own output.
+"""engine/formats/ggml's k-quant and importance-weighted quantizers against llama.cpp's own output.
 
 tests/fixtures/ggml_reference.npz holds the bytes libggml's ggml_quantize_chunk wrote for a 6 x 1536
 Gaussian with outliers, 8 x 1536 of all-MiniLM-L6-v2's FFN output weight and 8 x 512 special cases
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ggml import kquants, weighted
+from engine.formats.ggml import kquants
+from engine.formats.ggml import weighted
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ggml_reference.npz"
 K_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")

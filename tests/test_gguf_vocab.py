@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from engine import data
+from engine.models import data
 from engine.errors import UserError
-from engine.models import gguf_file, minilm_path
-from engine.session import Explorer
+from engine.models.loading import gguf_file, minilm_path
+from engine.drivers.explorer import Explorer
 from engine.storage import gguf_file as gguf_export
 from engine.storage import gguf_vocab
 

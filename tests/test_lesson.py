@@ -1,11 +1,11 @@
-"""Inside a layer (engine.lesson): the numbers each picture draws, checked against the layer as stored."""
+"""Inside a layer (engine.studies.inside_layer): the numbers each picture draws, checked against the layer as stored."""
 import math
 
 import pytest
 import torch
 
-from engine import lesson
-from engine.recipe import Recipe
+from engine.studies import inside_layer as lesson
+from engine.recipe.recipe import Recipe
 
 LAYER = "encoder.layer.1.attention.self.value"  # 384 x 384
 

@@ -1,4 +1,4 @@
-from engine.memory import LayerBytes, TensorBytes, quant_groups, tensor_bytes
+from engine.formats.bytes import LayerBytes, TensorBytes, quant_groups, tensor_bytes
 
 
 def test_dense_fp16():
@@ -54,7 +54,7 @@ def test_low_rank_layer_totals_and_break_even():
 def test_peak_measures_memory_allocated_inside():
     import mmap
 
-    from engine.peak import Peak
+    from engine.hardware.peak import Peak
 
     size = 64 * 2**20
     with Peak("cpu") as peak:

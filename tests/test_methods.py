@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from engine import methods as M
-from engine import transforms as T
-from engine.pipeline import compress as compress_matrix
-from engine.memory import tensor_bytes
-from engine.recipe import Recipe, RecipeError
+from engine.methods import calibrated as M
+from engine.formats import grid as T
+from engine.pipeline.compress import compress as compress_matrix
+from engine.formats.bytes import tensor_bytes
+from engine.recipe.recipe import Recipe, RecipeError
 
 
 def _inputs(n=400, cols=48, seed=0):

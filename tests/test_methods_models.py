@@ -1,7 +1,7 @@
 """The methods end to end on the real offline model: same bytes as the plain method, better quality."""
 import pytest
 
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 from test_cli import run_json
 
@@ -37,8 +37,8 @@ def test_calibration_is_real_text_disjoint_from_evaluation(minilm):
     assert set(cal.hessians) == {i.name for i in ex.layers if i.role != "embedding" and i.tied_to is None}
     for name, h in list(cal.hessians.items())[:3]:
         assert h.shape == (ex.layer(name).shape[1],) * 2 and (h.diagonal() > 0).all()
-    from engine.calibrate import wiki_paragraphs
-    from engine.data import lee_background, lee_documents, polarity
+    from engine.models.calibrate import wiki_paragraphs
+    from engine.models.data import lee_background, lee_documents, polarity
     evaluation = set(lee_background()) | set(lee_documents()) | set(polarity()[0])
     assert not evaluation & set(wiki_paragraphs())
 

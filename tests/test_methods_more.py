@@ -3,12 +3,12 @@ its plain counterpart; their layers through the packed codec; the command line o
 import pytest
 import torch
 
-from engine import methods as M
-from engine import methods_more as MM
-from engine import transforms as T
-from engine.memory import tensor_bytes
-from engine.pipeline import compress
-from engine.recipe import Recipe, RecipeError
+from engine.methods import calibrated as M
+from engine.methods import more as MM
+from engine.formats import grid as T
+from engine.formats.bytes import tensor_bytes
+from engine.pipeline.compress import compress
+from engine.recipe.recipe import Recipe, RecipeError
 from engine.storage.codec import decode_layer, encode_layer, nbytes
 
 from test_cli import run_json

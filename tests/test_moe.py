@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import footprint, offload
-from engine.evaluate import make_evaluator
-from engine.recipe import Recipe
-from engine.storage import explorer as export
+from engine.drivers import footprint
+from engine.drivers import offload
+from engine.quality.evaluate import make_evaluator
+from engine.recipe.recipe import Recipe
+from engine.storage import explorer_format as export
 
 E, H, I_MIX, I_QWEN, BLOCKS = 4, 32, 64, 32, 2  # the tiny models of conftest.tiny_models
 
@@ -80,7 +81,7 @@ def test_quality_falls_as_bits_fall_and_16_bits_is_the_fp16_model(tiny_explorers
 def test_each_expert_is_calibrated_on_the_tokens_routed_to_it(tiny_models):
     """The statistics of every expert, against the inputs recorded independently: every
     F.linear call of the experts' eager forward whose weight is one expert's slice."""
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     ex = Explorer.open(tiny_models["mixtral"], device="cpu")
     ex.loaded.model.set_experts_implementation("eager")  # one F.linear per expert (the default groups them)
@@ -110,7 +111,7 @@ def test_each_expert_is_calibrated_on_the_tokens_routed_to_it(tiny_models):
 
 
 def test_an_expert_no_token_reached_falls_back_to_the_plain_method_and_is_reported(tiny_explorers, monkeypatch):
-    from engine import report
+    from engine.drivers import run_report as report
 
     ex = tiny_explorers["mixtral"]
     missing = "model.layers.0.mlp.experts.down_proj.1"

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from engine import cli, offload
+from engine import cli
+from engine.drivers import offload
 from engine.errors import UserError
-from engine.evaluate import make_evaluator
-from engine.models import minilm_path
-from engine.layers import select
-from engine.recipe import Recipe
+from engine.quality.evaluate import make_evaluator
+from engine.models.loading import minilm_path
+from engine.layers.kinds import select
+from engine.recipe.recipe import Recipe
 
 
 def test_max_memory_is_parsed_and_bad_specs_are_one_line():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.storage import pack
-from engine.memory import _packed
+from engine.formats.bytes import _packed
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

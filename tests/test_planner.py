@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from engine import planner as P
+from engine.studies import planner as P
 from engine.errors import UserError
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 
 def test_knapsack_equals_brute_force_on_random_instances():
@@ -81,8 +81,8 @@ def test_options_parse_and_bad_ones_are_named():
 
 
 def test_the_planning_text_is_text_the_evaluation_never_reads():
-    from engine import data
-    from engine.calibrate import wiki_paragraphs
+    from engine.models import data
+    from engine.models.calibrate import wiki_paragraphs
 
     news, name = P.planning_text("causal-lm")  # a language model is scored on the 300 Lee articles
     assert news.splitlines() == list(data.lee_documents()) and "lee.cor" in name
@@ -95,7 +95,7 @@ def test_the_planning_text_is_text_the_evaluation_never_reads():
 
 
 def test_rank_and_sparsity_per_unit_where_asked(tiny_models):
-    from engine.session import Explorer
+    from engine.drivers.explorer import Explorer
 
     work = Explorer.open(tiny_models["bert"]).workspace()
     result = P.plan(work, Recipe(bits=4), by="type", ladder=P.parse_ladder("4/s0.5,8/r0.5,8/ch"), rounds=1)
@@ -129,7 +129,7 @@ def test_plan_beats_uniform_3_bits_on_minilm_and_is_a_recipe(minilm_explorer):
         assert {recipe.for_layer(n) for n in u["layers"]} == {want}
     applied = work.apply(recipe)
     assert applied.memory.compressed_bytes == p["compressed_bytes"]
-    from engine import footprint
+    from engine.drivers import footprint
 
     sk = footprint.skeleton_of(minilm_explorer.loaded.model.config, "minilm", "minilm")
     assert footprint.predict(sk, recipe).compressed_bytes == applied.memory.compressed_bytes

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from engine.recipe import Recipe, RecipeError
+from engine.recipe.recipe import Recipe, RecipeError
 
 ALL_OPTIONS = [
     Recipe(),

@@ -1,5 +1,5 @@
-"""The compressed model on real kernels (engine.kernels, engine.runtime), the speed report and the
-roofline's arithmetic (engine.speed, engine.roofline): each kernel path computes what the
+"""The compressed model on real kernels (engine.speed.kernels, engine.speed.runtime), the speed report and the
+roofline's arithmetic (engine.speed.measure, engine.speed.roofline): each kernel path computes what the
 workspace computes."""
 import json
 import re
@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from engine import Explorer, Recipe, runtime
+from engine import Explorer, Recipe
+from engine.speed import runtime
 from engine.cli import main
-from engine.models import minilm_path
-from engine.roofline import model_costs
-from engine.speed import SpeedSettings, measure
+from engine.models.loading import minilm_path
+from engine.speed.roofline import model_costs
+from engine.speed.measure import SpeedSettings, measure
 
 IDS = torch.randint(0, 30522, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -165,7 +166,7 @@ def test_speed_report_and_the_roofline_bytes(tiny_explorers, monkeypatch, bf16):
 def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, monkeypatch, winner):
     """The timings forced each way: the int4 kernel (fp32 activations, or bf16 ones inside the fp32 model)
     where it wins, the dense product (and why) where both lose; the outputs the same in every case."""
-    from engine import tuning
+    from engine.speed import tuning
 
     timed = []
     per_token = {"dense": 0.001, "int4/g32": 0.01, "int4 (bf16 activations)/g32": 0.01}
@@ -202,7 +203,7 @@ def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, mon
 @pytest.mark.parametrize("slower, kept", [(0.99, True), (1.0, True), (1.01, False)])
 def test_a_kernel_runs_where_it_is_at_least_as_fast_as_dense(tiny_explorers, monkeypatch, slower, kept):
     """A tie goes to the kernel (it holds a fraction of the bytes); a kernel 1% slower does not run."""
-    from engine import tuning
+    from engine.speed import tuning
 
     monkeypatch.setattr(tuning, "call_seconds", lambda fn, label, shape, dtype, device, tokens, cap=None:
                         (slower if label.startswith("int4") else 1.0) * tokens)
@@ -215,7 +216,7 @@ def test_a_kernel_runs_where_it_is_at_least_as_fast_as_dense(tiny_explorers, mon
 def test_a_long_prompt_is_timed_on_an_eighth_first(tiny_explorers, monkeypatch):
     """Where a kernel on an eighth of the prompt already takes longer than dense's whole workload, the
     whole prompt is not timed (tinygemm's fp32 prefill can take seconds a call) and the note says 'over'."""
-    from engine import tuning
+    from engine.speed import tuning
 
     timed = []
 
@@ -237,7 +238,7 @@ def test_a_long_prompt_is_timed_on_an_eighth_first(tiny_explorers, monkeypatch):
 
 def test_a_kernel_far_slower_is_timed_no_further():
     """per_call_seconds stops after one call that exceeds its cap."""
-    from engine.tuning import per_call_seconds
+    from engine.speed.tuning import per_call_seconds
 
     calls = []
     per_call_seconds(lambda x: calls.append(x), torch.zeros(1), cap=-1.0)
@@ -259,7 +260,7 @@ def test_the_speed_command(tiny_models, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "runtime in fp32: bf16 turned off (EXPLORER_BF16=0)" in out
     assert "decode tok/s" in out and "kernels (layers): int8 14" in out and "NVIDIA H100 SXM" in out
-    from engine import machine
+    from engine.hardware import machine
 
     assert "roofline" in json.loads(machine._store().read_text())  # measured once and kept
     assert machine.remembered("marker", lambda: 1) == 1 and machine.remembered("marker", lambda: 2) == 1
@@ -272,7 +273,7 @@ def test_the_speed_command(tiny_models, capsys, monkeypatch):
 
 
 def test_the_info_command(capsys, monkeypatch):
-    from engine import machine
+    from engine.hardware import machine
 
     monkeypatch.setenv("EXPLORER_BF16", "0")
     assert main(["info", "--json", "--device", "cpu"]) == 0
@@ -293,7 +294,8 @@ def test_the_info_command(capsys, monkeypatch):
 
 def test_a_kernel_that_computes_wrongly_is_reported_not_used(monkeypatch):
     """A probe whose kernel gives wrong values says so (a processor where a kernel misbehaves)."""
-    from engine import kernels, machine
+    from engine.speed import kernels
+    from engine.hardware import machine
 
     monkeypatch.setattr(kernels.Int8, "mm", lambda self, x: torch.zeros(x.shape[0], self.q.shape[0], dtype=x.dtype))
     rows = {(k["kernel"], k["dtype"]): k for k in machine.kernel_probes("cpu")}
@@ -328,7 +330,7 @@ def test_speed_page_measures_on_press_and_shows_kernels_and_roofline(monkeypatch
 
 
 def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_explorer, monkeypatch):
-    from engine.speed import llama_cpp
+    from engine.speed.measure import llama_cpp
 
     settings = SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1)
     assert llama_cpp(minilm_explorer.loaded, settings) is None  # no GGUF file behind it
@@ -338,7 +340,7 @@ def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_ex
 
 
 def test_llama_cpp_runs_the_shipped_gguf_where_installed(smollm2_explorer):
-    from engine.speed import llama_cpp
+    from engine.speed.measure import llama_cpp
 
     pytest.importorskip("llama_cpp")  # optional: not in the requirements
     got = llama_cpp(smollm2_explorer.loaded, SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1))

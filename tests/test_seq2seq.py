@@ -11,11 +11,14 @@ import torch
 from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, T5Config,
                           T5ForConditionalGeneration)
 
-from engine import calibrate, data, footprint, offload
-from engine.evaluate import make_evaluator
-from engine.models import kind_of, minilm_path
-from engine.recipe import Recipe
-from engine.session import Explorer
+from engine.models import calibrate
+from engine.models import data
+from engine.drivers import footprint
+from engine.drivers import offload
+from engine.quality.evaluate import make_evaluator
+from engine.models.loading import kind_of, minilm_path
+from engine.recipe.recipe import Recipe
+from engine.drivers.explorer import Explorer
 
 from test_cli import main
 

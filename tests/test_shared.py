@@ -9,9 +9,12 @@ import threading
 import pytest
 import torch
 
-from engine import data, evaluate, models, pipeline
-from engine.recipe import Recipe
-from engine.storage import explorer as export_format
+from engine.models import data
+from engine.quality import evaluate
+from engine.models import loading as models
+from engine.pipeline import compress as pipeline
+from engine.recipe.recipe import Recipe
+from engine.storage import explorer_format as export_format
 
 
 def test_loading_in_several_threads_at_once_leaves_the_process_alone(tiny_models, capfd):

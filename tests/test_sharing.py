@@ -1,4 +1,4 @@
-"""Cross-layer basis sharing (engine.sharing, methods.shared_whitened_svd): the math on small
+"""Cross-layer basis sharing (engine.methods.shared, methods.shared_whitened_svd): the math on small
 tensors, the groups and bytes by hand, and one run of the command line on minilm."""
 import json
 from types import SimpleNamespace
@@ -6,11 +6,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine import footprint, methods as M, offload, pipeline, runtime, sharing, transforms as T
+from engine.drivers import footprint
+from engine.methods import calibrated as M
+from engine.drivers import offload
+from engine.pipeline import compress as pipeline
+from engine.speed import runtime
+from engine.methods import shared as sharing
+from engine.formats import grid as T
 from engine.errors import UserError
-from engine.memory import tensor_bytes
-from engine.recipe import Recipe, RecipeError
-from engine.storage import explorer as export_format
+from engine.formats.bytes import tensor_bytes
+from engine.recipe.recipe import Recipe, RecipeError
+from engine.storage import explorer_format as export_format
 from tests.test_cli import main
 
 

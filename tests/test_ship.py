@@ -9,9 +9,9 @@ import gguf
 import pytest
 import torch
 
-from engine import ggml
-from engine.pipeline import compress
-from engine.recipe import Recipe
+from engine.formats import ggml
+from engine.pipeline.compress import compress
+from engine.recipe.recipe import Recipe
 from engine.storage import gguf_file
 
 from test_cli import main

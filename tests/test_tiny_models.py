@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from engine import transforms as T
-from engine.layers import weight_matrix
-from engine.recipe import Recipe
-from engine.session import Explorer
+from engine.formats import grid as T
+from engine.layers.kinds import weight_matrix
+from engine.recipe.recipe import Recipe
+from engine.drivers.explorer import Explorer
 
 KINDS = {"gpt2": "causal-lm", "llama": "causal-lm", "bert": "encoder", "bert-classifier": "classifier"}
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine import transforms as T
+from engine.formats import grid as T
 
 
 def test_symmetric_per_tensor_exact_values():

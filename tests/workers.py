@@ -1,4 +1,4 @@
-"""How many pytest-xdist workers `make test` starts: one per usable core (engine.cores: affinity and
+"""How many pytest-xdist workers `make test` starts: one per usable core (engine.hardware.cores: affinity and
 container quota), at most one per 4 GiB of memory (a worker holds minilm, smollm2 and the app's
 caches at once: about 3 GiB at its peak), at least one.
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.cores import usable_cores  # noqa: E402  (standard library only: no torch needed)
+from engine.hardware.cores import usable_cores  # noqa: E402  (standard library only: no torch needed)
 
 GIB_PER_WORKER = 4
 

@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import hub
+from engine.models import hub
 from engine.errors import UserError
-from engine.models import ALIASES, DEFAULT_MODEL
+from engine.models.loading import ALIASES, DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ next asked for; a session's recipe lives in its widgets and its link, never only
 
     cache                              where                        budget
     loaded models (engine Explorer)    context._explorer            MODELS: 2 models
-    the explorer's own caches          engine/session.py            per model: FACTORS_BYTES 768 MiB,
+    the explorer's own caches          engine/drivers/explorer.py            per model: FACTORS_BYTES 768 MiB,
       (SVDs, magnitudes, evaluators)                                  MAGNITUDES_BYTES 512 MiB, EVALUATORS 2
     each session's workspace           WORKSPACES (here)            WORKSPACE_BYTES: 512 MiB in all; one
                                                                       unused for WORKSPACE_IDLE_S (600 s)
@@ -19,9 +19,9 @@ next asked for; a session's recipe lives in its widgets and its link, never only
     fit answers                        results.fit                  FIT_ENTRIES 256, for FIT_TTL_S 60 s
     per session: sweeps, plans         st.session_state             SESSION_SWEEPS 4, SESSION_PLANS 8
     per session: files built           st.session_state             BUILT_FILES: 1 (the latest)
-    the engine's small caches          engine/recipe.py             4,096 per-layer recipes
+    the engine's small caches          engine/recipe/recipe.py             4,096 per-layer recipes
                                        engine/storage/gguf_file.py  4 parsed GGUF files
-                                       engine/data.py, calibrate    one per packaged text
+                                       engine/models/data.py, calibrate    one per packaged text
 
 What a session computes (a recipe applied with its memory report, an evaluation, a comparison,
 a speed report, a distillation: every miss of the results) takes one of COMPUTATIONS slots (2)
@@ -33,7 +33,7 @@ with the explorer's budgets, plus WORKSPACE_BYTES, RESULT_BYTES and COMPUTATIONS
 COMPUTE_BYTES. The planner, the exports and a layer's lesson, rarely asked for, run outside the
 slots.
 
-A workspace (engine.workspace) holds only what its recipe changes; the model, its fp16 copies
+A workspace (engine.drivers.workspace) holds only what its recipe changes; the model, its fp16 copies
 and every cache above are shared by all sessions. A workspace released (over the budget, idle,
 or its session gone) is made again when its session next needs it, and first takes that
 session's recipe (ui.context.Context.work). The bytes of a workspace are measured after each

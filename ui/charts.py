@@ -130,7 +130,7 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
 
 
 def sensitivity_heatmap(grid: dict) -> go.Figure:
-    """Loss of each unit (row) at each option (column) in context, from engine.planner.plan's grid."""
+    """Loss of each unit (row) at each option (column) in context, from engine.studies.planner.plan's grid."""
     fig = go.Figure(go.Heatmap(
         z=grid["loss"], x=grid["options"], y=grid["units"], colorscale="RdBu_r", zmid=0,
         colorbar=dict(title=f"{grid['metric']} loss"),

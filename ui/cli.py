@@ -5,8 +5,8 @@ command to that parser).
     python -m ui.cli report MODEL [recipe options] --out report.html [--quick] [--speed] [--sweep CSV]
 
 `report` writes one self-contained HTML file of a recipe on a model, for the people who decide.
-The numbers are the run report's (engine.report, what `run --json` prints); `--speed` adds the
-speed report (engine.speed), `--sweep` the trade-off chart of a CSV that `sweep` wrote. The page
+The numbers are the run report's (engine.drivers.run_report, what `run --json` prints); `--speed` adds the
+speed report (engine.speed.measure), `--sweep` the trade-off chart of a CSV that `sweep` wrote. The page
 is drawn by ui.report with the app's figures (plotly, no Streamlit), so the app's "Download
 report" and this command give the same file.
 """
@@ -23,9 +23,9 @@ PROG = "python -m ui.cli"
 
 
 def cmd_report(args):
-    from engine import report
+    from engine.drivers import run_report as report
     from engine.glossary import HIGHER_IS_BETTER
-    from engine.sweep import read_csv
+    from engine.studies.sweep import read_csv
 
     from . import report as html_report
 
@@ -46,7 +46,7 @@ def cmd_report(args):
     run = report.in_memory(ex, recipe, args.model, args.quick, text, name)
     speed = None
     if args.speed:
-        from engine.speed import SpeedSettings, measure
+        from engine.speed.measure import SpeedSettings, measure
 
         speed = measure(ex, recipe, SpeedSettings())
     Path(out).write_text(html_report.html(run, speed, sweep), encoding="utf-8")
@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--quick", action="store_true", help="the first estimate of quality only")
     p.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
-    p.add_argument("--speed", action="store_true", help="also measure speed (engine.speed's defaults; a minute or more)")
+    p.add_argument("--speed", action="store_true", help="also measure speed (engine.speed.measure's defaults; a minute or more)")
     p.add_argument("--sweep", metavar="CSV", help="draw the trade-off chart of this CSV, written by `sweep`")
     p.set_defaults(fn=cmd_report)
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from engine.machine import pick_threads
+    from engine.hardware.machine import pick_threads
 
     pick_threads()  # torch's threads: the cores this process may use, as `python -m engine` does
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 Every recipe field the sidebar shows has one `Control` here, keyed by the field's name; its
 widget key is `ctl_<url name>` and its URL parameter the field's declared `url` name
-(engine.recipe: Recipe.fields()), so the link, the widgets and the recipe cannot drift apart.
+(engine.recipe.recipe: Recipe.fields()), so the link, the widgets and the recipe cannot drift apart.
 `NOT_IN_SIDEBAR` says where each other field is set.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Callable
 import streamlit as st
 
 from engine.errors import UserError
-from engine.floats import TYPES as FLOAT_TYPES
+from engine.formats.floats import TYPES as FLOAT_TYPES
 from engine.glossary import CONCEPTS, FORMAT_NOTES
-from engine.ggml import TYPES, layout_note
-from engine.ggml.presets import PRESETS
-from engine.recipe import Recipe
-from engine.recipe_values import DOUBLE_QUANT_FORMATS, FORMAT_GRID
+from engine.formats.ggml import TYPES, layout_note
+from engine.recipe.presets import PRESETS
+from engine.recipe.recipe import Recipe
+from engine.recipe.fields import DOUBLE_QUANT_FORMATS, FORMAT_GRID
 
 FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()

@@ -1,4 +1,4 @@
-"""Figures of the Inside-a-layer page, from engine.lesson's plain numbers. Axes carry units."""
+"""Figures of the Inside-a-layer page, from engine.studies.inside_layer's plain numbers. Axes carry units."""
 from __future__ import annotations
 
 import plotly.graph_objects as go

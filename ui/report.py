@@ -1,7 +1,7 @@
 """One self-contained HTML report of a recipe on a model, for the people who decide.
 
-Built from plain numbers: the run report (engine.report, what `run --json` prints), and where
-they were measured, the speed report (engine.speed) and a sweep's points. plotly.js is inlined
+Built from plain numbers: the run report (engine.drivers.run_report, what `run --json` prints), and where
+they were measured, the speed report (engine.speed.measure) and a sweep's points. plotly.js is inlined
 once, so the file opens offline and prints to PDF. Used by the app's "Download report" and by
 `python -m engine report`. Imports no Streamlit.
 
@@ -16,7 +16,7 @@ import json
 import platform
 
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 from . import charts
 
@@ -72,15 +72,15 @@ def versions() -> dict[str, str]:
 
 def _source(run: dict) -> str:
     """What the model is: an offline alias's description, else its kind and where it came from."""
-    from engine.models import ALIASES
+    from engine.models.loading import ALIASES
 
     alias = ALIASES.get(run["model"])
     return alias.description if alias else f"{run['kind']} model from {run['source']}"
 
 
 def html(run: dict, speed: dict | None = None, sweep: dict | None = None, when: datetime.datetime | None = None) -> str:
-    """The report page. `run`: engine.report's keys (model, source, kind, device, note, recipe,
-    metrics with their protocol, baseline_metrics, memory); `speed`: engine.speed.measure's
+    """The report page. `run`: engine.drivers.run_report's keys (model, source, kind, device, note, recipe,
+    metrics with their protocol, baseline_metrics, memory); `speed`: engine.speed.measure.measure's
     report; `sweep`: {"rows": the Trade-offs page's or `sweep`'s points, "metric": one of them}."""
     when = when or datetime.datetime.now().astimezone()
     figure = _Figures()
@@ -152,7 +152,7 @@ def _speed(speed: dict, figure) -> list[str]:
 
 
 def _sweep(sweep: dict, run: dict, figure) -> list[str]:
-    from engine import sweep as engine_sweep
+    from engine.studies import sweep as engine_sweep
 
     rows = sweep["rows"]
     metric = sweep.get("metric") or next((m for m in HIGHER_IS_BETTER if all(m in r for r in rows)), None)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import footprint
+from engine.drivers import footprint
 from engine.lru import LRU, nbytes
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 from . import caches
 from .context import Context
@@ -146,8 +146,8 @@ def fit(ref: str, recipe: Recipe, batch: int, tokens: int, kv_bits: int) -> tupl
 
 
 def _speed_field(ctx: Context, settings) -> str:
-    """The settings, and the runtime dtype 'auto' resolves to on the model's device (engine.machine)."""
-    from engine.machine import runtime_dtype
+    """The settings, and the runtime dtype 'auto' resolves to on the model's device (engine.hardware.machine)."""
+    from engine.hardware.machine import runtime_dtype
 
     return f"speed {settings} {runtime_dtype(ctx.explorer.loaded.device, settings.dtype)[0]}"
 
@@ -158,9 +158,9 @@ def speed_known(ctx: Context, settings) -> bool:
 
 
 def speed(ctx: Context, settings, progress=None) -> dict:
-    """The speed report of the current recipe (engine.speed), measured once per model, recipe and
+    """The speed report of the current recipe (engine.speed.measure), measured once per model, recipe and
     settings for every session."""
-    from engine import speed as engine_speed
+    from engine.speed import measure as engine_speed
 
     return cached(ctx, ctx.recipe, _speed_field(ctx, settings),
                   lambda work: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))

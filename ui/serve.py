@@ -56,7 +56,7 @@ def main() -> int:
         print(f"error: {access.ENV if allow is None else '--allow'}: {e}", file=sys.stderr)
         return 2
     allocator.give_back_large_blocks()  # before the model loads (ui.context does it too, for `streamlit run`)
-    from engine.machine import pick_threads
+    from engine.hardware.machine import pick_threads
 
     pick_threads()  # torch's threads: the cores this process may use (affinity, container quota)
     threading.Thread(target=_preload, args=(policy.default,), name="preload").start()

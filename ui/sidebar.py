@@ -6,9 +6,9 @@ import os
 import streamlit as st
 
 from engine.errors import UserError, failure
-from engine.models import ALIASES, available_devices
-from engine.recipe import Recipe
-from engine.storage import formats
+from engine.models.loading import ALIASES, available_devices
+from engine.recipe.recipe import Recipe
+from engine.storage import detect as formats
 
 from . import access, context, controls, tour
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from engine.recipe import Recipe
+from engine.recipe.recipe import Recipe
 
 from . import controls
 
@@ -53,7 +53,7 @@ STEPS = (
 
 def link(i: int) -> dict[str, str]:
     """The URL parameters of step i (0-based): the step, and the sidebar's model and device."""
-    from engine.models import DEFAULT_MODEL
+    from engine.models.loading import DEFAULT_MODEL
 
     return {"tour": str(i + 1), **controls.link_params(None, st.session_state["ctl_model"], DEFAULT_MODEL,
                                                         st.session_state["ctl_device"])}

@@ -1,9 +1,9 @@
-"""`python -m engine fit`: memory planning from a config alone (engine.footprint)."""
+"""`python -m engine fit`: memory planning from a config alone (engine.drivers.footprint)."""
 from __future__ import annotations
 
 import json
 
-from .options import recipe_args, recipe_from
+from engine.cli.options import recipe_args, recipe_from
 
 
 def _size(n: int) -> str:
@@ -11,7 +11,7 @@ def _size(n: int) -> str:
 
 
 def cmd_fit(args):
-    from .. import footprint
+    from engine.drivers import footprint
 
     recipe = recipe_from(args)
     if args.model is None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from .options import mb, model_args, open_explorer
+from engine.cli.options import mb, model_args, open_explorer
 
 
 def cmd_info(args):
-    from ..machine import describe
+    from engine.hardware.machine import describe
 
     d = describe(args.device)
     if args.json:
@@ -35,7 +35,7 @@ def cmd_info(args):
 
 
 def cmd_models(args):
-    from ..models import alias_status, cache_dir
+    from engine.models.loading import alias_status, cache_dir
 
     rows = alias_status()
     if args.json:
@@ -53,7 +53,7 @@ def cmd_models(args):
 def inspect(ex, model: str, spectra: bool = True) -> dict:
     """Every layer of an Explorer: role, shape, parameters, fp16 bytes, and (spectra) a summary
     of its singular values."""
-    from ..transforms import break_even_rank, effective_rank, energy_kept
+    from engine.formats.grid import break_even_rank, effective_rank, energy_kept
 
     rows = []
     for info in ex.layers:
@@ -92,7 +92,7 @@ def cmd_inspect(args):
 
 
 def cmd_bench(args):
-    from ..bench import format_table, run_bench
+    from engine.speed.bench import format_table, run_bench
 
     models = args.models.split(",")
     result = run_bench(models, device=args.device, repeats=args.repeats)

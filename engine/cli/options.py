@@ -1,12 +1,12 @@
 """The options every command shares: the model, and the recipe's options, derived from the
-recipe's declared fields (engine.recipe.Recipe.fields) rather than typed out again."""
+recipe's declared fields (engine.recipe.recipe.Recipe.fields) rather than typed out again."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from ..recipe import CALIBRATED, Recipe, RecipeError
+from engine.errors import UserError
+from engine.recipe.recipe import CALIBRATED, Recipe, RecipeError
 
 EXCLUSIVE = ("rank", "rank_ratio")  # a rank, or a fraction of each layer's full rank: not both
 # a sweep's grid axes: comma-separated values (default, help)
@@ -54,7 +54,7 @@ def recipe_args(p, sweep: bool = False, preset: bool = False) -> None:
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; options given here override its fields")
     if preset:
-        from ..ggml.presets import PRESETS
+        from engine.recipe.presets import PRESETS
 
         g.add_argument("--preset", choices=list(PRESETS),
                        help="llama.cpp's mix: each layer in the GGML type llama.cpp's quantize gives it "
@@ -72,7 +72,7 @@ def recipe_from(args, exclude=()) -> Recipe:
     user means them (Recipe.updated: a rank clears the rank ratio, a pattern sets the sparsity...)."""
     base = Recipe()
     if getattr(args, "preset", None):  # its default type, so that options such as --quant-method imatrix hold
-        from ..ggml.presets import PRESETS
+        from engine.recipe.presets import PRESETS
 
         base = Recipe(number_format=PRESETS[args.preset])
     if getattr(args, "recipe", None):
@@ -105,7 +105,7 @@ def with_preset(args, recipe: Recipe, explorer) -> Recipe:
     """`recipe` as --preset makes it on the explorer's model (per-layer GGML types), or as it is."""
     if not getattr(args, "preset", None):
         return recipe
-    from ..ggml.presets import preset_recipe
+    from engine.recipe.presets import preset_recipe
 
     return preset_recipe(args.preset, explorer.layers, explorer.loaded.model.config, base=recipe)
 
@@ -129,7 +129,7 @@ def out_path(out: str) -> Path:
 
 
 def open_explorer(args, model: str | None = None):
-    from ..session import Explorer
+    from engine.drivers.explorer import Explorer
 
     return Explorer.open(model or args.model, args.device, args.trust_remote_code)
 
@@ -138,7 +138,7 @@ def eval_text(args) -> tuple[str | None, str | None]:
     """(the --eval-text file's text, its name for the protocol), or (None, None)."""
     if not getattr(args, "eval_text", None):
         return None, None
-    from ..data import read_user_text
+    from engine.models.data import read_user_text
 
     return read_user_text(args.eval_text), f"user file {Path(args.eval_text).name}"
 
@@ -159,7 +159,7 @@ class Progress:
         self.bar.update(k - self.bar.n)
 
     def loss(self, k: int, n: int, loss: float) -> None:
-        """A distillation step's progress (engine.distill's callback)."""
+        """A distillation step's progress (engine.drivers.distill's callback)."""
         self(k, n, f"loss {loss:.4f}")
 
     def close(self) -> None:

@@ -5,16 +5,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..errors import UserError
-from ..recipe import Recipe
-from .options import (Progress, check_preset, distill, eval_text, mb, model_args, open_explorer, out_path,
-                      recipe_args, recipe_from, recipe_options, with_preset)
+from engine.errors import UserError
+from engine.recipe.recipe import Recipe
+from engine.cli.options import Progress, check_preset, distill, eval_text, mb, model_args, open_explorer, out_path, recipe_args, recipe_from, recipe_options, with_preset
 
 
 def cmd_run(args):
-    from .. import report
-    from ..storage import explorer as export
-    from ..storage import formats
+    from engine.drivers import run_report as report
+    from engine.storage import explorer_format as export
+    from engine.storage import detect as formats
 
     kind = formats.kind(args.model)  # an export of any of the three formats, or None
     folder = args.model if kind == "explorer" else None
@@ -78,8 +77,8 @@ def left_alone(m: dict) -> str:
 
 
 def print_run(out: dict) -> None:
-    """The run report (engine.report) as text."""
-    from ..ggml import layout_note
+    """The run report (engine.drivers.run_report) as text."""
+    from engine.formats.ggml import layout_note
 
     m = out["memory"]
     recipe = Recipe.from_dict(out["recipe"])
@@ -145,7 +144,7 @@ def print_run(out: dict) -> None:
 
 
 def cmd_export(args):
-    from ..storage import explorer as export
+    from engine.storage import explorer_format as export
 
     check_preset(args)
     if args.format != "explorer" and args.entropy:
@@ -186,7 +185,8 @@ def cmd_export(args):
 
 def _shipped(work, folder, recipe, args) -> None:
     """Write a GGUF file or a compressed-tensors folder, and say what is in it."""
-    from ..storage import ct_file, gguf_file
+    from engine.storage import ct_file
+    from engine.storage import gguf_file
 
     gguf = args.format == "gguf"
     report = (gguf_file if gguf else ct_file).write(work, folder, args.dense_fallback)

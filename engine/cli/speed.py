@@ -1,12 +1,12 @@
 """`python -m engine speed`: the original and the compressed model on real kernels, timed, and
-the roofline on the exact bytes (engine.speed)."""
+the roofline on the exact bytes (engine.speed.measure)."""
 from __future__ import annotations
 
 import json
 import sys
 
-from ..errors import UserError
-from .options import check_preset, mb, model_args, open_explorer, recipe_args, recipe_from, with_preset
+from engine.errors import UserError
+from engine.cli.options import check_preset, mb, model_args, open_explorer, recipe_args, recipe_from, with_preset
 
 
 def _rate(n: float) -> str:
@@ -14,14 +14,14 @@ def _rate(n: float) -> str:
 
 
 def cmd_speed(args):
-    from ..speed import SpeedSettings, measure
+    from engine.speed.measure import SpeedSettings, measure
 
     for name in ("prompt_tokens", "new_tokens", "repeats", "batch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
     check_preset(args)
     if args.remeasure:
-        from ..machine import forget
+        from engine.hardware.machine import forget
 
         forget()
     recipe = recipe_from(args)

@@ -5,13 +5,12 @@ import csv
 import json
 import sys
 
-from ..plan import UNITS
-from .options import (SWEEP_AXES, Progress, check_preset, eval_text, floats, mb, model_args, open_explorer,
-                      out_path, recipe_args, recipe_from, with_preset)
+from engine.studies.sensitivity import UNITS
+from engine.cli.options import SWEEP_AXES, Progress, check_preset, eval_text, floats, mb, model_args, open_explorer, out_path, recipe_args, recipe_from, with_preset
 
 
 def cmd_sweep(args):
-    from .. import sweep
+    from engine.studies import sweep
 
     ratios = floats(args.rank_ratio, "--rank-ratio")
     bits = [int(b) for b in floats(args.bits, "--bits")]
@@ -37,7 +36,7 @@ def cmd_sweep(args):
 
 
 def cmd_sensitivity(args):
-    from .. import plan
+    from engine.studies import sensitivity as plan
 
     recipe = recipe_from(args)
     path = out_path(args.out)
@@ -59,7 +58,7 @@ def cmd_sensitivity(args):
 
 
 def cmd_plan(args):
-    from .. import planner
+    from engine.studies import planner
 
     check_preset(args)
     reference = recipe_from(args)

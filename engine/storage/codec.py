@@ -1,4 +1,4 @@
-"""One stored matrix <-> the tensors that hold it, byte for byte as engine.memory counts them.
+"""One stored matrix <-> the tensors that hold it, byte for byte as engine.formats.bytes counts them.
 
 Per stored matrix (W, or the factors A and B) of a compressed layer, with n values of which
 `kept` survive pruning, in the format the memory count chose:
@@ -7,8 +7,8 @@ Per stored matrix (W, or the factors A and B) of a compressed layer, with n valu
     bitmask   values: kept codes, mask: n bits       (1 = kept, row-major)
     csr       values: kept codes, col: int32 column per kept value, rowptr: int32 row pointers
     N:M       values: kept codes, nm_index: ceil(log2 M) bits per kept value (its place in its M)
-    q4_0 ...  blocks: llama.cpp's blocks of that GGML type, as GGUF stores them (engine.ggml)
-    nf4 ...   the float format's own tensors (engine.floats): codes, absmax or scales, ...
+    q4_0 ...  blocks: llama.cpp's blocks of that GGML type, as GGUF stores them (engine.formats.ggml)
+    nf4 ...   the float format's own tensors (engine.formats.floats): codes, absmax or scales, ...
     f16       values: n fp16 values (a llama.cpp format whose blocks do not divide the rows)
 
 Codes: round(w / scale) + offset as b-bit unsigned integers (transforms.quantize: offset
@@ -29,14 +29,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import floats, ggml
-from ..memory import TensorBytes
-from ..methods import codebook_index
-from ..errors import UserError
-from ..pipeline import Grid, StoredLayer, StoredMatrix
-from ..sharing import SHARED, Share
-from ..transforms import code_offset, dequantize, per_entry, quantize
-from . import huffman, pack
+from engine.formats import floats
+from engine.formats import ggml
+from engine.formats.bytes import TensorBytes
+from engine.methods.calibrated import codebook_index
+from engine.errors import UserError
+from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
+from engine.methods.shared import SHARED, Share
+from engine.formats.grid import code_offset, dequantize, per_entry, quantize
+from engine.storage import huffman
+from engine.storage import pack
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def decode_matrix(t: dict, shape: tuple[int, int], kept: int, recipe, fmt: str):
 def encode_layer(stored: StoredLayer, entropy: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """A compressed layer's tensors as stored, keyed '<W|A|B>.<values|scales|zeros|mask|col|
     rowptr|nm_index|codebook|channel|huffman|code_lengths|runs>', and per matrix its shape, kept count,
-    format, bytes by component and coding. A basis shared with another layer (engine.sharing)
+    format, bytes by component and coding. A basis shared with another layer (engine.methods.shared)
     is not written again: its part names the layer that stores it (`shared_with`)."""
     tensors, parts = {}, []
     for label, m in zip(stored.labels, stored.matrices):

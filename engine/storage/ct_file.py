@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..ggml import legacy
-from ..transforms import code_offset, per_entry, quantize
+from engine.errors import UserError
+from engine.formats.ggml import legacy
+from engine.formats.grid import code_offset, per_entry, quantize
 
 META = "explorer.json"  # the source model and the recipe, for `run DIR`
 # the float formats compressed-tensors holds: its FP8 per channel and its NVFP4 (NVFP4A16's weights)
@@ -204,7 +204,7 @@ def is_folder(path: str | Path) -> bool:
 
 def source_of(path: str | Path):
     """(the source model's ref, the recipe) of a folder written by `write`."""
-    from ..recipe import Recipe
+    from engine.recipe.recipe import Recipe
 
     meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
     return meta["source"], Recipe.from_dict(meta["recipe"])
@@ -219,8 +219,8 @@ def load_into(work, path: str | Path):
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
     from safetensors.torch import load_file
 
-    from ..pipeline import Grid, StoredLayer, StoredMatrix
-    from ..pipeline import predict as predict_layer
+    from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
+    from engine.pipeline.compress import predict as predict_layer
 
     t0 = time.perf_counter()
     _, recipe = source_of(path)
@@ -269,8 +269,8 @@ def load_into(work, path: str | Path):
 
 def _float_layer(info, recipe, tensors: dict, device):
     """A layer written in fp8_e4m3 or nvfp4, read back into the explorer's float format."""
-    from .. import floats
-    from ..pipeline import Grid, StoredLayer, StoredMatrix, predict
+    from engine.formats import floats
+    from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix, predict
 
     n, fmt = info.name, recipe.number_format
     if fmt == "fp8_e4m3":

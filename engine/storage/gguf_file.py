@@ -1,7 +1,7 @@
 """A workspace's compressed model as a GGUF file, the format llama.cpp (and transformers) load.
 
 Every compressed matrix goes in as it is stored: a layer in one of llama.cpp's types
-(engine.ggml) writes its blocks byte for byte; the explorer's own symmetric grid in groups of
+(engine.formats.ggml) writes its blocks byte for byte; the explorer's own symmetric grid in groups of
 32 writes as the llama.cpp type with the same blocks (4 bits as q4_0, 5 as q5_0, 8 as q8_0).
 What GGUF cannot hold (low-rank factors, pruning masks, k-means codebooks, the explorer's 2, 3,
 6 and 7-bit grids, other grids) is refused in one line naming the layer, or with
@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from .. import ggml
-from ..errors import UserError
-from ..ggml import legacy
-from ..memory import TensorBytes, ggml_bytes
-from ..pipeline import Grid, StoredLayer, StoredMatrix
-from ..recipe import Recipe
-from ..ggml.presets import gguf_names
-from ..models import gguf_file
-from ..recipe_values import FORMAT_GRID
-from . import gguf_vocab
+from engine.formats import ggml
+from engine.errors import UserError
+from engine.formats.ggml import legacy
+from engine.formats.bytes import TensorBytes, ggml_bytes
+from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
+from engine.recipe.recipe import Recipe
+from engine.recipe.presets import gguf_names
+from engine.models.loading import gguf_file
+from engine.recipe.fields import FORMAT_GRID
+from engine.storage import gguf_vocab
 
 ARCHES = {"llama": "llama", "mistral": "llama"}
 SOURCE_KEY, RECIPE_KEY = "explorer.source", "explorer.recipe"

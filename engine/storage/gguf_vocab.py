@@ -21,7 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from engine.errors import UserError
 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 _BYTE_LEVEL_ONLY = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}

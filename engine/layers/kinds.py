@@ -1,0 +1,292 @@
+"""Which layers can be compressed, and the one place that changes a model's modules.
+
+Layers are found by type, never by an architecture path: `nn.Linear`, GPT-2's
+`transformers.pytorch_utils.Conv1D` (whose weight is stored (in, out), transposed), and the
+experts of mixture-of-experts models, one matrix per expert of a 3-D parameter (engine.layers.experts).
+Input embeddings and the output head are reported and left alone unless asked for; so are
+the routers of mixture-of-experts models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A compressible matrix of the model."""
+
+    name: str  # module path, e.g. 'encoder.layer.0.attention.self.query'
+    shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
+    role: str  # 'linear' | 'conv1d' | 'embedding' | 'head' | 'expert' | 'expert_t' | 'router'
+    tied_to: str | None = None  # a head (or another embedding module) that shares the embedding's weight
+    group: str = "other"  # 'attention' | 'mlp' | 'experts' | 'router' | 'other', see layer_group()
+    index: int | None = None  # an expert: its index in the 3-D parameter (name: '<parameter>.<index>')
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.shape)
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def kind(self) -> "LayerKind":
+        return KINDS[self.role]
+
+    @property
+    def param_name(self) -> str:
+        """The name of the parameter that holds the matrix (an expert's: the 3-D parameter)."""
+        return self.name.rpartition(".")[0] if self.index is not None else f"{self.name}.weight"
+
+
+# ---------------------------------------------------------------------------------------
+# Layer kinds: where a kind of layer's matrix comes from and goes back to
+# ---------------------------------------------------------------------------------------
+
+
+class LayerKind:
+    """A kind of compressible layer. `read` gives its matrix as (out, in), `to_param` turns an
+    (out, in) matrix back into the layout of its parameter, and `stand_in` makes the module
+    that computes with a Stored holder in its place. Adding a kind is one subclass here and
+    one entry in KINDS."""
+
+    module_type: type = nn.Linear
+
+    def shape(self, module: nn.Module) -> tuple[int, int]:
+        return tuple(self.read(module).shape)
+
+    def read(self, module: nn.Module) -> torch.Tensor:
+        return module.weight
+
+    def to_param(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix
+
+    def from_param(self, param: torch.Tensor) -> torch.Tensor:
+        return self.to_param(param)  # every layout here is its own inverse
+
+    def matrix(self, model: nn.Module, info: LayerInfo) -> torch.Tensor:
+        """The layer's (out, in) matrix in `model`."""
+        return self.read(model.get_submodule(info.name))
+
+    def install(self, model: nn.Module, info: LayerInfo) -> "Stored":
+        """Put a holder in the layer's place in `model` (module surgery) and return it."""
+        module = model.get_submodule(info.name)
+        stored = Stored(self.read(module).detach())
+        replace_module(model, info.name, self.stand_in(module, stored))
+        return stored
+
+    def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
+        return CompressedLinear(stored, module.bias)
+
+
+class Conv1DKind(LayerKind):
+    """GPT-2's Conv1D: y = x W + b with W stored (in, out), so the matrix is its transpose."""
+
+    module_type = Conv1D
+
+    def shape(self, module: nn.Module) -> tuple[int, int]:
+        return (module.nf, module.weight.shape[0])
+
+    def read(self, module: nn.Module) -> torch.Tensor:
+        return module.weight.t()
+
+    def to_param(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.t()
+
+
+class EmbeddingKind(LayerKind):
+    """The input embeddings: a (vocab, dim) table looked up by row."""
+
+    module_type = nn.Embedding
+
+    def stand_in(self, module: nn.Module, stored: "Stored") -> nn.Module:
+        # a scaled embedding (BART's, Gemma's) multiplies its rows by embed_scale: so does its stand-in
+        return CompressedEmbedding(stored, module.padding_idx, getattr(module, "embed_scale", None))
+
+
+KINDS: dict[str, LayerKind] = {"linear": LayerKind(), "head": LayerKind(), "conv1d": Conv1DKind(),
+                               "embedding": EmbeddingKind()}
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as an (out, in) matrix; Conv1D stores (in, out) and is transposed (a view)."""
+    return (KINDS["conv1d"] if isinstance(module, Conv1D) else KINDS["linear"]).read(module)
+
+
+def layer_group(model: nn.Module, name: str) -> str:
+    """'attention' when an enclosing module's class is an attention module (its class name
+    says so: LlamaAttention, GPT2Attention, BertAttention...); 'mlp' for any other layer inside
+    a numbered transformer block (feed-forward, gate/up/down, BERT's intermediate/output);
+    'other' for the rest (poolers, classifier heads). Experts and routers have their own
+    groups (engine.layers.experts).
+
+    >>> layer_group(model, "model.layers.0.mlp.down_proj")
+    'mlp'
+    """
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        cls = type(model.get_submodule(".".join(parts[:i]))).__name__.lower()
+        if "attention" in cls or cls.endswith("attn"):
+            return "attention"
+    return "mlp" if any(p.isdigit() for p in parts[:-1]) else "other"
+
+
+BLOCK_ROLES = ("linear", "conv1d")  # the kinds found anywhere by type (embeddings and head: by position)
+
+
+def find_layers(model: nn.Module) -> list[LayerInfo]:
+    """Every compressible matrix, embeddings, head, experts and routers included (their role
+    and group say which), in model order. A head, or another embedding module (T5's and BART's
+    encoder and decoder `embed_tokens`), that shares the input embedding's weight is listed as
+    tied to it."""
+    from engine.layers.experts import find as find_experts
+
+    emb, head = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
+    names = {id(m): n for n, m in model.named_modules()}
+    stacked, linear_gates = find_experts(model)
+    found, by_module = [], {}
+    for info in stacked:
+        by_module.setdefault(info.param_name.rpartition(".")[0] if info.index is not None else info.name,
+                             []).append(info)
+    for name, module in model.named_modules():
+        if name in by_module:
+            found += by_module[name]
+        elif module is emb and isinstance(module, nn.Embedding):
+            found.append(LayerInfo(name, KINDS["embedding"].shape(module), "embedding"))
+        elif module is head and isinstance(module, nn.Linear):
+            tied = emb is not None and module.weight is getattr(emb, "weight", None)
+            found.append(LayerInfo(name, KINDS["head"].shape(module), "head", names[id(emb)] if tied else None))
+        elif isinstance(module, nn.Embedding) and emb is not None and module.weight is getattr(emb, "weight", None):
+            found.append(LayerInfo(name, KINDS["embedding"].shape(module), "embedding", names[id(emb)]))
+        else:
+            role = next((r for r in BLOCK_ROLES if isinstance(module, KINDS[r].module_type)), None)
+            if role is not None:
+                group = "router" if name in linear_gates else layer_group(model, name)
+                found.append(LayerInfo(name, KINDS[role].shape(module), role, group=group))
+    return found
+
+
+def _module(model: nn.Module, getter: str) -> nn.Module | None:
+    """model.get_input_embeddings() or get_output_embeddings(); None where the model has none
+    (transformers raises NotImplementedError for a model without such a module, e.g. a ResNet)."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
+    except NotImplementedError:
+        return None
+
+
+def select(layers: list[LayerInfo], recipe) -> list[LayerInfo]:
+    """The layers a recipe compresses: those its group and name pattern select, embeddings and
+    head only when it includes them, routers only when its group or name pattern asks for them,
+    and never a tied head (it follows its embedding)."""
+    return [
+        i for i in layers
+        if i.tied_to is None and recipe.selects(i.name, i.group)
+        and (recipe.include_embeddings or i.role not in ("embedding", "head"))
+        and (i.group != "router" or recipe.group == "router" or recipe.layers is not None)
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# The compressed stand-ins
+# ---------------------------------------------------------------------------------------
+
+
+class Stored(nn.Module):
+    """What a compressed matrix holds: a dense W (out, in), or factors A (out, r) and B (r, in)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.set(w)
+
+    def set(self, w: torch.Tensor | None = None, a: torch.Tensor | None = None, b: torch.Tensor | None = None):
+        self.w, self.a, self.b = w, a, b
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What is stored: (W,) or (A, B)."""
+        return (self.w,) if self.a is None else (self.a, self.b)
+
+    def fill(self, tensors) -> None:
+        """Store (W,) or (A, B)."""
+        self.set(w=tensors[0]) if len(tensors) == 1 else self.set(a=tensors[0], b=tensors[1])
+
+    def matrix(self) -> torch.Tensor:
+        return self.w if self.a is None else self.a @ self.b  # (out, r) @ (r, in)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a is None:
+            return F.linear(x, self.w)
+        return F.linear(F.linear(x, self.b), self.a)  # x B^T A^T
+
+
+class CompressedLinear(nn.Module):
+    """Stands in for nn.Linear / Conv1D: y = x W^T + bias, with W as `stored` holds it."""
+
+    def __init__(self, stored: Stored, bias: torch.Tensor | None):
+        super().__init__()
+        self.stored = stored
+        self.bias = bias
+
+    @property
+    def weight(self) -> torch.Tensor:  # some models read linear.weight (T5's feed-forward: its dtype)
+        return self.stored.matrix()  # W, or A @ B computed on each read
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stored.linear(x)
+        return y if self.bias is None else y + self.bias
+
+
+class CompressedEmbedding(nn.Module):
+    """Stands in for nn.Embedding: row lookup in W, or in A then times B (then times the
+    module's `embed_scale`, for a scaled embedding)."""
+
+    def __init__(self, stored: Stored, padding_idx: int | None, embed_scale=None):
+        super().__init__()
+        self.stored = stored
+        self.padding_idx = padding_idx
+        self.embed_scale = embed_scale
+
+    @property
+    def weight(self) -> torch.Tensor:  # some models read embedding.weight directly
+        return self.stored.matrix()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        s = self.stored
+        if s.a is None:
+            rows = F.embedding(ids, s.w, self.padding_idx)
+        else:
+            rows = F.embedding(ids, s.a) @ s.b  # (..., r) @ (r, dim)
+        return rows if self.embed_scale is None else rows * self.embed_scale
+
+
+def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
+    """Module surgery, done once on a working copy: put a `Stored` holder in every layer.
+
+    Returns name -> holder; a tied head or embedding shares its embedding's holder. Holders
+    start with the layer's own weight, so the model computes exactly what it did before.
+    """
+    holders: dict[str, Stored] = {}
+    for info in layers:
+        if info.tied_to is None:
+            holders[info.name] = info.kind.install(model, info)
+    for info in layers:
+        if info.tied_to is not None:
+            holders[info.name] = holders[info.tied_to]
+            replace_module(model, info.name, info.kind.stand_in(model.get_submodule(info.name), holders[info.tied_to]))
+    return holders
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+from engine.layers import experts as _experts  # noqa: E402 -- registers the kinds of experts and routers in KINDS
+del _experts

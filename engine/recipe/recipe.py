@@ -1,0 +1,344 @@
+"""The recipe: one frozen, validated description of a compression setting.
+
+A recipe is data. It round-trips through JSON (`to_json` / `from_json`), rejects unknown
+fields, and checks every value on construction, naming the field and the allowed range.
+It holds no runtime state: which layers exist, their ranks and bytes are worked out
+elsewhere from a recipe and a model.
+
+Order on one layer: low rank first (the layer then stores factors A and B), pruning then
+zeroes entries of what is stored, quantization then codes the kept values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from engine.recipe.fields import BITS, CALIBRATED, DISTILL_LR, GRANULARITIES, GROUPS, LOWRANK_METHODS, NUMBER_FORMATS, PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared, format_fields, format_update, not_int, not_number, parse_pattern, parse_rules
+from engine.recipe.fields import SHARE_BLOCKS, check_shared
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to do to every selected layer.
+
+    rank / rank_ratio: truncated SVD at this rank (capped at the layer's full rank) or at
+        this fraction of each layer's full rank; at full rank the layer stays dense, since
+        the factorization is then exact and never smaller. Both None: no low rank.
+    bits: 2..8 for round-to-nearest fake quantization, 16 for none.
+    granularity: one scale per 'tensor', per output 'channel', or per 'group' of
+        `group_size` consecutive input values.
+    symmetric: False adds a b-bit zero-point per group.
+    number_format: 'int' (the explorer's own integer grid, set by bits, granularity, group_size
+        and symmetric) or one of llama.cpp's GGML types (q4_0 ... q8_0, q2_k ... q6_k, see
+        engine.formats.ggml), which fix those four fields themselves; a row its blocks do not divide
+        takes llama.cpp's fallback type; or a float format (nf4, fp4, fp8_e4m3, fp8_e5m2, nvfp4,
+        see engine.formats.floats). No low rank, pruning or distillation with them.
+    double_quant: nf4 / fp4 only: their fp32 block scales stored as 8-bit codes (QLoRA).
+    sparsity: fraction of stored values zeroed by magnitude, exactly round(S x n) per tensor.
+    pattern: 'unstructured', or 'N:M' (keep N of every M consecutive input values);
+        with N:M the sparsity is 1 - N/M.
+    include_embeddings: also compress the input embeddings and the output head.
+    group: 'all' (every layer but the routers of mixture-of-experts models), or only the
+        'attention', 'mlp', 'experts' (the routed experts) or 'router' layers.
+    layers: a regular expression; only layers whose name it matches (re.search) are
+        compressed. None: all compressible layers. Both group and layers must select a layer.
+    lowrank_method: 'svd' (plain truncation) or 'whitened' (truncation-aware SVD on whitened
+        calibration inputs, SVD-LLM); same rank, same bytes. 'shared': layers of one kind in
+        `share_blocks` neighbouring blocks share one whitened basis (engine.methods.shared), at a rank
+        that stores no more than 'whitened' would.
+    share_blocks: with 'shared', how many neighbouring blocks form one group (2..64).
+    prune_method: 'magnitude' (smallest |W| in the tensor) or 'wanda' (smallest |W| x input
+        column norm, per output row); with an N:M pattern, the score picks the N of each M.
+        'sparsegpt': pruning with the weight update through the inverse input Hessian (the
+        GPTQ loop), the mask picked per block of columns; same count, same bytes.
+    quant_method: 'rtn' (round to nearest), 'gptq' (rounding with error feedback through the
+        inverse input Hessian; same grid and bytes as rtn) or 'kmeans' (a per-layer codebook of
+        2^bits shared values; granularity and group size do not apply).
+        'hqq': half-quadratic fit of each group's scale and zero-point, no calibration (same
+        grid and bytes as rtn); 'awq': input channels scaled by their activation magnitude
+        before round to nearest, the fp16 channel scales stored beside the grid.
+    act_order: GPTQ only: quantize columns by decreasing input energy (static groups).
+    distill_steps: after compression, this many steps of knowledge distillation from the
+        uncompressed model on the calibration text (engine.drivers.distill); 0: none. Same bytes.
+    distill_lr: the learning rate of those steps (Adam).
+    per_layer: rules that give some of the selected layers their own settings (a plan): each
+        rule is {"match": REGEX, FIELD: VALUE, ...}; a layer takes the fields of the first rule
+        whose regex it matches (re.search), the rest from this recipe (see `for_layer`).
+        In JSON a list of objects; in Python a tuple of (regex, ((field, value), ...)).
+    """
+
+    rank: int | None = declared(None, Field(int, "truncated-SVD rank per layer (capped at its full rank)", True))
+    rank_ratio: float | None = declared(None, Field(
+        float, "rank as a fraction of each layer's full rank, (0, 1]", True, url="rank"))
+    bits: int = declared(16, Field(int, "2-8, or 16 for no quantization (default 16)", choices=BITS, url="bits"))
+    granularity: str = declared("group", Field(
+        str, "one scale per tensor, output channel or group (default group)", choices=GRANULARITIES,
+        url="granularity"))
+    group_size: int = declared(128, Field(int, "input values per quantization group (default 128)", url="group"))
+    symmetric: bool = declared(True, Field(bool, "add a zero-point per group", flag="--asymmetric", url="sym"))
+    number_format: str = declared("int", Field(
+        str, "int: the explorer's own grid (default); a llama.cpp type: q4_0 q4_1 q5_0 q5_1 q8_0 q2_k .. q6_k "
+        "mxfp4; or a float format: nf4 fp4 fp8_e4m3 fp8_e5m2 nvfp4",
+        choices=NUMBER_FORMATS, url="format"))
+    double_quant: bool = declared(False, Field(
+        bool, "nf4/fp4: quantize the block scales to 8 bits (QLoRA's double quantization)", url="dq"))
+    sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", url="sparsity"))
+    pattern: str = declared("unstructured", Field(str, "unstructured (default) or N:M, e.g. 2:4", url="pattern"))
+    include_embeddings: bool = declared(False, Field(
+        bool, "also compress embeddings and the output head", url="emb", per_layer=False))
+    group: str = declared("all", Field(
+        str, "compress all layers but routers (default), or only the attention, MLP, expert or router layers", choices=GROUPS,
+        url="layers", per_layer=False))
+    layers: str | None = declared(None, Field(
+        str, "regular expression: compress only layers whose name matches", True, url="filter", per_layer=False))
+    lowrank_method: str = declared("svd", Field(
+        str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs; "
+             "shared: one whitened basis per kind of layer in --share-blocks neighbouring blocks",
+        choices=LOWRANK_METHODS, url="lowrank"))
+    share_blocks: int = declared(SHARE_BLOCKS, Field(
+        int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", url="share",
+        per_layer=False))
+    prune_method: str = declared("magnitude", Field(
+        str, "magnitude (default); wanda: |W| x input column norm, per output row; sparsegpt: OBS weight update",
+        choices=PRUNE_METHODS, url="prune"))
+    quant_method: str = declared("rtn", Field(
+        str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook; hqq; awq",
+        choices=QUANT_METHODS, url="quant"))
+    act_order: bool = declared(False, Field(bool, "gptq: quantize columns by decreasing input energy", url="actorder"))
+    distill_steps: int = declared(0, Field(
+        int, "after compressing, N steps of distillation from the original on calibration text (default 0)",
+        per_layer=False))
+    distill_lr: float = declared(DISTILL_LR, Field(
+        float, "learning rate of those steps (Adam, default 1e-4)", per_layer=False))
+    per_layer: tuple = declared((), Field(
+        tuple, "per-layer rules (a plan): [{\"match\": REGEX, FIELD: VALUE, ...}], first match wins",
+        flag="", per_layer=False))
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        """Field name -> its declaration, in order."""
+        return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and self.rank_ratio is not None:
+            raise RecipeError("rank: give either rank or rank_ratio, not both")
+        if self.rank is not None and (not_int(self.rank) or self.rank < 1):
+            raise RecipeError(f"rank: must be an integer >= 1, got {self.rank!r}")
+        if self.rank_ratio is not None and (
+            not_number(self.rank_ratio) or not 0 < self.rank_ratio <= 1
+        ):
+            raise RecipeError(f"rank_ratio: must be in (0, 1], got {self.rank_ratio!r}")
+        if not_int(self.bits) or self.bits not in BITS:
+            raise RecipeError(f"bits: must be 2 to 8, or 16 for no quantization, got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise RecipeError(
+                f"granularity: must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            )
+        if not_int(self.group_size) or not 1 <= self.group_size <= 1 << 20:
+            raise RecipeError(f"group_size: must be an integer >= 1, got {self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise RecipeError(f"symmetric: must be true or false, got {self.symmetric!r}")
+        if not isinstance(self.include_embeddings, bool):
+            raise RecipeError(
+                f"include_embeddings: must be true or false, got {self.include_embeddings!r}"
+            )
+        if not_number(self.sparsity) or not 0 <= self.sparsity < 1:
+            raise RecipeError(f"sparsity: must be in [0, 1), got {self.sparsity!r}")
+        nm = parse_pattern(self.pattern) if isinstance(self.pattern, str) else None
+        if not isinstance(self.pattern, str):
+            raise RecipeError(f"pattern: expected 'unstructured' or 'N:M', got {self.pattern!r}")
+        if nm is not None:
+            implied = 1 - nm[0] / nm[1]
+            if self.sparsity == 0:
+                object.__setattr__(self, "sparsity", implied)
+            elif not math.isclose(self.sparsity, implied, abs_tol=1e-9):
+                raise RecipeError(
+                    f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
+                    f"got {self.sparsity!r} (leave sparsity out)"
+                )
+        for field, allowed in (("lowrank_method", LOWRANK_METHODS), ("prune_method", PRUNE_METHODS),
+                               ("quant_method", QUANT_METHODS)):
+            if getattr(self, field) not in allowed:
+                raise RecipeError(f"{field}: must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
+        if not isinstance(self.act_order, bool):
+            raise RecipeError(f"act_order: must be true or false, got {self.act_order!r}")
+        if self.act_order and self.quant_method != "gptq":
+            raise RecipeError("act_order: only with quant_method gptq")
+        if not_int(self.distill_steps) or not 0 <= self.distill_steps <= 100_000:
+            raise RecipeError(f"distill_steps: must be an integer from 0 to 100000, got {self.distill_steps!r}")
+        if not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
+            raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
+        for field, value in format_fields(self).items():
+            object.__setattr__(self, field, value)
+        check_shared(self)
+        if self.group not in GROUPS:
+            raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
+        if self.layers is not None:
+            check_regex("layers", self.layers)
+        object.__setattr__(self, "per_layer", parse_rules(self.per_layer, self.fields()))
+        for k, (match, items) in enumerate(self.per_layer):
+            try:
+                self.base().updated(**dict(items))
+            except RecipeError as e:
+                raise RecipeError(f"per_layer[{k}] ({match}): {e}") from None
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    def structure_key(self) -> tuple:
+        """What a layer's shape (low rank and pruning mask) depends on: recipes equal on it
+        differ only in quantization."""
+        return (self.rank, self.rank_ratio, self.sparsity, self.pattern, self.lowrank_method, self.prune_method,
+                self.share_blocks)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a method in use (here or in a per-layer rule) needs the calibration statistics."""
+        return any(bool(r.methods_used() & CALIBRATED) for r in (self, *self.rule_recipes()))
+
+    def methods_used(self) -> set[str]:
+        """The methods this recipe (its own fields, not its rules) runs."""
+        return {self.quant_method if self.bits < 16 else "rtn",
+                self.prune_method if self.sparsity > 0 else "magnitude",
+                self.lowrank_method if (self.rank or self.rank_ratio) else "svd"}
+
+    # -- per-layer rules ------------------------------------------------------------------
+    def base(self) -> "Recipe":
+        """This recipe without its per-layer rules."""
+        return dataclasses.replace(self, per_layer=()) if self.per_layer else self
+
+    def updated(self, **fields) -> "Recipe":
+        """This recipe with `fields` changed as a user means them: a rank clears the rank ratio
+        and the other way round, an N:M pattern given without a sparsity sets it, and a
+        quantization method other than GPTQ given alone turns act-order off.
+
+        >>> Recipe(rank=64, pattern="2:4").updated(rank_ratio=0.5, pattern="4:8").describe()
+        'rank x0.5 · 4:8'
+        """
+        d = self.to_dict()
+        if fields.get("rank") is not None:
+            d["rank_ratio"] = None
+        if fields.get("rank_ratio") is not None:
+            d["rank"] = None
+        if fields.get("pattern") not in (None, "unstructured") and "sparsity" not in fields:
+            d["sparsity"] = 0.0  # the pattern sets it
+        if fields.get("quant_method") not in (None, "gptq") and "act_order" not in fields:
+            d["act_order"] = False
+        d.update(format_update(d, fields))
+        if fields.get("lowrank_method") not in (None, "shared") and "share_blocks" not in fields:
+            d["share_blocks"] = SHARE_BLOCKS
+        return Recipe.from_dict({**d, **fields})
+
+    def for_layer(self, name: str) -> "Recipe":
+        """The recipe layer `name` is compressed with: the first per-layer rule it matches
+        applied to this recipe's fields, or these fields alone (never with rules)."""
+        return _for_layer(self, name) if self.per_layer else self
+
+    def rule_recipes(self) -> list["Recipe"]:
+        """The recipe of each per-layer rule."""
+        return [self.base().updated(**dict(items)) for _, items in self.per_layer]
+
+    def rank_for(self, full_rank: int) -> int | None:
+        """The rank a layer of this full rank gets, or None when it stays unfactorized.
+
+        >>> Recipe(rank_ratio=0.5).rank_for(384), Recipe(rank=999).rank_for(384)
+        (192, None)
+        """
+        if self.rank is not None:
+            r = min(self.rank, full_rank)
+        elif self.rank_ratio is not None:
+            r = max(1, min(full_rank, round(self.rank_ratio * full_rank)))
+        else:
+            return None
+        return None if r >= full_rank else r
+
+    def selects(self, name: str, group: str = "other") -> bool:
+        """Whether a layer of this name and group ('attention' | 'mlp' | 'experts' | 'router' |
+        'other') is compressed (routers: see engine.layers.kinds.select)."""
+        if self.group != "all" and group != self.group:
+            return False
+        return self.layers is None or re.search(self.layers, name) is not None
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data; `per_layer` as a list of {"match": regex, field: value} objects."""
+        d = {f: getattr(self, f) for f in self.fields()}
+        d["per_layer"] = [{"match": match, **dict(items)} for match, items in self.per_layer]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError("recipe: expected a JSON object of recipe fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(
+                f"recipe: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RecipeError(f"recipe: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    def describe(self) -> str:
+        """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
+        parts = []
+        low = " whitened" if self.lowrank_method == "whitened" else ""
+        low = f" shared by {self.share_blocks} blocks" if self.lowrank_method == "shared" else low
+        if self.rank is not None:
+            parts.append(f"rank {self.rank}{low}")
+        elif self.rank_ratio is not None and self.rank_ratio < 1:
+            parts.append(f"rank x{self.rank_ratio:g}{low}")
+        if self.number_format != "int":
+            parts.append(self.number_format.upper() + {"imatrix": " imatrix", "gptq": " GPTQ"}.get(self.quant_method, "")
+                         + (" double-quant" if self.double_quant else ""))
+        elif self.bits < 16 and self.quant_method == "kmeans":
+            parts.append(f"k-means {self.bits}-bit")
+        elif self.bits < 16:
+            g = {"tensor": "per-tensor", "channel": "per-channel"}.get(
+                self.granularity, f"g{self.group_size}"
+            )
+            gptq = (" GPTQ" + (" act-order" if self.act_order else "")) if self.quant_method == "gptq" else ""
+            gptq += {"hqq": " HQQ", "awq": " AWQ"}.get(self.quant_method, "")
+            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{gptq}")
+        if self.sparsity > 0:
+            parts.append(
+                (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
+                + {"wanda": " Wanda", "sparsegpt": " SparseGPT"}.get(self.prune_method, "")
+            )
+        if self.group != "all":
+            parts.append(f"{self.group} layers only")
+        if self.layers is not None:
+            parts.append(f"layers ~ /{self.layers}/")
+        if self.include_embeddings:
+            parts.append("with embeddings")
+        if self.per_layer:
+            parts.append(f"{len(self.per_layer)} per-layer rule{'s' if len(self.per_layer) > 1 else ''}")
+        if self.distill_steps:
+            parts.append(f"distilled {self.distill_steps} steps" + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
+        return " · ".join(parts) or "uncompressed"
+
+
+
+@functools.lru_cache(maxsize=4096)
+def _for_layer(recipe: Recipe, name: str) -> Recipe:
+    base = recipe.base()
+    for match, items in recipe.per_layer:
+        if re.search(match, name):
+            return base.updated(**dict(items))
+    return base

@@ -1,0 +1,250 @@
+"""How fast it runs: the original model and the compressed one on real kernels, side by side.
+
+    report = measure(explorer, recipe, SpeedSettings())   # what `python -m engine speed` prints
+
+A causal LM: a prompt of `prompt_tokens` tokens of the evaluation text (gensim's
+lee_background.cor), batch 1; prefill is one forward pass over it with the cache on; decode
+is `new_tokens` greedy steps with the key/value cache, after a prefill. An encoder: sentences/s
+on a batch of `batch` sentences of the same text. Every figure is the median over `repeats`
+runs after one warm-up run. The models: the original in fp32, in bf16 where the machine has
+it natively, and the compressed runtime model (engine.speed.runtime) in the runtime dtype: by default
+bf16 where this machine has native bf16 matmuls, else fp32 (engine.hardware.machine.runtime_dtype), with
+each int8 and int4 kernel timed against the dense product for this workload and the faster one
+run (engine.speed.tuning), so that no layer is slower than the original's. Peak memory: the
+bytes of the tensors the model holds, plus the peak rise of memory while it runs (CUDA's peak
+allocated bytes; on the CPU the process's resident set, engine.hardware.peak).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.models import data
+from engine.hardware import machine
+from engine.speed import roofline
+from engine.speed import runtime
+from engine.speed import tuning
+from engine.drivers.footprint import kv_cache_of
+from engine.hardware.peak import Peak
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    batch: int = 32  # sentences, for an encoder
+    repeats: int = 5
+    dtype: str = "auto"  # the runtime model's activations: 'auto' (engine.hardware.machine.runtime_dtype), 'bf16', 'fp32'
+    timed_kernels: bool = True  # each int8/int4 kernel against the dense product, the faster runs (engine.speed.tuning)
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def prompt(loaded, tokens: int) -> torch.Tensor:
+    """The first `tokens` tokens of lee_background.cor (its articles joined by blank lines),
+    tokenized from as many articles as they need, not the whole text."""
+    articles = data.lee_background()
+    for n in range(1, len(articles) + 1):
+        ids = loaded.tokenizer("\n\n".join(articles[:n]), add_special_tokens=False)["input_ids"]
+        if len(ids) > tokens:  # one token more: the last article's end tokenized as in the whole text
+            break
+    return torch.tensor([ids[:tokens]], device=loaded.device)
+
+
+def _causal(model, ids, new_tokens: int, repeats: int) -> dict:
+    device = ids.device
+    prefill, decode = [], []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            _sync(device)
+            t1 = time.perf_counter()
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            for _ in range(new_tokens):
+                out = model(nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            prefill.append(t1 - t0)
+            decode.append(time.perf_counter() - t1)
+    p, d = _median(prefill[1:]), _median(decode[1:])
+    return {"prefill_seconds": p, "prefill_tokens_per_s": ids.shape[1] / p, "decode_seconds": d,
+            "decode_tokens_per_s": new_tokens / d}
+
+
+def _encoder(model, batch: dict, repeats: int) -> dict:
+    with torch.inference_mode():
+        t = roofline.median_seconds(lambda: model(**batch), repeats, batch["input_ids"].device)
+    return {"batch_seconds": t, "sentences_per_s": batch["input_ids"].shape[0] / t}
+
+
+def inputs(loaded, settings: SpeedSettings):
+    """What every model is timed on, tokenized once: the prompt's ids (1, tokens) of a causal LM,
+    else a batch of `settings.batch` documents of up to 128 tokens."""
+    if loaded.kind == "causal-lm":
+        return prompt(loaded, settings.prompt_tokens)
+    batch = loaded.tokenizer(list(data.lee_documents())[: settings.batch], padding=True, truncation=True,
+                             max_length=128, return_tensors="pt")
+    return {k: v.to(loaded.device) for k, v in batch.items()}
+
+
+def _time(model, held: int, loaded, x, settings: SpeedSettings) -> dict:
+    with Peak(loaded.device) as peak:
+        if loaded.kind == "causal-lm":
+            out = _causal(model, x, settings.new_tokens, settings.repeats)
+        else:
+            out = _encoder(model, x, settings.repeats)
+    rise = max(0, peak.peak - peak.start) if peak.peak is not None and peak.start is not None else 0
+    return {**out, "held_bytes": held, "peak_memory_bytes": held + rise}
+
+
+def max_abs_diff(work, rt, loaded, ids: torch.Tensor) -> tuple[float, float]:
+    """The largest difference between the workspace's outputs and the runtime model's on `ids`
+    (logits of a causal LM; the last hidden state otherwise), and the largest |output| of the
+    workspace, its scale."""
+    with torch.inference_mode():
+        a, b = work.model(ids), rt.model(ids)
+    pick = (lambda o: o.logits) if loaded.kind == "causal-lm" else (lambda o: o.last_hidden_state)
+    return (pick(a).float() - pick(b).float()).abs().max().item(), pick(a).abs().max().item()
+
+
+def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progress=None) -> dict:
+    """The speed report (see the module's docstring); `progress(step, steps, what)` as it goes."""
+    from engine.errors import UserError
+
+    loaded = explorer.loaded
+    if loaded.kind == "seq2seq":
+        raise UserError("speed: encoder-decoder models are not measured yet (causal LMs and encoders are)")
+    device = loaded.device
+    dtype_name, dtype_why = machine.runtime_dtype(device, settings.dtype)
+    if dtype_name == "bf16" and not machine.native_bf16(device):
+        dtype_why += "; this machine has no native bf16 matmuls: they are emulated, slower than fp32"
+    dtype = DTYPES[dtype_name]
+    steps = 7
+    say = progress or (lambda *a: None)
+    say(0, steps, "measuring this machine's bandwidth and matmul throughput")
+    here = roofline.machine(device)
+    work = explorer.workspace()
+    say(1, steps, "compressing")
+    applied = work.apply(recipe)
+    say(2, steps, "building the runtime model on its kernels")
+    x = inputs(loaded, settings)
+    workload = (tuning.Workload.causal(settings.prompt_tokens, settings.new_tokens) if loaded.kind == "causal-lm"
+                else tuning.Workload.encoder(int(x["input_ids"].numel())))
+    rt = runtime.build(work, dtype, workload if settings.timed_kernels else None)
+    first = min(settings.prompt_tokens, 64)  # the outputs compared on the prompt's first tokens
+    diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first))
+    del work
+    originals = {}
+    say(3, steps, "timing the original in fp32")
+    originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), loaded, x, settings)
+    if machine.native_bf16(device):
+        say(4, steps, "timing the original in bf16")
+        bf16 = runtime.cast(loaded.model, torch.bfloat16)
+        originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), loaded, x, settings)
+        del bf16
+    say(5, steps, "timing the compressed model")
+    compressed = _time(rt.model, rt.held_bytes(), loaded, x, settings)
+    say(6, steps, "timing llama.cpp on the model's GGUF file, where it applies")
+    anchor = llama_cpp(loaded, settings, x)
+    say(7, steps, "done")
+    rate = "decode_tokens_per_s" if loaded.kind == "causal-lm" else "sentences_per_s"
+    speedup = {f"{what}_vs_{name}": compressed[key] / o[key]
+               for name, o in originals.items()
+               for what, key in ([("decode", rate), ("prefill", "prefill_tokens_per_s")]
+                                 if loaded.kind == "causal-lm" else [("sentences", rate)])}
+    if anchor and anchor.get("installed"):
+        speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
+        speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
+    return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
+            "threads_why": machine.threads_why(),
+            "machine": machine.header(device), "recipe": recipe.to_dict(), "settings": settings.__dict__,
+            "runtime_dtype": dtype_name, "runtime_dtype_why": dtype_why,
+            "kernel_choice": (f"each int8 and int4 kernel timed against the dense product on this machine for "
+                              f"{workload.what}; the faster runs") if settings.timed_kernels else
+                             "every kernel its format allows (not timed against dense)",
+            "original": originals, "compressed": compressed, "speedup": speedup,
+            "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
+            "max_abs_diff": diff, "max_abs_output": scale,
+            "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
+            "roofline": _roofline(explorer, applied.memory, here, settings, dtype_name, originals, compressed)}
+
+
+def _roofline(explorer, memory, here, settings, dtype_name, originals, compressed) -> dict:
+    """Bounds for the original (fp32, bf16) and the compressed model, on this machine (with the
+    measured fraction of each) and on the shipped list of hardware."""
+    loaded = explorer.loaded
+    causal = loaded.kind == "causal-lm"
+    kv_per_token = {w: kv_cache_of(loaded.kind, loaded.model.config, 1, 1, w)["bytes"] for w in (2, 4)}
+    context = settings.prompt_tokens + settings.new_tokens // 2  # the mean context of the decode steps
+    models = {"original fp32": (roofline.model_costs(explorer, memory, 4), 4, "fp32"),
+              "original bf16": (roofline.model_costs(explorer, memory, 2), 2, "bf16"),
+              "compressed": (roofline.model_costs(explorer, memory), 4 if dtype_name == "fp32" else 2, dtype_name)}
+    measured = {"original fp32": originals.get("fp32"), "original bf16": originals.get("bf16"),
+                "compressed": compressed}
+    out = {"machine": here, "context_tokens": context, "models": {}, "hardware": []}
+    for name, (costs, width, dt) in models.items():
+        b = roofline.bound(costs, here["bandwidth_bytes_per_s"], here["matmul_flops_per_s"][dt],
+                           settings.prompt_tokens, context, kv_per_token[width])
+        got = measured[name]
+        if got and causal:
+            b["decode_fraction_of_bound"] = got["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+            b["prefill_fraction_of_bound"] = got["prefill_tokens_per_s"] / b["prefill_tokens_per_s"]
+        out["models"][name] = {**costs, **b}
+    for dev in roofline.hardware():
+        row = {"name": dev["name"], "kind": dev["kind"]}
+        for name in ("original bf16", "compressed"):
+            costs = models[name][0]
+            b = roofline.bound(costs, dev["bandwidth_bytes_per_s"], dev["bf16_flops_per_s"],
+                               settings.prompt_tokens, context, kv_per_token[2])
+            row[name] = {"decode_tokens_per_s": b["decode_tokens_per_s"],
+                         "prefill_tokens_per_s": b["prefill_tokens_per_s"] if dev["bf16_flops_per_s"] else None}
+        out["hardware"].append(row)
+    return out
+
+
+def llama_cpp(loaded, settings: SpeedSettings, ids: torch.Tensor | None = None) -> dict | None:
+    """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1), where
+    llama-cpp-python is installed: the same prompt's tokens (`ids`, default the prompt), the
+    same number of greedy steps, the same threads; medians of the same repeats. None where it
+    does not apply."""
+    from engine.models.loading import gguf_file
+
+    path = gguf_file(loaded.ref)
+    if path is None or loaded.kind != "causal-lm":
+        return None
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    ids = (prompt(loaded, settings.prompt_tokens) if ids is None else ids)[0].tolist()
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings.prompt_tokens + settings.new_tokens + 8, n_threads=threads,
+                n_threads_batch=threads, n_batch=max(512, settings.prompt_tokens), verbose=False)
+    prefill, decode = [], []
+    for _ in range(settings.repeats + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        for _ in range(settings.new_tokens):
+            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+        prefill.append(t1 - t0)
+        decode.append(time.perf_counter() - t1)
+    p, d = _median(prefill[1:]), _median(decode[1:])
+    return {"installed": True, "version": llama_cpp.__version__, "file": path.name, "threads": threads,
+            "prefill_tokens_per_s": len(ids) / p, "decode_tokens_per_s": settings.new_tokens / d}
