@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.hardware.machine import header  # noqa: E402
-from engine.quality import evaluate  # noqa: E402
-from engine.hardware.peak import Peak, _status  # noqa: E402
-from engine.recipe.recipe import Recipe  # noqa: E402
 from engine.drivers.explorer import Explorer  # noqa: E402
+from engine.hardware.machine import header  # noqa: E402
+from engine.hardware.peak import Peak, _status  # noqa: E402
+from engine.quality import causal
+from engine.recipe.recipe import Recipe  # noqa: E402
 
 MIB = 2**20
 
@@ -28,7 +28,7 @@ MIB = 2**20
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--chunk", type=int, default=evaluate.TOKEN_CHUNK, help="scored tokens per piece")
+    ap.add_argument("--chunk", type=int, default=causal.TOKEN_CHUNK, help="scored tokens per piece")
     args = ap.parse_args()
     print(header(), file=sys.stderr if getattr(args, 'json', False) else sys.stdout, flush=True)
     ex = Explorer.open(args.model, "cpu")
@@ -36,7 +36,7 @@ def main() -> None:
         p.sum()
     weights = _status("VmRSS")
     with Peak("cpu") as built:
-        ev = evaluate.CausalLMEval(ex.loaded, chunk=args.chunk)
+        ev = causal.CausalLMEval(ex.loaded, chunk=args.chunk)
     work = ex.workspace()
     work.apply(Recipe(bits=4))
     with Peak("cpu") as full:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.drivers.explorer import Explorer  # noqa: E402
 from engine.hardware.machine import header  # noqa: E402
 from engine.recipe.recipe import Recipe  # noqa: E402
-from engine.drivers.explorer import Explorer  # noqa: E402
 
 EMB = dict(include_embeddings=True)
 RECIPES = [

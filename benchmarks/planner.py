@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.drivers.explorer import Explorer  # noqa: E402
 from engine.hardware.machine import header  # noqa: E402
-from engine.studies import planner  # noqa: E402
 from engine.recipe.presets import preset_recipe  # noqa: E402
 from engine.recipe.recipe import Recipe  # noqa: E402
-from engine.drivers.explorer import Explorer  # noqa: E402
+from engine.studies import planner  # noqa: E402
 
 REFS = ("int3", "int4", "q4_k_m", "q3_k_m")
 

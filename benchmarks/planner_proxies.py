@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.pipeline import compress as pipeline  # noqa: E402
+from engine.drivers.explorer import Explorer  # noqa: E402
 from engine.hardware.machine import header  # noqa: E402
 from engine.models.calibrate import SEQ_LEN, sequences, wiki_paragraphs  # noqa: E402
 from engine.models.data import lee_documents  # noqa: E402
-from engine.studies.sensitivity import names_regex  # noqa: E402
-from engine.studies.planner import REFERENCE, default_ladder, least_loss, parse_ladder, with_choice  # noqa: E402
+from engine.pipeline import compress as pipeline  # noqa: E402
 from engine.recipe.recipe import Recipe  # noqa: E402
-from engine.drivers.explorer import Explorer  # noqa: E402
+from engine.studies.planner import REFERENCE, default_ladder, least_loss, parse_ladder, with_choice  # noqa: E402
+from engine.studies.sensitivity import names_regex  # noqa: E402
 
 
 def gradients(model, tokenizer, weights: dict, samples: int, text: str = "wikipedia") -> tuple[dict, dict]:

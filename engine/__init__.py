@@ -6,39 +6,12 @@
     applied = work.apply(Recipe(rank_ratio=0.5, bits=4, sparsity=0.5))
     applied.memory.compressed_bytes, work.stored, work.evaluate(quick=True)
 
-The layers, from primitives to drivers (each imports only from the layers above it):
+The engine is a stack of layers, one folder each; a module imports only from its own layer
+and the layers below it (`LAYERS`, from the bottom up; tests/test_boundaries.py keeps it so).
+Methods, number formats and layer kinds are each one table: `engine.methods.table`,
+`engine.formats.table`, `engine.layers.table`.
 
-1. Primitives, pure functions on tensors: `transforms` (SVD, masks, the quantization grid:
-   quantize and dequantize written once), `methods` (whitened SVD, Wanda, GPTQ, k-means, the
-   stacked SVD of Basis Sharing), `methods_more` (HQQ, AWQ, SparseGPT), `memory` (the byte rules:
-   every figure counts bytes as it says), `ggml` (llama.cpp's number formats: their blocks,
-   bytes and quantizers, byte for byte with llama.cpp's; its mixes), `floats` (NF4, FP4, FP8,
-   NVFP4 and double quantization).
-2. The recipe: `recipe` (a frozen, validated description of a setting, per-layer rules
-   included; its fields declared once in `recipe_values`, from which the command line, the
-   app and the sweep derive theirs).
-3. Layers: `layers` (which matrices are compressible, found by type; a `LayerKind` per kind
-   of layer says where its matrix comes from and goes back to).
-4. The layer pipeline: `pipeline` (one matrix and its recipe in, a `StoredLayer` out: values,
-   grids, masks, factors and the bytes of each; also the same bytes from a shape alone).
-   Every consumer below goes through it.
-5. Storage: `storage` (bit packing, Huffman coding, the codec of one stored matrix, and the
-   export formats that write and read whole models).
-6. Models and data: `models` (loading, aliases), `data` (the packaged public text),
-   `calibrate` (input statistics), `evaluate` (the quality protocols), `distill`, `compare`.
-7. Drivers: `session` (Explorer: a loaded model and its caches), `workspace` (Workspace: a
-   working copy that recipes are applied to), `offload` (a model larger than memory,
-   compressed in place), `footprint` (planning from a config, without weights), `plan`
-   (units of layers and their sensitivity), `planner` (the budget planner), `sharing` (which
-   layers share one basis), `sweep`, `bench`, `report` (what `run` prints);
-   speed: `kernels` (a stored matrix on the kernel its format allows), `runtime` (the model
-   on those kernels, built from a workspace's stored layers), `roofline`, `speed`.
-8. The command line: `cli` (`python -m engine`).
-
-Everywhere: `errors` (UserError, bad input said in one line; `failure`, the one line anything
-else that fails is reported in).
-
-The engine never imports streamlit; the app (app.py, pages/, ui/) calls it and draws.
+The engine never imports streamlit or plotly; the app (app.py, pages/, ui/) calls it and draws.
 """
 import importlib
 
@@ -47,6 +20,26 @@ _API = {"Recipe": "recipe.recipe", "UserError": "errors", "Explorer": "drivers.e
         "Workspace": "drivers.workspace", "Applied": "drivers.workspace", "StoredLayer": "pipeline.compress",
         "StoredMatrix": "pipeline.compress", "compress": "pipeline.compress", "predict": "pipeline.compress"}
 __all__ = sorted(_API)
+
+# The layers, bottom up: (the top-level modules or packages of the layer, what it holds).
+LAYERS = (
+    ("errors glossary lru", "bad input said in one line; the text of every concept; byte-bounded caches"),
+    ("hardware", "this machine: its CPU and GPUs, cores, peak memory, its cache folder and kept measurements"),
+    ("formats", "number formats and their bytes: the integer grid, llama.cpp's types, the float formats"),
+    ("methods", "one module per compression method (SVD, whitened and shared SVD, magnitude, Wanda, SparseGPT, "
+                "GPTQ, AWQ, HQQ, k-means) and their table"),
+    ("recipe", "the recipe: a frozen, validated setting, its fields declared once; llama.cpp's mixes as recipes"),
+    ("layers", "which layers are compressible, found by type: a kind per sort of layer, and their table"),
+    ("pipeline", "one matrix and its recipe in, a stored layer out, its bytes counted; a model's tally"),
+    ("models", "loading models (aliases, folders, the hub), the packaged text, calibration statistics"),
+    ("storage", "bit packing, Huffman coding, and the files: the explorer's own, GGUF, compressed-tensors"),
+    ("quality", "quality against the original: one module per kind of model, and the statistics"),
+    ("drivers", "the explorer (a loaded model), workspaces, offloading, planning from a config, distillation"),
+    ("studies", "studies of many recipes: sweeps, sensitivity, the budget planner, inside one layer"),
+    ("speed", "the compressed model on real kernels: kernels, their tuning, the runtime, the roofline"),
+    ("cli", "the command line, `python -m engine`"),
+    ("__init__ __main__", "the public API"),
+)
 
 
 def __getattr__(name: str):

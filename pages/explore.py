@@ -1,9 +1,9 @@
 """Explore: memory, per-layer error and quality after each change of the controls."""
 import streamlit as st
 
-from engine.models.calibrate import SOURCE
 from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
+from engine.models.calibrate import SOURCE
 from ui import caches, charts, context, exports, results
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]

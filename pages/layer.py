@@ -1,8 +1,8 @@
 """Inside a layer: what the current recipe does to one layer's real numbers, transform by transform."""
 import streamlit as st
 
-from engine.studies import inside_layer as lesson
 from engine.glossary import CONCEPTS, FORMULAS
+from engine.studies import inside_layer as lesson
 from ui import context
 from ui import lesson_charts as charts
 

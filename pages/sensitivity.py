@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from engine.studies import sensitivity as plan
-from engine.studies import planner
 from engine.recipe.recipe import Recipe
+from engine.studies import planner
+from engine.studies import sensitivity as plan
 from ui import caches, charts, context, controls
 
 ctx = context.page(__file__)

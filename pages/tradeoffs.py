@@ -4,9 +4,10 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from engine.studies import sweep
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
-from ui import caches, charts, context, results, variants as methods
+from engine.studies import sweep
+from ui import caches, charts, context, results
+from ui import variants as methods
 
 ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe

@@ -22,9 +22,20 @@ if "EXPLORER_MACHINE_CACHE" not in os.environ:
 
 import pytest  # noqa: E402 (after hiding the GPU)
 import torch  # noqa: E402
-from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
-                          Qwen2MoeConfig, Qwen2MoeForCausalLM)
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+)
 
 from engine.hardware.cores import usable_cores
 from engine.models.loading import minilm_path, smollm2_path

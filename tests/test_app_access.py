@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
 import test_app
-from engine.models import hub
+
 from engine.errors import UserError
+from engine.models import hub
 from engine.models.loading import ALIASES
 from engine.storage import explorer_format as export_format
 from ui import access, serve

@@ -3,14 +3,13 @@ the report (the app's download and `python -m ui.cli report`)."""
 import re
 
 import pytest
+from test_app import ok, recipe_caption, start
+from test_cli import main
 
 from engine.recipe.recipe import Recipe
 from ui import cli as ui_cli
 from ui import report as html_report
 from ui.tour import STEPS
-
-from test_app import ok, recipe_caption, start
-from test_cli import main
 
 
 @pytest.mark.parametrize("model", ["minilm", "smollm2"])

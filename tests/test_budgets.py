@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from engine.drivers import explorer as session
+from engine.drivers.explorer import Explorer, svd_bytes
 from engine.lru import LRU, nbytes
 from engine.recipe.recipe import Recipe
-from engine.drivers.explorer import Explorer, svd_bytes
 from ui import caches, context, results
 
 # the tiny BERT's 13 compressible layers: per block q, k, v, o (32 x 32), intermediate (64 x 32)

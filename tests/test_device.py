@@ -29,15 +29,30 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
 from torch.utils._pytree import tree_flatten
 
-from engine.methods import calibrated as M
-from engine.methods import more as MM
-from engine.pipeline import compress as P
-from engine.formats import grid as T
-from engine.recipe.recipe import Recipe
 from engine.drivers.explorer import Explorer
-from engine.storage import codec
-from engine.storage import huffman
-from engine.storage import pack
+from engine.formats.grid import (
+    code_offset,
+    dequantize,
+    error_stats,
+    fake_quantize,
+    on_codebook,
+    on_grid,
+    per_entry,
+    quant_grid,
+    quantize,
+)
+from engine.methods.awq import awq_quantize
+from engine.methods.gptq import gptq_quantize
+from engine.methods.hqq import hqq_quantize
+from engine.methods.kmeans import kmeans_quantize
+from engine.methods.magnitude import magnitude_mask, nm_mask
+from engine.methods.sparsegpt import sparsegpt_prune
+from engine.methods.svd import effective_rank, energy_kept, low_rank_factors, svd
+from engine.methods.wanda import row_mask, wanda_scores
+from engine.methods.whitened import whitened_svd
+from engine.pipeline.compress import StoredLayer, compress, requantize
+from engine.recipe.recipe import Recipe
+from engine.storage import codec, huffman, pack
 from engine.storage import explorer_format as export
 
 FAKE = "fakegpu"
@@ -309,16 +324,16 @@ def _inputs():
 
 def _grids(t):  # every granularity, both symmetries
     w = t["w"]
-    return [T.on_grid(w, *T.quant_grid(w, 3, g, 16, s), 3, g, 16, s)
+    return [on_grid(w, *quant_grid(w, 3, g, 16, s), 3, g, 16, s)
             for g in ("tensor", "channel", "group") for s in (True, False)]
 
 
 def _codes(t):
     w = t["w"]
-    scale, zero = T.quant_grid(w, 4, "group", 16)
-    s, o = T.per_entry((scale, T.code_offset(zero, 4, True)), *w.shape, "group", 16)
-    codes = T.quantize(w, s, o, 4)
-    return codes, T.dequantize(codes, s, o)
+    scale, zero = quant_grid(w, 4, "group", 16)
+    s, o = per_entry((scale, code_offset(zero, 4, True)), *w.shape, "group", 16)
+    codes = quantize(w, s, o, 4)
+    return codes, dequantize(codes, s, o)
 
 
 def _pack(t):
@@ -333,32 +348,32 @@ def _huffman(t):
 
 
 CASES = {
-    "svd": lambda t: T.svd(t["w"]),
-    "low_rank_factors": lambda t: T.low_rank_factors(*T.svd(t["w"]), 5),
-    "energy_kept": lambda t: T.energy_kept(T.svd(t["w"])[1], 5),
-    "effective_rank": lambda t: T.effective_rank(T.svd(t["w"])[1]),
-    "magnitude_mask": lambda t: T.magnitude_mask(t["w"], 0.5),
-    "magnitude_mask ties": lambda t: T.magnitude_mask(t["ties"], 0.5),
-    "magnitude_mask sorted": lambda t: T.magnitude_mask(t["w"], 0.3, t["w"].abs().flatten().sort().values),
-    "magnitude_mask selection": lambda t: T.magnitude_mask(t["big"], 0.6),
-    "nm_mask": lambda t: T.nm_mask(t["w"][:, :38], 2, 4),
+    "svd": lambda t: svd(t["w"]),
+    "low_rank_factors": lambda t: low_rank_factors(*svd(t["w"]), 5),
+    "energy_kept": lambda t: energy_kept(svd(t["w"])[1], 5),
+    "effective_rank": lambda t: effective_rank(svd(t["w"])[1]),
+    "magnitude_mask": lambda t: magnitude_mask(t["w"], 0.5),
+    "magnitude_mask ties": lambda t: magnitude_mask(t["ties"], 0.5),
+    "magnitude_mask sorted": lambda t: magnitude_mask(t["w"], 0.3, t["w"].abs().flatten().sort().values),
+    "magnitude_mask selection": lambda t: magnitude_mask(t["big"], 0.6),
+    "nm_mask": lambda t: nm_mask(t["w"][:, :38], 2, 4),
     "quant_grid on_grid": _grids,
     "quantize dequantize": _codes,
-    "error_stats": lambda t: T.error_stats(t["w"], T.fake_quantize(t["w"], 3)),
-    "whitened_svd": lambda t: M.whitened_svd(t["w"], t["h"]),
-    "wanda row_mask": lambda t: M.row_mask(M.wanda_scores(t["w"], t["h"].diagonal()), 0.55),
-    "gptq": lambda t: M.gptq_quantize(t["w"], t["h"], 4, group_size=16, return_grid=True),
-    "gptq act_order": lambda t: M.gptq_quantize(t["w"], t["h"], 3, group_size=16, act_order=True,
-                                                keep=T.nm_mask(t["w"], 2, 4), return_grid=True),
-    "gptq channel": lambda t: M.gptq_quantize(t["w"], t["h"], 4, "channel", symmetric=False, return_grid=True),
-    "kmeans": lambda t: M.kmeans_quantize(t["w"], 3, return_codebook=True),
-    "kmeans keep sampled": lambda t: M.kmeans_quantize(t["big"], 2, keep=T.magnitude_mask(t["big"], 0.5),
+    "error_stats": lambda t: error_stats(t["w"], fake_quantize(t["w"], 3)),
+    "whitened_svd": lambda t: whitened_svd(t["w"], t["h"]),
+    "wanda row_mask": lambda t: row_mask(wanda_scores(t["w"], t["h"].diagonal()), 0.55),
+    "gptq": lambda t: gptq_quantize(t["w"], t["h"], 4, group_size=16, return_grid=True),
+    "gptq act_order": lambda t: gptq_quantize(t["w"], t["h"], 3, group_size=16, act_order=True,
+                                                keep=nm_mask(t["w"], 2, 4), return_grid=True),
+    "gptq channel": lambda t: gptq_quantize(t["w"], t["h"], 4, "channel", symmetric=False, return_grid=True),
+    "kmeans": lambda t: kmeans_quantize(t["w"], 3, return_codebook=True),
+    "kmeans keep sampled": lambda t: kmeans_quantize(t["big"], 2, keep=magnitude_mask(t["big"], 0.5),
                                                        max_fit=5000, return_codebook=True),
-    "on_codebook": lambda t: M.on_codebook(t["w"], M.kmeans_quantize(t["w"], 2, return_codebook=True)[1]),
-    "hqq": lambda t: MM.hqq_quantize(t["w"], 3, group_size=16, keep=T.magnitude_mask(t["w"], 0.3)),
-    "awq": lambda t: MM.awq_quantize(t["w"], t["h"], 4, group_size=16, grid=4)[:2],
-    "sparsegpt": lambda t: MM.sparsegpt_prune(t["w"], t["h"], 0.45, block=16),
-    "sparsegpt n:m": lambda t: MM.sparsegpt_prune(t["w"], t["h"], 0.5, (2, 4), block=16),
+    "on_codebook": lambda t: on_codebook(t["w"], kmeans_quantize(t["w"], 2, return_codebook=True)[1]),
+    "hqq": lambda t: hqq_quantize(t["w"], 3, group_size=16, keep=magnitude_mask(t["w"], 0.3)),
+    "awq": lambda t: awq_quantize(t["w"], t["h"], 4, group_size=16, grid=4)[:2],
+    "sparsegpt": lambda t: sparsegpt_prune(t["w"], t["h"], 0.45, block=16),
+    "sparsegpt n:m": lambda t: sparsegpt_prune(t["w"], t["h"], 0.5, (2, 4), block=16),
     "pack": _pack,
     "huffman": _huffman,
 }
@@ -392,7 +407,7 @@ RECIPES = [
 ]
 
 
-def _tensors(stored: P.StoredLayer) -> list:
+def _tensors(stored: StoredLayer) -> list:
     """Every tensor a stored layer holds: values, keep-masks, grids."""
     return [[m.values, m.keep, m.grid.scale, m.grid.zero, m.grid.codebook, m.grid.channel] for m in stored.matrices]
 
@@ -403,9 +418,9 @@ def test_pipeline_and_codec_stay_on_the_device(recipe, where):
     entropy = recipe.quant_method == "kmeans"  # Huffman-coded once (its decoding is 1024 steps)
 
     def run(w, h):
-        factors = (lambda: M.whitened_svd(w, h)) if recipe.lowrank_method == "whitened" else (lambda: T.svd(w))
-        stored = P.compress("m", w, recipe, factors, lambda: w.abs().flatten().sort().values, h)
-        again = P.requantize(stored, recipe.updated(bits=3), h)
+        factors = (lambda: whitened_svd(w, h)) if recipe.lowrank_method == "whitened" else (lambda: svd(w))
+        stored = compress("m", w, recipe, factors, lambda: w.abs().flatten().sort().values, h)
+        again = requantize(stored, recipe.updated(bits=3), h)
         tensors, parts = codec.encode_layer(stored, entropy)
         back = codec.decode_layer("m", stored.shape, recipe, stored.rank, parts, tensors)
         return _tensors(stored), _tensors(again), tensors, _tensors(back), stored.matrix()

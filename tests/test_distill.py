@@ -1,14 +1,12 @@
 """Knowledge distillation: values stay on their grid and mask, bytes do not change, quality recovers."""
 import pytest
 import torch
-
-from engine.pipeline.compress import Grid
-from engine.drivers.distill import _quantized, _start
-from engine.methods.calibrated import gptq_quantize
-from engine.recipe.recipe import Recipe
-from engine.formats.grid import fake_quantize, quant_grid
-
 from test_cli import run_json
+
+from engine.drivers.distill import _quantized, _start
+from engine.formats.grid import Grid, fake_quantize, quant_grid
+from engine.methods.gptq import gptq_quantize
+from engine.recipe.recipe import Recipe
 
 
 def test_straight_through_rounds_forward_and_passes_gradients_within_the_mask():

@@ -6,7 +6,7 @@ import torch
 from scipy.stats import t
 
 from engine import Recipe
-from engine.quality.evaluate import interval95
+from engine.quality.stats import interval95
 
 
 def test_interval_by_hand():

@@ -7,15 +7,14 @@ import time
 
 import pytest
 import torch
-
-from engine.storage import explorer_format as export
-from engine.pipeline.compress import compress
-from engine.storage.codec import decode_layer, decode_matrix, encode_layer, encode_matrix, nbytes
-from engine.errors import UserError
-from engine.recipe.recipe import Recipe
-from engine.formats.grid import svd
-
 from test_cli import ROOT, main, run_json
+
+from engine.errors import UserError
+from engine.methods.svd import svd
+from engine.pipeline.compress import compress
+from engine.recipe.recipe import Recipe
+from engine.storage import explorer_format as export
+from engine.storage.codec import decode_layer, decode_matrix, encode_layer, encode_matrix, nbytes
 
 
 def _compressed(recipe, shape=(24, 40), seed=0):

@@ -5,19 +5,19 @@ import json
 
 import pytest
 import torch
+from test_app import APP, compressed_bytes, ok
+from test_cli import main
 from transformers import AutoTokenizer, ResNetConfig, ResNetModel
 
 from app_harness import app_test
 from engine import errors
-from engine.models import loading as models
-from engine.pipeline import compress as pipeline
 from engine.cli import build_parser
-from engine.models.loading import minilm_path
 from engine.drivers.explorer import Explorer
-from engine.recipe.recipe import Recipe
 from engine.drivers.workspace import Workspace
-from test_app import APP, compressed_bytes, ok
-from test_cli import main
+from engine.models import loading as models
+from engine.models.loading import minilm_path
+from engine.pipeline import compress as pipeline
+from engine.recipe.recipe import Recipe
 
 
 def test_failure_is_one_line_naming_what_failed():

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from engine import cli
-from engine.formats import floats
 from engine.errors import UserError
-from engine.formats.floats import blockwise
-from engine.formats.floats import scaled
+from engine.formats import floats
 from engine.formats.bytes import float_bytes
+from engine.formats.floats import blockwise, scaled
 from engine.recipe.recipe import Recipe
-from engine.storage import codec
-from engine.storage import gguf_file
+from engine.storage import codec, gguf_file
 from engine.storage import explorer_format as export
 
 
@@ -192,7 +190,6 @@ def test_the_apps_number_format_control_lists_the_float_formats_with_a_line_each
     from test_app import ok, recipe_caption, start
 
     from engine.glossary import FORMAT_NOTES
-
     from ui.controls import FORMAT_LABELS
 
     at = ok(start(model=tiny_models["llama"], format="nf4", dq="true"))

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
+from engine.cli import main
 from engine.drivers import footprint
 from engine.errors import UserError
 from engine.recipe.recipe import Recipe
-from engine.cli import main
 
 # the parameter counts the models' publishers state (model cards and papers), against which the
 # shipped configs are checked: a wrong field in a config changes its count

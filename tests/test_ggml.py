@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine.formats import ggml
-from engine.speed import kernels
 from engine.drivers.footprint import open_skeleton, predict
-from engine.formats.ggml import legacy
-from engine.recipe.presets import layer_types, preset_recipe
+from engine.formats import ggml
 from engine.formats.bytes import ggml_bytes
-from engine.methods.calibrated import gptq_quantize
-from engine.pipeline.compress import compress, predict as predict_layer
-from engine.recipe.recipe import Recipe, RecipeError
+from engine.formats.ggml import legacy
+from engine.methods.gptq import gptq_quantize
+from engine.pipeline.compress import compress
+from engine.pipeline.compress import predict as predict_layer
 from engine.recipe.fields import FLOAT_FORMATS, FORMAT_GRID, NUMBER_FORMATS
+from engine.recipe.presets import layer_types, preset_recipe
+from engine.recipe.recipe import Recipe, RecipeError
+from engine.speed import kernels
 
 
 def _weights(rows=16, cols=512, seed=0):
@@ -170,6 +171,7 @@ def test_run_minilm_with_a_mix_end_to_end():
     """The real model through the command line: each layer in llama.cpp's type for it (rows of
     384 values fall back from q4_k to q5_0, from q6_k to q8_0), the bytes the shapes predict."""
     import json
+
     from test_cli import main
 
     code, out, err = main("run", "minilm", "--preset", "q4_k_m", "--quick", "--json")

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.formats.ggml import kquants
-from engine.formats.ggml import weighted
+from engine.formats.ggml import kquants, weighted
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ggml_reference.npz"
 K_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")

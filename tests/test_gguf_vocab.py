@@ -7,16 +7,15 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from test_cli import main
 from transformers import AutoTokenizer
 
-from engine.models import data
-from engine.errors import UserError
-from engine.models.loading import gguf_file, minilm_path
 from engine.drivers.explorer import Explorer
+from engine.errors import UserError
+from engine.models import data
+from engine.models.loading import gguf_file, minilm_path
 from engine.storage import gguf_file as gguf_export
 from engine.storage import gguf_vocab
-
-from test_cli import main
 
 SMOLLM_PRE = {"type": "Sequence", "pretokenizers": [
     {"type": "Digits", "individual_digits": True},

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from engine.studies import inside_layer as lesson
 from engine.recipe.recipe import Recipe
+from engine.studies import inside_layer as lesson
 
 LAYER = "encoder.layer.1.attention.self.value"  # 384 x 384
 

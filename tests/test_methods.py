@@ -2,10 +2,15 @@
 import pytest
 import torch
 
-from engine.methods import calibrated as M
-from engine.formats import grid as T
-from engine.pipeline.compress import compress as compress_matrix
 from engine.formats.bytes import tensor_bytes
+from engine.formats.grid import fake_quantize, quant_params
+from engine.methods.gptq import gptq_quantize
+from engine.methods.kmeans import kmeans_quantize
+from engine.methods.magnitude import magnitude_mask
+from engine.methods.svd import low_rank_factors, svd
+from engine.methods.wanda import row_mask, wanda_scores
+from engine.methods.whitened import whitened_svd
+from engine.pipeline.compress import compress as compress_matrix
 from engine.recipe.recipe import Recipe, RecipeError
 
 
@@ -22,8 +27,8 @@ def _out_err(w, w_hat, x):
 def test_whitening_is_undone_exactly_at_full_rank():
     x, h = _inputs()
     w = torch.randn(32, 48, generator=torch.Generator().manual_seed(1))
-    u, s, vh = M.whitened_svd(w, h)
-    a, b = T.low_rank_factors(u, s, vh, 32)
+    u, s, vh = whitened_svd(w, h)
+    a, b = low_rank_factors(u, s, vh, 32)
     assert torch.allclose(a @ b, w, atol=1e-4)
 
 
@@ -31,8 +36,8 @@ def test_whitening_is_undone_exactly_at_full_rank():
 def test_whitened_truncation_has_lower_output_error_than_plain_svd(rank):
     x, h = _inputs()
     w = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
-    aw, bw = T.low_rank_factors(*M.whitened_svd(w, h), rank)
-    ap, bp = T.low_rank_factors(*T.svd(w), rank)
+    aw, bw = low_rank_factors(*whitened_svd(w, h), rank)
+    ap, bp = low_rank_factors(*svd(w), rank)
     assert _out_err(w, aw @ bw, x) < _out_err(w, ap @ bp, x)
     assert (w - aw @ bw).norm() >= (w - ap @ bp).norm() - 1e-4  # plain SVD is best on the weights
 
@@ -40,13 +45,13 @@ def test_whitened_truncation_has_lower_output_error_than_plain_svd(rank):
 def test_wanda_scores_and_row_masks_by_hand():
     w = torch.tensor([[1.0, -2.0, 3.0, 0.5], [4.0, 1.0, -1.0, 2.0]])
     h_diag = torch.tensor([4.0, 1.0, 0.25, 9.0])  # input norms 2, 1, 0.5, 3
-    score = M.wanda_scores(w, h_diag)
+    score = wanda_scores(w, h_diag)
     assert torch.equal(score, torch.tensor([[2.0, 2.0, 1.5, 1.5], [8.0, 1.0, 0.5, 6.0]]))
-    keep = M.row_mask(score, 0.5)
+    keep = row_mask(score, 0.5)
     assert keep.sum(1).tolist() == [2, 2]  # compared within each output row
     assert keep[1].tolist() == [True, False, False, True]
     # magnitude alone would keep |3| in row 0; its input is small, so Wanda drops it
-    assert not keep[0, 2] and T.magnitude_mask(w, 0.5)[0, 2]
+    assert not keep[0, 2] and magnitude_mask(w, 0.5)[0, 2]
 
 
 def test_gptq_on_two_columns_by_hand():
@@ -55,8 +60,8 @@ def test_gptq_on_two_columns_by_hand():
     c = 0.5
     h = torch.tensor([[1.0, c], [c, 1.0]])
     w = torch.tensor([[0.3, 0.0]])  # per-tensor 2-bit symmetric grid: scale = 0.3 / 1
-    q = M.gptq_quantize(w, h, bits=2, granularity="tensor", damp=0.0)
-    scale = T.quant_params(w.reshape(1, -1), 2, True)[0].item()
+    q = gptq_quantize(w, h, bits=2, granularity="tensor", damp=0.0)
+    scale = quant_params(w.reshape(1, -1), 2, True)[0].item()
     q0 = round(0.3 / scale) * scale
     e = 0.3 - q0
     w1 = 0.0 - c * e  # updated second column before rounding
@@ -68,9 +73,9 @@ def test_gptq_uses_the_rtn_grid_and_lowers_output_error():
     x, h = _inputs(cols=64)
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(3))
     for bits in (3, 4):
-        rtn = T.fake_quantize(w, bits, "group", 32)
+        rtn = fake_quantize(w, bits, "group", 32)
         for act_order in (False, True):
-            q = M.gptq_quantize(w, h, bits, "group", 32, act_order=act_order)
+            q = gptq_quantize(w, h, bits, "group", 32, act_order=act_order)
             assert _out_err(w, q, x) < _out_err(w, rtn, x)
             # every value is a code times its group's fp16 scale: at most 2^b values per group
             for g in range(2):
@@ -80,15 +85,15 @@ def test_gptq_uses_the_rtn_grid_and_lowers_output_error():
 def test_gptq_keeps_pruned_entries_zero():
     x, h = _inputs(cols=32)
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(4))
-    keep = T.magnitude_mask(w, 0.5)
-    q = M.gptq_quantize(w * keep, h, 4, "channel", keep=keep)
+    keep = magnitude_mask(w, 0.5)
+    q = gptq_quantize(w * keep, h, 4, "channel", keep=keep)
     assert torch.equal(q[~keep], torch.zeros(int((~keep).sum())))
 
 
 def test_kmeans_codebook_size_and_lloyd_fixed_point():
     w = torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
     for bits in (2, 3, 4):
-        q = M.kmeans_quantize(w, bits)
+        q = kmeans_quantize(w, bits)
         centers = q.unique()
         assert centers.numel() <= 2**bits
         assert torch.equal(centers.half().float(), centers)  # stored at fp16
@@ -97,14 +102,14 @@ def test_kmeans_codebook_size_and_lloyd_fixed_point():
         assert torch.equal(nearest, q.flatten())
         for c in centers:
             assert w.flatten()[q.flatten() == c].mean().item() == pytest.approx(c.item(), abs=2e-3)
-    errs = [(w - M.kmeans_quantize(w, b)).norm().item() for b in (2, 3, 4, 5)]
+    errs = [(w - kmeans_quantize(w, b)).norm().item() for b in (2, 3, 4, 5)]
     assert errs == sorted(errs, reverse=True)
 
 
 def test_kmeans_bytes_and_pruned_zeros():
     w = torch.randn(8, 16, generator=torch.Generator().manual_seed(6))
-    keep = T.magnitude_mask(w, 0.5)
-    q = M.kmeans_quantize(w * keep, 3, keep)
+    keep = magnitude_mask(w, 0.5)
+    q = kmeans_quantize(w * keep, 3, keep)
     assert torch.equal(q[~keep], torch.zeros(64)) and q[keep].unique().numel() <= 8
     # 3-bit indices for 128 values + 8 fp16 codebook entries; pruned: bitmask, never dense
     assert tensor_bytes(8, 16, 128, 3, codebook=True).total == 48 + 16
@@ -115,7 +120,7 @@ def test_kmeans_bytes_and_pruned_zeros():
 def test_factored_gptq_and_wanda_through_compress_matrix():
     x, h = _inputs(cols=48)
     w = torch.randn(40, 48, generator=torch.Generator().manual_seed(7))
-    factors = lambda: T.svd(w)  # noqa: E731
+    factors = lambda: svd(w)  # noqa: E731
     plain = compress_matrix("l", w, Recipe(rank=16, bits=4, group_size=16, sparsity=0.3), factors)
     aware = compress_matrix("l", w, Recipe(rank=16, bits=4, group_size=16, sparsity=0.3, quant_method="gptq",
                                            prune_method="wanda"), factors, hessian=h)

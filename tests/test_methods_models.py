@@ -1,9 +1,8 @@
 """The methods end to end on the real offline model: same bytes as the plain method, better quality."""
 import pytest
+from test_cli import run_json
 
 from engine.recipe.recipe import Recipe
-
-from test_cli import run_json
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,19 @@
 its plain counterpart; their layers through the packed codec; the command line on minilm."""
 import pytest
 import torch
+from test_cli import run_json
 
-from engine.methods import calibrated as M
-from engine.methods import more as MM
-from engine.formats import grid as T
 from engine.formats.bytes import tensor_bytes
+from engine.formats.grid import fake_quantize, on_grid
+from engine.methods.awq import awq_channel_scales, awq_quantize, output_error
+from engine.methods.hqq import hqq_quantize, shrink_lp
+from engine.methods.magnitude import magnitude_mask, nm_mask
+from engine.methods.sparsegpt import sparsegpt_prune
+from engine.methods.svd import svd
+from engine.methods.wanda import row_mask, wanda_scores
 from engine.pipeline.compress import compress
 from engine.recipe.recipe import Recipe, RecipeError
 from engine.storage.codec import decode_layer, encode_layer, nbytes
-
-from test_cli import run_json
 
 
 def _heavy(rows=32, cols=256, seed=0):
@@ -39,8 +42,8 @@ def _lp(w, v, p=0.7):
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_hqq_lowers_the_lp_error_of_round_to_nearest_on_its_own_grid(bits, symmetric):
     w = _heavy()
-    rtn = T.fake_quantize(w, bits, "group", 64, symmetric)
-    hqq, (scale, zero) = MM.hqq_quantize(w, bits, "group", 64, symmetric)
+    rtn = fake_quantize(w, bits, "group", 64, symmetric)
+    hqq, (scale, zero) = hqq_quantize(w, bits, "group", 64, symmetric)
     per_group = lambda v: _lp(w, v).reshape(-1, 64).sum(1)  # noqa: E731
     assert (per_group(hqq) <= per_group(rtn) + 1e-6).all()  # no group worse: RTN's grid is step 0
     assert _lp(w, hqq).sum() < 0.97 * _lp(w, rtn).sum()
@@ -48,14 +51,14 @@ def test_hqq_lowers_the_lp_error_of_round_to_nearest_on_its_own_grid(bits, symme
     assert torch.equal(scale, scale.half().float()) and (scale > 0).all()
     assert torch.equal(zero, zero.round()) and zero.min() >= 0 and zero.max() <= 2**bits - 1
     assert symmetric is False or not zero.any()
-    assert torch.equal(T.on_grid(hqq, scale, zero, bits, "group", 64, symmetric), hqq)
+    assert torch.equal(on_grid(hqq, scale, zero, bits, "group", 64, symmetric), hqq)
 
 
 def test_hqq_stores_round_to_nearest_bytes_and_keeps_pruned_entries_zero():
     w = _heavy(24, 96)
     hqq = compress("m", w, Recipe(bits=3, symmetric=False, group_size=32, sparsity=0.5, quant_method="hqq"),
-                   lambda: T.svd(w))
-    rtn = compress("m", w, Recipe(bits=3, symmetric=False, group_size=32, sparsity=0.5), lambda: T.svd(w))
+                   lambda: svd(w))
+    rtn = compress("m", w, Recipe(bits=3, symmetric=False, group_size=32, sparsity=0.5), lambda: svd(w))
     assert hqq.bytes == rtn.bytes
     (m,) = hqq.matrices
     assert torch.equal(m.keep, rtn.matrices[0].keep) and not m.values[~m.keep].any()
@@ -65,7 +68,7 @@ def test_hqq_stores_round_to_nearest_bytes_and_keeps_pruned_entries_zero():
 def test_shrink_lp_by_hand():
     # p = 1 is soft thresholding at 1 / beta
     x = torch.tensor([0.05, -0.3, 2.0])
-    assert torch.allclose(MM.shrink_lp(x, 10.0, 1.0), torch.tensor([0.0, -0.2, 1.9]))
+    assert torch.allclose(shrink_lp(x, 10.0, 1.0), torch.tensor([0.0, -0.2, 1.9]))
 
 
 # ---------------------------------------------------------------------------------------- AWQ
@@ -73,31 +76,31 @@ def test_shrink_lp_by_hand():
 
 def test_awq_alpha_zero_is_round_to_nearest_and_never_worse():
     w = _heavy(32, 128)
-    assert torch.equal(MM.awq_channel_scales(torch.rand(128) + 0.1, 0.0), torch.ones(128))
+    assert torch.equal(awq_channel_scales(torch.rand(128) + 0.1, 0.0), torch.ones(128))
     # equal input energy: every alpha gives s = 1 after normalization, so AWQ is round to nearest
-    values, (scale, zero, s), alpha = MM.awq_quantize(w, torch.eye(128) * 2.0, 4, "group", 64)
-    assert torch.equal(values, T.fake_quantize(w, 4, "group", 64)) and torch.equal(s, torch.ones(128))
+    values, (scale, zero, s), alpha = awq_quantize(w, torch.eye(128) * 2.0, 4, "group", 64)
+    assert torch.equal(values, fake_quantize(w, 4, "group", 64)) and torch.equal(s, torch.ones(128))
 
 
 @pytest.mark.parametrize("bits, symmetric", [(3, True), (4, True), (4, False)])
 def test_awq_lowers_the_output_error_with_uneven_input_energy(bits, symmetric):
     w, h = _heavy(32, 128), _correlated()
-    values, (scale, zero, s), alpha = MM.awq_quantize(w, h, bits, "group", 64, symmetric)
-    rtn = T.fake_quantize(w, bits, "group", 64, symmetric)
-    assert MM.output_error(w - values, h) < MM.output_error(w - rtn, h)
+    values, (scale, zero, s), alpha = awq_quantize(w, h, bits, "group", 64, symmetric)
+    rtn = fake_quantize(w, bits, "group", 64, symmetric)
+    assert output_error(w - values, h) < output_error(w - rtn, h)
     assert 0 < alpha <= 1 and torch.equal(s, s.half().float())
     # the values are the grid of W diag(s), divided by s
-    assert torch.equal(values, T.on_grid(w * s, scale, zero, bits, "group", 64, symmetric) / s)
+    assert torch.equal(values, on_grid(w * s, scale, zero, bits, "group", 64, symmetric) / s)
 
 
 def test_awq_stores_an_fp16_scale_per_input_column_beside_the_grid():
     assert tensor_bytes(8, 40, 320, 4, channel_scales=True).scales == tensor_bytes(8, 40, 320, 4).scales + 80
     w, h = _heavy(24, 128), _correlated()
-    awq = compress("m", w, Recipe(bits=4, group_size=32, quant_method="awq"), lambda: T.svd(w), hessian=h)
-    rtn = compress("m", w, Recipe(bits=4, group_size=32), lambda: T.svd(w), hessian=h)
+    awq = compress("m", w, Recipe(bits=4, group_size=32, quant_method="awq"), lambda: svd(w), hessian=h)
+    rtn = compress("m", w, Recipe(bits=4, group_size=32), lambda: svd(w), hessian=h)
     assert awq.bytes.compressed_bytes == rtn.bytes.compressed_bytes + 2 * 128
     # no statistics (an embedding): alpha 0, the scales all 1, round to nearest's values, the same bytes
-    plain = compress("m", w, Recipe(bits=4, group_size=32, quant_method="awq"), lambda: T.svd(w))
+    plain = compress("m", w, Recipe(bits=4, group_size=32, quant_method="awq"), lambda: svd(w))
     assert torch.equal(plain.matrices[0].values, rtn.matrices[0].values)
     assert plain.bytes == awq.bytes and torch.equal(plain.matrices[0].grid.channel, torch.ones(128))
 
@@ -108,24 +111,24 @@ def test_awq_stores_an_fp16_scale_per_input_column_beside_the_grid():
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.77])
 def test_sparsegpt_keeps_magnitudes_count_and_beats_magnitude_and_wanda(sparsity):
     w, h = torch.randn(48, 128, generator=torch.Generator().manual_seed(1)), _correlated()
-    values, keep = MM.sparsegpt_prune(w, h, sparsity, block=32)
+    values, keep = sparsegpt_prune(w, h, sparsity, block=32)
     assert int((~keep).sum()) == round(sparsity * w.numel()) and not values[~keep].any()
-    magnitude = w * T.magnitude_mask(w, sparsity)
-    wanda = w * M.row_mask(M.wanda_scores(w, h.diagonal()), sparsity)
-    assert MM.output_error(w - values, h) < min(MM.output_error(w - magnitude, h), MM.output_error(w - wanda, h))
+    magnitude = w * magnitude_mask(w, sparsity)
+    wanda = w * row_mask(wanda_scores(w, h.diagonal()), sparsity)
+    assert output_error(w - values, h) < min(output_error(w - magnitude, h), output_error(w - wanda, h))
 
 
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
 def test_sparsegpt_n_m_is_valid_and_beats_magnitude_and_wanda(n, m):
     cols = 130  # a short last group of 2 (and of 2 of 8)
     w, h = torch.randn(32, cols, generator=torch.Generator().manual_seed(2)), _correlated(cols)
-    values, keep = MM.sparsegpt_prune(w, h, 1 - n / m, (n, m))
-    assert torch.equal(keep.sum(), T.nm_mask(w, n, m).sum())  # the counts nm_mask keeps
+    values, keep = sparsegpt_prune(w, h, 1 - n / m, (n, m))
+    assert torch.equal(keep.sum(), nm_mask(w, n, m).sum())  # the counts nm_mask keeps
     padded = torch.nn.functional.pad(keep, (0, -cols % m)).view(32, -1, m).sum(-1)
     assert padded.max() <= n and (padded[:, :-1] == n).all()
-    magnitude = w * T.nm_mask(w, n, m)
-    wanda = w * T.nm_mask(M.wanda_scores(w, h.diagonal()), n, m)
-    assert MM.output_error(w - values, h) < min(MM.output_error(w - magnitude, h), MM.output_error(w - wanda, h))
+    magnitude = w * nm_mask(w, n, m)
+    wanda = w * nm_mask(wanda_scores(w, h.diagonal()), n, m)
+    assert output_error(w - values, h) < min(output_error(w - magnitude, h), output_error(w - wanda, h))
 
 
 def test_sparsegpt_through_the_pipeline_pruned_entries_stay_zero_after_quantization():
@@ -133,8 +136,8 @@ def test_sparsegpt_through_the_pipeline_pruned_entries_stay_zero_after_quantizat
     for recipe in (Recipe(bits=4, group_size=32, sparsity=0.5, prune_method="sparsegpt"),
                    Recipe(bits=3, pattern="2:4", prune_method="sparsegpt", quant_method="gptq"),
                    Recipe(rank=16, bits=4, group_size=16, sparsity=0.4, prune_method="sparsegpt")):
-        stored = compress("m", w, recipe, lambda: T.svd(w), hessian=h)
-        plain = compress("m", w, recipe.updated(prune_method="magnitude"), lambda: T.svd(w), hessian=h)
+        stored = compress("m", w, recipe, lambda: svd(w), hessian=h)
+        plain = compress("m", w, recipe.updated(prune_method="magnitude"), lambda: svd(w), hessian=h)
         assert stored.bytes == plain.bytes  # the same kept counts, so the same bytes
         for m in stored.matrices:
             assert not m.values[~m.keep].any() and m.values[m.keep].count_nonzero() > 0.5 * m.kept
@@ -163,7 +166,7 @@ def test_recipes_of_the_new_methods():
 ], ids=lambda r: r.describe())
 def test_the_packed_codec_round_trips_each_method(recipe):
     w, h = _heavy(24, 128), _correlated()
-    stored = compress("m", w, recipe, lambda: T.svd(w), hessian=h)
+    stored = compress("m", w, recipe, lambda: svd(w), hessian=h)
     tensors, parts = encode_layer(stored)
     assert nbytes(tensors) == stored.bytes.compressed_bytes  # written exactly as counted
     back = decode_layer("m", stored.shape, recipe, stored.rank, parts, tensors)

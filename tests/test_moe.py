@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.drivers import footprint
-from engine.drivers import offload
-from engine.quality.evaluate import make_evaluator
+from engine.drivers import footprint, offload
+from engine.quality import make_evaluator
 from engine.recipe.recipe import Recipe
 from engine.storage import explorer_format as export
 

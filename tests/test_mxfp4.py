@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.formats import ggml
 from engine.errors import UserError
+from engine.formats import ggml
 from engine.formats.ggml import fp4
 from engine.recipe.recipe import Recipe
-from engine.storage import codec
-from engine.storage import gguf_file
+from engine.storage import codec, gguf_file
 
 MXFP4 = gguf.GGMLQuantizationType.MXFP4
 

@@ -9,9 +9,9 @@ import torch
 from engine import cli
 from engine.drivers import offload
 from engine.errors import UserError
-from engine.quality.evaluate import make_evaluator
+from engine.layers.find import select
 from engine.models.loading import minilm_path
-from engine.layers.kinds import select
+from engine.quality import make_evaluator
 from engine.recipe.recipe import Recipe
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.storage import pack
 from engine.formats.bytes import _packed
+from engine.storage import pack
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

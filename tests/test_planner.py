@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from engine.studies import planner as P
 from engine.errors import UserError
 from engine.recipe.recipe import Recipe
+from engine.studies import planner as P
 
 
 def test_knapsack_equals_brute_force_on_random_instances():

@@ -9,11 +9,11 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from engine import Explorer, Recipe
-from engine.speed import runtime
 from engine.cli import main
 from engine.models.loading import minilm_path
-from engine.speed.roofline import model_costs
+from engine.speed import runtime
 from engine.speed.measure import SpeedSettings, measure
+from engine.speed.roofline import model_costs
 
 IDS = torch.randint(0, 30522, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -295,10 +295,9 @@ def test_the_info_command(capsys, monkeypatch):
 def test_a_kernel_that_computes_wrongly_is_reported_not_used(monkeypatch):
     """A probe whose kernel gives wrong values says so (a processor where a kernel misbehaves)."""
     from engine.speed import kernels
-    from engine.hardware import machine
 
     monkeypatch.setattr(kernels.Int8, "mm", lambda self, x: torch.zeros(x.shape[0], self.q.shape[0], dtype=x.dtype))
-    rows = {(k["kernel"], k["dtype"]): k for k in machine.kernel_probes("cpu")}
+    rows = {(k["kernel"], k["dtype"]): k for k in kernels.kernel_probes("cpu")}
     assert not rows[("int8", "fp32")]["works"]
     assert rows[("int8", "fp32")]["why"].startswith("int8 kernel gave a relative error of 1.0e+00")
     assert rows[("int4", "fp32")]["works"]
@@ -306,8 +305,9 @@ def test_a_kernel_that_computes_wrongly_is_reported_not_used(monkeypatch):
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["native bf16", "no native bf16"])
 def test_speed_page_measures_on_press_and_shows_kernels_and_roofline(monkeypatch, bf16):
-    from app_harness import app_test
     from test_app import APP, ok
+
+    from app_harness import app_test
 
     monkeypatch.setenv("EXPLORER_BF16", "1" if bf16 else "0")
     at = app_test(APP, default_timeout=300)

@@ -8,19 +8,15 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, T5Config,
-                          T5ForConditionalGeneration)
-
-from engine.models import calibrate
-from engine.models import data
-from engine.drivers import footprint
-from engine.drivers import offload
-from engine.quality.evaluate import make_evaluator
-from engine.models.loading import kind_of, minilm_path
-from engine.recipe.recipe import Recipe
-from engine.drivers.explorer import Explorer
-
 from test_cli import main
+from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+from engine.drivers import footprint, offload
+from engine.drivers.explorer import Explorer
+from engine.models import calibrate, data
+from engine.models.loading import kind_of, minilm_path
+from engine.quality import make_evaluator
+from engine.recipe.recipe import Recipe
 
 IDS = dict(pad_token_id=0, eos_token_id=102, decoder_start_token_id=101)
 TEXT = "\n\n".join(data.lee_background()[:4])  # the evaluator's text, its first 4 articles: 3 windows

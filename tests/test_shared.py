@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from engine.models import data
-from engine.quality import evaluate
 from engine.models import loading as models
 from engine.pipeline import compress as pipeline
+from engine.quality import causal, stats
 from engine.recipe.recipe import Recipe
 from engine.storage import explorer_format as export_format
 
@@ -57,8 +57,8 @@ def all_at_once(ev, original, model) -> dict:
     """The evaluation as it was before it worked in pieces, full and quick: every scored token's
     log-probabilities over the vocabulary at once (the reference computed the same way)."""
     def logprobs(net, windows):
-        return torch.cat([net(input_ids=windows[i:i + evaluate.BATCH]).logits[:, :-1].float().log_softmax(-1)
-                          for i in range(0, windows.shape[0], evaluate.BATCH)])
+        return torch.cat([net(input_ids=windows[i:i + stats.BATCH]).logits[:, :-1].float().log_softmax(-1)
+                          for i in range(0, windows.shape[0], stats.BATCH)])
 
     def nll(logp, windows):
         return -logp.gather(-1, windows[:, 1:, None]).squeeze(-1).mean(-1)
@@ -87,10 +87,10 @@ def test_the_evaluation_in_pieces_gives_the_values_of_all_at_once(tiny_explorers
     # the first 8 articles of the evaluation text: 7 windows, of which the first estimate takes 4
     text, name = "\n\n".join(data.lee_background()[:8]), "the first 8 articles of lee_background.cor"
     whole = ex.evaluator(text, name)
-    assert whole.windows.shape[0] == 7 and len(whole.quick_idx) == evaluate.QUICK_WINDOWS < 7
+    assert whole.windows.shape[0] == 7 and len(whole.quick_idx) == stats.QUICK_WINDOWS < 7
     before = all_at_once(whole, ex.loaded.model, work.model)
     # each window whole (the default, TOKEN_CHUNK >= 255 scored tokens), and in pieces of 100, 100 and 55
-    for ev in (whole, evaluate.CausalLMEval(ex.loaded, text, name, chunk=100)):
+    for ev in (whole, causal.CausalLMEval(ex.loaded, text, name, chunk=100)):
         assert ev.base_full_ppl == pytest.approx(whole.base_full_ppl, rel=1e-6)
         for quick in (False, True):
             got = ev(work.model, quick=quick)  # the first estimate's interval: test_estimate.py

@@ -6,16 +6,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.drivers import footprint
-from engine.methods import calibrated as M
-from engine.drivers import offload
-from engine.pipeline import compress as pipeline
-from engine.speed import runtime
-from engine.methods import shared as sharing
-from engine.formats import grid as T
+from engine.drivers import footprint, offload
 from engine.errors import UserError
 from engine.formats.bytes import tensor_bytes
+from engine.methods import shared as sharing
+from engine.methods.shared import shared_whitened_svd
+from engine.methods.svd import low_rank_factors
+from engine.methods.whitened import whitened_svd
+from engine.pipeline.compress import compress, predict
 from engine.recipe.recipe import Recipe, RecipeError
+from engine.speed import runtime
 from engine.storage import explorer_format as export_format
 from tests.test_cli import main
 
@@ -34,12 +34,12 @@ def test_exact_at_full_rank_and_one_basis_for_the_group():
     x, h = _x()
     g = torch.Generator().manual_seed(1)
     ws = [torch.randn(10, 24, generator=g) for _ in range(3)]
-    factors = M.shared_whitened_svd(ws, [h, h, h])
+    factors = shared_whitened_svd(ws, [h, h, h])
     bases = []
     for w, f in zip(ws, factors):
-        a, b = T.low_rank_factors(*f, 24)  # the stacked (30, 24) matrix has rank 24
+        a, b = low_rank_factors(*f, 24)  # the stacked (30, 24) matrix has rank 24
         assert torch.allclose(a @ b, w, atol=1e-4)
-        bases.append(T.low_rank_factors(*f, 7)[1])
+        bases.append(low_rank_factors(*f, 7)[1])
     assert all(torch.equal(bases[0], b) for b in bases[1:])  # every layer computes with the same B
 
 
@@ -61,8 +61,8 @@ def test_shared_basis_against_per_layer_whitened_svd_at_equal_values(common):
     ws, r = _pair(common), 8
     k = sharing.shared_rank(2, r, 24, 24)
     assert k == 10 and k * 24 + 2 * 24 * k <= 2 * r * (24 + 24)  # 720 <= 768 values
-    per_layer = [T.low_rank_factors(*M.whitened_svd(w, h), r) for w in ws]
-    shared = [T.low_rank_factors(*f, k) for f in M.shared_whitened_svd(ws, [h, h])]
+    per_layer = [low_rank_factors(*whitened_svd(w, h), r) for w in ws]
+    shared = [low_rank_factors(*f, k) for f in shared_whitened_svd(ws, [h, h])]
     err_layer = _out_err(ws, [a @ b for a, b in per_layer], x)
     err_shared = _out_err(ws, [a @ b for a, b in shared], x)
     if common:  # one 10-dimensional basis holds both layers: sharing wins by far
@@ -101,8 +101,8 @@ def test_basis_counted_once_by_hand_and_from_shapes(recipe):
     x, h = _x()
     ws = _pair(True)
     share = sharing.Share(("l.0.q", "l.1.q"), 10)
-    factors = M.shared_whitened_svd(ws, [h, h])
-    stored = [pipeline.compress(name, w, recipe, lambda f=f: f, hessian=h, share=share)
+    factors = shared_whitened_svd(ws, [h, h])
+    stored = [compress(name, w, recipe, lambda f=f: f, hessian=h, share=share)
               for name, w, f in zip(share.group, ws, factors)]
     assert torch.equal(stored[0].matrices[1].values, stored[1].matrices[1].values)  # B quantized once, alike
     kept = [m.kept for m in stored[0].matrices]
@@ -114,7 +114,7 @@ def test_basis_counted_once_by_hand_and_from_shapes(recipe):
     if recipe.bits == 16 and recipe.sparsity == 0:
         assert a.total + b.total + a.total == 2 * (24 * 10 + 10 * 24 + 24 * 10)  # 720 fp16 values for the group
     for s in stored:
-        assert pipeline.predict(_info(s.name), recipe, share).bytes == s.bytes
+        assert predict(_info(s.name), recipe, share).bytes == s.bytes
 
 
 @pytest.mark.parametrize("fields, message", [

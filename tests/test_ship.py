@@ -8,13 +8,12 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from test_cli import main
 
 from engine.formats import ggml
 from engine.pipeline.compress import compress
 from engine.recipe.recipe import Recipe
 from engine.storage import gguf_file
-
-from test_cli import main
 
 
 @pytest.mark.parametrize("bits, fmt", [(2, "q4_0"), (3, "q4_0"), (4, "q4_0"), (5, "q5_0"), (6, "q8_0"), (8, "q8_0")])

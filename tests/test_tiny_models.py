@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from engine.formats import grid as T
-from engine.layers.kinds import weight_matrix
-from engine.recipe.recipe import Recipe
 from engine.drivers.explorer import Explorer
+from engine.layers.kinds import weight_matrix
+from engine.methods.magnitude import magnitude_mask
+from engine.recipe.recipe import Recipe
 
 KINDS = {"gpt2": "causal-lm", "llama": "causal-lm", "bert": "encoder", "bert-classifier": "classifier"}
 
@@ -159,7 +159,7 @@ def test_cached_magnitudes_give_the_same_mask(explorers):
         for info in ex.selected(Recipe()):
             w = ex.weight(info.name)
             got = work.holders[info.name].matrix() != 0
-            assert torch.equal(got, T.magnitude_mask(w, s) & (w != 0))
+            assert torch.equal(got, magnitude_mask(w, s) & (w != 0))
 
 
 def test_masks_are_the_same_while_magnitudes_are_built_in_the_background(tiny_models):

@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.models import hub
 from engine.errors import UserError
+from engine.models import hub
 from engine.models.loading import ALIASES, DEFAULT_MODEL
 
 log = logging.getLogger(__name__)

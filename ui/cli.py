@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from engine import cli
-from engine.cli.options import eval_text, model_args, out_path, open_explorer, recipe_args, recipe_from, with_preset
+from engine.cli.options import eval_text, model_args, open_explorer, out_path, recipe_args, recipe_from, with_preset
 from engine.errors import UserError
 
 PROG = "python -m ui.cli"

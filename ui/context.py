@@ -21,12 +21,12 @@ from concurrent.futures import Future
 
 import streamlit as st
 
+from engine.drivers.explorer import Explorer
+from engine.drivers.workspace import Workspace
 from engine.errors import UserError, failure
 from engine.hardware.machine import pick_threads
 from engine.recipe.recipe import DISTILL_LR, Recipe
-from engine.drivers.explorer import Explorer
 from engine.storage import detect as formats
-from engine.drivers.workspace import Workspace
 
 from . import allocator, caches
 

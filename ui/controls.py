@@ -14,11 +14,11 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.formats.floats import TYPES as FLOAT_TYPES
-from engine.glossary import CONCEPTS, FORMAT_NOTES
 from engine.formats.ggml import TYPES, layout_note
+from engine.glossary import CONCEPTS, FORMAT_NOTES
+from engine.recipe.fields import DOUBLE_QUANT_FORMATS, FORMAT_GRID
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
-from engine.recipe.fields import DOUBLE_QUANT_FORMATS, FORMAT_GRID
 
 FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()

@@ -7,8 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from engine.storage import ct_file
-from engine.storage import gguf_file
+from engine.storage import ct_file, gguf_file
 from engine.storage import explorer_format as export_format
 
 from .context import Context, holds_export

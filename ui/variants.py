@@ -2,9 +2,9 @@
 mixes and types, each its own points."""
 from __future__ import annotations
 
+from engine.recipe.fields import LEGACY_FORMATS, SHARE_BLOCKS, RecipeError
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
-from engine.recipe.fields import LEGACY_FORMATS, SHARE_BLOCKS, RecipeError
 
 PLAIN = {"lowrank_method": "svd", "share_blocks": SHARE_BLOCKS, "prune_method": "magnitude", "quant_method": "rtn",
          "act_order": False}

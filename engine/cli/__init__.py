@@ -11,12 +11,8 @@ import logging
 import sys
 import traceback
 
+from engine.cli import fit, info, run, speed, study
 from engine.errors import UserError, failure
-from engine.cli import fit
-from engine.cli import info
-from engine.cli import run
-from engine.cli import speed
-from engine.cli import study
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,8 +9,10 @@ from engine.cli.options import mb, model_args, open_explorer
 
 def cmd_info(args):
     from engine.hardware.machine import describe
+    from engine.speed.kernels import kernel_probes
 
     d = describe(args.device)
+    d["kernels"] = kernel_probes(d["device"])
     if args.json:
         print(json.dumps(d, indent=2))
         return
@@ -35,7 +37,8 @@ def cmd_info(args):
 
 
 def cmd_models(args):
-    from engine.models.loading import alias_status, cache_dir
+    from engine.hardware.machine import cache_dir
+    from engine.models.loading import alias_status
 
     rows = alias_status()
     if args.json:
@@ -53,7 +56,7 @@ def cmd_models(args):
 def inspect(ex, model: str, spectra: bool = True) -> dict:
     """Every layer of an Explorer: role, shape, parameters, fp16 bytes, and (spectra) a summary
     of its singular values."""
-    from engine.formats.grid import break_even_rank, effective_rank, energy_kept
+    from engine.methods.svd import break_even_rank, effective_rank, energy_kept
 
     rows = []
     for info in ex.layers:

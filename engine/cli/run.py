@@ -5,15 +5,28 @@ import dataclasses
 import json
 from pathlib import Path
 
+from engine.cli.options import (
+    Progress,
+    check_preset,
+    distill,
+    eval_text,
+    mb,
+    model_args,
+    open_explorer,
+    out_path,
+    recipe_args,
+    recipe_from,
+    recipe_options,
+    with_preset,
+)
 from engine.errors import UserError
 from engine.recipe.recipe import Recipe
-from engine.cli.options import Progress, check_preset, distill, eval_text, mb, model_args, open_explorer, out_path, recipe_args, recipe_from, recipe_options, with_preset
 
 
 def cmd_run(args):
     from engine.drivers import run_report as report
-    from engine.storage import explorer_format as export
     from engine.storage import detect as formats
+    from engine.storage import explorer_format as export
 
     kind = formats.kind(args.model)  # an export of any of the three formats, or None
     folder = args.model if kind == "explorer" else None
@@ -185,8 +198,7 @@ def cmd_export(args):
 
 def _shipped(work, folder, recipe, args) -> None:
     """Write a GGUF file or a compressed-tensors folder, and say what is in it."""
-    from engine.storage import ct_file
-    from engine.storage import gguf_file
+    from engine.storage import ct_file, gguf_file
 
     gguf = args.format == "gguf"
     report = (gguf_file if gguf else ct_file).write(work, folder, args.dense_fallback)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from engine.errors import UserError
 from engine.cli.options import check_preset, mb, model_args, open_explorer, recipe_args, recipe_from, with_preset
+from engine.errors import UserError
 
 
 def _rate(n: float) -> str:

@@ -5,8 +5,21 @@ import csv
 import json
 import sys
 
+from engine.cli.options import (
+    SWEEP_AXES,
+    Progress,
+    check_preset,
+    eval_text,
+    floats,
+    mb,
+    model_args,
+    open_explorer,
+    out_path,
+    recipe_args,
+    recipe_from,
+    with_preset,
+)
 from engine.studies.sensitivity import UNITS
-from engine.cli.options import SWEEP_AXES, Progress, check_preset, eval_text, floats, mb, model_args, open_explorer, out_path, recipe_args, recipe_from, with_preset
 
 
 def cmd_sweep(args):

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.models.calibrate import SOURCE, sequences
-from engine.pipeline.compress import Grid
+from engine.formats.grid import Grid
 from engine.layers.kinds import Stored
+from engine.models.calibrate import SOURCE, sequences
+from engine.models.inputs import model_inputs
 from engine.recipe.recipe import Recipe
-from engine.quality.seq2seq import model_inputs
 
 SAMPLES = 128  # calibration paragraphs, the first 32 of them those of the statistics
 BATCH = 4  # calibration sequences per step, cut to the shortest of them (no padding)

@@ -33,18 +33,18 @@ import weakref
 
 import torch
 
-from engine.models import calibrate
-from engine.methods import calibrated as methods
-from engine.methods import shared as sharing
-from engine.formats import grid as transforms
-from engine.models.calibrate import Calibration
-from engine.quality.evaluate import make_evaluator
-from engine.errors import UserError
-from engine.layers.kinds import BLOCK_ROLES, LayerInfo, find_layers, select
-from engine.lru import LRU, tensor_bytes
-from engine.models.loading import Loaded, load
-from engine.recipe.recipe import Recipe
 from engine.drivers.workspace import Workspace, module_copy
+from engine.errors import UserError
+from engine.layers.find import BLOCK_ROLES, find_layers, select
+from engine.layers.kinds import LayerInfo
+from engine.lru import LRU, tensor_bytes
+from engine.methods import shared, svd, whitened
+from engine.methods import shared as sharing
+from engine.models import calibrate
+from engine.models.calibrate import Calibration
+from engine.models.loading import Loaded, load
+from engine.quality import make_evaluator
+from engine.recipe.recipe import Recipe
 
 MIB = 2**20
 FACTORS_BYTES = 768 * MIB
@@ -118,24 +118,24 @@ class Explorer:
     def factors(self, name: str, method: str = "svd"):
         """(U, S, Vh) of a layer, computed once and cached: the plain SVD, or for 'whitened'
         the SVD of W S with H = S S^T from calibration, returned as (U, s, V^T S^-1)
-        (methods.whitened_svd; a layer without input statistics, an embedding, gets the plain one)."""
+        (whitened.whitened_svd; a layer without input statistics, an embedding, gets the plain one)."""
         if method == "whitened":
             h = self.hessian(name)
             if h is not None:
                 with self._lock:
-                    return self._svd.get_or_put(("whitened", name), lambda: methods.whitened_svd(self.weight(name), h))
+                    return self._svd.get_or_put(("whitened", name), lambda: whitened.whitened_svd(self.weight(name), h))
         with self._lock:
-            return self._svd.get_or_put(name, lambda: transforms.svd(self.weight(name)))
+            return self._svd.get_or_put(name, lambda: svd.svd(self.weight(name)))
 
     def shared_factors(self, share) -> list:
         """Per layer of a group that shares one basis (an engine.methods.shared.Share), in its order,
-        (U_i, s, V^T S^-1) of the group's stacked whitened SVD (methods.shared_whitened_svd),
+        (U_i, s, V^T S^-1) of the group's stacked whitened SVD (shared.shared_whitened_svd),
         computed once and cached; a group of one layer takes its whitened SVD (`factors`)."""
         if len(share.group) == 1:
             return [self.factors(share.owner, "whitened")]
         key = ("shared", share.group)
         with self._lock:
-            return self._svd.get_or_put(key, lambda: methods.shared_whitened_svd(
+            return self._svd.get_or_put(key, lambda: shared.shared_whitened_svd(
                 [self.weight(n) for n in share.group], [self.hessian(n) for n in share.group]))
 
     def sharing(self, recipe: Recipe) -> dict:
@@ -150,8 +150,8 @@ class Explorer:
         out, inp = self.layer(share.owner).shape
         return {"name": " + ".join(share.group), "shape": [len(share.group) * out, inp],
                 "singular_values": s.tolist(), "energy": (e / e[-1]).tolist() if e[-1] > 0 else [1.0] * len(s),
-                "rank": share.rank, "energy_kept": transforms.energy_kept(s, share.rank),
-                "break_even_rank": transforms.break_even_rank(len(share.group) * out, inp)}
+                "rank": share.rank, "energy_kept": svd.energy_kept(s, share.rank),
+                "break_even_rank": svd.break_even_rank(len(share.group) * out, inp)}
 
     def sharing_table(self, recipe: Recipe) -> list[dict]:
         """The groups of layers that share one basis under `recipe` (engine.methods.shared.table), with
@@ -318,9 +318,9 @@ class Explorer:
             "singular_values": s.tolist(),
             "energy": energy.tolist(),
             "rank": rank,
-            "energy_kept": None if rank is None else transforms.energy_kept(s, rank),
-            "effective_rank": transforms.effective_rank(s),
-            "break_even_rank": transforms.break_even_rank(*info.shape),
+            "energy_kept": None if rank is None else svd.energy_kept(s, rank),
+            "effective_rank": svd.effective_rank(s),
+            "break_even_rank": svd.break_even_rank(*info.shape),
             "rank_for_90pct_energy": int((energy < 0.9).sum()) + 1,
         }
 

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
-from engine.layers.kinds import LayerInfo, find_layers, select
-from engine.formats.bytes import LayerReport, MemoryReport, memory_report
-from engine.pipeline.compress import predict as predict_layer
+from engine.layers.find import find_layers, select
+from engine.layers.kinds import LayerInfo
+from engine.methods import shared as sharing
 from engine.models.building import building
 from engine.models.loading import auto_class, kind_of, one_line, open_config, read_config
+from engine.pipeline.compress import predict as predict_layer
+from engine.pipeline.tally import LayerReport, MemoryReport, memory_report
 from engine.recipe.recipe import Recipe
-from engine.methods import shared as sharing
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"
 GiB = 2**30

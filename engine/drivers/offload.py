@@ -22,14 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.models import calibrate
-from engine.methods import calibrated as methods
-from engine.pipeline import compress as pipeline
-from engine.formats import grid as transforms
 from engine.errors import UserError
-from engine.layers.kinds import LayerInfo, select
-from engine.formats.bytes import LayerReport, memory_report
+from engine.formats import grid as transforms
+from engine.layers.find import select
+from engine.layers.kinds import LayerInfo
+from engine.methods import svd, whitened
+from engine.models import calibrate
 from engine.models.loading import Loaded, _loading, auto_class, kind_of, open_config
+from engine.pipeline import compress as pipeline
+from engine.pipeline.tally import LayerReport, memory_report
 
 
 def parse_max_memory(text: str) -> dict:
@@ -79,8 +80,8 @@ def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: boo
     `offload_folder` (fp32; a folder the caller owns and removes)."""
     from transformers import AutoTokenizer
 
-    from engine.drivers.footprint import skeleton_of
     from engine.drivers.explorer import require_compressible
+    from engine.drivers.footprint import skeleton_of
 
     t0 = time.perf_counter()
     config, source, note, kw = open_config(ref, trust_remote_code)
@@ -274,14 +275,14 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
                 def factors(w=w, cache=cache, h=h, lr=lr):
                     if "usv" not in cache:
                         whiten = lr.lowrank_method == "whitened" and h is not None
-                        cache["usv"] = methods.whitened_svd(w, h) if whiten else transforms.svd(w)
+                        cache["usv"] = whitened.whitened_svd(w, h) if whiten else svd.svd(w)
                     return cache["usv"]
 
                 stored = pipeline.compress(info.name, w, lr, factors, hessian=h if lr.calibrated else None)
                 new = stored.matrix()
                 rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
                 errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
-                energy = transforms.energy_kept(cache["usv"][1], stored.rank) if stored.rank else None
+                energy = svd.energy_kept(cache["usv"][1], stored.rank) if stored.rank else None
                 reports.append(stored.report(info, energy))
                 write(info, new)
             if progress:

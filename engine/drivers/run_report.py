@@ -118,7 +118,7 @@ def offloaded(model: str, recipe: Recipe, max_memory: str, offload_folder: str |
     compressed in place layer by layer (engine.drivers.offload), with at most `calibration_memory` of
     input statistics held at once. The offloaded copies are removed at the end."""
     from engine.drivers import offload
-    from engine.quality.evaluate import make_evaluator
+    from engine.quality import make_evaluator
 
     limits = offload.parse_max_memory(max_memory)
     budget = offload.STATS_BUDGET

@@ -26,13 +26,14 @@ from types import MappingProxyType
 
 import torch
 
-from engine.quality import compare
-from engine.pipeline import compress as pipeline
-from engine.formats import grid as transforms
 from engine.drivers.distill import Distillation, Trainable, distill
-from engine.layers.kinds import install
+from engine.formats import grid as transforms
+from engine.layers.find import install
 from engine.lru import tensors
-from engine.formats.bytes import LayerReport, MemoryReport, memory_report
+from engine.methods import svd
+from engine.pipeline import compress as pipeline
+from engine.pipeline.tally import LayerReport, MemoryReport, memory_report
+from engine.quality import compare
 from engine.recipe.recipe import Recipe
 
 
@@ -167,7 +168,7 @@ class Workspace:
                 self.holders[info.name].fill(stored.tensors())
                 energy = None
                 if stored.rank is not None:
-                    energy = transforms.energy_kept(layer_factors()[1], stored.rank)
+                    energy = svd.energy_kept(layer_factors()[1], stored.rank)
                 reports.append(stored.report(info, energy))
         return reports
 

@@ -1,4 +1,8 @@
-"""The math of compression: pure functions from tensors to tensors.
+"""The explorer's own number format: a uniform integer grid per group, or a codebook.
+
+A b-bit grid stores codes q in [0, 2^b - 1] and, per group of values, an fp16 scale s and a
+zero-point z: the value of code q is (q - z) s. `Grid` says where one stored matrix's values
+lie, whatever the format (this grid, a codebook, llama.cpp's blocks, a float format, fp16).
 
 Every function takes a weight matrix in (out, in) layout (GPT-2's Conv1D weights are
 transposed before they get here) and takes device and dtype from its inputs.
@@ -6,121 +10,20 @@ transposed before they get here) and takes device and dtype from its inputs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+FP16_TINY, FP16_MAX = 2.0**-14, 65504.0  # the normal fp16 range: a stored scale stays in it
 
 # ---------------------------------------------------------------------------------------
 # Low rank
 # ---------------------------------------------------------------------------------------
 
 
-def svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of an (out, in) matrix: U (out, k), S (k,), Vh (k, in), k = min(out, in)."""
-    return torch.linalg.svd(w.float(), full_matrices=False)
-
-
-def low_rank_factors(
-    u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors of the best rank-r approximation, W ~= A @ B, with A (out, r) and B (r, in).
-
-    The singular values are split evenly, A = U_r sqrt(S_r) and B = sqrt(S_r) Vh_r, so that
-    both factors have the same scale (which suits quantizing them).
-    """
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * vh[:rank]
-
-
-def energy_kept(s: torch.Tensor, rank: int) -> float:
-    """Fraction of the squared Frobenius norm kept by the top `rank` singular values."""
-    e = s.double().square()
-    total = e.sum().item()
-    return 1.0 if total == 0 else e[:rank].sum().item() / total
-
-
-def effective_rank(s: torch.Tensor) -> float:
-    """Roy & Vetterli's effective rank: exp of the entropy of the normalized singular values.
-
-    >>> effective_rank(torch.tensor([1.0, 1.0, 0.0]))  # two equal values
-    2.0
-    """
-    p = s.double() / s.double().sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def break_even_rank(out_features: int, in_features: int) -> float:
-    """The rank at which factors A and B hold as many values as W: r (m + n) = m n."""
-    return out_features * in_features / (out_features + in_features)
-
-
 # ---------------------------------------------------------------------------------------
 # Pruning
 # ---------------------------------------------------------------------------------------
-
-
-def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest value (1-based) of a 1-D tensor; same result as x.kthvalue(k).
-
-    For large tensors a strided sample brackets the answer first, so that the exact
-    selection runs on the few values inside the bracket; if the bracket misses, it falls
-    back to the full selection. Either way the answer is exact.
-    """
-    n = x.numel()
-    if n <= 1 << 16:
-        return x.kthvalue(k).values
-    sample = x[:: n // 4096].sort().values
-    pos = (k - 0.5) / n * sample.numel()
-    lo = sample[max(int(pos) - 64, 0)]
-    hi = sample[min(int(pos) + 64, sample.numel() - 1)]
-    below = int((x < lo).sum())
-    band = x[(x >= lo) & (x <= hi)]
-    if below < k <= below + band.numel():
-        return band.kthvalue(k - below).values
-    return x.kthvalue(k).values
-
-
-def magnitude_mask(w: torch.Tensor, sparsity: float, sorted_abs: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep-mask that zeroes exactly round(sparsity * n) entries of smallest |w|.
-
-    Ties at the threshold are broken by position (earlier entries are pruned first), so the
-    count is exact even for weights with many equal magnitudes. `sorted_abs`, if given, is
-    |w| flattened and sorted ascending (cached by the caller): the threshold is then a lookup.
-
-    >>> magnitude_mask(torch.tensor([[3.0, -1.0], [0.5, 2.0]]), 0.5)
-    tensor([[ True, False],
-            [False,  True]])
-    """
-    n = w.numel()
-    k = round(sparsity * n)
-    if k <= 0:
-        return torch.ones_like(w, dtype=torch.bool)
-    a = w.abs().flatten()
-    threshold = kth_smallest(a, k) if sorted_abs is None else sorted_abs[k - 1]
-    keep = a > threshold
-    ties = ~keep & (a == threshold)
-    excess = n - int(keep.sum()) - k  # entries at the threshold that must stay
-    if excess > 0:  # keep the last `excess` tied entries, prune the earlier ones
-        keep[ties.nonzero().squeeze(1)[-excess:]] = True
-    return keep.view_as(w)
-
-
-def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep-mask with the N largest |w| in every M consecutive input values of each row.
-
-    A row length not divisible by M leaves a last, shorter group, which keeps
-    min(N, its length) values: no M consecutive entries ever hold more than N non-zeros.
-    """
-    rows, cols = w.shape
-    pad = (-cols) % m
-    a = w.abs()
-    if pad:  # padded slots are -1, so never among the kept
-        a = torch.nn.functional.pad(a, (0, pad), value=-1.0)
-    groups = a.view(rows, -1, m)
-    idx = groups.topk(n, dim=-1).indices
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, idx, True)
-    keep &= groups >= 0
-    return keep.view(rows, -1)[:, :cols]
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,3 +160,46 @@ def error_stats(w: torch.Tensor, w_hat: torch.Tensor, signal: float | None = Non
     rel = math.sqrt(noise / signal) if signal > 0 else 0.0
     sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     return rel, sqnr
+
+
+def codebook_index(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """For every value of w, the index of the nearest of `centers` (ascending)."""
+    return torch.bucketize(w.contiguous(), (centers[1:] + centers[:-1]) / 2)
+
+
+def on_codebook(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Every value of w replaced by the nearest of `centers` (ascending)."""
+    return centers[codebook_index(w, centers)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the values of one stored matrix may lie: a uniform grid per group (scale and
+    zero-point, as quant_grid orders them), a codebook, llama.cpp's blocks (`ggml`,
+    the type, and `raw`, its GGUF bytes (rows, row bytes)), a float format's codes and scales
+    (`floats`, the stored format as engine.formats.floats.label names it, and `parts`, its tensors), or,
+    with none, the fp16 numbers (a 16-bit value is stored as fp16)."""
+
+    scale: torch.Tensor | None = None
+    zero: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+    ggml: str | None = None
+    raw: torch.Tensor | None = None
+    floats: str | None = None
+    parts: dict | None = None
+    channel: torch.Tensor | None = None  # AWQ: the fp16 scale of each input column; values = grid / channel
+
+    def snap(self, w: torch.Tensor, recipe) -> torch.Tensor:
+        """w moved to the nearest value on the grid: values on it stay exactly where they are
+        (`recipe`: the layer's bits, granularity, group_size and symmetric)."""
+        if self.ggml is not None or self.floats is not None:  # the recipe refuses what would need it (distillation)
+            raise ValueError(f"values are not moved onto {self.ggml or self.floats}'s blocks one by one")
+        if self.codebook is not None:
+            return on_codebook(w, self.codebook)
+        if self.scale is None:
+            return w.half().to(w.dtype)
+        if self.channel is not None:
+            return on_grid(w * self.channel, self.scale, self.zero, recipe.bits, recipe.granularity,
+                           recipe.group_size, recipe.symmetric) / self.channel
+        return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
+                       recipe.symmetric)

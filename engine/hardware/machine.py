@@ -128,50 +128,7 @@ def gpus() -> list[dict]:
     return out
 
 
-def kernel_probes(device: torch.device | str = "cpu") -> list[dict]:
-    """Each of the engine's kernels (engine.speed.kernels), built on a small matrix of this device in
-    each dtype and checked against the dense product: whether it works here, and why not."""
-    from engine.speed import kernels
-
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    out, inp, group = 32, 64, 32
-    codes = torch.randint(0, 16, (out, inp), generator=g)
-    scale = torch.rand(out, inp // group, generator=g) / 10 + 0.01
-    offset = torch.full_like(scale, 8.0)
-    w4 = (codes - 8) * scale.repeat_interleave(group, 1)
-    q8 = torch.randint(-127, 128, (out, inp), generator=g)
-    s8 = torch.rand(out, generator=g) / 100 + 0.001
-    w8 = q8 * s8[:, None]
-    sparse = w4 * (torch.rand(out, inp, generator=g) < 0.3)
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        builds = {"int8": (lambda: kernels.Int8(q8.to(device), s8.to(device), dtype), w8),
-                  "int4": (lambda: kernels.Int4(codes.to(device), scale.to(device), offset.to(device), group,
-                                                dtype, 4), w4)}
-        if dtype == torch.float32 and device.type == "cpu":
-            builds["csr"] = (lambda: kernels.Csr(sparse.to(device), dtype, ""), sparse)
-        if device.type == "cuda":
-            builds["2:4"] = (lambda: kernels.SemiStructured(_two_four(w4).to(device), dtype), _two_four(w4))
-        for name, (build, w) in builds.items():
-            try:
-                why = kernels.check(build(), w.to(device), dtype)
-            except (RuntimeError, NotImplementedError, AssertionError) as e:
-                why = f"refused: {str(e).splitlines()[0][:120]}"
-            rows.append({"kernel": name, "dtype": dtype_name, "works": not why, "why": why})
-    if device.type == "cpu":
-        rows.append({"kernel": "2:4", "dtype": "bf16", "works": False, "why": "no 2:4 kernel on the CPU"})
-    return rows
-
-
-def _two_four(w: torch.Tensor) -> torch.Tensor:
-    """`w` with the two smaller of every four values along a row set to zero."""
-    blocks = w.reshape(w.shape[0], -1, 4)
-    keep = blocks.abs().argsort(-1)[..., 2:]
-    return torch.zeros_like(blocks).scatter(-1, keep, blocks.gather(-1, keep)).reshape(w.shape)
-
-
-def describe(device: torch.device | str | None = None, probes: bool = True) -> dict:
+def describe(device: torch.device | str | None = None) -> dict:
     """This machine, as `python -m engine info --json` prints it."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype, why = runtime_dtype(device)
@@ -181,14 +138,12 @@ def describe(device: torch.device | str | None = None, probes: bool = True) -> d
            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "cuda": torch.version.cuda, "native_bf16": native_bf16(device),
            "device": str(device), "runtime_dtype": dtype, "runtime_dtype_why": why, "gpus": gpus()}
-    if probes:
-        out["kernels"] = kernel_probes(device)
     return out
 
 
 def header(device: torch.device | str | None = None) -> str:
     """One line naming this machine, for the top of every benchmark's output."""
-    d = describe(device, probes=False)
+    d = describe(device)
     gpu = "; ".join(f"{g['name']} ({g['memory_bytes'] / 2**30:.0f} GiB)" for g in d["gpus"]) or "no GPU"
     return (f"machine: {d['cpu']} ({d['architecture']}), {d['usable_cores']} usable cores, {d['threads']} torch "
             f"threads; features {' '.join(d['features']) or 'none known'}; torch {d['torch']} "
@@ -206,8 +161,6 @@ def fingerprint() -> str:
 
 def _store() -> Path:
     """$EXPLORER_MACHINE_CACHE/<fingerprint>.json, else the cache folder's machine/."""
-    from engine.models.loading import cache_dir
-
     root = os.environ.get("EXPLORER_MACHINE_CACHE")
     return (Path(root) if root else cache_dir() / "machine") / f"{fingerprint()}.json"
 
@@ -254,3 +207,13 @@ def remembered(name: str, compute):
     except OSError:
         pass
     return value
+
+
+def cache_dir() -> Path:
+    """This machine's cache folder (converted models, kept measurements): $COMPRESSION_EXPLORER_CACHE,
+    else the XDG cache."""
+    root = os.environ.get("COMPRESSION_EXPLORER_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "compression-explorer"

@@ -11,7 +11,7 @@ Each expert's matrix is a compressible layer of its own, found by type (a 3-D pa
 A router scores the experts: a module whose class is a router (MixtralTopKRouter: a 2-D
 `weight`, not an nn.Linear), or an nn.Linear beside an experts module with at most as many
 outputs as there are experts (Qwen-MoE's `shared_expert_gate`). Routers are layers of group
-'router', left at 16 bits unless a recipe asks for them (engine.layers.kinds.select).
+'router', left at 16 bits unless a recipe asks for them (engine.layers.find.select).
 
 The workspace computes with the module's own forward: each stored matrix lives in a holder
 (`StackedHolder`), and before the module runs, `ParamStack` stacks its holders' matrices into
@@ -44,7 +44,7 @@ def is_router(module: nn.Module) -> bool:
 
 def find(model: nn.Module) -> tuple[list[LayerInfo], dict[str, LayerInfo]]:
     """(expert and router layers, in model order; name -> router info for the nn.Linear gates
-    found beside experts). A Linear gate is reported by engine.layers.kinds.find_layers as a linear
+    found beside experts). A Linear gate is reported by engine.layers.find.find_layers as a linear
     layer of group 'router'."""
     found, linear_gates = [], {}
     for name, module in model.named_modules():

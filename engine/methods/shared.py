@@ -22,7 +22,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
+
 from engine.formats.bytes import TensorBytes
+from engine.methods.whitened import whitened_svd
 
 BLOCK = re.compile(r"\.(\d+)\.")
 SHARED = TensorBytes(0, 0, 0, "shared")  # a basis stored with the first layer of its group
@@ -113,3 +116,18 @@ def table(infos, recipe, spectra=None) -> list[dict]:
             row["energy_kept"] = spectra(share)
         rows.append(row)
     return rows
+
+
+def shared_whitened_svd(ws: list[torch.Tensor], hs: list[torch.Tensor | None], damp: float = 1e-4) -> list:
+    """Basis Sharing (Wang et al. 2024): one basis for the (out_i, in) matrices `ws` whose
+    inputs have the statistics `hs`. The SVD of the stacked [W_1; ...; W_N] S, with the summed
+    H = sum_i H_i = S S^T (inputs without statistics count as none; with none at all, the plain
+    SVD), is U diag(s) V^T; returns per layer (U_i, s, V^T S^-1), U_i its rows of U, so that
+    low_rank_factors gives every layer its own A_i and one and the same B (the basis)."""
+    known = [h for h in hs if h is not None]
+    w = torch.cat(list(ws))
+    if known:
+        u, s, vh = whitened_svd(w, sum(known[1:], known[0]), damp)
+    else:
+        u, s, vh = (t.to(w.dtype) for t in torch.linalg.svd(w.double(), full_matrices=False))
+    return [(ui, s, vh) for ui in u.split([m.shape[0] for m in ws])]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.data import gensim_file
-from engine.quality.seq2seq import model_inputs
+from engine.models.inputs import model_inputs
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SOURCE = f"gensim test data {WIKI_FILE} (Wikipedia articles, markup removed)"
@@ -102,7 +102,7 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
     and on each experts module of `experts` (see `targets`), accumulating H per expert matrix
     from the tokens routed to it. The inputs go to `device` (default: that of the model's
     first parameter). An encoder-decoder reads each sequence's first half in its encoder and
-    the second half teacher-forced in its decoder (engine.quality.seq2seq.model_inputs), so the layers
+    the second half teacher-forced in its decoder (engine.models.inputs.model_inputs), so the layers
     of both stacks see real text."""
     from engine.layers.experts import input_hook
 

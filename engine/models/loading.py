@@ -23,8 +23,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from engine.models.building import building, quiet
 from engine.errors import UserError, one_line
+from engine.hardware.machine import cache_dir
+from engine.models.building import building, quiet
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ ALIASES = {
     ),
 }
 DEFAULT_MODEL = "minilm"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $COMPRESSION_EXPLORER_CACHE, else the XDG cache."""
-    root = os.environ.get("COMPRESSION_EXPLORER_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "compression-explorer"
 
 
 def _package_dir(module: str) -> Path | None:

@@ -21,49 +21,31 @@ from typing import Callable
 
 import torch
 
-from engine.formats import floats
-from engine.formats import ggml
+from engine.formats import floats, ggml
+from engine.formats.bytes import (
+    VALUE_BITS_UNCOMPRESSED,
+    LayerBytes,
+    TensorBytes,
+    float_bytes,
+    ggml_bytes,
+    kept_count,
+    tensor_bytes,
+)
 from engine.formats.ggml import legacy
-from engine.formats.bytes import VALUE_BITS_UNCOMPRESSED, LayerBytes, LayerReport, TensorBytes, float_bytes, ggml_bytes, kept_count, tensor_bytes
-from engine.methods.calibrated import gptq_quantize, kmeans_quantize, on_codebook, row_mask, wanda_scores
-from engine.methods.more import awq_quantize, hqq_quantize, sparsegpt_prune
-from engine.recipe.recipe import Recipe
+from engine.formats.grid import Grid, quant_grid
+from engine.methods.awq import awq_quantize
+from engine.methods.gptq import gptq_quantize
+from engine.methods.hqq import hqq_quantize
+from engine.methods.kmeans import kmeans_quantize
+from engine.methods.magnitude import magnitude_mask, nm_mask
 from engine.methods.shared import SHARED, Share
-from engine.formats.grid import low_rank_factors, magnitude_mask, nm_mask, on_grid, quant_grid
+from engine.methods.sparsegpt import sparsegpt_prune
+from engine.methods.svd import low_rank_factors
+from engine.methods.wanda import row_mask, wanda_scores
+from engine.pipeline.tally import LayerReport
+from engine.recipe.recipe import Recipe
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out, k), S (k,), Vh (k, in)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where the values of one stored matrix may lie: a uniform grid per group (scale and
-    zero-point, as transforms.quant_grid orders them), a codebook, llama.cpp's blocks (`ggml`,
-    the type, and `raw`, its GGUF bytes (rows, row bytes)), a float format's codes and scales
-    (`floats`, the stored format as engine.formats.floats.label names it, and `parts`, its tensors), or,
-    with none, the fp16 numbers (a 16-bit value is stored as fp16)."""
-
-    scale: torch.Tensor | None = None
-    zero: torch.Tensor | None = None
-    codebook: torch.Tensor | None = None
-    ggml: str | None = None
-    raw: torch.Tensor | None = None
-    floats: str | None = None
-    parts: dict | None = None
-    channel: torch.Tensor | None = None  # AWQ: the fp16 scale of each input column; values = grid / channel
-
-    def snap(self, w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-        """w moved to the nearest value on the grid: values on it stay exactly where they are."""
-        if self.ggml is not None or self.floats is not None:  # the recipe refuses what would need it (distillation)
-            raise ValueError(f"values are not moved onto {self.ggml or self.floats}'s blocks one by one")
-        if self.codebook is not None:
-            return on_codebook(w, self.codebook)
-        if self.scale is None:
-            return w.half().to(w.dtype)
-        if self.channel is not None:
-            return on_grid(w * self.channel, self.scale, self.zero, recipe.bits, recipe.granularity,
-                           recipe.group_size, recipe.symmetric) / self.channel
-        return on_grid(w, self.scale, self.zero, recipe.bits, recipe.granularity, recipe.group_size,
-                       recipe.symmetric)
 
 
 @dataclass(frozen=True)

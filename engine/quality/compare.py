@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.quality.evaluate import mean_pool
-from engine.quality.seq2seq import decoder_start
+from engine.models.inputs import decoder_start
+from engine.quality.encoder import mean_pool
 
 MAX_PROMPT_TOKENS = 512
 

@@ -17,8 +17,29 @@ import math
 import re
 from dataclasses import dataclass
 
-from engine.recipe.fields import BITS, CALIBRATED, DISTILL_LR, GRANULARITIES, GROUPS, LOWRANK_METHODS, NUMBER_FORMATS, PRUNE_METHODS, QUANT_METHODS, Field, RecipeError, check_regex, declared, format_fields, format_update, not_int, not_number, parse_pattern, parse_rules
-from engine.recipe.fields import SHARE_BLOCKS, check_shared
+from engine.recipe.fields import (
+    BITS,
+    CALIBRATED,
+    DISTILL_LR,
+    GRANULARITIES,
+    GROUPS,
+    LOWRANK_METHODS,
+    NUMBER_FORMATS,
+    PRUNE_METHODS,
+    QUANT_METHODS,
+    SHARE_BLOCKS,
+    Field,
+    RecipeError,
+    check_regex,
+    check_shared,
+    declared,
+    format_fields,
+    format_update,
+    not_int,
+    not_number,
+    parse_pattern,
+    parse_rules,
+)
 
 
 @dataclass(frozen=True)
@@ -260,7 +281,7 @@ class Recipe:
 
     def selects(self, name: str, group: str = "other") -> bool:
         """Whether a layer of this name and group ('attention' | 'mlp' | 'experts' | 'router' |
-        'other') is compressed (routers: see engine.layers.kinds.select)."""
+        'other') is compressed (routers: see engine.layers.find.select)."""
         if self.group != "all" and group != self.group:
             return False
         return self.layers is None or re.search(self.layers, name) is not None

@@ -13,10 +13,10 @@ import platform
 import statistics
 import time
 
-from engine.formats import grid as transforms
-from engine.hardware.machine import describe, header
-from engine.recipe.recipe import Recipe
 from engine.drivers.explorer import Explorer
+from engine.hardware.machine import describe, header
+from engine.methods import svd
+from engine.recipe.recipe import Recipe
 
 BENCH_RECIPES = (
     Recipe(bits=8),
@@ -47,7 +47,7 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
 
             def recompute(name, method="svd"):  # the benchmark recipes use the plain SVD
                 if name not in fresh:
-                    fresh[name] = transforms.svd(ex.weight(name))
+                    fresh[name] = svd.svd(ex.weight(name))
                 return fresh[name]
 
             t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def bench_model(ref: str, device: str | None = None, repeats: int = 1, recipes=B
 
 def run_bench(models, device=None, repeats=1) -> dict:
     out = {name: bench_model(name, device, repeats) for name in models}
-    out["machine"] = {**describe(probes=False), "python": platform.python_version(), "header": header()}
+    out["machine"] = {**describe(), "python": platform.python_version(), "header": header()}
     return out
 
 

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.models import data
-from engine.hardware import machine
-from engine.speed import roofline
-from engine.speed import runtime
-from engine.speed import tuning
 from engine.drivers.footprint import kv_cache_of
+from engine.hardware import machine
 from engine.hardware.peak import Peak
+from engine.models import data
+from engine.speed import roofline, runtime, tuning
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.speed import kernels
-from engine.layers.experts import materialize
-from engine.layers.kinds import CompressedEmbedding, CompressedLinear, replace_module
 from engine.drivers.workspace import module_copy, set_parameters
+from engine.layers.experts import materialize
+from engine.layers.find import replace_module
+from engine.layers.kinds import CompressedEmbedding, CompressedLinear
+from engine.speed import kernels
 
 
 class KernelLinear(nn.Module):

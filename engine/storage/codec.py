@@ -29,16 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.formats import floats
-from engine.formats import ggml
-from engine.formats.bytes import TensorBytes
-from engine.methods.calibrated import codebook_index
 from engine.errors import UserError
-from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
+from engine.formats import floats, ggml
+from engine.formats.bytes import TensorBytes
+from engine.formats.grid import Grid, code_offset, codebook_index, dequantize, per_entry, quantize
 from engine.methods.shared import SHARED, Share
-from engine.formats.grid import code_offset, dequantize, per_entry, quantize
-from engine.storage import huffman
-from engine.storage import pack
+from engine.pipeline.compress import StoredLayer, StoredMatrix
+from engine.storage import huffman, pack
 
 
 @dataclass(frozen=True)

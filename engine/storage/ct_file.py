@@ -219,7 +219,8 @@ def load_into(work, path: str | Path):
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
     from safetensors.torch import load_file
 
-    from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
+    from engine.formats.grid import Grid
+    from engine.pipeline.compress import StoredLayer, StoredMatrix
     from engine.pipeline.compress import predict as predict_layer
 
     t0 = time.perf_counter()
@@ -270,7 +271,8 @@ def load_into(work, path: str | Path):
 def _float_layer(info, recipe, tensors: dict, device):
     """A layer written in fp8_e4m3 or nvfp4, read back into the explorer's float format."""
     from engine.formats import floats
-    from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix, predict
+    from engine.formats.grid import Grid
+    from engine.pipeline.compress import StoredLayer, StoredMatrix, predict
 
     n, fmt = info.name, recipe.number_format
     if fmt == "fp8_e4m3":

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.storage import ct_file
-from engine.storage import gguf_file
+from engine.storage import ct_file, gguf_file
 from engine.storage import explorer_format as explorer_folder
 
 

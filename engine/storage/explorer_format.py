@@ -89,9 +89,9 @@ def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
     codes are Huffman-coded where that is smaller (its part's `coding` says which, and
     `values_written` its bytes); `tensor_bytes` is then what was written, beside the
     fixed-width `predicted_bytes`."""
-    from safetensors.torch import save_file
     import safetensors
     import transformers
+    from safetensors.torch import save_file
 
     out = Path(out)
     applied = work.applied

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import torch
 
-from engine.formats import ggml
 from engine.errors import UserError
-from engine.formats.ggml import legacy
+from engine.formats import ggml
 from engine.formats.bytes import TensorBytes, ggml_bytes
-from engine.pipeline.compress import Grid, StoredLayer, StoredMatrix
-from engine.recipe.recipe import Recipe
-from engine.recipe.presets import gguf_names
+from engine.formats.ggml import legacy
+from engine.formats.grid import Grid
 from engine.models.loading import gguf_file
+from engine.pipeline.compress import StoredLayer, StoredMatrix
 from engine.recipe.fields import FORMAT_GRID
+from engine.recipe.presets import gguf_names
+from engine.recipe.recipe import Recipe
 from engine.storage import gguf_vocab
 
 ARCHES = {"llama": "llama", "mistral": "llama"}

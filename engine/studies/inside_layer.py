@@ -18,10 +18,10 @@ import math
 
 import torch
 
+from engine.formats.grid import _grouped, code_offset, dequantize, on_grid
+from engine.methods.magnitude import magnitude_mask, nm_mask
 from engine.recipe.fields import FLOAT_FORMATS
-from engine.storage import codec
-from engine.storage import huffman
-from engine.formats.grid import _grouped, code_offset, dequantize, magnitude_mask, nm_mask, on_grid
+from engine.storage import codec, huffman
 
 CROP = 48  # values a side of the matrix crops
 HEAT_ROWS = 192  # rows of a heatmap before rows are pooled (max over neighbouring rows)

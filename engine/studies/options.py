@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.recipe.recipe import Recipe
 from engine.recipe.fields import BITS, NUMBER_FORMATS
+from engine.recipe.recipe import Recipe
 
 GROUP_SIZES = (32, 64, 128, 256)  # the wider ladder's, as the app's group-size control
 

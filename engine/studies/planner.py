@@ -35,10 +35,10 @@ import math
 
 from engine.errors import UserError
 from engine.glossary import HIGHER_IS_BETTER
+from engine.recipe.fields import RecipeError
+from engine.recipe.recipe import Recipe
 from engine.studies.options import REFERENCE, Option, default_ladder, parse_ladder, parse_option, wider_ladder
 from engine.studies.sensitivity import _groups, unit_regex
-from engine.recipe.recipe import Recipe
-from engine.recipe.fields import RecipeError
 
 # the options, written and offered, live in engine.studies.options; the planner's callers find them here too
 __all__ = ["plan", "least_loss", "candidates", "with_choice", "score", "planning_text", "PLAN_PARAGRAPHS",

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.formats.floats import blockwise
-from engine.formats.floats import scaled
+from engine.formats.floats import blockwise, scaled
 
 
 @dataclass(frozen=True)

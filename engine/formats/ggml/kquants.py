@@ -27,7 +27,19 @@ from __future__ import annotations
 import torch
 
 from engine.formats.ggml import blocks as bk
-from engine.formats.ggml.search import F32, const, first_absmax, make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, nearest_int, seqsum, sqrtf
+from engine.formats.ggml.search import (
+    F32,
+    const,
+    first_absmax,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qkx3_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int,
+    seqsum,
+    sqrtf,
+)
 
 QK = 256
 SIZES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210}

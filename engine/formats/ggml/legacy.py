@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.formats.ggml import TYPES
+from engine.formats.ggml.types import TYPES
 
 _OFFSET = {"q4_0": 8, "q5_0": 16, "q8_0": 0, "q4_1": 0, "q5_1": 0}
 _TOP = {"q4_0": 15, "q4_1": 15, "q5_0": 31, "q5_1": 31, "q8_0": 127}
@@ -109,7 +109,7 @@ def recode(fmt: str, v: torch.Tensor, d: torch.Tensor, lo: torch.Tensor | None) 
 
 
 class Grid:
-    """GPTQ's grid rule for a legacy type (see engine.methods.calibrated.IntGrid): a block's (d, minimum)
+    """GPTQ's grid rule for a legacy type (see engine.methods.gptq.IntGrid): a block's (d, minimum)
     from its weights as updated so far, each column rounded onto it as llama.cpp rounds."""
 
     def __init__(self, fmt: str):
