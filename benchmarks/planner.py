@@ -47,11 +47,11 @@ def run_model(ref: str, refs, rounds: int) -> dict:
             ex.calibration()
         t0 = time.perf_counter()
         p = planner.plan(work, recipe, by="type", rounds=rounds)
-        rows.append({"reference": name, "recipe": p["uniform"]["recipe"], "seconds": time.perf_counter() - t0,
-                     "reference_bytes": p["uniform"]["compressed_bytes"], "reference_metrics": p["uniform"]["metrics"],
-                     "plan_bytes": p["plan"]["compressed_bytes"], "plan_metrics": p["plan"]["metrics"],
-                     "is_reference": p["is_reference"], "measured_choices": p["measured_choices"],
-                     "rounds": p["rounds"], "choice": {u["unit"]: u["choice"] for u in p["units"]}})
+        rows.append({"reference": name, "recipe": p.reference.describe(), "seconds": time.perf_counter() - t0,
+                     "reference_bytes": p.uniform.compressed_bytes, "reference_metrics": p.uniform.metrics,
+                     "plan_bytes": p.planned.compressed_bytes, "plan_metrics": p.planned.metrics,
+                     "is_reference": p.is_reference, "measured_choices": p.measured_choices,
+                     "rounds": [c.to_dict() for c in p.rounds], "choice": {u.unit: u.choice for u in p.units}})
     return {"model": ref, "note": ex.loaded.note, "primary": ev.primary, "baseline": ev.baseline(), "rows": rows}
 
 

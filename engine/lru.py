@@ -82,9 +82,11 @@ class LRU:
     until both limits hold; an entry larger than `max_bytes` on its own is returned but not kept.
     Safe to use from several threads. `evicted` counts the entries evicted so far.
 
-    >>> c = LRU("demo", max_entries=2); c.put("a", 1); c.put("b", 2); c.get("a"); c.put("c", 3)
-    >>> list(c.keys())   # "b" was the least recently used
-    ['a', 'c']
+    >>> c = LRU("demo", max_entries=2)
+    >>> c.put("a", 1), c.put("b", 2), c.get("a"), c.put("c", 3)   # put returns what it keeps
+    (1, 2, 1, 3)
+    >>> c.keys(), c.evicted   # "b" was the least recently used
+    (['a', 'c'], 1)
     """
 
     def __init__(self, name: str, max_bytes: int | None = None, max_entries: int | None = None,

@@ -2,7 +2,6 @@
 import pandas as pd
 import streamlit as st
 
-from engine.recipe.recipe import Recipe
 from engine.studies import planner
 from engine.studies import sensitivity as plan
 from ui import caches, charts, context, controls
@@ -64,36 +63,36 @@ result = results.get(key)
 if not result:
     st.info("Choose the unit, the options and the bytes, and press **Measure and plan**.")
     st.stop()
-grid = result["grid"]
-metric = result["metric"]
+grid = result.grid
+metric = result.metric
 st.subheader("Sensitivity in context", help=f"Loss: how much the first estimate of {metric} gets worse (log "
              "perplexity for a language model) with only that unit changed to that option and the rest at "
-             f"{grid['reference']}, measured on {grid['text']}, which the evaluation never reads. Negative: "
+             f"{grid.reference}, measured on {grid.text}, which the evaluation never reads. Negative: "
              "better than the reference.")
 st.plotly_chart(charts.sensitivity_heatmap(grid), config=charts.PNG, key="sensitivity_heatmap")
-rows = [{"unit": u, **{o: grid["loss"][i][j] for j, o in enumerate(grid["options"])}}
-        for i, u in enumerate(grid["units"])]
+rows = [{"unit": u, **{o: grid.loss[i][j] for j, o in enumerate(grid.options)}}
+        for i, u in enumerate(grid.units)]
 df = pd.DataFrame(rows)
 st.download_button("Download sensitivity (CSV)", df.to_csv(index=False),
                    f"{ctx.ref.replace('/', '_')}-sensitivity.csv", "text/csv")
 
 st.subheader("Plan")
-p, uni = result["plan"], result["uniform"]
+p, uni = result.planned, result.uniform
 c = st.columns(2)
-c[0].metric(f"Planned: {metric}", f"{p['metrics'][metric]:.4g}",
-            help=f"{charts.human_bytes(p['compressed_bytes'])}, ratio {p['ratio']:.4f}")
-c[1].metric(f"{uni['recipe']}: {metric}", f"{uni['metrics'][metric]:.4g}",
-            help=f"{charts.human_bytes(uni['compressed_bytes'])}, ratio {uni['ratio']:.4f}")
-if result["is_reference"]:
+c[0].metric(f"Planned: {metric}", f"{p.metrics[metric]:.4g}",
+            help=f"{charts.human_bytes(p.compressed_bytes)}, ratio {p.ratio:.4f}")
+c[1].metric(f"{result.reference.describe()}: {metric}", f"{uni.metrics[metric]:.4g}",
+            help=f"{charts.human_bytes(uni.compressed_bytes)}, ratio {uni.ratio:.4f}")
+if result.is_reference:
     st.warning("No mix of these options measured better than the sidebar's recipe within its bytes: the plan is "
                "the sidebar's recipe itself.")
-st.caption(f"Planned {charts.human_bytes(p['compressed_bytes'])} (ratio {p['ratio']:.4f}) against "
-           f"{charts.human_bytes(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}) for the sidebar's recipe; "
-           f"baseline {metric} {result['baseline'][metric]:.4g}; full protocol for both. "
-           f"{result['measured_choices']} settings measured in {result['rounds_run']} round(s).")
-st.dataframe([{"unit": u["unit"], "layers": len(u["layers"]), "setting": u["choice"]} for u in result["units"]],
+st.caption(f"Planned {charts.human_bytes(p.compressed_bytes)} (ratio {p.ratio:.4f}) against "
+           f"{charts.human_bytes(uni.compressed_bytes)} (ratio {uni.ratio:.4f}) for the sidebar's recipe; "
+           f"baseline {metric} {result.baseline[metric]:.4g}; full protocol for both. "
+           f"{result.measured_choices} settings measured in {result.rounds_run} round(s).")
+st.dataframe([{"unit": u.unit, "layers": len(u.layers), "setting": u.choice} for u in result.units],
              hide_index=True, width="stretch")
-planned = Recipe.from_dict(result["recipe"])
+planned = result.recipe
 st.caption(f"The plan as a recipe: **{planned.describe()}** (a per-layer rule for each unit not at the "
            "sidebar's setting). Use it in the sidebar to explore, export or sweep it like any recipe.")
 c = st.columns(2)

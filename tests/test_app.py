@@ -266,12 +266,12 @@ def test_sensitivity_heatmap_and_plan(tmp_path):
     # the plan is a recipe: one click puts it in the sidebar, and every page then shows it
     next(b for b in at.button if b.label == "Use this plan in the sidebar").click()
     ok(at.run())
-    recipe = Recipe.from_dict(planned["recipe"])
+    recipe = planned.recipe
     assert at.session_state["_recipe"] == recipe and recipe.per_layer
     assert any("Per-layer rules" in s.value for s in at.sidebar.subheader)
     at.switch_page("pages/explore.py").run()
     assert recipe_caption(ok(at)) == recipe.describe()
-    assert compressed_bytes(at) == pytest.approx(planned["plan"]["compressed_bytes"], rel=0.005)  # as shown, rounded
+    assert compressed_bytes(at) == pytest.approx(planned.planned.compressed_bytes, rel=0.005)  # as shown, rounded
     at.switch_page("pages/sensitivity.py").run()  # an option typed in that is not one: an error box, the page goes on
     at.multiselect(key="sensitivity_options").set_value(["3/g64", "4/s1.5"])
     next(b for b in at.button if b.label == "Measure and plan").click()

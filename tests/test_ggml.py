@@ -9,10 +9,10 @@ from engine.drivers.footprint import open_skeleton, predict
 from engine.formats import ggml
 from engine.formats.bytes import ggml_bytes
 from engine.formats.ggml import legacy
+from engine.formats.table import FORMATS
 from engine.methods.gptq import gptq_quantize
 from engine.pipeline.compress import compress
 from engine.pipeline.compress import predict as predict_layer
-from engine.recipe.fields import FLOAT_FORMATS, FORMAT_GRID, NUMBER_FORMATS
 from engine.recipe.presets import layer_types, preset_recipe
 from engine.recipe.recipe import Recipe, RecipeError
 from engine.speed import kernels
@@ -26,11 +26,12 @@ def _weights(rows=16, cols=512, seed=0):
 
 
 def test_every_type_has_ggmls_block_and_bytes():
-    assert set(NUMBER_FORMATS) - {"int"} - set(FLOAT_FORMATS) == set(ggml.TYPES)
+    assert [f for f in FORMATS if FORMATS[f].family == "ggml"] == list(ggml.TYPES)
     for name, t in ggml.TYPES.items():
         block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name.upper()]]
         assert (t.block, t.size) == (block, size)
-        assert FORMAT_GRID[name] == (t.bits, t.block, t.symmetric)
+        f = FORMATS[name]
+        assert (f.bits, f.block, f.symmetric, f.bits_per_value) == (t.bits, t.block, t.symmetric, 8 * size / block)
         b = ggml_bytes(3, 2 * block, name)
         assert b.total == 3 * 2 * size and b.values == 3 * 2 * block * t.bits // 8
     assert ggml.TYPES["q4_k"].bits_per_value == 4.5 and ggml.TYPES["q2_k"].bits_per_value == 2.625

@@ -99,36 +99,49 @@ def test_rank_and_sparsity_per_unit_where_asked(tiny_models):
 
     work = Explorer.open(tiny_models["bert"]).workspace()
     result = P.plan(work, Recipe(bits=4), by="type", ladder=P.parse_ladder("4/s0.5,8/r0.5,8/ch"), rounds=1)
-    assert result["grid"]["options"] == ["reference", "4/s0.5", "8/r0.5", "8/ch"]
-    assert all(b < 0 for b in (row[1] for row in result["grid"]["bytes"]))  # half the values pruned: fewer bytes
-    assert result["plan"]["compressed_bytes"] <= result["uniform"]["compressed_bytes"]
-    recipe = Recipe.from_json(json.dumps(result["recipe"]))
-    for u in result["units"]:  # every layer of a unit carries its option's sparsity, rank and bits
-        want = Recipe(bits=4) if u["choice"] == "reference" else Recipe(bits=4).updated(**P.parse_option(u["choice"]).rule)
-        assert {recipe.for_layer(n) for n in u["layers"]} == {want}
-    assert work.apply(recipe).memory.compressed_bytes == result["plan"]["compressed_bytes"]
+    assert result.grid.options == ("reference", "4/s0.5", "8/r0.5", "8/ch")
+    assert all(b < 0 for b in (row[1] for row in result.grid.bytes))  # half the values pruned: fewer bytes
+    assert result.planned.compressed_bytes <= result.uniform.compressed_bytes
+    recipe = Recipe.from_json(json.dumps(result.recipe.to_dict()))
+    for u in result.units:  # every layer of a unit carries its option's sparsity, rank and bits
+        want = Recipe(bits=4) if u.choice == "reference" else Recipe(bits=4).updated(**P.parse_option(u.choice).rule)
+        assert {recipe.for_layer(n) for n in u.layers} == {want}
+    assert work.apply(recipe).memory.compressed_bytes == result.planned.compressed_bytes
+    # its JSON form: the keys `python -m engine plan --json` prints, plain data throughout
+    d = json.loads(json.dumps(result.to_dict()))
+    assert list(d) == ["metric", "baseline", "target_ratio", "budget_bytes", "by", "reference", "ladder", "recipe",
+                       "is_reference", "units", "grid", "rounds", "rounds_run", "measured_choices", "plan", "uniform"]
+    assert d == result.to_dict() and d["grid"]["options"] == list(result.grid.options)
+    assert d["units"][0] == {"unit": result.units[0].unit, "layers": list(result.units[0].layers),
+                             "choice": result.units[0].choice, "loss_by_option": dict(zip(d["grid"]["options"],
+                                                                                           d["grid"]["loss"][0]))}
+    assert d["uniform"] == {"recipe": "int4 g128", "compressed_bytes": result.uniform.compressed_bytes,
+                            "ratio": result.uniform.ratio, "metrics": result.uniform.metrics}
+    assert set(d["plan"]) == {"compressed_bytes", "ratio", "metrics"} and d["reference"] == Recipe(bits=4).to_dict()
+    assert list(d["rounds"][0]) == ["round", "changes", "predicted", "measured", "bytes", "choice"]
+    assert d["rounds_run"] == 1 and d["measured_choices"] == result.measured_choices
 
 
 def test_plan_beats_uniform_3_bits_on_minilm_and_is_a_recipe(minilm_explorer):
     work = minilm_explorer.workspace()
     ladder = P.parse_ladder("2/ch,3/g64")
     result = P.plan(work, Recipe(bits=3), by="type", ladder=ladder, rounds=1)
-    p, uni = result["plan"], result["uniform"]
-    assert p["compressed_bytes"] <= uni["compressed_bytes"] == work.apply(Recipe(bits=3)).memory.compressed_bytes
-    assert not result["is_reference"]
+    p, uni = result.planned, result.uniform
+    assert p.compressed_bytes <= uni.compressed_bytes == work.apply(Recipe(bits=3)).memory.compressed_bytes
+    assert not result.is_reference
     # measured with the full protocol: the plan keeps the embeddings closer than uniform 3 bits
-    assert p["metrics"]["cosine_to_original"] > uni["metrics"]["cosine_to_original"]
-    assert len(result["grid"]["units"]) == 7 and result["grid"]["options"] == ["reference", "2/ch", "3/g64"]
-    assert all(row[0] == 0.0 for row in result["grid"]["loss"])  # the reference's own option costs nothing
+    assert p.metrics["cosine_to_original"] > uni.metrics["cosine_to_original"]
+    assert len(result.grid.units) == 7 and result.grid.options == ("reference", "2/ch", "3/g64")
+    assert all(row[0] == 0.0 for row in result.grid.loss)  # the reference's own option costs nothing
     # the plan is a recipe: it round-trips through JSON, gives every layer its unit's setting, and
     # applied again (as the app or `run --recipe` would) has the plan's bytes and quality
-    recipe = Recipe.from_json(json.dumps(result["recipe"]))
-    assert recipe.to_dict() == result["recipe"] and recipe.per_layer
-    for u in result["units"]:
-        want = Recipe(bits=3) if u["choice"] == "reference" else Recipe(bits=3).updated(**P.parse_option(u["choice"]).rule)
-        assert {recipe.for_layer(n) for n in u["layers"]} == {want}
+    recipe = Recipe.from_json(json.dumps(result.to_dict()["recipe"]))
+    assert recipe == result.recipe and recipe.to_dict() == result.recipe.to_dict() and recipe.per_layer
+    for u in result.units:
+        want = Recipe(bits=3) if u.choice == "reference" else Recipe(bits=3).updated(**P.parse_option(u.choice).rule)
+        assert {recipe.for_layer(n) for n in u.layers} == {want}
     applied = work.apply(recipe)
-    assert applied.memory.compressed_bytes == p["compressed_bytes"]
+    assert applied.memory.compressed_bytes == p.compressed_bytes
     from engine.drivers import footprint
 
     sk = footprint.skeleton_of(minilm_explorer.loaded.model.config, "minilm", "minilm")

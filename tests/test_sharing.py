@@ -119,7 +119,7 @@ def test_basis_counted_once_by_hand_and_from_shapes(recipe):
 
 @pytest.mark.parametrize("fields, message", [
     ({"lowrank_method": "whitened", "share_blocks": 3}, "share_blocks: only with lowrank_method shared"),
-    ({"lowrank_method": "shared", "share_blocks": 1}, "share_blocks: must be an integer from 2 to 64"),
+    ({"lowrank_method": "shared", "share_blocks": 1}, "share_blocks: must be an integer in \\[2, 64\\]"),
     ({"lowrank_method": "shared", "rank_ratio": 0.5, "bits": 4, "quant_method": "gptq"}, "quant_method: gptq"),
     ({"lowrank_method": "shared", "rank_ratio": 0.5, "sparsity": 0.5, "prune_method": "wanda"}, "prune_method: wanda"),
     ({"lowrank_method": "shared", "rank_ratio": 0.5, "distill_steps": 4}, "distill_steps: distillation"),

@@ -129,16 +129,17 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
     return _layout(fig, 440)
 
 
-def sensitivity_heatmap(grid: dict) -> go.Figure:
-    """Loss of each unit (row) at each option (column) in context, from engine.studies.planner.plan's grid."""
+def sensitivity_heatmap(grid) -> go.Figure:
+    """Loss of each unit (row) at each option (column) in context, from a plan's grid
+    (engine.studies.plan_result.Grid, `plan(...).grid`)."""
     fig = go.Figure(go.Heatmap(
-        z=grid["loss"], x=grid["options"], y=grid["units"], colorscale="RdBu_r", zmid=0,
-        colorbar=dict(title=f"{grid['metric']} loss"),
+        z=[list(row) for row in grid.loss], x=list(grid.options), y=list(grid.units), colorscale="RdBu_r", zmid=0,
+        colorbar=dict(title=f"{grid.metric} loss"),
         hovertemplate="%{y} at %{x}: loss %{z:.4g}<extra></extra>"))
-    fig.update_layout(xaxis=dict(title=f"that unit's setting, the rest at {grid['reference']}"),
-                      yaxis=dict(title=grid["by"], autorange="reversed",
-                                 showticklabels=len(grid["units"]) <= 40))
-    return _layout(fig, max(320, min(900, 16 * len(grid["units"]) + 140)))
+    fig.update_layout(xaxis=dict(title=f"that unit's setting, the rest at {grid.reference}"),
+                      yaxis=dict(title=grid.by, autorange="reversed",
+                                 showticklabels=len(grid.units) <= 40))
+    return _layout(fig, max(320, min(900, 16 * len(grid.units) + 140)))
 
 
 def next_tokens(top: list[dict]) -> go.Figure:

@@ -13,24 +13,18 @@ from typing import Callable
 import streamlit as st
 
 from engine.errors import UserError
-from engine.formats.floats import TYPES as FLOAT_TYPES
-from engine.formats.ggml import TYPES, layout_note
+from engine.formats.ggml import layout_note
+from engine.formats.table import FORMATS
 from engine.glossary import CONCEPTS, FORMAT_NOTES
-from engine.recipe.fields import DOUBLE_QUANT_FORMATS, FORMAT_GRID
+from engine.methods.table import METHODS
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
 
 FIELDS = Recipe.fields()
 DEFAULTS = Recipe().to_dict()
-METHOD_LABELS = {"svd": "SVD", "whitened": "Whitened SVD (calibrated)", "magnitude": "Magnitude",
-                 "wanda": "Wanda (calibrated)", "rtn": "Round to nearest", "gptq": "GPTQ (calibrated)",
-                 "kmeans": "k-means codebook", "imatrix": "Importance matrix (llama.cpp's imatrix, calibrated)",
-                 "hqq": "HQQ (half-quadratic fit)", "awq": "AWQ (calibrated)", "sparsegpt": "SparseGPT (calibrated)",
-                 "shared": "Basis shared across blocks (calibrated)"}
-SHARE_BLOCKS = (2, 3, 4, 6)
-FORMAT_LABELS = {"int": "Explorer's integer grid", **{f: f"{f.upper()} (llama.cpp, {t.bits_per_value:g} bits/value)"
-                                                      for f, t in TYPES.items()},
-                 **{f: f"{f.upper()} ({t.bits_per_value:g} bits/value)" for f, t in FLOAT_TYPES.items()}}
+METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
+SHARE_BLOCKS_OFFERED = (2, 3, 4, 6)  # the slider's stops (the recipe takes 2 to 64)
+FORMAT_LABELS = {name: f.label for name, f in FORMATS.items()}
 FORMAT_FIXES = ("bits", "granularity", "group_size", "symmetric")  # what a llama.cpp format sets itself
 GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
 SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP", "experts": "Experts (MoE)",
@@ -61,7 +55,7 @@ class Control:
     shown: Callable[[dict], bool] | None = None
 
     def choices(self, field: str) -> tuple | None:
-        return self.options or FIELDS[field].choices
+        return self.options or FIELDS[field].allowed
 
 
 def _quantized(v):
@@ -78,12 +72,12 @@ CONTROLS: dict[str, Control] = {
     "lowrank_method": Control("Low rank", "Low-rank method", "selectbox", CONCEPTS["lowrank_method"],
                               labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
     "share_blocks": Control("Low rank", "Blocks sharing one basis", "select_slider", CONCEPTS["share_blocks"],
-                            options=SHARE_BLOCKS, enabled=lambda v: v["rank_ratio"] < 1,
+                            options=SHARE_BLOCKS_OFFERED, enabled=lambda v: v["rank_ratio"] < 1,
                             shown=lambda v: v["lowrank_method"] == "shared"),
     "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
                              labels=FORMAT_LABELS),
     "double_quant": Control("Quantization", "Double quantization", "toggle", CONCEPTS["double_quant"],
-                            shown=lambda v: v["number_format"] in DOUBLE_QUANT_FORMATS),
+                            shown=lambda v: FORMATS[v["number_format"]].double_quant),
     "bits": Control("Quantization", "Bit width", "select_slider", CONCEPTS["bits"],
                     labels={16: "16 (off)"}, enabled=_own_grid),
     "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
@@ -147,7 +141,7 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     d["sparsity"] = 0.0 if v["pattern"] != "unstructured" else round(v["sparsity"], 2)
     d["layers"] = (d["layers"] or "").strip() or None
     d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
-    d["double_quant"] = bool(v["double_quant"]) and v["number_format"] in DOUBLE_QUANT_FORMATS
+    d["double_quant"] = bool(v["double_quant"]) and FORMATS[v["number_format"]].double_quant
     d["share_blocks"] = v["share_blocks"] if v["lowrank_method"] == "shared" else DEFAULTS["share_blocks"]
     if v["number_format"] != "int":  # the format sets them
         d = {f: x for f, x in d.items() if f not in FORMAT_FIXES}
@@ -157,8 +151,7 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
 def _follow_format(v: dict) -> None:
     """Show a llama.cpp or float format's own bits, blocks and symmetry in the (disabled) grid controls."""
     if v["number_format"] != "int":
-        bits, block, symmetric = FORMAT_GRID[v["number_format"]]
-        for f, x in zip(FORMAT_FIXES, (bits, "group" if block else "channel", block or 128, symmetric)):
+        for f, x in FORMATS[v["number_format"]].fixed().items():
             st.session_state[key(f)] = x
 
 
@@ -173,7 +166,7 @@ def set_controls(r: Recipe, name: str) -> str | None:
     if r.group_size not in GROUP_SIZES:
         problems.append(f"group size {r.group_size} is not offered here; shown as 128")
         r = r.updated(group_size=128)
-    if r.share_blocks not in SHARE_BLOCKS:
+    if r.share_blocks not in SHARE_BLOCKS_OFFERED:
         problems.append(f"{r.share_blocks} blocks sharing a basis is not offered here; shown as 2")
         r = r.updated(share_blocks=2)
     if r.pattern not in PATTERNS:

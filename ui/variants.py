@@ -2,7 +2,8 @@
 mixes and types, each its own points."""
 from __future__ import annotations
 
-from engine.recipe.fields import LEGACY_FORMATS, SHARE_BLOCKS, RecipeError
+from engine.formats.table import FORMATS
+from engine.recipe.fields import SHARE_BLOCKS, RecipeError
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
 
@@ -44,7 +45,7 @@ def llama_points(variant: str, explorer) -> list[Recipe]:
     by round to nearest)."""
     method = LLAMA_VARIANTS[variant]
     if method == "gptq":
-        return [Recipe(number_format=f, quant_method="gptq", include_embeddings=True) for f in LEGACY_FORMATS]
+        return [Recipe(number_format=f, quant_method="gptq", include_embeddings=True) for f in FORMATS if FORMATS[f].legacy]
     return [explorer.preset(p, quant_method=method) for p in PRESETS]
 
 

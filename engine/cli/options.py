@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.recipe.recipe import CALIBRATED, Recipe, RecipeError
+from engine.methods.table import calibrated as calibrated_methods
+from engine.recipe.recipe import Recipe, RecipeError
 
 EXCLUSIVE = ("rank", "rank_ratio")  # a rank, or a fraction of each layer's full rank: not both
 # a sweep's grid axes: comma-separated values (default, help)
@@ -32,7 +33,7 @@ def recipe_args(p, sweep: bool = False, preset: bool = False) -> None:
     sweep takes the grid's axes (SWEEP_AXES) as comma-separated values, no --rank (the grid
     sets the rank ratio) and no --recipe."""
     fields = Recipe.fields()
-    calibrated = [c for spec in fields.values() for c in spec.choices or () if c in CALIBRATED]
+    calibrated = [c for spec in fields.values() for c in spec.allowed or () if c in calibrated_methods()]
     g = p.add_argument_group(f"recipe ({', '.join(calibrated[:-1])} and {calibrated[-1]} run the calibration "
                              "text through the model once)")
     rank = None if sweep else g.add_mutually_exclusive_group()
@@ -50,7 +51,7 @@ def recipe_args(p, sweep: bool = False, preset: bool = False) -> None:
                                help=spec.help)
         else:
             where.add_argument(option, dest=name, type=spec.type, help=spec.help,
-                               choices=spec.choices if spec.type is str else None)
+                               choices=spec.allowed if spec.type is str else None)
     if not sweep:
         g.add_argument("--recipe", help="a recipe JSON file; options given here override its fields")
     if preset:

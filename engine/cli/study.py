@@ -86,19 +86,19 @@ def cmd_plan(args):
     finally:
         bar.close()
     if path:  # the plan as a recipe with per-layer rules: --recipe FILE and the app load it
-        path.write_text(json.dumps(result["recipe"], indent=2), encoding="utf-8")
+        path.write_text(json.dumps(result.recipe.to_dict(), indent=2), encoding="utf-8")
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return
-    m, p, uni = result["metric"], result["plan"], result["uniform"]
+    m, p, uni = result.metric, result.planned, result.uniform
     budget = "the bytes of the reference" if args.target_ratio is None else f"target {args.target_ratio} of fp16"
-    print(f"{args.model}: a setting per {args.by} from {', '.join(result['ladder'])}, within {budget}")
-    for u in result["units"]:
-        print(f"  {u['unit']:<52} {u['choice']}")
-    print(f"planned: {mb(p['compressed_bytes'])} (ratio {p['ratio']:.4f}), {m} {p['metrics'][m]:.4g}"
-          + (" (no mix measured better: the plan is the reference)" if result["is_reference"] else ""))
-    print(f"reference {uni['recipe']}: {mb(uni['compressed_bytes'])} (ratio {uni['ratio']:.4f}), "
-          f"{m} {uni['metrics'][m]:.4g}; baseline {result['baseline'][m]:.4g}")
+    print(f"{args.model}: a setting per {args.by} from {', '.join(result.ladder)}, within {budget}")
+    for u in result.units:
+        print(f"  {u.unit:<52} {u.choice}")
+    print(f"planned: {mb(p.compressed_bytes)} (ratio {p.ratio:.4f}), {m} {p.metrics[m]:.4g}"
+          + (" (no mix measured better: the plan is the reference)" if result.is_reference else ""))
+    print(f"reference {result.reference.describe()}: {mb(uni.compressed_bytes)} (ratio {uni.ratio:.4f}), "
+          f"{m} {uni.metrics[m]:.4g}; baseline {result.baseline[m]:.4g}")
 
 
 def add_parsers(sub) -> None:

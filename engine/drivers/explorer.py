@@ -36,7 +36,7 @@ import torch
 from engine.drivers.workspace import Workspace, module_copy
 from engine.errors import UserError
 from engine.layers.find import BLOCK_ROLES, find_layers, select
-from engine.layers.kinds import LayerInfo
+from engine.layers.table import LayerInfo
 from engine.lru import LRU, tensor_bytes
 from engine.methods import shared, svd, whitened
 from engine.methods import shared as sharing
@@ -57,6 +57,20 @@ def svd_bytes(info: LayerInfo, element_size: int = 4) -> int:
     out, inp = info.shape
     k = min(out, inp)
     return (out * k + k + k * inp) * element_size
+
+
+def layer_factors(w: torch.Tensor, method: str = "svd", h: torch.Tensor | None = None) -> tuple:
+    """(U, S, Vh) of the (out, in) matrix `w` for its low-rank `method`: for 'whitened' with
+    input statistics `h` (H = X^T X / n, (in, in)) the SVD of W S with H = S S^T, returned as
+    (U, s, V^T S^-1) (whitened.whitened_svd); else, 'svd', 'whitened' without `h` (an embedding,
+    an expert no calibration token reached) or 'shared' on a layer of no group, the plain SVD.
+    A group sharing one basis takes its stacked SVD instead (shared.shared_whitened_svd).
+
+    >>> w = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    >>> layer_factors(w)[1].tolist(), layer_factors(w, "whitened", None)[1].tolist()  # no H: the plain SVD
+    ([4.0, 3.0], [4.0, 3.0])
+    """
+    return whitened.whitened_svd(w, h) if method == "whitened" and h is not None else svd.svd(w)
 
 
 def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Module) -> list[LayerInfo]:
@@ -118,14 +132,11 @@ class Explorer:
     def factors(self, name: str, method: str = "svd"):
         """(U, S, Vh) of a layer, computed once and cached: the plain SVD, or for 'whitened'
         the SVD of W S with H = S S^T from calibration, returned as (U, s, V^T S^-1)
-        (whitened.whitened_svd; a layer without input statistics, an embedding, gets the plain one)."""
-        if method == "whitened":
-            h = self.hessian(name)
-            if h is not None:
-                with self._lock:
-                    return self._svd.get_or_put(("whitened", name), lambda: whitened.whitened_svd(self.weight(name), h))
+        (layer_factors; a layer without input statistics, an embedding, gets the plain one)."""
+        h = self.hessian(name) if method == "whitened" else None
+        key = name if h is None else ("whitened", name)  # without H the plain SVD, cached once for both
         with self._lock:
-            return self._svd.get_or_put(name, lambda: svd.svd(self.weight(name)))
+            return self._svd.get_or_put(key, lambda: layer_factors(self.weight(name), method, h))
 
     def shared_factors(self, share) -> list:
         """Per layer of a group that shares one basis (an engine.methods.shared.Share), in its order,

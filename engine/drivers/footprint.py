@@ -23,7 +23,7 @@ import torch
 
 from engine.errors import UserError
 from engine.layers.find import find_layers, select
-from engine.layers.kinds import LayerInfo
+from engine.layers.table import LayerInfo
 from engine.methods import shared as sharing
 from engine.models.building import building
 from engine.models.loading import auto_class, kind_of, one_line, open_config, read_config

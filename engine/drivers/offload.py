@@ -16,17 +16,19 @@ holds. The model is changed in place: a loaded model serves one recipe.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
 import torch
 
+from engine.drivers.explorer import layer_factors, require_compressible
 from engine.errors import UserError
 from engine.formats import grid as transforms
 from engine.layers.find import select
-from engine.layers.kinds import LayerInfo
-from engine.methods import svd, whitened
+from engine.layers.table import LayerInfo
+from engine.methods import svd
 from engine.models import calibrate
 from engine.models.loading import Loaded, _loading, auto_class, kind_of, open_config
 from engine.pipeline import compress as pipeline
@@ -80,7 +82,6 @@ def load(ref: str, max_memory: dict, offload_folder: str, trust_remote_code: boo
     `offload_folder` (fp32; a folder the caller owns and removes)."""
     from transformers import AutoTokenizer
 
-    from engine.drivers.explorer import require_compressible
     from engine.drivers.footprint import skeleton_of
 
     t0 = time.perf_counter()
@@ -174,8 +175,10 @@ def passes(layers: list[LayerInfo], budget: int) -> list[list[LayerInfo]]:
     """The calibrated layers in model order, cut into runs whose statistics (H: in x in fp32,
     4 in^2 bytes each) fit `budget`; a layer larger than the budget has a pass of its own.
 
-    >>> [[i.name for i in p] for p in passes(layers_with_in_128_128_512, 200_000)]
-    [['q', 'k'], ['down']]          # 65,536 + 65,536 bytes; then 1,048,576 alone
+    >>> layers = [LayerInfo("q", (128, 128), "linear"), LayerInfo("k", (128, 128), "linear"),
+    ...           LayerInfo("down", (128, 512), "linear")]
+    >>> [[i.name for i in p] for p in passes(layers, 200_000)]  # 65,536 + 65,536 B; then 1,048,576 B alone
+    [['q', 'k'], ['down']]
     """
     out, size = [], budget + 1
     for info in layers:
@@ -186,6 +189,90 @@ def passes(layers: list[LayerInfo], budget: int) -> list[list[LayerInfo]]:
         out[-1].append(info)
         size += need
     return out
+
+
+class _Layers:
+    """A dispatched model's layers, read and written back one at a time. `unwritten`: each
+    parameter not written yet -> every name it goes by (a tied head's weight is its embedding's,
+    perhaps offloaded twice); `stacks`: an experts parameter's new value, filled expert by expert."""
+
+    def __init__(self, model, layers: list[LayerInfo]):
+        self.model, self.weights, self.stacks = model, _Weights(model), {}
+        self.unwritten = {name: [name] for name, _ in model.named_parameters(remove_duplicate=False)}
+        for info in layers:
+            if info.tied_to is not None:
+                self.unwritten[f"{info.tied_to}.weight"].append(f"{info.name}.weight")
+                self.unwritten.pop(f"{info.name}.weight", None)
+
+    def read(self, info: LayerInfo) -> torch.Tensor:
+        """The layer's (out, in) matrix, fp32; an expert's is a view into its whole 3-D parameter."""
+        p = self.model.get_parameter(info.param_name)
+        if info.index is None:
+            return info.kind.from_param(self.weights.get(info.param_name, p)).float()
+        if info.param_name not in self.stacks:  # held while its experts are compressed
+            self.stacks[info.param_name] = self.weights.get(info.param_name, p).float().clone()
+        return info.kind.from_param(self.stacks[info.param_name][info.index])
+
+    def write(self, info: LayerInfo, matrix: torch.Tensor) -> None:
+        """The layer's new (out, in) matrix, written where it was read (experts: after the last)."""
+        if info.index is None:
+            return self.put(info.param_name, info.kind.to_param(matrix))
+        full = self.stacks[info.param_name]
+        full[info.index] = info.kind.to_param(matrix)
+        if info.index == full.shape[0] - 1:
+            self.put(info.param_name, self.stacks.pop(info.param_name))
+
+    def put(self, name: str, value: torch.Tensor) -> None:
+        """`value` written under every name of parameter `name` (once per tensor, unless offloaded)."""
+        done = set()
+        for n in self.unwritten.pop(name):
+            p = self.model.get_parameter(n)
+            if p.device.type == "meta" or id(p) not in done:
+                self.weights.put(n, p, value)
+                done.add(id(p))
+
+
+class _Statistics:
+    """Calibration statistics collected pass by pass (`passes`): each layer's H until it is
+    compressed, the summary `compress_in_place` returns, and the calibrated layers that got none."""
+
+    def __init__(self, loaded: Loaded, runs: list[list[LayerInfo]], budget: int, layers: int):
+        self.loaded, self.hessians, self.fallback = loaded, {}, []
+        self.first_of = {run[0].name: run for run in runs}  # in model order
+        self.summary = {"passes": len(runs), "stats_budget_bytes": budget, "seconds": 0.0, "layers": layers}
+
+    def collect(self, name: str | None = None) -> None:
+        """Run the pass that starts at layer `name` (None: the first), if any, on the model as it is now."""
+        run = self.first_of.pop(next(iter(self.first_of), None) if name is None else name, None)
+        if run is not None:
+            modules, experts = calibrate.targets(self.loaded.model, run)
+            cal = calibrate.collect(self.loaded.model, self.loaded.tokenizer, modules, device=self.loaded.device,
+                                    experts=experts)
+            self.hessians.update(cal.hessians)
+            self.summary.update(source=cal.source, samples=cal.samples, tokens=cal.tokens,
+                                seconds=self.summary["seconds"] + cal.seconds)
+
+    def hessian(self, info: LayerInfo, lr, device: torch.device) -> torch.Tensor | None:
+        """The layer's H (made where the layer ran), moved to `device`; None where there is none."""
+        h = self.hessians.pop(info.name, None)
+        if h is None and lr.calibrated and info.role != "embedding":
+            self.fallback.append(info.name)  # its methods fall back to the plain ones
+        return None if h is None else h.to(device)
+
+    def result(self) -> dict | None:
+        """The summary with `plain_fallback`; None when the recipe needed no pass."""
+        return {**self.summary, "plain_fallback": self.fallback} if self.summary["passes"] else None
+
+
+def _compress_layer(info: LayerInfo, w: torch.Tensor, lr, h: torch.Tensor | None) -> tuple:
+    """One layer's (out, in) fp32 matrix `w` under its recipe `lr`, with its input statistics `h`
+    (or None): (its report, {'relative_error', 'sqnr_db'}, the matrix it now computes with)."""
+    factors = functools.cache(functools.partial(layer_factors, w, lr.lowrank_method, h))  # SVD at most once
+    stored = pipeline.compress(info.name, w, lr, factors, hessian=h if lr.calibrated else None)
+    new = stored.matrix()
+    rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
+    energy = svd.energy_kept(factors()[1], stored.rank) if stored.rank else None
+    return stored.report(info, energy), {"relative_error": rel, "sqnr_db": sqnr}, new
 
 
 def compress_in_place(off: Offloaded, recipe, progress=None,
@@ -201,96 +288,31 @@ def compress_in_place(off: Offloaded, recipe, progress=None,
     the first sees the inputs of a model whose earlier layers are compressed already (GPTQ's
     sequential order). In one pass they are the original model's, as in a Workspace."""
     check(recipe)
-    model = off.loaded.model
-    weights = _Weights(model)
     selected = select(off.layers, recipe)
     chosen = {i.name for i in selected}
     calibrated = [i for i in selected if i.role != "embedding"] if recipe.calibrated else []
-    runs = passes(calibrated, stats_budget)
-    first_of = {run[0].name: run for run in runs}
-    hessians: dict = {}
-    stats = {"passes": len(runs), "stats_budget_bytes": stats_budget, "seconds": 0.0, "layers": len(calibrated)}
-    # every name a parameter goes by (a tied head's weight is its embedding's, perhaps offloaded twice)
-    names: dict[str, list[str]] = {}
-    for name, _ in model.named_parameters(remove_duplicate=False):
-        names.setdefault(name, [name])
-    for info in off.layers:
-        if info.tied_to is not None:
-            names[f"{info.tied_to}.weight"].append(f"{info.name}.weight")
-            names.pop(f"{info.name}.weight", None)
-
-    def put(name, value):
-        done = set()
-        for n in names.pop(name):
-            p = model.get_parameter(n)
-            if p.device.type == "meta" or id(p) not in done:
-                weights.put(n, p, value)
-                done.add(id(p))
-
-    stacks: dict[str, torch.Tensor] = {}  # an experts parameter's new value, filled expert by expert
-
-    def read(info):  # the layer's (out, in) matrix, fp32
-        p = model.get_parameter(info.param_name)
-        if info.index is None:
-            return info.kind.from_param(weights.get(info.param_name, p)).float()
-        if info.param_name not in stacks:  # the whole 3-D parameter, held while its experts are compressed
-            stacks[info.param_name] = weights.get(info.param_name, p).float().clone()
-        return info.kind.from_param(stacks[info.param_name][info.index])  # a view
-
-    def write(info, matrix):
-        if info.index is None:
-            return put(info.param_name, info.kind.to_param(matrix))
-        full = stacks[info.param_name]
-        full[info.index] = info.kind.to_param(matrix)
-        if info.index == full.shape[0] - 1:
-            put(info.param_name, stacks.pop(info.param_name))
-
-    def collect(run):
-        modules, experts = calibrate.targets(model, run)
-        cal = calibrate.collect(model, off.loaded.tokenizer, modules, device=off.loaded.device, experts=experts)
-        hessians.update(cal.hessians)
-        stats.update(source=cal.source, samples=cal.samples, tokens=cal.tokens, seconds=stats["seconds"] + cal.seconds)
-
-    reports, errors, fallback = [], {}, []
+    layers = _Layers(off.loaded.model, off.layers)
+    stats = _Statistics(off.loaded, passes(calibrated, stats_budget), stats_budget, len(calibrated))
+    reports, errors = [], {}
     with torch.inference_mode():
-        if runs:  # the first pass on the original model, before anything is written
-            collect(first_of.pop(runs[0][0].name))
+        stats.collect()  # the first pass on the original model, before anything is written
         for k, info in enumerate(off.layers):
             if info.tied_to is not None:
                 continue
-            if info.name in first_of:  # the next pass: statistics of its layers, on the model as it is now
-                collect(first_of.pop(info.name))
-            w = read(info)  # from the parameter, in its own layout (Conv1D: (in, out); experts: 3-D)
-            if info.name not in chosen:
-                write(info, w.half())
-                reports.append(LayerReport.left_alone(info))
-            else:
-                cache = {}
+            stats.collect(info.name)  # the next pass, if it starts here: on the model as it is now
+            w = layers.read(info)  # from the parameter, in its own layout (Conv1D: (in, out); experts: 3-D)
+            if info.name in chosen:  # its error taken before the write: w may be the weight itself
                 lr = recipe.for_layer(info.name)
-                h = hessians.pop(info.name, None)  # made where the layer ran: an offloaded one runs on the GPU
-                h = None if h is None else h.to(w.device)
-                if h is None and lr.calibrated and info.role != "embedding":
-                    fallback.append(info.name)
-
-                def factors(w=w, cache=cache, h=h, lr=lr):
-                    if "usv" not in cache:
-                        whiten = lr.lowrank_method == "whitened" and h is not None
-                        cache["usv"] = whitened.whitened_svd(w, h) if whiten else svd.svd(w)
-                    return cache["usv"]
-
-                stored = pipeline.compress(info.name, w, lr, factors, hessian=h if lr.calibrated else None)
-                new = stored.matrix()
-                rel, sqnr = transforms.error_stats(w, new, torch.linalg.vector_norm(w).item() ** 2)
-                errors[info.name] = {"relative_error": rel, "sqnr_db": sqnr}  # before the write: w may be the weight
-                energy = svd.energy_kept(cache["usv"][1], stored.rank) if stored.rank else None
-                reports.append(stored.report(info, energy))
-                write(info, new)
+                report, errors[info.name], new = _compress_layer(info, w, lr, stats.hessian(info, lr, w.device))
+            else:
+                report, new = LayerReport.left_alone(info), w.half()
+            reports.append(report)
+            layers.write(info, new)
             if progress:
                 progress(k + 1, len(off.layers), info.name)
-        for name in list(names):  # norms, biases, position embeddings: fp16
-            put(name, weights.get(name, model.get_parameter(name)).half())
-    stats["plain_fallback"] = fallback  # calibrated layers no calibration token reached: the plain method
-    return reports, errors, (stats if runs else None)
+        for name in list(layers.unwritten):  # norms, biases, position embeddings: fp16
+            layers.put(name, layers.weights.get(name, off.loaded.model.get_parameter(name)).half())
+    return reports, errors, stats.result()
 
 
 def run(off: Offloaded, recipe, evaluator, quick: bool = False, stats_budget: int = STATS_BUDGET) -> dict:

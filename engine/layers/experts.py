@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.layers.kinds import KINDS, LayerInfo, LayerKind, Stored
+from engine.layers.kinds import LayerKind, Stored
 
 
 def is_transposed(module: nn.Module) -> bool:
@@ -42,30 +42,6 @@ def is_router(module: nn.Module) -> bool:
             and isinstance(w, nn.Parameter) and w.dim() == 2)
 
 
-def find(model: nn.Module) -> tuple[list[LayerInfo], dict[str, LayerInfo]]:
-    """(expert and router layers, in model order; name -> router info for the nn.Linear gates
-    found beside experts). A Linear gate is reported by engine.layers.find.find_layers as a linear
-    layer of group 'router'."""
-    found, linear_gates = [], {}
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        stacks = stacked_params(module)
-        for pname, p in stacks:
-            role = "expert_t" if is_transposed(module) else "expert"
-            shape = tuple(p.shape[1:])[::-1] if role == "expert_t" else tuple(p.shape[1:])
-            found += [LayerInfo(f"{prefix}{pname}.{e}", shape, role, group="experts", index=e)
-                      for e in range(p.shape[0])]
-        if is_router(module):
-            found.append(LayerInfo(name, tuple(module.weight.shape), "router", group="router"))
-        experts = [m for m in module.children() if stacked_params(m)]
-        if experts:
-            count = stacked_params(experts[0])[0][1].shape[0]
-            for child, m in module.named_children():
-                if isinstance(m, nn.Linear) and m.out_features <= count:
-                    linear_gates[f"{prefix}{child}"] = m
-    return found, linear_gates
-
-
 class StackedKind(LayerKind):
     """A matrix its module reads from its own parameter: an expert's slice of a 3-D parameter
     (`transposed`: stored (in, out)), or a router's 2-D weight. It is read from the parameter,
@@ -74,7 +50,7 @@ class StackedKind(LayerKind):
     def __init__(self, transposed: bool = False):
         self.transposed = transposed
 
-    def matrix(self, model: nn.Module, info: LayerInfo) -> torch.Tensor:
+    def matrix(self, model: nn.Module, info) -> torch.Tensor:
         module_name, _, pname = info.param_name.rpartition(".")
         p = getattr(model.get_submodule(module_name), pname)  # a workspace's stack holds a plain tensor
         return self.from_param(p if info.index is None else p[info.index])
@@ -85,16 +61,14 @@ class StackedKind(LayerKind):
     def to_param(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.transpose(-1, -2) if self.transposed else matrix
 
-    def install(self, model: nn.Module, info: LayerInfo) -> Stored:
+    def install(self, model: nn.Module, info) -> Stored:
         module_name, _, pname = info.param_name.rpartition(".")
         module = model.get_submodule(module_name)
         stack = ParamStack.of(module, pname, self)
         return StackedHolder(stack, info.index, self.matrix(model, info).detach())
 
 
-for _role, _kind in {"expert": StackedKind(), "expert_t": StackedKind(transposed=True),
-                     "router": StackedKind()}.items():
-    KINDS[_role] = _kind
+STACKED_KINDS = {"expert": StackedKind(), "expert_t": StackedKind(transposed=True), "router": StackedKind()}
 
 
 class ParamStack:

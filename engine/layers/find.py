@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from engine.layers.kinds import KINDS, LayerInfo, Stored, replace_module
+from engine.layers.experts import is_router, is_transposed, stacked_params
+from engine.layers.kinds import Stored, replace_module
+from engine.layers.table import KINDS, LayerInfo
 
 
 def layer_group(model: nn.Module, name: str) -> str:
@@ -14,8 +16,15 @@ def layer_group(model: nn.Module, name: str) -> str:
     'other' for the rest (poolers, classifier heads). Experts and routers have their own
     groups (engine.layers.experts).
 
+    >>> class LlamaAttention(nn.ModuleDict): pass
+    >>> block = nn.ModuleDict({"self_attn": LlamaAttention({"q_proj": nn.Linear(4, 4)}),
+    ...                        "mlp": nn.ModuleDict({"down_proj": nn.Linear(4, 4)})})
+    >>> model = nn.ModuleDict({"model": nn.ModuleDict({"layers": nn.ModuleList([block])}),
+    ...                        "score": nn.Linear(4, 2)})
     >>> layer_group(model, "model.layers.0.mlp.down_proj")
     'mlp'
+    >>> layer_group(model, "model.layers.0.self_attn.q_proj"), layer_group(model, "score")
+    ('attention', 'other')
     """
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
@@ -33,8 +42,6 @@ def find_layers(model: nn.Module) -> list[LayerInfo]:
     and group say which), in model order. A head, or another embedding module (T5's and BART's
     encoder and decoder `embed_tokens`), that shares the input embedding's weight is listed as
     tied to it."""
-    from engine.layers.experts import find as find_experts
-
     emb, head = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
     names = {id(m): n for n, m in model.named_modules()}
     stacked, linear_gates = find_experts(model)
@@ -96,3 +103,27 @@ def install(model: nn.Module, layers: list[LayerInfo]) -> dict[str, Stored]:
             holders[info.name] = holders[info.tied_to]
             replace_module(model, info.name, info.kind.stand_in(model.get_submodule(info.name), holders[info.tied_to]))
     return holders
+
+
+def find_experts(model: nn.Module) -> tuple[list[LayerInfo], dict[str, LayerInfo]]:
+    """(expert and router layers, in model order; name -> router info for the nn.Linear gates
+    found beside experts). A Linear gate is reported by engine.layers.find.find_layers as a linear
+    layer of group 'router'."""
+    found, linear_gates = [], {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        stacks = stacked_params(module)
+        for pname, p in stacks:
+            role = "expert_t" if is_transposed(module) else "expert"
+            shape = tuple(p.shape[1:])[::-1] if role == "expert_t" else tuple(p.shape[1:])
+            found += [LayerInfo(f"{prefix}{pname}.{e}", shape, role, group="experts", index=e)
+                      for e in range(p.shape[0])]
+        if is_router(module):
+            found.append(LayerInfo(name, tuple(module.weight.shape), "router", group="router"))
+        experts = [m for m in module.children() if stacked_params(m)]
+        if experts:
+            count = stacked_params(experts[0])[0][1].shape[0]
+            for child, m in module.named_children():
+                if isinstance(m, nn.Linear) and m.out_features <= count:
+                    linear_gates[f"{prefix}{child}"] = m
+    return found, linear_gates

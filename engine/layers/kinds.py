@@ -8,42 +8,10 @@ the routers of mixture-of-experts models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A compressible matrix of the model."""
-
-    name: str  # module path, e.g. 'encoder.layer.0.attention.self.query'
-    shape: tuple[int, int]  # (out, in) as the matrix is used: y = x W^T
-    role: str  # 'linear' | 'conv1d' | 'embedding' | 'head' | 'expert' | 'expert_t' | 'router'
-    tied_to: str | None = None  # a head (or another embedding module) that shares the embedding's weight
-    group: str = "other"  # 'attention' | 'mlp' | 'experts' | 'router' | 'other', see layer_group()
-    index: int | None = None  # an expert: its index in the 3-D parameter (name: '<parameter>.<index>')
-
-    @property
-    def full_rank(self) -> int:
-        return min(self.shape)
-
-    @property
-    def params(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    @property
-    def kind(self) -> "LayerKind":
-        return KINDS[self.role]
-
-    @property
-    def param_name(self) -> str:
-        """The name of the parameter that holds the matrix (an expert's: the 3-D parameter)."""
-        return self.name.rpartition(".")[0] if self.index is not None else f"{self.name}.weight"
-
 
 # ---------------------------------------------------------------------------------------
 # Layer kinds: where a kind of layer's matrix comes from and goes back to
@@ -54,7 +22,8 @@ class LayerKind:
     """A kind of compressible layer. `read` gives its matrix as (out, in), `to_param` turns an
     (out, in) matrix back into the layout of its parameter, and `stand_in` makes the module
     that computes with a Stored holder in its place. Adding a kind is one subclass here and
-    one entry in KINDS."""
+    one entry in engine.layers.table.KINDS. `info`, where a method takes it,
+    is the layer's LayerInfo (engine.layers.table)."""
 
     module_type: type = nn.Linear
 
@@ -70,11 +39,11 @@ class LayerKind:
     def from_param(self, param: torch.Tensor) -> torch.Tensor:
         return self.to_param(param)  # every layout here is its own inverse
 
-    def matrix(self, model: nn.Module, info: LayerInfo) -> torch.Tensor:
+    def matrix(self, model: nn.Module, info) -> torch.Tensor:
         """The layer's (out, in) matrix in `model`."""
         return self.read(model.get_submodule(info.name))
 
-    def install(self, model: nn.Module, info: LayerInfo) -> "Stored":
+    def install(self, model: nn.Module, info) -> "Stored":
         """Put a holder in the layer's place in `model` (module surgery) and return it."""
         module = model.get_submodule(info.name)
         stored = Stored(self.read(module).detach())
@@ -110,13 +79,9 @@ class EmbeddingKind(LayerKind):
         return CompressedEmbedding(stored, module.padding_idx, getattr(module, "embed_scale", None))
 
 
-KINDS: dict[str, LayerKind] = {"linear": LayerKind(), "head": LayerKind(), "conv1d": Conv1DKind(),
-                               "embedding": EmbeddingKind()}
-
-
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight as an (out, in) matrix; Conv1D stores (in, out) and is transposed (a view)."""
-    return (KINDS["conv1d"] if isinstance(module, Conv1D) else KINDS["linear"]).read(module)
+    return (Conv1DKind() if isinstance(module, Conv1D) else LayerKind()).read(module)
 
 
 # ---------------------------------------------------------------------------------------

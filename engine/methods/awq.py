@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.formats.grid import FP16_MAX, FP16_TINY, on_grid, quant_grid
+from engine.formats.grid import FP16_MAX, FP16_TINY, Grid, on_grid, quant_grid
 
 
 def awq_channel_scales(h_diag: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -54,3 +54,11 @@ def awq_quantize(w: torch.Tensor, h: torch.Tensor | None, bits: int, granularity
     if keep is not None:
         values = values * keep
     return values.to(w.dtype), grid_, alpha
+
+
+def quantize_grid(m: torch.Tensor, h: torch.Tensor | None, recipe, keep: torch.Tensor | None):
+    """(values, Grid) of `m` by AWQ: the grid and the fp16 scale of each input column. Without
+    `h` (an embedding): alpha 0, channel scales of 1, round to nearest."""
+    values, (scale, zero, channel), _ = awq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
+                                                     recipe.symmetric, keep)
+    return values, Grid(scale, zero, channel=channel)

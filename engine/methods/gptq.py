@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.formats.grid import code_offset, dequantize, per_entry, quant_grid, quant_params, quantize
+from engine.formats.ggml import legacy
+from engine.formats.ggml.types import TYPES
+from engine.formats.grid import Grid, code_offset, dequantize, per_entry, quant_grid, quant_params, quantize
+from engine.methods import rtn
 from engine.methods.whitened import _damped, inverse_factor
 
 
@@ -91,3 +94,25 @@ def gptq_quantize(
     if not static:  # (rows, groups) -> row-major
         grid = tuple(torch.stack([d[k] for d in dynamic], 1).reshape(-1) for k in (0, 1))
     return Q.to(w.dtype), grid
+
+
+def quantize_grid(m: torch.Tensor, h: torch.Tensor | None, recipe, keep: torch.Tensor | None):
+    """(values, Grid) of `m` by GPTQ on the recipe's own grid, pruned entries (`keep` False)
+    held at zero; without `h` (an embedding), round to nearest."""
+    if h is None:
+        return rtn.quantize_grid(m, h, recipe, keep)
+    values, (scale, zero) = gptq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
+                                          keep, recipe.act_order, return_grid=True)
+    return values, Grid(scale, zero)
+
+
+def quantize_blocks(w: torch.Tensor, fmt: str, h: torch.Tensor | None):
+    """(values, raw GGUF blocks) of `w` by GPTQ on the blocks of llama.cpp's legacy type `fmt`,
+    each block's scale (and minimum) taken as llama.cpp takes it when GPTQ reaches the block;
+    without `h`, llama.cpp's round to nearest."""
+    if h is None:
+        return rtn.quantize_blocks(w, fmt, h)
+    rule = legacy.Grid(fmt)
+    values, (d, lo) = gptq_quantize(w, h, TYPES[fmt].bits, "group", TYPES[fmt].block, rule.symmetric,
+                                    return_grid=True, rule=rule)
+    return values, rule.pack(values.float(), d, lo)

@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from engine.formats.grid import FP16_MAX, FP16_TINY, _grouped, code_offset, dequantize, on_grid, quant_params, quantize
+from engine.formats.grid import (
+    FP16_MAX,
+    FP16_TINY,
+    Grid,
+    _grouped,
+    code_offset,
+    dequantize,
+    on_grid,
+    quant_params,
+    quantize,
+)
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -76,3 +86,9 @@ def hqq_quantize(w: torch.Tensor, bits: int, granularity: str = "group", group_s
     if keep is not None:
         out = out * keep
     return out.to(w.dtype), (best_scale, best_zero)
+
+
+def quantize_grid(m: torch.Tensor, h: torch.Tensor | None, recipe, keep: torch.Tensor | None):
+    """(values, Grid) of `m` with each group's scale and zero-point fitted by HQQ (no calibration)."""
+    values, grid = hqq_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric, keep)
+    return values, Grid(*grid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.formats.grid import on_codebook
+from engine.formats.grid import Grid, on_codebook
 
 
 @torch.no_grad()
@@ -45,3 +45,9 @@ def kmeans_quantize(w: torch.Tensor, bits: int, keep: torch.Tensor | None = None
     else:
         out[keep.flatten()] = coded
     return (out.view_as(w), centers.to(w.dtype)) if return_codebook else out.view_as(w)
+
+
+def quantize_grid(m: torch.Tensor, h: torch.Tensor | None, recipe, keep: torch.Tensor | None):
+    """(values, Grid) of `m` on a codebook of 2^bits values fitted to its kept entries."""
+    values, codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
+    return values, Grid(codebook=codebook)

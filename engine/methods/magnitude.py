@@ -69,3 +69,12 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, idx, True)
     keep &= groups >= 0
     return keep.view(rows, -1)[:, :cols]
+
+
+def prune_matrix(m: torch.Tensor, h: torch.Tensor | None, sparsity: float, nm: tuple[int, int] | None,
+                 sorted_abs=None):
+    """(values, keep) of `m` with its smallest |m| zeroed: round(sparsity x n) of them, or all
+    but the N largest of every M (`nm`). `sorted_abs`: None, or a function that gives |m|
+    flattened and sorted (or None), cached by the caller: the threshold is then a lookup."""
+    keep = nm_mask(m, *nm) if nm is not None else magnitude_mask(m, sparsity, sorted_abs() if sorted_abs else None)
+    return m * keep, keep

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.methods import magnitude
 from engine.methods.whitened import _damped, inverse_factor
 
 
@@ -58,3 +59,12 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
         prune[:, i1:i2] = mask1
     keep = ~prune
     return (W * keep).to(w.dtype), keep
+
+
+def prune_matrix(m: torch.Tensor, h: torch.Tensor | None, sparsity: float, nm: tuple[int, int] | None,
+                 sorted_abs=None):
+    """(values, keep) of `m` pruned by SparseGPT (the kept weights updated through H^-1);
+    without `h` (an embedding), by magnitude."""
+    if h is None:
+        return magnitude.prune_matrix(m, h, sparsity, nm, sorted_abs)
+    return sparsegpt_prune(m, h, sparsity, nm)

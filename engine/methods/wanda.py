@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.methods import magnitude
+
 
 def wanda_scores(w: torch.Tensor, h_diag: torch.Tensor) -> torch.Tensor:
     """|W_ij| * ||X_j||: a weight matters as much as the inputs it multiplies (Sun et al. 2023).
@@ -31,3 +33,14 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     keep = torch.ones_like(score, dtype=torch.bool)
     keep.scatter_(1, order, ~drop)
     return keep
+
+
+def prune_matrix(m: torch.Tensor, h: torch.Tensor | None, sparsity: float, nm: tuple[int, int] | None,
+                 sorted_abs=None):
+    """(values, keep) of `m` pruned by Wanda's score |W| x sqrt(diag H), per output row or the
+    N of every M (`nm`); without `h` (an embedding), by magnitude."""
+    if h is None:
+        return magnitude.prune_matrix(m, h, sparsity, nm, sorted_abs)
+    score = wanda_scores(m, h.diagonal())
+    keep = magnitude.nm_mask(score, *nm) if nm is not None else row_mask(score, sparsity)
+    return m * keep, keep

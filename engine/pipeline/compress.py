@@ -31,17 +31,11 @@ from engine.formats.bytes import (
     kept_count,
     tensor_bytes,
 )
-from engine.formats.ggml import legacy
-from engine.formats.grid import Grid, quant_grid
-from engine.methods.awq import awq_quantize
-from engine.methods.gptq import gptq_quantize
-from engine.methods.hqq import hqq_quantize
-from engine.methods.kmeans import kmeans_quantize
-from engine.methods.magnitude import magnitude_mask, nm_mask
+from engine.formats.grid import Grid
+from engine.formats.table import FORMATS
 from engine.methods.shared import SHARED, Share
-from engine.methods.sparsegpt import sparsegpt_prune
 from engine.methods.svd import low_rank_factors
-from engine.methods.wanda import row_mask, wanda_scores
+from engine.methods.table import METHODS
 from engine.pipeline.tally import LayerReport
 from engine.recipe.recipe import Recipe
 
@@ -131,23 +125,11 @@ def shape(w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],
     rank = recipe.rank_for(min(w.shape)) if share is None else share.rank
     mats = [w] if rank is None else list(low_rank_factors(*factors(), rank))
     keeps = [None] * len(mats)
-    nm = recipe.nm
-    wanda = recipe.prune_method == "wanda" and hessian is not None
-    sparsegpt = recipe.prune_method == "sparsegpt" and hessian is not None
-    if nm is not None or recipe.sparsity > 0:
+    if recipe.nm is not None or recipe.sparsity > 0:
+        prune = METHODS[recipe.prune_method].run
         for k in reversed(range(len(mats))):  # B, then A
-            m = mats[k]
-            if sparsegpt:
-                mats[k], keeps[k] = sparsegpt_prune(m, _input_hessian(mats, hessian, k), recipe.sparsity, nm)
-                continue
-            if wanda:
-                score = wanda_scores(m, _input_hessian(mats, hessian, k).diagonal())
-                keep = nm_mask(score, *nm) if nm is not None else row_mask(score, recipe.sparsity)
-            elif nm is not None:
-                keep = nm_mask(m, *nm)
-            else:
-                keep = magnitude_mask(m, recipe.sparsity, sorted_abs() if sorted_abs and rank is None else None)
-            mats[k], keeps[k] = m * keep, keep
+            ordered = sorted_abs if rank is None else None  # |W| sorted: for W itself, not for factors
+            mats[k], keeps[k] = prune(mats[k], _input_hessian(mats, hessian, k), recipe.sparsity, recipe.nm, ordered)
     return rank, tuple(mats), tuple(keeps)
 
 
@@ -159,37 +141,17 @@ def quantize(name: str, layer_shape: tuple[int, int], rank: int | None, mats: tu
     basis (quantized alike in every layer of the group: round to nearest or k-means), whose
     bytes only the group's owner counts."""
     results, grids = list(mats), [Grid()] * len(mats)
-    method = recipe.quant_method if recipe.bits < VALUE_BITS_UNCOMPRESSED else "none"
-    if method == "gptq" and hessian is None:
-        method = "rtn"
-    llama_cpp = method != "none" and recipe.number_format != "int"  # its types: a full matrix, never factors
-    for k in reversed(range(len(results))):
-        m, keep = mats[k], keeps[k]
-        if llama_cpp and recipe.number_format in floats.TYPES:
-            results[k], grids[k] = _float(m, recipe)
-        elif llama_cpp:
-            results[k], grids[k] = _ggml(m, recipe, hessian)
-        elif method == "gptq":
-            results[k], (scale, zero) = gptq_quantize(m, _input_hessian(results, hessian, k), recipe.bits,
-                                                      recipe.granularity, recipe.group_size, recipe.symmetric,
-                                                      keep, recipe.act_order, return_grid=True)
-            grids[k] = Grid(scale, zero)
-        elif method == "hqq":
-            results[k], grid = hqq_quantize(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
-                                            keep)
-            grids[k] = Grid(*grid)
-        elif method == "awq":  # without H (an embedding): alpha 0, channel scales of 1, round to nearest
-            results[k], (scale, zero, channel), _ = awq_quantize(
-                m, _input_hessian(results, hessian, k), recipe.bits, recipe.granularity, recipe.group_size,
-                recipe.symmetric, keep)
-            grids[k] = Grid(scale, zero, channel=channel)
-        elif method == "kmeans":
-            results[k], codebook = kmeans_quantize(m, recipe.bits, keep, return_codebook=True)
-            grids[k] = Grid(codebook=codebook)
+    fmt = FORMATS[recipe.number_format]
+    method = METHODS[recipe.quant_method]
+    for k in reversed(range(len(results))):  # B, then A (whose H is that of B's quantized outputs)
+        if recipe.bits >= VALUE_BITS_UNCOMPRESSED:
+            results[k] = grids[k].snap(mats[k], recipe)  # fp16
+        elif fmt.family == "float":
+            results[k], grids[k] = _float(mats[k], recipe)
+        elif fmt.family == "ggml":  # llama.cpp's types: a full matrix, never factors
+            results[k], grids[k] = _ggml(mats[k], recipe, method, hessian)
         else:
-            if method == "rtn":
-                grids[k] = Grid(*quant_grid(m, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric))
-            results[k] = grids[k].snap(m, recipe)
+            results[k], grids[k] = method.run(mats[k], _input_hessian(results, hessian, k), recipe, keeps[k])
     kept = [m.numel() if keep is None else int(keep.sum()) for m, keep in zip(mats, keeps)]
     parts = _shared(_bytes([tuple(m.shape) for m in mats], kept, recipe), name, share)
     return StoredLayer(name, tuple(layer_shape), recipe, rank, tuple(
@@ -202,21 +164,13 @@ def _shared(parts: tuple, name: str, share: Share | None) -> tuple:
     return parts if share is None or name == share.owner else (parts[0], SHARED)
 
 
-def _ggml(w: torch.Tensor, recipe: Recipe, hessian: torch.Tensor | None) -> tuple[torch.Tensor, Grid]:
-    """`w` in the llama.cpp type its rows take under the recipe's format (engine.formats.ggml.fit; fp16
-    when none fits): round to nearest, GPTQ on the legacy types' blocks, or llama.cpp's search
-    weighted by the importance matrix diag(H) (its imatrix: each input's mean square)."""
+def _ggml(w: torch.Tensor, recipe: Recipe, method, hessian: torch.Tensor | None) -> tuple[torch.Tensor, Grid]:
+    """`w` in the llama.cpp type its rows take under the recipe's format (engine.formats.ggml.fit;
+    fp16 when none fits), by the method's quantizer for llama.cpp's blocks."""
     fmt = ggml.fit(recipe.number_format, w.shape[1])
     if fmt is None:
         return w.half().to(w.dtype), Grid()
-    if recipe.quant_method == "gptq" and hessian is not None:
-        rule = legacy.Grid(fmt)
-        values, (d, lo) = gptq_quantize(w, hessian, ggml.TYPES[fmt].bits, "group", ggml.TYPES[fmt].block,
-                                        rule.symmetric, return_grid=True, rule=rule)
-        raw = rule.pack(values.float(), d, lo)
-    else:
-        importance = hessian.diagonal() if recipe.quant_method == "imatrix" and hessian is not None else None
-        values, raw = ggml.quantize(w, fmt, importance)
+    values, raw = method.blocks(w, fmt, hessian)
     return values.to(w.dtype), Grid(ggml=fmt, raw=raw)
 
 
@@ -230,7 +184,7 @@ def _float(w: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, Grid]:
 
 
 def _fit(fmt: str, cols: int) -> str | None:
-    return floats.fit(fmt, cols) if fmt in floats.TYPES else ggml.fit(fmt, cols)
+    return floats.fit(fmt, cols) if FORMATS[fmt].family == "float" else ggml.fit(fmt, cols)
 
 
 def _bits(recipe: Recipe, cols: int) -> int:
@@ -267,14 +221,15 @@ def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], F
 
 def _bytes(shapes: list[tuple[int, int]], kept: list[int], recipe: Recipe) -> tuple[TensorBytes, ...]:
     """The bytes of each stored matrix of these shapes and kept counts under `recipe`."""
-    if recipe.number_format in floats.TYPES:
+    family = FORMATS[recipe.number_format].family
+    if family == "float":
         return tuple(float_bytes(r, c, floats.fit(recipe.number_format, c), recipe.double_quant) for r, c in shapes)
-    if recipe.number_format != "int":
+    if family == "ggml":
         return tuple(ggml_bytes(r, c, ggml.fit(recipe.number_format, c)) for r, c in shapes)
-    codebook = recipe.quant_method == "kmeans" and recipe.bits < VALUE_BITS_UNCOMPRESSED
-    awq = recipe.quant_method == "awq"
+    stores = METHODS[recipe.quant_method].stores if recipe.bits < VALUE_BITS_UNCOMPRESSED else None
     return tuple(tensor_bytes(r, c, k, recipe.bits, recipe.granularity, recipe.group_size, recipe.symmetric,
-                              recipe.nm, codebook=codebook, channel_scales=awq) for (r, c), k in zip(shapes, kept))
+                              recipe.nm, codebook=stores == "codebook", channel_scales=stores == "channel_scales")
+                 for (r, c), k in zip(shapes, kept))
 
 
 def predict(info, recipe: Recipe, share: Share | None = None) -> LayerReport:

@@ -17,16 +17,14 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.formats.table import FORMATS
+from engine.methods.table import METHODS, names
+from engine.methods.table import calibrated as calibrated_methods
 from engine.recipe.fields import (
     BITS,
-    CALIBRATED,
     DISTILL_LR,
     GRANULARITIES,
     GROUPS,
-    LOWRANK_METHODS,
-    NUMBER_FORMATS,
-    PRUNE_METHODS,
-    QUANT_METHODS,
     SHARE_BLOCKS,
     Field,
     RecipeError,
@@ -35,11 +33,21 @@ from engine.recipe.fields import (
     declared,
     format_fields,
     format_update,
-    not_int,
-    not_number,
     parse_pattern,
     parse_rules,
 )
+
+
+def _formats_help() -> str:
+    """'int: the explorer's own grid (default); a llama.cpp type: q4_0 ...; or a float format: nf4 ...'."""
+    family = {fam: " ".join(f.name for f in FORMATS.values() if f.family == fam) for fam in ("ggml", "float")}
+    return (f"int: the explorer's own grid (default); a llama.cpp type: {family['ggml']}; "
+            f"or a float format: {family['float']}")
+
+
+def _methods_help(kind: str) -> str:
+    """'svd: plain truncation (default); whitened: ...', from the methods table."""
+    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values() if m.kind == kind)
 
 
 @dataclass(frozen=True)
@@ -92,22 +100,23 @@ class Recipe:
         In JSON a list of objects; in Python a tuple of (regex, ((field, value), ...)).
     """
 
-    rank: int | None = declared(None, Field(int, "truncated-SVD rank per layer (capped at its full rank)", True))
+    rank: int | None = declared(None, Field(int, "truncated-SVD rank per layer (capped at its full rank)", True,
+                                            bounds="[1, inf)"))
     rank_ratio: float | None = declared(None, Field(
-        float, "rank as a fraction of each layer's full rank, (0, 1]", True, url="rank"))
+        float, "rank as a fraction of each layer's full rank, (0, 1]", True, bounds="(0, 1]", url="rank"))
     bits: int = declared(16, Field(int, "2-8, or 16 for no quantization (default 16)", choices=BITS, url="bits"))
     granularity: str = declared("group", Field(
         str, "one scale per tensor, output channel or group (default group)", choices=GRANULARITIES,
         url="granularity"))
-    group_size: int = declared(128, Field(int, "input values per quantization group (default 128)", url="group"))
+    group_size: int = declared(128, Field(int, "input values per quantization group (default 128)",
+                                          bounds="[1, 1048576]", url="group"))
     symmetric: bool = declared(True, Field(bool, "add a zero-point per group", flag="--asymmetric", url="sym"))
     number_format: str = declared("int", Field(
-        str, "int: the explorer's own grid (default); a llama.cpp type: q4_0 q4_1 q5_0 q5_1 q8_0 q2_k .. q6_k "
-        "mxfp4; or a float format: nf4 fp4 fp8_e4m3 fp8_e5m2 nvfp4",
-        choices=NUMBER_FORMATS, url="format"))
+        str, _formats_help(), choices=lambda: tuple(FORMATS), url="format"))
     double_quant: bool = declared(False, Field(
         bool, "nf4/fp4: quantize the block scales to 8 bits (QLoRA's double quantization)", url="dq"))
-    sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", url="sparsity"))
+    sparsity: float = declared(0.0, Field(float, "fraction of weights pruned, [0, 1)", bounds="[0, 1)",
+                                          url="sparsity"))
     pattern: str = declared("unstructured", Field(str, "unstructured (default) or N:M, e.g. 2:4", url="pattern"))
     include_embeddings: bool = declared(False, Field(
         bool, "also compress embeddings and the output head", url="emb", per_layer=False))
@@ -117,24 +126,20 @@ class Recipe:
     layers: str | None = declared(None, Field(
         str, "regular expression: compress only layers whose name matches", True, url="filter", per_layer=False))
     lowrank_method: str = declared("svd", Field(
-        str, "svd: plain truncation (default); whitened: truncation-aware SVD on whitened inputs; "
-             "shared: one whitened basis per kind of layer in --share-blocks neighbouring blocks",
-        choices=LOWRANK_METHODS, url="lowrank"))
+        str, _methods_help("lowrank"), choices=lambda: names("lowrank"), url="lowrank"))
     share_blocks: int = declared(SHARE_BLOCKS, Field(
-        int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", url="share",
+        int, "shared: neighbouring blocks whose layers of one kind share one basis (default 2)", bounds="[2, 64]", url="share",
         per_layer=False))
     prune_method: str = declared("magnitude", Field(
-        str, "magnitude (default); wanda: |W| x input column norm, per output row; sparsegpt: OBS weight update",
-        choices=PRUNE_METHODS, url="prune"))
+        str, _methods_help("prune"), choices=lambda: names("prune"), url="prune"))
     quant_method: str = declared("rtn", Field(
-        str, "rtn: round to nearest (default); gptq: error feedback; kmeans: shared-value codebook; hqq; awq",
-        choices=QUANT_METHODS, url="quant"))
+        str, _methods_help("quant"), choices=lambda: names("quant"), url="quant"))
     act_order: bool = declared(False, Field(bool, "gptq: quantize columns by decreasing input energy", url="actorder"))
     distill_steps: int = declared(0, Field(
         int, "after compressing, N steps of distillation from the original on calibration text (default 0)",
-        per_layer=False))
+        bounds="[0, 100000]", per_layer=False))
     distill_lr: float = declared(DISTILL_LR, Field(
-        float, "learning rate of those steps (Adam, default 1e-4)", per_layer=False))
+        float, "learning rate of those steps (Adam, default 1e-4)", bounds="(0, 1]", per_layer=False))
     per_layer: tuple = declared((), Field(
         tuple, "per-layer rules (a plan): [{\"match\": REGEX, FIELD: VALUE, ...}], first match wins",
         flag="", per_layer=False))
@@ -145,59 +150,24 @@ class Recipe:
         return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
 
     def __post_init__(self) -> None:
+        for name, spec in self.fields().items():
+            if name != "per_layer":
+                spec.check(name, getattr(self, name))
         if self.rank is not None and self.rank_ratio is not None:
             raise RecipeError("rank: give either rank or rank_ratio, not both")
-        if self.rank is not None and (not_int(self.rank) or self.rank < 1):
-            raise RecipeError(f"rank: must be an integer >= 1, got {self.rank!r}")
-        if self.rank_ratio is not None and (
-            not_number(self.rank_ratio) or not 0 < self.rank_ratio <= 1
-        ):
-            raise RecipeError(f"rank_ratio: must be in (0, 1], got {self.rank_ratio!r}")
-        if not_int(self.bits) or self.bits not in BITS:
-            raise RecipeError(f"bits: must be 2 to 8, or 16 for no quantization, got {self.bits!r}")
-        if self.granularity not in GRANULARITIES:
-            raise RecipeError(
-                f"granularity: must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
-            )
-        if not_int(self.group_size) or not 1 <= self.group_size <= 1 << 20:
-            raise RecipeError(f"group_size: must be an integer >= 1, got {self.group_size!r}")
-        if not isinstance(self.symmetric, bool):
-            raise RecipeError(f"symmetric: must be true or false, got {self.symmetric!r}")
-        if not isinstance(self.include_embeddings, bool):
-            raise RecipeError(
-                f"include_embeddings: must be true or false, got {self.include_embeddings!r}"
-            )
-        if not_number(self.sparsity) or not 0 <= self.sparsity < 1:
-            raise RecipeError(f"sparsity: must be in [0, 1), got {self.sparsity!r}")
-        nm = parse_pattern(self.pattern) if isinstance(self.pattern, str) else None
-        if not isinstance(self.pattern, str):
-            raise RecipeError(f"pattern: expected 'unstructured' or 'N:M', got {self.pattern!r}")
+        nm = parse_pattern(self.pattern)
         if nm is not None:
             implied = 1 - nm[0] / nm[1]
             if self.sparsity == 0:
                 object.__setattr__(self, "sparsity", implied)
             elif not math.isclose(self.sparsity, implied, abs_tol=1e-9):
-                raise RecipeError(
-                    f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
-                    f"got {self.sparsity!r} (leave sparsity out)"
-                )
-        for field, allowed in (("lowrank_method", LOWRANK_METHODS), ("prune_method", PRUNE_METHODS),
-                               ("quant_method", QUANT_METHODS)):
-            if getattr(self, field) not in allowed:
-                raise RecipeError(f"{field}: must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
-        if not isinstance(self.act_order, bool):
-            raise RecipeError(f"act_order: must be true or false, got {self.act_order!r}")
+                raise RecipeError(f"sparsity: pattern {self.pattern} means sparsity {implied:g}; "
+                                  f"got {self.sparsity!r} (leave sparsity out)")
         if self.act_order and self.quant_method != "gptq":
             raise RecipeError("act_order: only with quant_method gptq")
-        if not_int(self.distill_steps) or not 0 <= self.distill_steps <= 100_000:
-            raise RecipeError(f"distill_steps: must be an integer from 0 to 100000, got {self.distill_steps!r}")
-        if not_number(self.distill_lr) or not 0 < self.distill_lr <= 1:
-            raise RecipeError(f"distill_lr: must be in (0, 1], got {self.distill_lr!r}")
         for field, value in format_fields(self).items():
             object.__setattr__(self, field, value)
         check_shared(self)
-        if self.group not in GROUPS:
-            raise RecipeError(f"group: must be one of {', '.join(GROUPS)}, got {self.group!r}")
         if self.layers is not None:
             check_regex("layers", self.layers)
         object.__setattr__(self, "per_layer", parse_rules(self.per_layer, self.fields()))
@@ -221,7 +191,7 @@ class Recipe:
     @property
     def calibrated(self) -> bool:
         """Whether a method in use (here or in a per-layer rule) needs the calibration statistics."""
-        return any(bool(r.methods_used() & CALIBRATED) for r in (self, *self.rule_recipes()))
+        return any(bool(r.methods_used() & calibrated_methods()) for r in (self, *self.rule_recipes()))
 
     def methods_used(self) -> set[str]:
         """The methods this recipe (its own fields, not its rules) runs."""
@@ -319,28 +289,29 @@ class Recipe:
     def describe(self) -> str:
         """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
         parts = []
-        low = " whitened" if self.lowrank_method == "whitened" else ""
-        low = f" shared by {self.share_blocks} blocks" if self.lowrank_method == "shared" else low
+
+        def tag(method: str) -> str:
+            return f" {METHODS[method].tag}" if METHODS[method].tag else ""
+
+        low = f" shared by {self.share_blocks} blocks" if self.lowrank_method == "shared" else tag(self.lowrank_method)
         if self.rank is not None:
             parts.append(f"rank {self.rank}{low}")
         elif self.rank_ratio is not None and self.rank_ratio < 1:
             parts.append(f"rank x{self.rank_ratio:g}{low}")
         if self.number_format != "int":
-            parts.append(self.number_format.upper() + {"imatrix": " imatrix", "gptq": " GPTQ"}.get(self.quant_method, "")
-                         + (" double-quant" if self.double_quant else ""))
-        elif self.bits < 16 and self.quant_method == "kmeans":
+            parts.append(self.number_format.upper() + tag(self.quant_method) + (" double-quant" if self.double_quant else ""))
+        elif self.bits < 16 and METHODS[self.quant_method].stores == "codebook":
             parts.append(f"k-means {self.bits}-bit")
         elif self.bits < 16:
             g = {"tensor": "per-tensor", "channel": "per-channel"}.get(
                 self.granularity, f"g{self.group_size}"
             )
-            gptq = (" GPTQ" + (" act-order" if self.act_order else "")) if self.quant_method == "gptq" else ""
-            gptq += {"hqq": " HQQ", "awq": " AWQ"}.get(self.quant_method, "")
-            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{gptq}")
+            how = tag(self.quant_method) + (" act-order" if self.act_order else "")
+            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{how}")
         if self.sparsity > 0:
             parts.append(
                 (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
-                + {"wanda": " Wanda", "sparsegpt": " SparseGPT"}.get(self.prune_method, "")
+                + tag(self.prune_method)
             )
         if self.group != "all":
             parts.append(f"{self.group} layers only")

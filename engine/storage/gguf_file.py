@@ -30,7 +30,6 @@ from engine.formats.ggml import legacy
 from engine.formats.grid import Grid
 from engine.models.loading import gguf_file
 from engine.pipeline.compress import StoredLayer, StoredMatrix
-from engine.recipe.fields import FORMAT_GRID
 from engine.recipe.presets import gguf_names
 from engine.recipe.recipe import Recipe
 from engine.storage import gguf_vocab
@@ -78,7 +77,7 @@ def tensor_type(stored) -> tuple[str | None, str]:
         return None, "AWQ's channel scales (no GGUF type holds them)"
     if r.symmetric and r.granularity == "group" and r.group_size == 32 and m.values.shape[1] % 32 == 0:
         fmt = _EXACT[r.bits]
-        same = FORMAT_GRID[fmt][0] == r.bits
+        same = ggml.TYPES[fmt].bits == r.bits
         return fmt, f"int{r.bits} g32 symmetric as {fmt}" + ("" if same else f" (no {r.bits}-bit GGUF type: "
                                                               f"{fmt} holds it exactly, with more bytes)")
     return None, f"int{r.bits} {r.granularity}{'' if r.granularity != 'group' else r.group_size}" \

@@ -19,8 +19,8 @@ import math
 import torch
 
 from engine.formats.grid import _grouped, code_offset, dequantize, on_grid
+from engine.formats.table import FORMATS
 from engine.methods.magnitude import magnitude_mask, nm_mask
-from engine.recipe.fields import FLOAT_FORMATS
 from engine.storage import codec, huffman
 
 CROP = 48  # values a side of the matrix crops
@@ -69,7 +69,7 @@ def quantization(work, name: str, group: int | None = None) -> dict:
     recipe = stored.recipe
     picks = [(label, m) for label, m in zip(stored.labels, stored.matrices) if m.grid.scale is not None]
     if not picks or recipe.bits >= 16:
-        why = (recipe.number_format + "'s float levels" if recipe.number_format in FLOAT_FORMATS else
+        why = (recipe.number_format + "'s float levels" if FORMATS[recipe.number_format].family == "float" else
                "llama.cpp's blocks (" + recipe.number_format + ")" if recipe.number_format != "int" else
                "a k-means codebook (see weight sharing)" if recipe.quant_method == "kmeans" else "16 bits")
         return _no(f"{name} is not on a uniform grid: {why}")

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.recipe.fields import BITS, NUMBER_FORMATS
+from engine.formats.table import FORMATS
+from engine.recipe.fields import BITS
 from engine.recipe.recipe import Recipe
 
 GROUP_SIZES = (32, 64, 128, 256)  # the wider ladder's, as the app's group-size control
@@ -36,7 +37,7 @@ def parse_option(text: str) -> Option:
     t = text.strip().lower()
     if t in ("reference", "ref"):
         return REFERENCE
-    if t in NUMBER_FORMATS and t != "int":
+    if t in FORMATS and t != "int":
         return Option(t, (("number_format", t),))
     zero = t.endswith("+z")
     parts, fields, seen = (t[:-2] if zero else t).split("/"), [], set()
@@ -48,7 +49,7 @@ def parse_option(text: str) -> Option:
             raise UserError(f"--ladder: {text!r} is not an option; give bits (2-8), bits/gN (e.g. 3/g64), bits/ch, "
                             f"each with /rX for a rank ratio, /sX for a sparsity and +z for zero-points "
                             f"(3/g256+z, 4/r0.5, 4/g64/s0.5), or a number format "
-                            f"({', '.join(f for f in NUMBER_FORMATS if f != 'int')})")
+                            f"({', '.join(f for f in FORMATS if f != 'int')})")
         seen.add(kind)
         if kind == "bits":
             fields.append(("bits", int(part)))

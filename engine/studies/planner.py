@@ -2,7 +2,11 @@
 
     p = plan(work, Recipe(bits=3))                      # at the bytes of uniform 3 bits, group 128
     p = plan(work, Recipe(bits=4), target_ratio=0.28)   # or at a target size (fraction of fp16)
-    p["recipe"]                                         # the plan: a recipe with per-layer rules
+    p.recipe                                            # the plan: a recipe with per-layer rules
+    p.planned, p.uniform                                # each measured with the full protocol
+
+The result is a Plan (engine.studies.plan_result; `to_dict()` is its JSON form), found by a
+Planner, which holds what the steps below share.
 
 The reference is the setting the plan competes with (a uniform recipe, or a mix such as
 llama.cpp's Q4_K_M); units are engine.studies.sensitivity's (a layer, a block, or a kind of layer). Each unit
@@ -37,11 +41,15 @@ from engine.errors import UserError
 from engine.glossary import HIGHER_IS_BETTER
 from engine.recipe.fields import RecipeError
 from engine.recipe.recipe import Recipe
+from engine.studies.knapsack import candidates, least_loss
 from engine.studies.options import REFERENCE, Option, default_ladder, parse_ladder, parse_option, wider_ladder
+from engine.studies.plan_result import Candidate, Grid, Outcome, Plan, UnitChoice
 from engine.studies.sensitivity import _groups, unit_regex
 
-# the options, written and offered, live in engine.studies.options; the planner's callers find them here too
-__all__ = ["plan", "least_loss", "candidates", "with_choice", "score", "planning_text", "PLAN_PARAGRAPHS",
+# the knapsack (engine.studies.knapsack), the options (engine.studies.options) and the result's types
+# (engine.studies.plan_result) live apart; the planner's callers find them here too
+__all__ = ["plan", "Planner", "least_loss", "candidates", "with_choice", "score", "planning_text",
+           "PLAN_PARAGRAPHS", "Plan", "Outcome", "Grid", "UnitChoice", "Candidate",
            "REFERENCE", "Option", "parse_option", "parse_ladder", "default_ladder", "wider_ladder"]
 
 
@@ -61,56 +69,6 @@ def with_choice(reference: Recipe, regexes: dict, choice: dict) -> Recipe:
         return reference
     own = reference.to_dict()["per_layer"]
     return reference.updated(per_layer=rules + own, distill_steps=0)
-
-
-def least_loss(units: list, options: dict, loss: dict, cost: dict, budget: float, step: float | None = None,
-               keep: dict | None = None, max_changes: int | None = None) -> dict | None:
-    """The option per unit with the least total `loss` whose total `cost` (bytes, relative to
-    the current setting: negative saves) is at most `budget`: a multiple-choice knapsack solved
-    exactly by dynamic programming over costs counted in `step`s (default 1/8000 of the widest
-    range of costs), each rounded up, so the real total never exceeds what is counted (exact when
-    every cost is a multiple of the step). With `max_changes`, at most that many units take an
-    option other than their `keep` one. None: nothing fits."""
-    step = step or (sum(max(abs(cost[u, o]) for o in options[u]) for u in units) or 1.0) / 8000
-    w = {k: math.ceil(c / step - 1e-9) for k, c in cost.items()}
-    cap = math.floor(budget / step + 1e-9)
-    # the least total still to come, so that states that can no longer fit are dropped
-    rest = [0] * (len(units) + 1)
-    for i in range(len(units) - 1, -1, -1):
-        rest[i] = rest[i + 1] + min(w[units[i], o] for o in options[units[i]])
-    best = {(0, 0): (0.0, ())}  # (counted cost, units changed) -> (loss, options so far)
-    for i, u in enumerate(units):
-        nxt = {}
-        for (s, n), (c, picks) in best.items():
-            for o in options[u]:
-                s2, c2 = s + w[u, o], c + loss[u, o]
-                n2 = n + (max_changes is not None and o != keep[u])
-                if s2 + rest[i + 1] > cap or (max_changes is not None and n2 > max_changes):
-                    continue
-                if (s2, n2) not in nxt or c2 < nxt[s2, n2][0]:
-                    nxt[s2, n2] = (c2, picks + (o,))
-        best = nxt
-    if not best:
-        return None
-    _, picks = min(best.values(), key=lambda v: v[0])
-    return dict(zip(units, picks))
-
-
-def candidates(units: list, options: dict, loss: dict, cost: dict, budget: float, center: dict) -> list[dict]:
-    """The knapsack's choices changing at most 1, 2, 3, 4, 6, 8, ... units from `center`, up to
-    the unconstrained one, fewest changes first: small moves add up more faithfully than large
-    ones, so each is measured, not only the one predicted best."""
-    full = least_loss(units, options, loss, cost, budget)
-    if full is None:
-        return []
-    changed = sum(full[u] != center[u] for u in units)
-    out, k = [], 1
-    while k < changed:
-        c = least_loss(units, options, loss, cost, budget, keep=center, max_changes=k)
-        if c is not None and c != center and c not in out:
-            out.append(c)
-        k = k + 1 if k < 4 else k * 2
-    return out + ([full] if full not in out else [])
 
 
 PLAN_PARAGRAPHS = 16  # of the calibration text: the planner measures on them, never on the evaluation text
@@ -152,10 +110,11 @@ class _Measure:
 
 
 def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "type", ladder=None,
-         rounds: int = 2, progress=None) -> dict:
+         rounds: int = 2, progress=None) -> Plan:
     """The option per unit (of `ladder`, default `default_ladder`) with the least measured loss
     within the bytes of `reference` applied (or `target_ratio` of the fp16 bytes), and, with the
-    full protocol, the plan beside the reference."""
+    full protocol, the plan beside the reference. `progress(done, total, what)` is called after
+    each step. Raises UserError for a bad argument or a target out of reach."""
     if target_ratio is not None and not 0 < target_ratio < 1:
         raise UserError(f"--target-ratio: must be in (0, 1), got {target_ratio!r}")
     if not isinstance(rounds, int) or not 1 <= rounds <= 10:
@@ -168,105 +127,148 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
         except RecipeError as e:
             raise UserError(f"--ladder: option {o.label} does not go with {reference.describe()}: "
                             f"{str(e).split(': ', 1)[-1]}") from None
-    ex = work.explorer
-    ev = ex.evaluator()
-    groups = _groups(ex, reference, by)
-    everything = [i.name for i in ex.selected(reference)]
-    regexes = {u: unit_regex(u, names, everything) for u, names in groups.items()}
-    measure = _Measure(work, reference, regexes)
-    original = 2 * ex.total_params
-    units = list(groups)
-    options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in units}
-    infos = {i.name: i for i in ex.layers if i.tied_to is None}
+    return Planner(work, reference, target_ratio, by, ladder, progress).run(rounds)
 
-    def added(u, o) -> int:
-        """The bytes unit u at option o adds to the reference's, from the shapes (negative: saves)."""
-        return (_predicted(infos, with_choice(reference, regexes, {u: o}), groups[u])
-                - _predicted(infos, reference, groups[u]))
 
-    if target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
-        smallest = work.apply(reference).memory.compressed_bytes + sum(
-            min(added(u, o) for o in options[u]) for u in units)
-        if smallest > target_ratio * original:
-            raise UserError(f"the target {target_ratio} cannot be reached with the options "
-                            f"{', '.join(o.label for o in ladder)} by {by} (smallest: {smallest / original:.3f} of fp16)")
-    ref_loss, ref_bytes = measure({})
-    budget = ref_bytes if target_ratio is None else target_ratio * original
-    total = rounds * len(units) * len(ladder) + len(ladder) + 1
-    done = [0]
+class Planner:
+    """One plan being found: the units and their rules, the measurements (each choice once), the
+    center of the current round, the best candidate within the budget and the history so far.
 
-    def tick(what):
-        done[0] += 1
-        if progress:
-            progress(min(done[0], total), total, what)
+        Planner(work, reference, None, "type", ladder).run(rounds=2)   # a Plan; plan() checks arguments first
+    """
 
-    center = {u: REFERENCE for u in units}
-    best = (ref_loss, ref_bytes, dict(center)) if ref_bytes <= budget else None
-    history, grid = [], None
+    def __init__(self, work, reference: Recipe, target_ratio: float | None, by: str, ladder: list,
+                 progress=None):
+        ex = work.explorer
+        self.work, self.reference, self.target_ratio, self.by, self.ladder = work, reference, target_ratio, by, ladder
+        self.progress, self.done, self.total = progress, 0, 0
+        self.evaluator = ex.evaluator()
+        self.groups = _groups(ex, reference, by)
+        everything = [i.name for i in ex.selected(reference)]
+        self.regexes = {u: unit_regex(u, names, everything) for u, names in self.groups.items()}
+        self.measure = _Measure(work, reference, self.regexes)
+        self.original = 2 * ex.total_params  # fp16 bytes
+        self.units = list(self.groups)
+        self.options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in self.units}
+        self.infos = {i.name: i for i in ex.layers if i.tied_to is None}
+        self.ref_bytes, self.budget = 0, 0.0  # the reference's bytes measured, and the budget: set by run()
+        self.center = {u: REFERENCE for u in self.units}  # the choice the current round moves from
+        self.best: tuple | None = None  # (loss, bytes, choice) of the best candidate within the budget
+        self.history: list[Candidate] = []
+        self.grid: Grid | None = None
 
-    def consider(choice: dict, round_: int, predicted: float | None):
-        """Measure a candidate, write it in the history, and keep it if it is the best within the budget."""
-        nonlocal best
-        got, got_bytes = measure(choice)
-        history.append({"round": round_, "changes": sum(choice[u] != center[u] for u in units),
-                        "predicted": predicted, "measured": got, "bytes": got_bytes,
-                        "choice": {u: o.label for u, o in choice.items()}})
-        if got_bytes <= budget and (best is None or got < best[0]):
-            best = (got, got_bytes, choice)
+    def run(self, rounds: int) -> Plan:
+        """Measure the reference, every option everywhere, then up to `rounds` rounds; the Plan."""
+        if self.target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
+            self._check_reachable()
+        ref_loss, self.ref_bytes = self.measure({})
+        self.budget = self.ref_bytes if self.target_ratio is None else self.target_ratio * self.original
+        self.total = rounds * len(self.units) * len(self.ladder) + len(self.ladder) + 1
+        self.best = (ref_loss, self.ref_bytes, dict(self.center)) if self.ref_bytes <= self.budget else None
+        for o in self.ladder:  # each option for every unit, where its bytes fit, is a candidate too
+            self._tick(f"every unit at {o.label}")
+            if self.ref_bytes + sum(self._added(u, o) for u in self.units) <= self.budget:
+                self._consider({u: o for u in self.units}, 0, None)
+        rounds_run = 0
+        for r in range(rounds):
+            rounds_run = r + 1
+            if not self._round(r):
+                break
+        if self.best is None:
+            raise UserError(f"the target {self.target_ratio} cannot be reached with the options by {self.by}")
+        return self._result(rounds_run)
 
-    for o in ladder:  # each option for every unit, where its bytes fit, is a candidate too
-        tick(f"every unit at {o.label}")
-        if ref_bytes + sum(added(u, o) for u in units) <= budget:
-            consider({u: o for u in units}, 0, None)
-    rounds_run = 0
-    for r in range(rounds):
-        rounds_run = r + 1
-        c_loss, c_bytes = measure(center)
-        now = with_choice(reference, regexes, center)  # every layer's recipe at the center of this round
+    def _check_reachable(self) -> None:
+        """Raise UserError where even the smallest option of every unit exceeds the target."""
+        smallest = self.work.apply(self.reference).memory.compressed_bytes + sum(
+            min(self._added(u, o) for o in self.options[u]) for u in self.units)
+        if smallest > self.target_ratio * self.original:
+            raise UserError(f"the target {self.target_ratio} cannot be reached with the options "
+                            f"{self._labels()} by {self.by} (smallest: {smallest / self.original:.3f} of fp16)")
+
+    def _round(self, r: int) -> bool:
+        """Round r (from 0): measure every move from the center, measure the knapsack's candidates,
+        move the center to the best so far. False: no further round would help."""
+        c_loss, c_bytes = self.measure(self.center)
+        loss, cost = self._moves(r, c_loss, c_bytes)
+        if self.grid is None:
+            self.grid = self._grid(loss, cost)
+        found = candidates(self.units, self.options, loss, cost, self.budget - c_bytes, self.center)
+        if not found:
+            if r == 0 and self.best is None:
+                raise UserError(f"the target {self.target_ratio} cannot be reached with the options "
+                                f"{self._labels()} by {self.by}")
+            return False
+        for choice in found:
+            self._consider(choice, r + 1, c_loss + sum(loss[u, choice[u]] for u in self.units))
+        if self.best is None or self.best[2] == self.center:
+            return False  # no move measured better: another round would measure the same
+        self.center = self.best[2]  # the next round around the best so far (a round's own, or an option everywhere)
+        return True
+
+    def _moves(self, r: int, c_loss: float, c_bytes: int) -> tuple[dict, dict]:
+        """The loss and bytes each (unit, option) adds to the center's (`c_loss`, `c_bytes`),
+        measured: 0 where the option leaves the unit's layers as they are."""
+        now = with_choice(self.reference, self.regexes, self.center)  # every layer's recipe at the center
         loss, cost = {}, {}
-        for u in units:
-            for o in options[u]:
-                if o == center[u] or _same(now, with_choice(reference, regexes, {**center, u: o}), groups[u]):
+        for u in self.units:
+            for o in self.options[u]:
+                moved = {**self.center, u: o}
+                if o == self.center[u] or _same(now, with_choice(self.reference, self.regexes, moved), self.groups[u]):
                     loss[u, o], cost[u, o] = 0.0, 0
                     continue
-                l, b = measure({**center, u: o})
+                l, b = self.measure(moved)
                 loss[u, o], cost[u, o] = l - c_loss, b - c_bytes
-                tick(f"round {r + 1}: {u} at {o.label}")
-        if grid is None:
-            grid = {"metric": measure.metric, "text": measure.name, "by": by, "units": units,
-                    "options": [o.label for o in options[units[0]]], "reference": reference.describe(),
-                    "loss": [[loss[u, o] for o in options[u]] for u in units],
-                    "bytes": [[cost[u, o] for o in options[u]] for u in units]}
-        found = candidates(units, options, loss, cost, budget - c_bytes, center)
-        if not found:
-            if r == 0 and best is None:
-                raise UserError(f"the target {target_ratio} cannot be reached with the options "
-                                f"{', '.join(o.label for o in ladder)} by {by}")
-            break
-        for choice in found:
-            consider(choice, r + 1, c_loss + sum(loss[u, choice[u]] for u in units))
-        if best is None or best[2] == center:
-            break  # no move measured better: another round would measure the same
-        center = best[2]  # the next round around the best so far (a round's own, or an option everywhere)
-    if best is None:
-        raise UserError(f"the target {target_ratio} cannot be reached with the options by {by}")
-    _, plan_bytes, choice = best
-    recipe = with_choice(reference, regexes, choice)
-    planned = work.apply(recipe)
-    assert planned.memory.compressed_bytes == plan_bytes
-    plan_metrics = work.evaluate()
-    uniform = {"recipe": reference.describe(), "compressed_bytes": ref_bytes, "ratio": ref_bytes / original,
-               "metrics": _full(work, reference)}
-    return {
-        "metric": ev.primary, "baseline": ev.baseline(), "target_ratio": target_ratio, "budget_bytes": budget,
-        "by": by, "reference": reference.to_dict(), "ladder": [o.label for o in ladder], "recipe": recipe.to_dict(),
-        "is_reference": all(o == REFERENCE for o in choice.values()),
-        "units": [{"unit": u, "layers": groups[u], "choice": choice[u].label,
-                   "loss_by_option": dict(zip(grid["options"], grid["loss"][i]))} for i, u in enumerate(units)],
-        "grid": grid, "rounds": history, "rounds_run": rounds_run, "measured_choices": len(measure.seen),
-        "plan": {"compressed_bytes": plan_bytes, "ratio": plan_bytes / original, "metrics": plan_metrics},
-        "uniform": uniform,
-    }
+                self._tick(f"round {r + 1}: {u} at {o.label}")
+        return loss, cost
+
+    def _consider(self, choice: dict, round_: int, predicted: float | None) -> None:
+        """Measure a candidate, write it in the history, and keep it if it is the best within the budget."""
+        got, got_bytes = self.measure(choice)
+        self.history.append(Candidate(round_, sum(choice[u] != self.center[u] for u in self.units), predicted,
+                                      got, got_bytes, {u: o.label for u, o in choice.items()}))
+        if got_bytes <= self.budget and (self.best is None or got < self.best[0]):
+            self.best = (got, got_bytes, choice)
+
+    def _result(self, rounds_run: int) -> Plan:
+        """The best candidate applied and measured with the full protocol, beside the reference."""
+        _, plan_bytes, choice = self.best
+        recipe = with_choice(self.reference, self.regexes, choice)
+        planned = self.work.apply(recipe)
+        assert planned.memory.compressed_bytes == plan_bytes
+        plan_metrics = self.work.evaluate()
+        uniform = Outcome(self.ref_bytes, self.ref_bytes / self.original, _full(self.work, self.reference))
+        grid = self.grid
+        units = tuple(UnitChoice(u, tuple(self.groups[u]), choice[u].label, dict(zip(grid.options, grid.loss[i])))
+                      for i, u in enumerate(self.units))
+        return Plan(metric=self.evaluator.primary, baseline=self.evaluator.baseline(),
+                    target_ratio=self.target_ratio, budget_bytes=self.budget, by=self.by, reference=self.reference,
+                    ladder=tuple(o.label for o in self.ladder), recipe=recipe,
+                    is_reference=all(o == REFERENCE for o in choice.values()), units=units, grid=grid,
+                    rounds=tuple(self.history), rounds_run=rounds_run, measured_choices=len(self.measure.seen),
+                    planned=Outcome(plan_bytes, plan_bytes / self.original, plan_metrics), uniform=uniform)
+
+    def _grid(self, loss: dict, cost: dict) -> Grid:
+        """The first round's moves as a Grid."""
+        opts = self.options
+        return Grid(self.measure.metric, self.measure.name, self.by, tuple(self.units),
+                    tuple(o.label for o in opts[self.units[0]]), self.reference.describe(),
+                    tuple(tuple(loss[u, o] for o in opts[u]) for u in self.units),
+                    tuple(tuple(cost[u, o] for o in opts[u]) for u in self.units))
+
+    def _added(self, u: str, o: Option) -> int:
+        """The bytes unit u at option o adds to the reference's, from the shapes (negative: saves)."""
+        names = self.groups[u]
+        return (_predicted(self.infos, with_choice(self.reference, self.regexes, {u: o}), names)
+                - _predicted(self.infos, self.reference, names))
+
+    def _tick(self, what: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(min(self.done, self.total), self.total, what)
+
+    def _labels(self) -> str:
+        return ", ".join(o.label for o in self.ladder)
 
 
 def _same(now: Recipe, then: Recipe, names) -> bool:
