@@ -8,8 +8,8 @@
 
 The engine is a stack of layers, one folder each; a module imports only from its own layer
 and the layers below it (`LAYERS`, from the bottom up; tests/test_boundaries.py keeps it so).
-Methods, number formats and layer kinds are each one table: `engine.methods.table`,
-`engine.formats.table`, `engine.layers.table`.
+Methods, number formats and layer kinds are each one table, in their package: `engine.methods.METHODS`,
+`engine.formats.FORMATS`, `engine.layers.KINDS`.
 
 The engine never imports streamlit or plotly; the app (app.py, pages/, ui/) calls it and draws.
 """

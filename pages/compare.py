@@ -1,8 +1,9 @@
 """Compare: the uncompressed and the compressed model side by side on your own input."""
 import streamlit as st
 
+from charts import figures
 from engine.models import data
-from ui import charts, context, results
+from ui import context, results
 
 ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
@@ -43,7 +44,7 @@ def generating():
     right.text(shown + out["compressed"])
     st.subheader(subheader)
     st.caption(f"{caption} KL(original ‖ compressed) = {out['kl']:.4f} nats.")
-    st.plotly_chart(charts.next_tokens(out["top"]), config=charts.PNG, key="compare_tokens_chart")
+    st.plotly_chart(figures.next_tokens(out["top"]), config=figures.PNG, key="compare_tokens_chart")
 
 
 @st.fragment
@@ -70,7 +71,7 @@ def classifier():
     text = st.text_area("Text", data.polarity()[0][0], key="compare_text")
     rows = run(f"compare:{text}", lambda work: work.compare(text))
     if rows is not None:
-        st.plotly_chart(charts.label_probs(rows), config=charts.PNG, key="compare_labels")
+        st.plotly_chart(figures.label_probs(rows), config=figures.PNG, key="compare_labels")
 
 
 {"causal-lm": generating, "seq2seq": generating, "encoder": encoder, "classifier": classifier}[ex.kind]()

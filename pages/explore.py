@@ -1,10 +1,11 @@
 """Explore: memory, per-layer error and quality after each change of the controls."""
 import streamlit as st
 
+from charts import figures
 from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from engine.models.calibrate import SOURCE
-from ui import caches, charts, context, exports, results
+from ui import caches, context, exports, results
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 
@@ -32,14 +33,14 @@ elif recipe.rank_ratio is not None or recipe.rank is not None:
 mem = results.memory(ctx)
 context.mark("memory")
 c1, c2, c3 = st.columns(3)
-c1.metric("Original (fp16)", charts.human_bytes(mem["original_bytes"]),
-          help=f"Every parameter at 2 bytes; {charts.human_bytes(mem['original_bytes_fp32'])} at fp32.")
-c2.metric("Compressed", charts.human_bytes(mem["compressed_bytes"]),
-          delta=charts.human_bytes(mem["compressed_bytes"] - mem["original_bytes"]), delta_color="inverse",
+c1.metric("Original (fp16)", figures.human_bytes(mem["original_bytes"]),
+          help=f"Every parameter at 2 bytes; {figures.human_bytes(mem['original_bytes_fp32'])} at fp32.")
+c2.metric("Compressed", figures.human_bytes(mem["compressed_bytes"]),
+          delta=figures.human_bytes(mem["compressed_bytes"] - mem["original_bytes"]), delta_color="inverse",
           help="Exactly what would be stored: packed values, fp16 scales, zero-points, masks or indices, "
                "factors, and everything left alone at 2 bytes per parameter.")
 c3.metric("Ratio", f"{mem['ratio']:.3f}", help="compressed bytes / original bytes (fp16)")
-st.plotly_chart(charts.memory_bar(mem), config=charts.PNG, key="explore_memory")
+st.plotly_chart(figures.memory_bar(mem), config=figures.PNG, key="explore_memory")
 over = [r["name"] for r in mem["layers"] if r["factors_exceed_dense"]]
 if over:
     st.warning(f"{len(over)} layer(s) store factors larger than the dense matrix at this rank "
@@ -49,7 +50,7 @@ if over:
 # -- per-layer error -----------------------------------------------------------------------
 st.subheader("Per-layer error", help=CONCEPTS["relative_error"] + " " + CONCEPTS["sqnr_db"])
 if any(r["compressed"] for r in mem["layers"]):
-    st.plotly_chart(charts.layer_errors(mem["layers"]), config=charts.PNG, key="explore_errors")
+    st.plotly_chart(figures.layer_errors(mem["layers"]), config=figures.PNG, key="explore_errors")
 context.mark("layer_errors")
 with st.expander("Every layer: format, bytes and error"):
     st.dataframe([{
@@ -125,7 +126,7 @@ def build_and_offer(what: str, key: str, state: str, build, option, mime: str, d
             caches.keep_built(state, (ctx.key, recipe, option, *made))
     made = st.session_state.get(state)
     if made and made[:3] == (ctx.key, recipe, option):
-        st.download_button(f"Download {made[3]} ({charts.human_bytes(len(made[4]))})", made[4], made[3], mime,
+        st.download_button(f"Download {made[3]} ({figures.human_bytes(len(made[4]))})", made[4], made[3], mime,
                            key=key + "_download")
         st.caption(f"In it: {made[5]}.{after}")
 
@@ -145,7 +146,7 @@ def offer_format(title: str, key: str, summary, build, mime: str, after: str) ->
     refused = next((r for r in layers if r["type"] == "refused"), None)
     st.caption(f"{len(layers) - info['refused']} of {len(layers)} compressed layers go in as they are ("
                + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused")
-               + f"), {charts.human_bytes(info['bytes'])} of them"
+               + f"), {figures.human_bytes(info['bytes'])} of them"
                + (f"; {info['refused']} cannot, e.g. {refused['layer']}: {refused['how']}; the dense fallback writes "
                   "them dense" if refused else "") + ".")
     dense = st.checkbox("Dense fallback for what it cannot hold", key=key + "_dense", disabled=not info["refused"])
@@ -193,8 +194,8 @@ if result is not None:
             for k, b in base.items()]
     st.caption(f"{d['steps']} steps at learning rate {d['lr']:g}: {d['seconds']:.1f} s. "
                f"Loss {d['loss_first']:.4f} → {d['loss_last']:.4f}. Memory unchanged: "
-               f"{charts.human_bytes(result['memory']['compressed_bytes'])}. Full protocol on the evaluation text.")
+               f"{figures.human_bytes(result['memory']['compressed_bytes'])}. Full protocol on the evaluation text.")
     st.dataframe(rows, hide_index=True, width="stretch")
-    st.plotly_chart(charts.distill_loss(d["loss"], d["objective"]), config=charts.PNG, key="explore_distill_loss")
+    st.plotly_chart(figures.distill_loss(d["loss"], d["objective"]), config=figures.PNG, key="explore_distill_loss")
     st.download_button("Download the distilled recipe (JSON)", distilled.to_json(), "recipe.json",
                        "application/json", key="explore_distill_recipe")

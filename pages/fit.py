@@ -1,8 +1,9 @@
 """Will it fit? A model's memory planned from its config alone, laid against common GPUs and this machine."""
 import streamlit as st
 
+from charts import figures
 from engine.glossary import CONCEPTS
-from ui import access, charts, context, results
+from ui import access, context, results
 
 context.page_start(__file__)
 
@@ -46,27 +47,27 @@ if fp["note"]:
 w, kv, act = fp["weights"], fp["kv_cache"], fp["activations"]
 cols = st.columns(5)
 cols[0].metric("Parameters", f"{fp['total_params'] / 1e9:,.3f} B" if fp["total_params"] >= 1e8 else f"{fp['total_params']:,}")
-cols[1].metric("Weights", charts.human_bytes(w["compressed_bytes"]),
+cols[1].metric("Weights", figures.human_bytes(w["compressed_bytes"]),
                f"{w['ratio'] - 1:+.1%} vs fp16", delta_color="inverse", help=f"Under {fp['describe']}.")
-cols[2].metric("KV cache", charts.human_bytes(kv["bytes"]), help=kv["formula"])
-cols[3].metric("Activations (estimate)", charts.human_bytes(act["bytes"]), help=act["formula"])
-cols[4].metric("Total", charts.human_bytes(fp["total_bytes"]), help="Not counted: " + fp["not_counted"])
+cols[2].metric("KV cache", figures.human_bytes(kv["bytes"]), help=kv["formula"])
+cols[3].metric("Activations (estimate)", figures.human_bytes(act["bytes"]), help=act["formula"])
+cols[4].metric("Total", figures.human_bytes(fp["total_bytes"]), help="Not counted: " + fp["not_counted"])
 st.caption(f"**{fp['describe']}** on {fp['model']} ({fp['source']}), {fp['kind']}. KV cache = {kv['formula']}."
            + (f" {kv['note']}." if kv.get("note") else "")
            + f" Largest layer: {fp['largest_layer']['name']} {fp['largest_layer']['shape'][0]:,} × "
-             f"{fp['largest_layer']['shape'][1]:,}, {charts.human_bytes(fp['largest_layer']['fp16_bytes'])} at fp16.")
+             f"{fp['largest_layer']['shape'][1]:,}, {figures.human_bytes(fp['largest_layer']['fp16_bytes'])} at fp16.")
 for note in fp["notes"]:
     st.warning(note)
-st.plotly_chart(charts.fit_bars(fp, devices), config=charts.PNG, key="fit_chart")
+st.plotly_chart(figures.fit_bars(fp, devices), config=figures.PNG, key="fit_chart")
 st.subheader("The mildest recipe that fits")
 st.caption("For each device, the first recipe of the ladder whose total fits: " + " → ".join(results.fit_ladder())
            + ". Milder first: error falls as bits rise, and GPTQ with act-order beat round to nearest at 4 and 3 "
              "bits at equal bytes (README, measured). Capacities are nominal; the driver keeps a little.")
 st.dataframe([{
-    "device": d["device"], "memory": charts.human_bytes(d["capacity_bytes"]),
+    "device": d["device"], "memory": figures.human_bytes(d["capacity_bytes"]),
     "this recipe": "fits" if fp["total_bytes"] <= d["capacity_bytes"] else "too big",
     "mildest ladder recipe that fits": d["recipe"] or "none: offload or more devices",
-    "its total": charts.human_bytes(d["total_bytes"]) if d["total_bytes"] is not None else "",
-    "to spare": charts.human_bytes(d["headroom_bytes"]) if d["headroom_bytes"] is not None else "",
+    "its total": figures.human_bytes(d["total_bytes"]) if d["total_bytes"] is not None else "",
+    "to spare": figures.human_bytes(d["headroom_bytes"]) if d["headroom_bytes"] is not None else "",
 } for d in devices], hide_index=True, width="stretch")
 context.mark("fit")

@@ -1,10 +1,10 @@
 """Inside a layer: what the current recipe does to one layer's real numbers, transform by transform."""
 import streamlit as st
 
+from charts import lesson as lesson_figures
 from engine.glossary import CONCEPTS, FORMULAS
 from engine.studies import inside_layer as lesson
 from ui import context
-from ui import lesson_charts as charts
 
 PNG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -53,7 +53,7 @@ with tabs[0]:
             q = lesson_of(lesson.quantization, group=int(group))
         left, right = st.columns([3, 2])
         with left:
-            st.plotly_chart(charts.group_on_grid(q), config=PNG, key="lesson_grid")
+            st.plotly_chart(lesson_figures.group_on_grid(q), config=PNG, key="lesson_grid")
             st.caption(f"Group {q['group']} of {q['groups']} (row {q['row']} of {q['matrix']}): scale "
                        f"{q['scale']:.3g}" + ("" if q["symmetric"] else f", zero-point {q['zero']:.0f}")
                        + f". Every value after rounding sits on one of the {len(q['levels'])} levels of the grid."
@@ -63,18 +63,18 @@ with tabs[0]:
             explain(["bits", "scale", "symmetric"], "symmetric" if q["symmetric"] else "asymmetric")
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(charts.error_histogram(q), config=PNG, key="lesson_error")
+            st.plotly_chart(lesson_figures.error_histogram(q), config=PNG, key="lesson_error")
             st.caption(f"The rounding error of every stored weight of {q['matrix']}; round to nearest never "
                        f"errs by more than half a step (dashed: half the largest step, {q['half_step_max']:.3g}). "
                        f"Largest error here: {q['max_error']:.3g}.")
         with right:
             pooled = f" (each row is the largest of {q['pooled_rows']} rows)" if q["pooled_rows"] > 1 else ""
-            st.plotly_chart(charts.heatmap(q["scales"], "Scale of every group", "group within the row",
+            st.plotly_chart(lesson_figures.heatmap(q["scales"], "Scale of every group", "group within the row",
                                            "output row" + pooled, "scale"), config=PNG, key="lesson_scales")
             st.caption("A bright cell is a group whose largest weight, an outlier, stretches its scale: "
                        "every other weight of that group then gets coarser steps. " + CONCEPTS["group_size"])
         if q["zeros"] is not None:
-            st.plotly_chart(charts.heatmap(q["zeros"], "Zero-point of every group", "group within the row",
+            st.plotly_chart(lesson_figures.heatmap(q["zeros"], "Zero-point of every group", "group within the row",
                                            "output row" + pooled, "zero-point (code)", "Cividis"),
                             config=PNG, key="lesson_zeros")
 with tabs[1]:
@@ -84,14 +84,14 @@ with tabs[1]:
         crop = r["crop"]
         for col, key, title in zip(c, ("original", "approx", "difference"),
                                    ("W (fp16)", f"rank {r['rank']}, as stored", "W − rank-r")):
-            col.plotly_chart(charts.heatmap(r[key], title, "input column", "output row", "weight", "RdBu",
+            col.plotly_chart(lesson_figures.heatmap(r[key], title, "input column", "output row", "weight", "RdBu",
                                             symmetric=True, height=320), config=PNG, key=f"lesson_{key}")
         st.caption(f"The top-left {crop} × {crop} values of the {r['shape'][0]} × {r['shape'][1]} matrix, one colour "
                    f"scale each (red negative, blue positive). Relative error of the whole matrix: "
                    f"{r['relative_error']:.3f}.")
         left, right = st.columns([3, 2])
         with left:
-            st.plotly_chart(charts.spectrum_cut(r["singular_values"], r["rank"]), config=PNG, key="lesson_spectrum")
+            st.plotly_chart(lesson_figures.spectrum_cut(r["singular_values"], r["rank"]), config=PNG, key="lesson_spectrum")
         with right:
             explain(["low_rank", "singular_value"], "low_rank")
             st.metric("Values stored", f"{r['factor_params']:,}",
@@ -102,13 +102,13 @@ with tabs[2]:
     if p is not None:
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(charts.heatmap(p["mask"], f"Keep-mask of {p['matrix']} ({p['pattern']}, {p['method']})",
+            st.plotly_chart(lesson_figures.heatmap(p["mask"], f"Keep-mask of {p['matrix']} ({p['pattern']}, {p['method']})",
                                            "input column", "output row", "kept", "Greens", height=360),
                             config=PNG, key="lesson_mask")
             st.caption(f"The top-left {p['crop']} × {p['crop']} entries: green kept, white removed "
                        f"({p['sparsity']:.0%} removed in the whole matrix).")
         with right:
-            st.plotly_chart(charts.magnitudes(p), config=PNG, key="lesson_magnitudes")
+            st.plotly_chart(lesson_figures.magnitudes(p), config=PNG, key="lesson_magnitudes")
             st.caption("Magnitudes of the weights kept and removed" + (
                 f"; magnitude pruning removes every weight below {p['threshold']:.3g} (dashed)."
                 if p["method"] == "magnitude" and p["pattern"] == "unstructured" else
@@ -116,7 +116,7 @@ with tabs[2]:
         explain(["sparsity"] + (["nm"] if p["pattern"] != "unstructured" else []) + ["prune_method"],
                 p["method"] if p["method"] in ("magnitude", "sparsegpt") else "wanda")
         if "differs_from_magnitude" in p:
-            st.plotly_chart(charts.heatmap(p["magnitude_mask"], "Magnitude's mask at the same count",
+            st.plotly_chart(lesson_figures.heatmap(p["magnitude_mask"], "Magnitude's mask at the same count",
                                            "input column", "output row", "kept", "Greens", height=360),
                             config=PNG, key="lesson_magnitude_mask")
             st.caption(f"{p['method']} and magnitude disagree on {p['differs_from_magnitude']:.1%} of the entries: "
@@ -133,13 +133,13 @@ def beside(fig, key: str, concepts: list[str], formula: str):
 with tabs[3]:
     s = lesson_of(lesson.sharing)
     if s is not None:
-        beside(charts.codebook(s), "lesson_codebook", ["weight_sharing"], "kmeans").caption(
+        beside(lesson_figures.codebook(s), "lesson_codebook", ["weight_sharing"], "kmeans").caption(
             f"{len(s['codebook'])} shared values stand for {sum(s['counts']):,} weights; the busiest one for "
             f"{max(s['counts']):,}.")
 with tabs[4]:
     e = lesson_of(lesson.entropy)
     if e is not None:
-        with beside(charts.code_lengths(e), "lesson_huffman", ["entropy_coding"], "entropy"):
+        with beside(lesson_figures.code_lengths(e), "lesson_huffman", ["entropy_coding"], "entropy"):
             c = st.columns(3)
             c[0].metric("Entropy", f"{e['entropy']:.2f} bits")
             c[1].metric("Huffman", f"{e['huffman']:.2f} bits")

@@ -2,9 +2,10 @@
 import pandas as pd
 import streamlit as st
 
+from charts import figures
 from engine.studies import planner
 from engine.studies import sensitivity as plan
-from ui import caches, charts, context, controls
+from ui import caches, context, controls
 
 ctx = context.page(__file__)
 recipe = ctx.recipe
@@ -69,7 +70,7 @@ st.subheader("Sensitivity in context", help=f"Loss: how much the first estimate 
              "perplexity for a language model) with only that unit changed to that option and the rest at "
              f"{grid.reference}, measured on {grid.text}, which the evaluation never reads. Negative: "
              "better than the reference.")
-st.plotly_chart(charts.sensitivity_heatmap(grid), config=charts.PNG, key="sensitivity_heatmap")
+st.plotly_chart(figures.sensitivity_heatmap(grid), config=figures.PNG, key="sensitivity_heatmap")
 rows = [{"unit": u, **{o: grid.loss[i][j] for j, o in enumerate(grid.options)}}
         for i, u in enumerate(grid.units)]
 df = pd.DataFrame(rows)
@@ -80,14 +81,14 @@ st.subheader("Plan")
 p, uni = result.planned, result.uniform
 c = st.columns(2)
 c[0].metric(f"Planned: {metric}", f"{p.metrics[metric]:.4g}",
-            help=f"{charts.human_bytes(p.compressed_bytes)}, ratio {p.ratio:.4f}")
+            help=f"{figures.human_bytes(p.compressed_bytes)}, ratio {p.ratio:.4f}")
 c[1].metric(f"{result.reference.describe()}: {metric}", f"{uni.metrics[metric]:.4g}",
-            help=f"{charts.human_bytes(uni.compressed_bytes)}, ratio {uni.ratio:.4f}")
+            help=f"{figures.human_bytes(uni.compressed_bytes)}, ratio {uni.ratio:.4f}")
 if result.is_reference:
     st.warning("No mix of these options measured better than the sidebar's recipe within its bytes: the plan is "
                "the sidebar's recipe itself.")
-st.caption(f"Planned {charts.human_bytes(p.compressed_bytes)} (ratio {p.ratio:.4f}) against "
-           f"{charts.human_bytes(uni.compressed_bytes)} (ratio {uni.ratio:.4f}) for the sidebar's recipe; "
+st.caption(f"Planned {figures.human_bytes(p.compressed_bytes)} (ratio {p.ratio:.4f}) against "
+           f"{figures.human_bytes(uni.compressed_bytes)} (ratio {uni.ratio:.4f}) for the sidebar's recipe; "
            f"baseline {metric} {result.baseline[metric]:.4g}; full protocol for both. "
            f"{result.measured_choices} settings measured in {result.rounds_run} round(s).")
 st.dataframe([{"unit": u.unit, "layers": len(u.layers), "setting": u.choice} for u in result.units],

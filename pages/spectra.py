@@ -1,8 +1,9 @@
 """Spectra: singular values of any layer, and every layer's energy at a glance."""
 import streamlit as st
 
+from charts import figures
 from engine.glossary import CONCEPTS
-from ui import charts, context, results
+from ui import context, results
 
 ctx = context.page(__file__)
 ex, recipe = ctx.explorer, ctx.recipe
@@ -37,13 +38,13 @@ def one_layer():
     st.caption(f"Effective rank {spec['effective_rank']:.1f}; 90% of the energy needs rank "
                f"{spec['rank_for_90pct_energy']}."
                + ("" if name in chosen else " This layer is not selected by the current layer choice."))
-    st.plotly_chart(charts.spectrum(spec), config=charts.PNG, key="spectra_one")
+    st.plotly_chart(figures.spectrum(spec), config=figures.PNG, key="spectra_one")
     if stacked is not None:
         others = ", ".join(n for n in share.group if n != name)
         st.caption(f"{name} shares one basis of rank {share.rank} with {others}: the spectrum of their "
                    f"stacked whitened weights ({stacked['shape'][0]} × {stacked['shape'][1]}), whose top "
                    f"{share.rank} directions they all use; the energy kept above is theirs, at that rank.")
-        st.plotly_chart(charts.spectrum(stacked), config=charts.PNG, key="spectra_stacked")
+        st.plotly_chart(figures.spectrum(stacked), config=figures.PNG, key="spectra_stacked")
 
 
 def shared_groups():
@@ -71,5 +72,5 @@ context.mark("spectrum")
 st.subheader("All layers: energy kept by rank", help=CONCEPTS["energy_kept"])
 st.caption("Each row is a layer, each column a rank as a fraction of that layer's full rank; brighter keeps more. "
            "The dashed line is the current rank setting.")
-st.plotly_chart(charts.energy_heatmap(results.energy_grid(ctx), recipe.rank_ratio), config=charts.PNG,
+st.plotly_chart(figures.energy_heatmap(results.energy_grid(ctx), recipe.rank_ratio), config=figures.PNG,
                 key="spectra_heatmap")

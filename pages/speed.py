@@ -1,8 +1,9 @@
 """Speed: the compressed model on real kernels against the original, timed, and bounded by a roofline."""
 import streamlit as st
 
+from charts import figures
 from engine.speed.measure import SpeedSettings
-from ui import charts, context, results
+from ui import context, results
 
 ctx = context.page(__file__)
 
@@ -49,12 +50,12 @@ if causal:
                    f"{best['prefill_vs_fp32']:.2f}x fp32")
     if "decode_vs_bf16" in best:
         cols[2].metric("Decode against bf16", f"{best['decode_vs_bf16']:.2f}x")
-    cols[3].metric("Peak memory, compressed", charts.human_bytes(report["compressed"]["peak_memory_bytes"]))
+    cols[3].metric("Peak memory, compressed", figures.human_bytes(report["compressed"]["peak_memory_bytes"]))
     table = [{"model": n, "prefill tok/s": round(r["prefill_tokens_per_s"], 1),
               "decode tok/s": round(r["decode_tokens_per_s"], 1),
-              "peak memory": charts.human_bytes(r["peak_memory_bytes"])} for n, r in rows]
+              "peak memory": figures.human_bytes(r["peak_memory_bytes"])} for n, r in rows]
 else:
-    table = [{"model": n, "sentences/s": round(r["sentences_per_s"], 1), "peak memory": charts.human_bytes(r["peak_memory_bytes"])}
+    table = [{"model": n, "sentences/s": round(r["sentences_per_s"], 1), "peak memory": figures.human_bytes(r["peak_memory_bytes"])}
              for n, r in rows]
 anchor = report["llama_cpp"]
 if anchor and anchor["installed"]:
@@ -85,8 +86,8 @@ st.caption(f"This machine: {m['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s read ({m
              "reads every stored byte (scales, zero-points, masks and factors included; of the input embedding "
              "only its row) and the KV cache.")
 if causal:
-    st.plotly_chart(charts.roofline_bars(report), config=charts.PNG, key="roofline_chart")
-    st.dataframe([{"model": n, "bytes per token": charts.human_bytes(b["decode_bytes_per_token"]),
+    st.plotly_chart(figures.roofline_bars(report), config=figures.PNG, key="roofline_chart")
+    st.dataframe([{"model": n, "bytes per token": figures.human_bytes(b["decode_bytes_per_token"]),
                    "decode bound tok/s": round(b["decode_tokens_per_s"], 1),
                    "measured, share of bound": f"{b['decode_fraction_of_bound']:.0%}"
                    if "decode_fraction_of_bound" in b else "",

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ui import context
-from ui.tour import STEPS, link
+from ui.tour_steps import STEPS, link
 
 context.page_start(__file__)
 st.title("Start here")

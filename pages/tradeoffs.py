@@ -4,9 +4,10 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
+from charts import figures
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
 from engine.studies import sweep
-from ui import caches, charts, context, results
+from ui import caches, context, results
 from ui import variants as methods
 
 ctx = context.page(__file__)
@@ -99,8 +100,8 @@ cur_mem = results.memory(ctx)
 cur_q = results.quality(ctx, quick=not done["full"])
 current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_bytes"], **cur_q}
 label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
-st.plotly_chart(charts.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),
-                config=charts.PNG, key="tradeoffs_chart")
+st.plotly_chart(figures.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),
+                config=figures.PNG, key="tradeoffs_chart")
 st.caption(f"{len(rows)} points, {len(front)} on a frontier ({len(fronts)} method(s)). Hover a point for its recipe; the camera icon "
            "saves the chart as PNG.")
 df = pd.DataFrame(rows)

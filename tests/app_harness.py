@@ -16,6 +16,8 @@ server does once app.py has run.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from unittest import mock
 
 from streamlit.runtime.pages_manager import PagesManager
@@ -40,3 +42,36 @@ class _NavigationAppTest(AppTest):
 def app_test(script_path, *, default_timeout: float = 3) -> AppTest:
     """Like `AppTest.from_file`, for an app that calls `st.navigation` and keeps its pages in `pages/`."""
     return _NavigationAppTest(script_path, default_timeout=default_timeout)
+
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def start(page="pages/explore.py", timeout: float = 300, **params) -> AppTest:
+    """The app opened on `page` from a link with these parameters, run once without an exception."""
+    at = app_test(APP, default_timeout=timeout)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def compressed_bytes(at) -> float:
+    value = next(m.value for m in at.metric if m.label == "Compressed")
+    number, unit = value.split()
+    return float(number.replace(",", "")) * UNITS[unit]
+
+
+def recipe_caption(at) -> str:
+    return re.search(r"recipe: \*\*(.*)\*\*", at.caption[0].value).group(1)
+
+
+def ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+# control, how to change it, URL params to start from, what the recipe then says, bytes go up or down

@@ -1,12 +1,17 @@
 """What every test shares: the CPU only (unless CUDA is asked for), the cores, the tiny models and
 the offline models loaded once."""
 import os
+import sys
+from pathlib import Path
+
+# the tests' helpers (app_harness, cli_harness, browser, ...) import from any folder of the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The tests run on the CPU, whatever the machine: CUDA is hidden from this process, and from every
 # process it starts (the command line, the served app, xdist's workers), before torch first looks
 # for a GPU, so that the default device ("auto": the GPU when there is one) is the CPU and values
 # are compared exactly. EXPLORER_TEST_CUDA=1 leaves the GPU visible, for the tests that run on it
-# on purpose (those taking the `cuda_device` fixture: `EXPLORER_TEST_CUDA=1 pytest tests/test_device.py`);
+# on purpose (those taking the `cuda_device` fixture: `EXPLORER_TEST_CUDA=1 pytest tests/speed/test_device.py`);
 # the rest of the suite is written for the CPU (the app's default device is then the GPU).
 CUDA_OPT_IN = "EXPLORER_TEST_CUDA"
 CUDA_ASKED_FOR = os.environ.get(CUDA_OPT_IN, "") not in ("", "0")
@@ -204,10 +209,10 @@ def tiny_explorers(tiny_models):
 @pytest.fixture(scope="session", autouse=True)
 def autograd_knows_the_pretend_device():
     """The autograd engine sizes its per-device queues once per process, at its first backward
-    pass. test_device's pretend device (registered from Python) is counted only while a check
+    pass. the pretend device (device_harness) (registered from Python) is counted only while a check
     runs, so that first backward pass runs here, inside one: distillation on the pretend device
     then finds its queue whichever test ran a backward pass before."""
-    from test_device import on_device
+    from device_harness import on_device
 
     with on_device() as device:
         x = torch.ones(2, device=device, requires_grad=True)

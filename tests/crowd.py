@@ -143,8 +143,8 @@ class Person:
                       symmetric=e.get("sym", "true") == "true", group=e.get("layers", "all"))
 
     def expected(self, skeleton) -> dict:
+        from charts.figures import human_bytes
         from engine.drivers import footprint
-        from ui.charts import human_bytes
 
         r = self.recipe()
         return {"recipe": r.describe(), "compressed": human_bytes(footprint.predict(skeleton, r).compressed_bytes)}

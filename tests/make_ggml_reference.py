@@ -13,7 +13,7 @@ imatrix)` through ctypes on fixed inputs and stores the raw GGUF block bytes it 
 - for q2_k ... q6_k: raw bytes without and with the importance vector ("<input>/<type>/plain",
   "<input>/<type>/imatrix"); for q4_0, q4_1, q5_0, q5_1: with it ("<input>/<type>/imatrix").
 
-tests/test_ggml_reference.py checks engine/formats/ggml's quantizers against these bytes.
+tests/formats/test_ggml_reference.py checks engine/formats/ggml's quantizers against these bytes.
 """
 from __future__ import annotations
 

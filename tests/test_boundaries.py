@@ -1,6 +1,7 @@
 """The engine's layers, read from its source: imports only go down (engine.LAYERS), no module
 imports itself back through another, and nothing in the engine imports a UI library
-(streamlit, plotly, the app's ui/). Every import counts, those inside functions too."""
+(streamlit, plotly, the app's ui/, the figures' charts/). The figures (charts/) import neither
+Streamlit nor torch. Every import counts, those inside functions too."""
 import ast
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import engine
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "engine"
-UI = ("streamlit", "plotly", "ui")
+UI = ("streamlit", "plotly", "ui", "charts")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -103,6 +104,14 @@ def test_imports_only_go_down_and_never_round_in_a_cycle():
 def test_the_engine_imports_no_ui_library():
     found = {a: sorted(b for b in deps if b.split(".")[0] in UI) for a, deps in graph().items()}
     assert {a: names for a, names in found.items() if names} == {}
+
+
+def test_the_figures_import_neither_streamlit_nor_torch():
+    found = set()
+    for f in sorted((ROOT / "charts").rglob("*.py")):
+        found |= {m.split(".")[0] for m in imports(f, set(), ROOT)}
+    assert "plotly" in found and "engine" in found  # the whole package was read
+    assert found & {"streamlit", "torch", "ui"} == set()
 
 
 @pytest.fixture

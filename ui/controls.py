@@ -13,10 +13,10 @@ from typing import Callable
 import streamlit as st
 
 from engine.errors import UserError
+from engine.formats import FORMATS
 from engine.formats.ggml import layout_note
-from engine.formats.table import FORMATS
 from engine.glossary import CONCEPTS, FORMAT_NOTES
-from engine.methods.table import METHODS
+from engine.methods import METHODS
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
 

@@ -77,8 +77,8 @@ def export_ct(ctx: Context, dense_fallback: bool) -> tuple[str, bytes, str]:
 def report(ctx: Context, memory: dict, quality: dict, full: bool, baseline: dict, protocol: dict,
            speed: dict | None = None, sweep: dict | None = None):
     """(file name, a callable that builds the HTML report): the report is built from these
-    plain numbers only when the download is pressed (ui.report)."""
-    from . import report as html_report
+    plain numbers only when the download is pressed (charts.report)."""
+    from charts import report as html_report
 
     ex = ctx.explorer
     run = {"model": ctx.ref, "source": ex.loaded.source, "kind": ex.kind, "device": str(ex.loaded.device),

@@ -2,7 +2,7 @@
 mixes and types, each its own points."""
 from __future__ import annotations
 
-from engine.formats.table import FORMATS
+from engine.formats import FORMATS
 from engine.recipe.fields import SHARE_BLOCKS, RecipeError
 from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe

@@ -2,7 +2,7 @@
 commands (info: info, models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
 fit; speed); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
 on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback). A layer above
-adds its own commands through `extra` (ui.cli adds `report`, which draws with the app's figures):
+adds its own commands through `extra` (charts.cli adds `report`, which draws with the app's figures):
 the engine never imports a UI library."""
 from __future__ import annotations
 

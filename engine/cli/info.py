@@ -9,7 +9,7 @@ from engine.cli.options import mb, model_args, open_explorer
 
 def cmd_info(args):
     from engine.hardware.machine import describe
-    from engine.speed.kernels import kernel_probes
+    from engine.speed.probes import kernel_probes
 
     d = describe(args.device)
     d["kernels"] = kernel_probes(d["device"])

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.methods.table import calibrated as calibrated_methods
+from engine.methods import calibrated as calibrated_methods
 from engine.recipe.recipe import Recipe, RecipeError
 
 EXCLUSIVE = ("rank", "rank_ratio")  # a rank, or a fraction of each layer's full rank: not both

@@ -35,11 +35,10 @@ import torch
 
 from engine.drivers.workspace import Workspace, module_copy
 from engine.errors import UserError
+from engine.layers import LayerInfo
 from engine.layers.find import BLOCK_ROLES, find_layers, select
-from engine.layers.table import LayerInfo
 from engine.lru import LRU, tensor_bytes
-from engine.methods import shared, svd, whitened
-from engine.methods import shared as sharing
+from engine.methods import METHODS, shared, svd
 from engine.models import calibrate
 from engine.models.calibrate import Calibration
 from engine.models.loading import Loaded, load
@@ -62,15 +61,16 @@ def svd_bytes(info: LayerInfo, element_size: int = 4) -> int:
 def layer_factors(w: torch.Tensor, method: str = "svd", h: torch.Tensor | None = None) -> tuple:
     """(U, S, Vh) of the (out, in) matrix `w` for its low-rank `method`: for 'whitened' with
     input statistics `h` (H = X^T X / n, (in, in)) the SVD of W S with H = S S^T, returned as
-    (U, s, V^T S^-1) (whitened.whitened_svd); else, 'svd', 'whitened' without `h` (an embedding,
-    an expert no calibration token reached) or 'shared' on a layer of no group, the plain SVD.
+    (U, s, V^T S^-1) (engine.methods.whitened); else, 'svd', 'whitened' without `h` (an embedding,
+    an expert no calibration token reached) or 'shared' on a layer of no group, the plain SVD:
+    the method's `run` in engine.methods.METHODS.
     A group sharing one basis takes its stacked SVD instead (shared.shared_whitened_svd).
 
     >>> w = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
     >>> layer_factors(w)[1].tolist(), layer_factors(w, "whitened", None)[1].tolist()  # no H: the plain SVD
     ([4.0, 3.0], [4.0, 3.0])
     """
-    return whitened.whitened_svd(w, h) if method == "whitened" and h is not None else svd.svd(w)
+    return METHODS[method].run(w, h)
 
 
 def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Module) -> list[LayerInfo]:
@@ -151,7 +151,7 @@ class Explorer:
 
     def sharing(self, recipe: Recipe) -> dict:
         """Layer name -> its engine.methods.shared.Share, for the layers `recipe` shares a basis between."""
-        return sharing.groups(self.selected(recipe), recipe)
+        return shared.groups(self.selected(recipe), recipe)
 
     def shared_spectrum(self, share) -> dict:
         """The spectrum of a group's stacked whitened matrix [W_1; ...; W_N] S, as `spectrum`
@@ -167,7 +167,7 @@ class Explorer:
     def sharing_table(self, recipe: Recipe) -> list[dict]:
         """The groups of layers that share one basis under `recipe` (engine.methods.shared.table), with
         the energy of the stacked whitened spectrum kept at the basis rank."""
-        return sharing.table(self.selected(recipe), recipe, lambda share: self.shared_spectrum(share)["energy_kept"])
+        return shared.table(self.selected(recipe), recipe, lambda share: self.shared_spectrum(share)["energy_kept"])
 
     # -- calibration ----------------------------------------------------------------------
     def calibration(self) -> Calibration:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
+from engine.layers import LayerInfo
 from engine.layers.find import find_layers, select
-from engine.layers.table import LayerInfo
 from engine.methods import shared as sharing
 from engine.models.building import building
 from engine.models.loading import auto_class, kind_of, one_line, open_config, read_config
@@ -46,7 +46,7 @@ GPUS = (
     ("141 GB (H200)", 141 * 10**9),
 )
 
-# recipes from the mildest to the harshest: error falls as bits rise (tests/test_cli.py measures
+# recipes from the mildest to the harshest: error falls as bits rise (tests/cli/test_cli.py measures
 # it on smollm2), and GPTQ with act-order beat round-to-nearest at 4 and 3 bits at the same
 # bytes in benchmarks/methods.py
 LADDER = (

@@ -26,8 +26,8 @@ import torch
 from engine.drivers.explorer import layer_factors, require_compressible
 from engine.errors import UserError
 from engine.formats import grid as transforms
+from engine.layers import LayerInfo
 from engine.layers.find import select
-from engine.layers.table import LayerInfo
 from engine.methods import svd
 from engine.models import calibrate
 from engine.models.loading import Loaded, _loading, auto_class, kind_of, open_config

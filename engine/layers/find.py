@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from engine.layers import KINDS, LayerInfo
 from engine.layers.experts import is_router, is_transposed, stacked_params
 from engine.layers.kinds import Stored, replace_module
-from engine.layers.table import KINDS, LayerInfo
 
 
 def layer_group(model: nn.Module, name: str) -> str:

@@ -22,8 +22,8 @@ class LayerKind:
     """A kind of compressible layer. `read` gives its matrix as (out, in), `to_param` turns an
     (out, in) matrix back into the layout of its parameter, and `stand_in` makes the module
     that computes with a Stored holder in its place. Adding a kind is one subclass here and
-    one entry in engine.layers.table.KINDS. `info`, where a method takes it,
-    is the layer's LayerInfo (engine.layers.table)."""
+    one entry in engine.layers.KINDS. `info`, where a method takes it,
+    is the layer's LayerInfo (engine.layers)."""
 
     module_type: type = nn.Linear
 

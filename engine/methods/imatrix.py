@@ -2,7 +2,7 @@
 each input matters, diag(H), the mean square of each input on the calibration text.
 
 Same blocks and bytes as llama.cpp's plain quantize; only its own types take it (not the
-explorer's grid, not mxfp4 or the float formats). Method `imatrix` of engine.methods.table.
+explorer's grid, not mxfp4 or the float formats). Method `imatrix` of engine.methods.
 """
 from __future__ import annotations
 

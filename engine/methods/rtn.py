@@ -2,7 +2,7 @@
 
 The plain quantizer, on the explorer's own integer grid (a scale and zero-point per group
 from the group's range, engine.formats.grid) or on llama.cpp's blocks as its quantize does
-without an importance matrix. Method `rtn` of engine.methods.table.
+without an importance matrix. Method `rtn` of engine.methods.
 """
 from __future__ import annotations
 

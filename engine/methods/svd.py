@@ -46,3 +46,8 @@ def effective_rank(s: torch.Tensor) -> float:
 def break_even_rank(out_features: int, in_features: int) -> float:
     """The rank at which factors A and B hold as many values as W: r (m + n) = m n."""
     return out_features * in_features / (out_features + in_features)
+
+
+def factors(w: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) of `w`, the plain SVD (`h`, the input statistics, is not used)."""
+    return svd(w)

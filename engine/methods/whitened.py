@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.methods import svd
+
 
 def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
     """H + damp * mean(diag H) * I, with dead inputs (zero diagonal) given a unit diagonal."""
@@ -36,3 +38,9 @@ def whitened_svd(w: torch.Tensor, h: torch.Tensor, damp: float = 1e-4):
     # (k, in) @ S^-1: solve X S = V^T
     vh_unwhite = torch.linalg.solve_triangular(s_chol, vh, upper=False, left=False)
     return u.to(w.dtype), s.to(w.dtype), vh_unwhite.to(w.dtype)
+
+
+def factors(w: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, s, V^T S^-1) of `w` whitened by its input statistics `h`; without them (an embedding,
+    an expert no calibration token reached), the plain SVD."""
+    return svd.svd(w) if h is None else whitened_svd(w, h)

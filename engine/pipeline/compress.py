@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from engine.formats import floats, ggml
+from engine.formats import FORMATS, floats, ggml
 from engine.formats.bytes import (
     VALUE_BITS_UNCOMPRESSED,
     LayerBytes,
@@ -32,10 +32,9 @@ from engine.formats.bytes import (
     tensor_bytes,
 )
 from engine.formats.grid import Grid
-from engine.formats.table import FORMATS
+from engine.methods import METHODS
 from engine.methods.shared import SHARED, Share
 from engine.methods.svd import low_rank_factors
-from engine.methods.table import METHODS
 from engine.pipeline.tally import LayerReport
 from engine.recipe.recipe import Recipe
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from engine.formats.bytes import LayerBytes
-from engine.layers.table import LayerInfo
+from engine.layers import LayerInfo
 
 
 @dataclass(frozen=True)

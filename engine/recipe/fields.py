@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engine.errors import UserError
-from engine.formats.table import FORMATS
-from engine.methods.table import METHODS
+from engine.formats import FORMATS
+from engine.methods import METHODS
 
 GRANULARITIES = ("tensor", "channel", "group")
 GROUPS = ("all", "attention", "mlp", "experts", "router")
@@ -170,7 +170,8 @@ def check_shared(r) -> None:
     for field, used in (("quant_method", r.bits < 16), ("prune_method", r.sparsity > 0)):
         method = METHODS[getattr(r, field)]
         if used and not method.shared_basis:
-            fine = ", ".join(m.name for m in METHODS.values() if m.kind == method.kind and m.shared_basis)
+            fine = ", ".join(m.name for m in METHODS.values()
+                             if m.kind == method.kind and m.shared_basis and m.runs_on("int"))
             raise RecipeError(f"{field}: {method.name} uses each layer's own inputs; a shared basis is one matrix "
                               f"stored once (use {fine} with lowrank_method shared)")
     if r.distill_steps:
@@ -182,8 +183,8 @@ _QUANT_DEFAULTS = {"bits": 16, "granularity": "group", "group_size": 128, "symme
 
 def format_fields(r) -> dict:
     """The quantization fields recipe `r`'s number format fixes (bits, blocks, symmetric; none for
-    'int'), from engine.formats.table. A field left at its default takes the format's value; one
-    set otherwise, or a method the format cannot hold (engine.methods.table), is a RecipeError
+    'int'), from engine.formats. A field left at its default takes the format's value; one
+    set otherwise, or a method the format cannot hold (engine.methods), is a RecipeError
     naming it."""
     fmt = FORMATS[r.number_format]
     if r.double_quant and not fmt.double_quant:

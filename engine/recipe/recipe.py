@@ -17,9 +17,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from engine.formats.table import FORMATS
-from engine.methods.table import METHODS, names
-from engine.methods.table import calibrated as calibrated_methods
+from engine.formats import FORMATS
+from engine.methods import METHODS, names
+from engine.methods import calibrated as calibrated_methods
 from engine.recipe.fields import (
     BITS,
     DISTILL_LR,

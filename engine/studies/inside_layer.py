@@ -18,8 +18,8 @@ import math
 
 import torch
 
+from engine.formats import FORMATS
 from engine.formats.grid import _grouped, code_offset, dequantize, on_grid
-from engine.formats.table import FORMATS
 from engine.methods.magnitude import magnitude_mask, nm_mask
 from engine.storage import codec, huffman
 

@@ -42,11 +42,11 @@ from engine.glossary import HIGHER_IS_BETTER
 from engine.recipe.fields import RecipeError
 from engine.recipe.recipe import Recipe
 from engine.studies.knapsack import candidates, least_loss
-from engine.studies.options import REFERENCE, Option, default_ladder, parse_ladder, parse_option, wider_ladder
 from engine.studies.plan_result import Candidate, Grid, Outcome, Plan, UnitChoice
+from engine.studies.planner_options import REFERENCE, Option, default_ladder, parse_ladder, parse_option, wider_ladder
 from engine.studies.sensitivity import _groups, unit_regex
 
-# the knapsack (engine.studies.knapsack), the options (engine.studies.options) and the result's types
+# the knapsack (engine.studies.knapsack), the options (engine.studies.planner_options) and the result's types
 # (engine.studies.plan_result) live apart; the planner's callers find them here too
 __all__ = ["plan", "Planner", "least_loss", "candidates", "with_choice", "score", "planning_text",
            "PLAN_PARAGRAPHS", "Plan", "Outcome", "Grid", "UnitChoice", "Candidate",
