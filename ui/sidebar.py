@@ -10,7 +10,7 @@ from engine.models.loading import ALIASES, available_devices
 from engine.recipe.recipe import Recipe
 from engine.storage import detect as formats
 
-from . import access, context, controls, tour
+from . import access, context, controls, tour_steps
 
 OTHER = "Hub id or local folder…"
 
@@ -127,7 +127,7 @@ def sidebar() -> tuple[str, str, Recipe | None]:
     """Draw the model picker and the controls; returns (model ref, device, recipe or None)."""
     policy = access.for_visitors()  # a policy file that cannot be used: an error box, no model
     controls.init_from_url(policy.default)
-    tour.from_url()
+    tour_steps.from_url()
     ref = _model(policy, policy.default)
     recipe = controls.draw(_apply_preset(ref))
     controls.write_url(recipe, policy.default)

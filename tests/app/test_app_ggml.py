@@ -82,7 +82,7 @@ def test_explore_offers_a_gguf_file_where_the_model_can_have_one(tiny_llama_with
 
 
 def test_the_model_picker_takes_a_compressed_tensors_folder(tiny_models, tmp_path):
-    from test_cli import main
+    from cli_harness import main
 
     folder = tmp_path / "ct"
     code, _, err = main("export", tiny_models["llama"], "--bits", "4", "--group-size", "32", "--format",

@@ -172,7 +172,7 @@ def test_run_minilm_with_a_mix_end_to_end():
     384 values fall back from q4_k to q5_0, from q6_k to q8_0), the bytes the shapes predict."""
     import json
 
-    from test_cli import main
+    from cli_harness import main
 
     code, out, err = main("run", "minilm", "--preset", "q4_k_m", "--quick", "--json")
     assert code == 0, err

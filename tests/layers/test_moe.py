@@ -172,7 +172,7 @@ def test_distillation_trains_the_experts_on_their_grids(tiny_explorers):
 
 
 def test_cli_runs_a_mixtral_folder_and_says_what_stays_at_16_bits(tiny_models, tiny_explorers):
-    from test_cli import main
+    from cli_harness import main
 
     code, out, err = main("run", tiny_models["mixtral"], "--bits", "4", "--group-size", "16", "--quick")
     assert code == 0, err

@@ -61,7 +61,7 @@ def test_cli_runs_calibrated_methods_and_reports_the_calibration():
 
 
 def test_sensitivity_csv_by_layer_type_with_exact_bytes(tmp_path):
-    from test_cli import main
+    from cli_harness import main
 
     out = tmp_path / "sens.csv"
     code, _, err = main("sensitivity", "minilm", "--bits", "2", "--by", "type", "--out", str(out))
