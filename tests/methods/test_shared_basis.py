@@ -168,7 +168,7 @@ def test_run_minilm_shared_basis_end_to_end(minilm_explorer, tmp_path, capsys):
 
 
 def test_spectra_page_shows_which_layers_share_a_basis():
-    from tests.test_app import ok, start
+    from app_harness import ok, start
 
     at = ok(start("pages/spectra.py", rank=0.5, lowrank="shared", share=2))
     table = at.dataframe[0].value
