@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: help install browser run demo info test bench llamacpp clean
+.PHONY: help install browser run demo info test bench llamacpp docs docs-serve clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (need Python 3.11; set PYTHON=...)"; exit 1; }
@@ -50,6 +50,12 @@ bench: $(STAMP)  ## the engine against the naive way, the app's latency, each me
 
 llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 4 minutes on 2 idle cores) for the tests and benchmarks that run GGUF files in llama.cpp
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36
+
+docs: $(STAMP)  ## build the documentation site into site/ (strict: any warning fails; its reference is generated from the code)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)  ## serve the documentation at http://127.0.0.1:8000, rebuilt as you edit docs/
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 clean:  ## remove .venv and caches (not the converted-model cache)
 	rm -rf $(VENV) .pytest_cache

@@ -5,6 +5,8 @@ import math
 
 import plotly.graph_objects as go
 
+from engine.glossary import metric_name
+
 MIB = 2**20
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # one colour per method on Trade-offs
 COMPONENTS = [  # engine key -> legend label
@@ -102,8 +104,10 @@ def energy_heatmap(grid: dict, ratio: float | None) -> go.Figure:
 def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, list[int]], current: dict | None,
              metric_label: str) -> go.Figure:
     """Quality against size: the points and one Pareto frontier per method (fronts: method ->
-    indices of its frontier points, by rising size), and the current setting."""
+    indices of its frontier points, by rising size), and the current setting; `metric` a key of
+    the points, shown under its name (engine.glossary.METRIC_NAMES)."""
     fig = go.Figure()
+    name = metric_name(metric)
     many = len(fronts) > 1
     for k, (method, front) in enumerate(fronts.items()):
         color = PALETTE[k % len(PALETTE)]
@@ -111,7 +115,7 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
         fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in sel], y=[p[metric] for p in sel],
                         mode="markers", name=f"{method}: points" if many else "sweep points",
                         marker=dict(size=9, opacity=0.7, color=color), text=[p["label"] for p in sel],
-                        hovertemplate="%{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
+                        hovertemplate="%{text}<br>%{x:.2f} MiB<br>" + name + " %{y:.4g}<extra></extra>")
         fp = [points[i] for i in front]
         fig.add_scatter(x=[p["compressed_bytes"] / MIB for p in fp], y=[p[metric] for p in fp],
                         mode="lines", name=f"{method}: frontier" if many else "Pareto frontier",
@@ -120,7 +124,7 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
         fig.add_scatter(x=[current["compressed_bytes"] / MIB], y=[current[metric]], mode="markers",
                         name="current setting", text=[current["label"]],
                         marker=dict(symbol="star", size=18, line=dict(width=1, color="black")),
-                        hovertemplate="current: %{text}<br>%{x:.2f} MiB<br>" + metric + " %{y:.4g}<extra></extra>")
+                        hovertemplate="current: %{text}<br>%{x:.2f} MiB<br>" + name + " %{y:.4g}<extra></extra>")
     log_y = metric == "perplexity" and points and max(p[metric] for p in points) / max(
         min(p[metric] for p in points), 1e-9) > 20
     fig.update_layout(xaxis_title="compressed size (MiB)",
@@ -134,7 +138,7 @@ def sensitivity_heatmap(grid) -> go.Figure:
     (engine.studies.plan_result.Grid, `plan(...).grid`)."""
     fig = go.Figure(go.Heatmap(
         z=[list(row) for row in grid.loss], x=list(grid.options), y=list(grid.units), colorscale="RdBu_r", zmid=0,
-        colorbar=dict(title=f"{grid.metric} loss"),
+        colorbar=dict(title=f"loss ({metric_name(grid.metric, True)})"),
         hovertemplate="%{y} at %{x}: loss %{z:.4g}<extra></extra>"))
     fig.update_layout(xaxis=dict(title=f"that unit's setting, the rest at {grid.reference}"),
                       yaxis=dict(title=grid.by, autorange="reversed",

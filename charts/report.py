@@ -16,7 +16,7 @@ import json
 import platform
 
 from charts import figures
-from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
+from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, metric_name, with_metric_names
 from engine.recipe.recipe import Recipe
 
 PACKAGES = ("torch", "transformers", "accelerate", "streamlit", "plotly", "gguf", "compressed-tensors")
@@ -101,7 +101,7 @@ def html(run: dict, speed: dict | None = None, sweep: dict | None = None, when: 
     if sweep and sweep.get("rows"):
         parts += _sweep(sweep, run, figure)
     parts += ["<h2>Recipe</h2>", f"<pre>{_e(recipe.to_json())}</pre>",
-              "<p class='muted'>Load it in the app (sidebar, <i>Load a recipe</i>) or run "
+              "<p class='muted'>Load it in the app (sidebar, <i>Recipe file</i>, <i>Load a recipe</i>) or run "
               f"<code>python -m engine run {_e(run['model'])} --recipe recipe.json</code>.</p>",
               "<h2>Versions</h2>", _table(["package", "version"], [[k, v] for k, v in versions().items()])]
     title = f"{run['model']}: {recipe.describe()}"
@@ -118,10 +118,11 @@ def _quality(run: dict) -> list[str]:
             continue
         better = {True: "higher", False: "lower"}.get(HIGHER_IS_BETTER.get(k), "")
         sure = f"{metrics[k + '_low']:.4f} to {metrics[k + '_high']:.4f}" if k + "_low" in metrics else ""
-        rows.append([k + (f" ({better} is better)" if better else ""), f"{base.get(k, float('nan')):.4f}", f"{v:.4f}",
-                     sure])
+        rows.append([metric_name(k) + (f" ({better} is better)" if better else ""),
+                     f"{base.get(k, float('nan')):.4f}", f"{v:.4f}", sure])
     estimate = protocol.get("estimate_only")
-    said = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in protocol.items()
+    said = "; ".join(f"{metric_name(k, True) if metric_name(k) != k else k.replace('_', ' ')}: "
+                     f"{with_metric_names(str(v))}" for k, v in protocol.items()
                      if k != "estimate_only" and isinstance(v, (str, int, float)))
     out = ["<h2>Quality</h2>",
            "<p>The compressed model against the uncompressed one on real held-out text"
@@ -129,7 +130,7 @@ def _quality(run: dict) -> list[str]:
            _table(["metric", "uncompressed", "compressed", "95% interval" if estimate else ""], rows)]
     if said:
         out.append(f"<p class='muted'>Protocol: {_e(said)}.</p>")
-    out += [f"<p class='muted'>{_e(k)}: {_e(CONCEPTS[k])}</p>" for k in metrics if k in CONCEPTS]
+    out += [f"<p class='muted'>{_e(metric_name(k))}: {_e(CONCEPTS[k])}</p>" for k in metrics if k in CONCEPTS]
     return out
 
 
@@ -161,7 +162,7 @@ def _sweep(sweep: dict, run: dict, figure) -> list[str]:
     fronts = engine_sweep.fronts(rows, metric, higher)
     current = {"label": Recipe.from_dict(run["recipe"]).describe(),
                "compressed_bytes": run["memory"]["compressed_bytes"], **run["metrics"]}
-    label = f"{metric} ({'higher' if higher else 'lower'} is better)"
+    label = f"{metric_name(metric)} ({'higher' if higher else 'lower'} is better)"
     estimate = any(r.get("estimate_only") for r in rows)
     return ["<h2>Trade-offs</h2>",
             f"<p>{len(rows)} settings measured" + (" (first estimates)" if estimate else "") + "; the lines are "

@@ -2,6 +2,7 @@
 
 Plain text, shared by the app's help texts and the command line.
 """
+import re
 
 CONCEPTS = {
     "rank": "The number of independent directions a weight matrix keeps: a rank-r layer stores two thin "
@@ -114,6 +115,45 @@ HIGHER_IS_BETTER = {
     "perplexity": False, "kl_to_original": False, "top1_agreement": True, "cosine_to_original": True,
     "lee_spearman": True, "polarity_accuracy": True, "label_agreement": True,
 }
+
+# metric -> its name for people: what a label, an axis, a column header or a sentence shows. The keys
+# stay the keys in what is written for machines (JSON, CSV, the results' dicts).
+METRIC_NAMES = {
+    "perplexity": "Perplexity",  # language models (causal and seq2seq)
+    "kl_to_original": "KL divergence to the original",  # language models and classifiers
+    "top1_agreement": "Top-1 agreement with the original",
+    "cosine_to_original": "Cosine to the original",  # encoders
+    "lee_spearman": "Similarity to human ratings (Spearman)",
+    "polarity_accuracy": "Sentiment accuracy",
+    "label_agreement": "Label agreement with the original",  # classifiers
+}
+
+
+def metric_name(key: str, in_sentence: bool = False) -> str:
+    """A metric's name for people (a key it does not know, as it is); `key_low` and `key_high`,
+    the ends of its 95% interval. In a sentence its first letter is lower case (KL stays).
+
+    >>> metric_name("lee_spearman"), metric_name("perplexity_low"), metric_name("top1_agreement", True)
+    ('Similarity to human ratings (Spearman)', 'Perplexity, 95% low', 'top-1 agreement with the original')
+    >>> metric_name("kl_to_original", in_sentence=True), metric_name("compressed_bytes")
+    ('KL divergence to the original', 'compressed_bytes')
+    """
+    for end in ("_low", "_high"):
+        if key.endswith(end) and key[:-len(end)] in METRIC_NAMES:
+            return f"{metric_name(key[:-len(end)], in_sentence)}, 95% {end[1:]}"
+    name = METRIC_NAMES.get(key, key)
+    return name[0].lower() + name[1:] if in_sentence and name[1:2].islower() else name
+
+def with_metric_names(text: str) -> str:
+    """`text` (a sentence the engine wrote for its protocol, say) for people: each metric key in
+    it written as the metric's name, without the names of the interval's JSON fields.
+
+    >>> with_metric_names("cosine_to_original on 64 items, with a 95% interval (`<metric>_low`, `<metric>_high`)")
+    'cosine to the original on 64 items, with a 95% interval'
+    """
+    text = re.sub(r"\s*\(`<metric>_low`, `<metric>_high`\)", "", text)
+    return re.sub(r"\b(" + "|".join(METRIC_NAMES) + r")\b", lambda m: metric_name(m.group(1), True), text)
+
 
 # The formulas beside the Inside-a-layer page's pictures (LaTeX, one aligned line per step, so a
 # narrow column shows them whole)

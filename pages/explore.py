@@ -3,7 +3,7 @@ import streamlit as st
 
 from charts import figures
 from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
-from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
+from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, METRIC_NAMES, metric_name, with_metric_names
 from engine.models.calibrate import SOURCE
 from ui import caches, context, exports, results
 
@@ -35,8 +35,9 @@ context.mark("memory")
 c1, c2, c3 = st.columns(3)
 c1.metric("Original (fp16)", figures.human_bytes(mem["original_bytes"]),
           help=f"Every parameter at 2 bytes; {figures.human_bytes(mem['original_bytes_fp32'])} at fp32.")
-c2.metric("Compressed", figures.human_bytes(mem["compressed_bytes"]),
-          delta=figures.human_bytes(mem["compressed_bytes"] - mem["original_bytes"]), delta_color="inverse",
+saved = mem["compressed_bytes"] - mem["original_bytes"]
+c2.metric("Compressed", figures.human_bytes(mem["compressed_bytes"]),  # no arrow while nothing is compressed
+          delta=figures.human_bytes(saved) if saved else None, delta_color="inverse",
           help="Exactly what would be stored: packed values, fp16 scales, zero-points, masks or indices, "
                "factors, and everything left alone at 2 bytes per parameter.")
 c3.metric("Ratio", f"{mem['ratio']:.3f}", help="compressed bytes / original bytes (fp16)")
@@ -51,6 +52,9 @@ if over:
 st.subheader("Per-layer error", help=CONCEPTS["relative_error"] + " " + CONCEPTS["sqnr_db"])
 if any(r["compressed"] for r in mem["layers"]):
     st.plotly_chart(figures.layer_errors(mem["layers"]), config=figures.PNG, key="explore_errors")
+    if not any(r["bits"] < 16 or r["rank"] or r["sparsity"] for r in mem["layers"] if r["compressed"]):
+        st.caption("Nothing is compressed yet: these errors are only each weight's rounding to fp16, the baseline "
+                   "every figure compares with. Move a control in the sidebar to see them grow.")
 context.mark("layer_errors")
 with st.expander("Every layer: format, bytes and error"):
     st.dataframe([{
@@ -72,17 +76,22 @@ def show(result: dict, final: bool):
         if final:
             st.caption(":material/check_circle: Full protocol.")
         else:
-            st.caption(f":material/hourglass_top: **First estimate — refining…** ({protocol['quick']})")
+            st.caption(":material/hourglass_top: **First estimate — refining…** "
+                       f"({with_metric_names(protocol['quick'])})")
         cols = st.columns(len(base))
         for col, (name, b) in zip(cols, base.items()):
             v = result.get(name)
             if v is None:
-                col.metric(name, "…", help=CONCEPTS.get(name))
+                col.metric(metric_name(name), "…", help=CONCEPTS.get(name))
                 continue
             good = HIGHER_IS_BETTER.get(name, True)
-            sure = f" (95%: {result[name + '_low']:,.4g} to {result[name + '_high']:,.4g})" if name + "_low" in result else ""
-            col.metric(name, f"{v:.4g}{sure}", delta=f"{v - b:+.4g} vs {b:.4g}",
-                       delta_color="normal" if good else "inverse", help=CONCEPTS.get(name))
+            low, high = result.get(name + "_low"), result.get(name + "_high")
+            sure = f"95%: {low:,.4g} to {high:,.4g}" if low is not None else None
+            same = f"{v:.4g}" == f"{b:.4g}"  # a difference below the digits shown is no change
+            col.metric(metric_name(name), f"{v:.4g}", delta_description=sure,  # the interval beside, not cut off
+                       delta=f"same as the original ({b:.4g})" if same else f"{v - b:+.4g} vs {b:.4g}",
+                       delta_color="off" if same else "normal" if good else "inverse",
+                       delta_arrow="off" if same else "auto", help=CONCEPTS.get(name))
 
 
 full = results.quality_if_known(ctx)
@@ -93,7 +102,8 @@ if full is None:
 show(full, final=True)
 context.mark("full")
 with st.expander("How quality is measured"):
-    st.json(protocol)
+    st.markdown("\n".join(f"- **{metric_name(k) if k in METRIC_NAMES else k.replace('_', ' ').capitalize()}**: "
+                          f"{with_metric_names(str(v))}" for k, v in protocol.items()))
 timed = st.session_state.get("speed_settings")
 name, build = exports.report(ctx, mem, full, True, base, protocol,
                              results.speed(ctx, timed) if timed and results.speed_known(ctx, timed) else None,
@@ -144,9 +154,9 @@ def offer_format(title: str, key: str, summary, build, mime: str, after: str) ->
     for row in layers:
         kinds[row["type"]] = kinds.get(row["type"], 0) + 1
     refused = next((r for r in layers if r["type"] == "refused"), None)
-    st.caption(f"{len(layers) - info['refused']} of {len(layers)} compressed layers go in as they are ("
-               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused")
-               + f"), {figures.human_bytes(info['bytes'])} of them"
+    held = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k != "refused")
+    st.caption(f"{len(layers) - info['refused']} of {len(layers)} compressed layers go in as they are"
+               + (f" ({held}), {figures.human_bytes(info['bytes'])} of them" if held else "")
                + (f"; {info['refused']} cannot, e.g. {refused['layer']}: {refused['how']}; the dense fallback writes "
                   "them dense" if refused else "") + ".")
     dense = st.checkbox("Dense fallback for what it cannot hold", key=key + "_dense", disabled=not info["refused"])
@@ -190,7 +200,7 @@ distilled, result = (context.shielded("Distillation", results.distilled, ctx, in
                      or (None, None))
 if result is not None:
     d = result["distillation"]
-    rows = [{"metric": k, "baseline": b, "compressed": full.get(k), "distilled": result["full"].get(k)}
+    rows = [{"metric": metric_name(k), "baseline": b, "compressed": full.get(k), "distilled": result["full"].get(k)}
             for k, b in base.items()]
     st.caption(f"{d['steps']} steps at learning rate {d['lr']:g}: {d['seconds']:.1f} s. "
                f"Loss {d['loss_first']:.4f} → {d['loss_last']:.4f}. Memory unchanged: "

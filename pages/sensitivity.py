@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from charts import figures
+from engine.glossary import metric_name
 from engine.studies import planner
 from engine.studies import sensitivity as plan
 from ui import caches, context, controls
@@ -66,8 +67,8 @@ if not result:
     st.stop()
 grid = result.grid
 metric = result.metric
-st.subheader("Sensitivity in context", help=f"Loss: how much the first estimate of {metric} gets worse (log "
-             "perplexity for a language model) with only that unit changed to that option and the rest at "
+st.subheader("Sensitivity in context", help=f"Loss: how much the first estimate of {metric_name(metric, True)} "
+             "gets worse (log perplexity for a language model) with only that unit changed to that option and the rest at "
              f"{grid.reference}, measured on {grid.text}, which the evaluation never reads. Negative: "
              "better than the reference.")
 st.plotly_chart(figures.sensitivity_heatmap(grid), config=figures.PNG, key="sensitivity_heatmap")
@@ -80,16 +81,16 @@ st.download_button("Download sensitivity (CSV)", df.to_csv(index=False),
 st.subheader("Plan")
 p, uni = result.planned, result.uniform
 c = st.columns(2)
-c[0].metric(f"Planned: {metric}", f"{p.metrics[metric]:.4g}",
+c[0].metric(f"Planned: {metric_name(metric, True)}", f"{p.metrics[metric]:.4g}",
             help=f"{figures.human_bytes(p.compressed_bytes)}, ratio {p.ratio:.4f}")
-c[1].metric(f"{result.reference.describe()}: {metric}", f"{uni.metrics[metric]:.4g}",
+c[1].metric(f"{result.reference.describe()}: {metric_name(metric, True)}", f"{uni.metrics[metric]:.4g}",
             help=f"{figures.human_bytes(uni.compressed_bytes)}, ratio {uni.ratio:.4f}")
 if result.is_reference:
     st.warning("No mix of these options measured better than the sidebar's recipe within its bytes: the plan is "
                "the sidebar's recipe itself.")
 st.caption(f"Planned {figures.human_bytes(p.compressed_bytes)} (ratio {p.ratio:.4f}) against "
            f"{figures.human_bytes(uni.compressed_bytes)} (ratio {uni.ratio:.4f}) for the sidebar's recipe; "
-           f"baseline {metric} {result.baseline[metric]:.4g}; full protocol for both. "
+           f"baseline {metric_name(metric, True)} {result.baseline[metric]:.4g}; full protocol for both. "
            f"{result.measured_choices} settings measured in {result.rounds_run} round(s).")
 st.dataframe([{"unit": u.unit, "layers": len(u.layers), "setting": u.choice} for u in result.units],
              hide_index=True, width="stretch")

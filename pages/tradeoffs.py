@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from charts import figures
-from engine.glossary import CONCEPTS, HIGHER_IS_BETTER
+from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, metric_name
 from engine.studies import sweep
 from ui import caches, context, results
 from ui import variants as methods
@@ -91,7 +91,8 @@ if not done:
     st.stop()
 rows = done["rows"]
 metrics = [m for m in HIGHER_IS_BETTER if all(m in r for r in rows)]
-metric = st.selectbox("Quality metric", metrics, key="tradeoffs_metric", help=CONCEPTS.get(metrics[0]))
+metric = st.selectbox("Quality metric", metrics, key="tradeoffs_metric", format_func=metric_name,
+                      help=CONCEPTS.get(metrics[0]))
 higher = HIGHER_IS_BETTER[metric]
 done["metric"] = metric  # the Explore page's report draws this chart
 fronts = sweep.fronts(rows, metric, higher)
@@ -99,7 +100,8 @@ front = sorted({i for f in fronts.values() for i in f})
 cur_mem = results.memory(ctx)
 cur_q = results.quality(ctx, quick=not done["full"])
 current = {"label": recipe.describe(), "compressed_bytes": cur_mem["compressed_bytes"], **cur_q}
-label = f"{metric} ({'higher' if higher else 'lower'} is better" + ("" if done["full"] else ", first estimate") + ")"
+label = (f"{metric_name(metric)} ({'higher' if higher else 'lower'} is better"
+         + ("" if done["full"] else ", first estimate") + ")")
 st.plotly_chart(figures.tradeoff(rows, metric, higher, fronts, current if metric in cur_q else None, label),
                 config=figures.PNG, key="tradeoffs_chart")
 st.caption(f"{len(rows)} points, {len(front)} on a frontier ({len(fronts)} method(s)). Hover a point for its recipe; the camera icon "
@@ -108,4 +110,5 @@ df = pd.DataFrame(rows)
 df["on_frontier"] = [i in set(front) for i in range(len(rows))]
 st.download_button("Download points (CSV)", df.to_csv(index=False), f"{ctx.ref.replace('/', '_')}-sweep.csv",
                    "text/csv")
-st.dataframe(df.drop(columns=["recipe"]), hide_index=True, width="stretch")
+shown = df.drop(columns=["recipe"])  # the metrics under their names; the CSV keeps the keys
+st.dataframe(shown.rename(columns=metric_name), hide_index=True, width="stretch")

@@ -3,7 +3,9 @@
 Every recipe field the sidebar shows has one `Control` here, keyed by the field's name; its
 widget key is `ctl_<url name>` and its URL parameter the field's declared `url` name
 (engine.recipe.recipe: Recipe.fields()), so the link, the widgets and the recipe cannot drift apart.
-`NOT_IN_SIDEBAR` says where each other field is set.
+`NOT_IN_SIDEBAR` says where each other field is set. The three controls and their methods show
+at once; each other control is in a fold, a section the user opens (`Control.fold`, drawn by
+ui.recipe_panel).
 """
 from __future__ import annotations
 
@@ -14,10 +16,8 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.formats import FORMATS
-from engine.formats.ggml import layout_note
-from engine.glossary import CONCEPTS, FORMAT_NOTES
+from engine.glossary import CONCEPTS
 from engine.methods import METHODS
-from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
 
 FIELDS = Recipe.fields()
@@ -37,6 +37,12 @@ NOT_IN_SIDEBAR = {
     "distill_lr": "the Explore page's 'Recover by distillation'",
     "per_layer": "a recipe file (or a plan from the Sensitivity page): shown under 'Per-layer rules'",
 }
+# the folds' titles, each saying what it holds (a fold without a control here: ui.recipe_panel, ui.sidebar)
+SHARED = "Shared basis: blocks per basis"
+GPTQ = "GPTQ option: activation order"
+GRID = "Number format and grid: scales, group size, symmetry"
+PATTERN = "Sparsity pattern: unstructured or N:M (2:4, …)"
+LAYERS = "Which layers: apply to, name filter, embeddings"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Control:
     off: object = None  # the widget value that stands for None (a slider's 1.0, an empty text)
     enabled: Callable[[dict], bool] | None = None  # from the widget values by field name
     shown: Callable[[dict], bool] | None = None
+    fold: str | None = None  # the title of the section the user opens to reach it; None: shown at once
 
     def choices(self, field: str) -> tuple | None:
         return self.options or FIELDS[field].allowed
@@ -66,40 +73,43 @@ def _own_grid(v):
     return v["number_format"] == "int"
 
 
+# in the order they are drawn: each section's controls shown at once, then its folds
 CONTROLS: dict[str, Control] = {
-    "rank_ratio": Control("Low rank", "Rank (fraction of full rank)", "slider",
+    "rank_ratio": Control("Low rank", "Rank (fraction of full rank; 1 = off)", "slider",
                           CONCEPTS["rank"] + " " + CONCEPTS["rank_ratio"], span=(0.05, 1.0, 0.05), off=1.0),
     "lowrank_method": Control("Low rank", "Low-rank method", "selectbox", CONCEPTS["lowrank_method"],
                               labels=METHOD_LABELS, enabled=lambda v: v["rank_ratio"] < 1),
     "share_blocks": Control("Low rank", "Blocks sharing one basis", "select_slider", CONCEPTS["share_blocks"],
                             options=SHARE_BLOCKS_OFFERED, enabled=lambda v: v["rank_ratio"] < 1,
-                            shown=lambda v: v["lowrank_method"] == "shared"),
-    "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
-                             labels=FORMAT_LABELS),
-    "double_quant": Control("Quantization", "Double quantization", "toggle", CONCEPTS["double_quant"],
-                            shown=lambda v: FORMATS[v["number_format"]].double_quant),
+                            shown=lambda v: v["lowrank_method"] == "shared", fold=SHARED),
     "bits": Control("Quantization", "Bit width", "select_slider", CONCEPTS["bits"],
                     labels={16: "16 (off)"}, enabled=_own_grid),
-    "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
-                           enabled=lambda v: _quantized(v) and _own_grid(v)),
-    "group_size": Control("Quantization", "Group size", "selectbox", CONCEPTS["group_size"], options=GROUP_SIZES,
-                          enabled=lambda v: _quantized(v) and _own_grid(v) and v["granularity"] == "group"),
-    "symmetric": Control("Quantization", "Symmetric", "toggle", CONCEPTS["symmetric"],
-                         enabled=lambda v: _quantized(v) and _own_grid(v)),
     "quant_method": Control("Quantization", "Quantization method", "selectbox", CONCEPTS["quant_method"],
                             labels=METHOD_LABELS, enabled=_quantized),
     "act_order": Control("Quantization", "Activation order", "toggle", CONCEPTS["act_order"], enabled=_quantized,
-                         shown=lambda v: v["quant_method"] == "gptq"),
-    "pattern": Control("Pruning", "Pattern", "radio", CONCEPTS["nm"], options=PATTERNS),
+                         shown=lambda v: v["quant_method"] == "gptq", fold=GPTQ),
+    "number_format": Control("Quantization", "Number format", "selectbox", CONCEPTS["number_format"],
+                             labels=FORMAT_LABELS, fold=GRID),
+    "double_quant": Control("Quantization", "Double quantization", "toggle", CONCEPTS["double_quant"],
+                            shown=lambda v: FORMATS[v["number_format"]].double_quant, fold=GRID),
+    "granularity": Control("Quantization", "Scales", "selectbox", CONCEPTS["scale"], labels=GRANULARITY_LABELS,
+                           enabled=lambda v: _quantized(v) and _own_grid(v), fold=GRID),
+    "group_size": Control("Quantization", "Group size", "selectbox", CONCEPTS["group_size"], options=GROUP_SIZES,
+                          enabled=lambda v: _quantized(v) and _own_grid(v) and v["granularity"] == "group", fold=GRID),
+    "symmetric": Control("Quantization", "Symmetric", "toggle", CONCEPTS["symmetric"],
+                         enabled=lambda v: _quantized(v) and _own_grid(v), fold=GRID),
     "sparsity": Control("Pruning", "Sparsity", "slider", CONCEPTS["sparsity"], span=(0.0, 0.95, 0.05),
                         enabled=lambda v: v["pattern"] == "unstructured"),
     "prune_method": Control("Pruning", "Pruning method", "selectbox", CONCEPTS["prune_method"], labels=METHOD_LABELS,
                             enabled=lambda v: v["pattern"] != "unstructured" or v["sparsity"] > 0),
-    "group": Control("Layers", "Apply to", "radio", CONCEPTS["layer_group"], labels=SCOPES),
+    "pattern": Control("Pruning", "Pattern", "radio", CONCEPTS["nm"], options=PATTERNS, fold=PATTERN),
+    "group": Control("Layers", "Apply to", "radio", CONCEPTS["layer_group"], labels=SCOPES,
+                     fold=LAYERS),
     "layers": Control("Layers", "Name filter (regular expression)", "text_input",
-                      "Only layers whose name matches are compressed; empty: no filter.", off=""),
+                      "Only layers whose name matches are compressed; empty: no filter.", off="", fold=LAYERS),
     "include_embeddings": Control("Layers", "Include embeddings and output head", "checkbox",
-                                  "Off by default: the input embeddings and a tied output head stay at 16 bits."),
+                                  "Off by default: the input embeddings and a tied output head stay at 16 bits.",
+                                  fold=LAYERS),
 }
 
 
@@ -148,7 +158,7 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     return Recipe.from_dict({**d, "per_layer": per_layer})
 
 
-def _follow_format(v: dict) -> None:
+def follow_format(v: dict) -> None:
     """Show a llama.cpp or float format's own bits, blocks and symmetry in the (disabled) grid controls."""
     if v["number_format"] != "int":
         for f, x in FORMATS[v["number_format"]].fixed().items():
@@ -207,6 +217,8 @@ def init_from_url(default_model: str) -> None:
                 v[f] = _snap(f, v[f]) if CONTROLS[f].span else v[f]
             except ValueError:
                 bad.append(param)
+    if v["pattern"] != "unstructured":
+        v["sparsity"] = 0.0  # the pattern sets it, as when a recipe sets the controls (widget_value)
     for f in CONTROLS:
         st.session_state[key(f)] = v[f]
     st.session_state["ctl_per_layer"] = ()
@@ -248,62 +260,3 @@ def load_recipe_file() -> None:
         st.session_state["upload_error"] = f"{f.name}: {e}"
         return
     st.session_state["upload_error"] = set_controls(r, f.name)
-
-
-def _layout_caption(sb, apply_preset) -> None:
-    try:
-        note = layout_note(recipe_from(values()))
-    except UserError:
-        note = None
-    note = note or FORMAT_NOTES.get(values()["number_format"])
-    if note:
-        sb.caption(note)
-    if apply_preset:
-        sb.selectbox("llama.cpp mix", ["", *PRESETS], key="ctl_preset", on_change=apply_preset,
-                     format_func=lambda p: p.upper() if p else "Apply one of llama.cpp's mixes…",
-                     help="Each layer in the GGML type llama.cpp's quantize gives it under this mix (the V and "
-                          "down projections of some blocks wider, the head q6_k or q8_0, embeddings included): a "
-                          "recipe of per-layer rules, which the controls then show.")
-
-
-def draw(apply_preset: Callable[[], None] | None = None) -> Recipe | None:
-    """The recipe controls, section by section; returns the recipe (None, with an error box,
-    when the values do not make one)."""
-    sb, section = st.sidebar, None
-    for f, c in CONTROLS.items():
-        v = values()
-        if c.shown and not c.shown(v):
-            continue
-        if c.section != section:
-            if section == "Quantization":
-                _layout_caption(sb, apply_preset)
-            section = c.section
-            sb.subheader(section)
-        if f == "bits":
-            _follow_format(v)
-        kw = {"key": key(f), "help": c.help, "disabled": bool(c.enabled and not c.enabled(v))}
-        if c.labels:
-            kw["format_func"] = lambda x, labels=c.labels: labels.get(x, str(x))
-        if c.widget == "slider":
-            sb.slider(c.label, c.span[0], c.span[1], step=c.span[2], **kw)
-        elif c.widget in ("select_slider", "selectbox", "radio"):
-            extra = {"horizontal": True} if c.widget == "radio" else {}
-            getattr(sb, c.widget)(c.label, c.choices(f), **kw, **extra)
-        else:
-            getattr(sb, c.widget)(c.label, **kw)
-    rules = st.session_state.get("ctl_per_layer", ())
-    if rules:
-        sb.subheader("Per-layer rules")
-        sb.caption(f"{len(rules)} rule{'s' if len(rules) > 1 else ''} from a recipe file, a plan or a llama.cpp mix (first match wins; "
-                   "not in the link: download the recipe to share them): "
-                   + "; ".join(f"/{m if len(m) < 48 else m[:45] + '…'}/ → " + ", ".join(f"{k} {v}" for k, v in items)
-                               for m, items in rules[:3])
-                   + ("…" if len(rules) > 3 else ""))
-        if sb.button("Clear the per-layer rules", key="ctl_clear_rules"):
-            st.session_state["ctl_per_layer"] = ()
-            st.rerun()
-    try:
-        return recipe_from(values(), rules)
-    except UserError as e:
-        sb.error(str(e))
-        return None

@@ -1,4 +1,4 @@
-"""The sidebar on every page: the model and device, the recipe's controls, the recipe file."""
+"""The sidebar on every page: the model and device, the recipe's controls (ui.recipe_panel), the recipe file."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,11 @@ from engine.models.loading import ALIASES, available_devices
 from engine.recipe.recipe import Recipe
 from engine.storage import detect as formats
 
-from . import access, context, controls, tour_steps
+from . import access, context, controls, recipe_panel, tour_steps
 
 OTHER = "Hub id or local folder…"
+DEVICE = "Device: where the model runs"
+RECIPE_FILE = "Recipe file: download or load the settings (JSON)"
 
 
 def _open_export(folder: str, policy) -> str:
@@ -88,8 +90,9 @@ def _model(policy, default: str) -> str:
     if st.session_state["ctl_device"] not in ("auto", *available_devices()):
         st.session_state["url_errors"].append("device")
         st.session_state["ctl_device"] = "auto"
-    sb.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
-                 help="auto: the GPU when there is one, else the CPU.")
+    with recipe_panel.fold(DEVICE, int(st.session_state["ctl_device"] != "auto")):
+        st.selectbox("Device", ["auto", *available_devices()], key="ctl_device",
+                     help="auto: the GPU when there is one, else the CPU.")
     try:
         source = _open(policy, asked or default)
         st.session_state["_model_in_use"] = (st.session_state["ctl_model"], source, st.session_state["export"])
@@ -129,15 +132,11 @@ def sidebar() -> tuple[str, str, Recipe | None]:
     controls.init_from_url(policy.default)
     tour_steps.from_url()
     ref = _model(policy, policy.default)
-    recipe = controls.draw(_apply_preset(ref))
+    recipe = recipe_panel.draw(_apply_preset(ref))
     controls.write_url(recipe, policy.default)
-    with st.sidebar.expander("Recipe file"):
+    with recipe_panel.fold(RECIPE_FILE, 0):
         if recipe is not None:
             st.download_button("Download recipe (JSON)", recipe.to_json(), "recipe.json", "application/json",
                                width="stretch")
         st.file_uploader("Load a recipe", type=["json"], key="ctl_upload", on_change=controls.load_recipe_file)
-        if st.session_state.get("upload_error"):
-            st.error(st.session_state["upload_error"])
-    if st.session_state.get("url_errors"):
-        st.sidebar.warning("Ignored bad link values: " + ", ".join(st.session_state["url_errors"]))
     return ref, st.session_state["ctl_device"], recipe

@@ -5,6 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_harness import APP, app_test, compressed_bytes, ok, recipe_caption, start  # noqa: F401
+from engine.glossary import METRIC_NAMES as NAMES
 from engine.recipe.recipe import Recipe
 from ui import results
 
@@ -35,9 +36,9 @@ def test_each_control_changes_the_recipe_and_the_memory_shown(name, change, para
     assert dict(at.query_params) != url_before  # the link follows the controls
     # quality for the new recipe is the full protocol, with the encoder's three metrics
     assert any("Full protocol" in c.value for c in at.caption)
-    labels = {m.label for m in at.metric}  # the memory's three figures, then the encoder's metrics
-    assert labels == {"Original (fp16)", "Compressed", "Ratio", "cosine_to_original", "lee_spearman",
-                      "polarity_accuracy"}
+    labels = {m.label for m in at.metric}  # the memory's three figures, then the encoder's metrics, by name
+    assert labels == {"Original (fp16)", "Compressed", "Ratio", "Cosine to the original",
+                      "Similarity to human ratings (Spearman)", "Sentiment accuracy"}
 
 
 def test_explore_shows_memory_errors_and_quality_of_a_real_recipe(minilm_explorer):
@@ -48,7 +49,7 @@ def test_explore_shows_memory_errors_and_quality_of_a_real_recipe(minilm_explore
     assert recipe_caption(at) == "rank x0.5 · int4 g128 · 50% sparse"
     assert len(at.get("plotly_chart")) == 2  # memory by component, per-layer error
     shown = {m.label: m.value for m in at.metric}
-    assert 0 < float(shown["cosine_to_original"]) < 1
+    assert 0 < float(shown[NAMES["cosine_to_original"]]) < 1
     # the figures are the engine's for the same recipe
     mem = minilm_explorer.workspace().apply(Recipe(rank_ratio=0.5, bits=4, sparsity=0.5)).memory
     assert shown["Ratio"] == f"{mem.compressed_bytes / mem.original_bytes:.3f}"
@@ -70,7 +71,7 @@ def test_distillation_runs_from_explore_and_reports_before_and_after():
     assert any(c.value.startswith("3 steps at learning rate 0.0001") and "Memory unchanged" in c.value
                for c in at.caption)
     table = at.dataframe[-1].value
-    row = table[table["metric"] == "cosine_to_original"].iloc[0]
+    row = table[table["metric"] == NAMES["cosine_to_original"]].iloc[0]
     assert row["baseline"] == 1 and row["distilled"] != row["compressed"]
     assert recipe_caption(at) == "int3 g128"  # the sidebar's recipe, not distilled, is what the page shows
 
@@ -182,12 +183,12 @@ def _metric(at, label):
 ])
 def test_method_controls_keep_the_bytes_and_raise_quality(params, key, value, expected):
     at = ok(start(**params))
-    before_bytes, before_cos = compressed_bytes(at), _metric(at, "cosine_to_original")
+    before_bytes, before_cos = compressed_bytes(at), _metric(at, NAMES["cosine_to_original"])
     at.selectbox(key=key).set_value(value)
     ok(at.run())
     assert recipe_caption(at) == expected
     assert compressed_bytes(at) == before_bytes
-    assert _metric(at, "cosine_to_original") > before_cos
+    assert _metric(at, NAMES["cosine_to_original"]) > before_cos
     assert any("Calibration" in c.value and "Wikipedia" in c.value for c in at.caption)
     assert value in at.query_params.values()
 
@@ -235,7 +236,7 @@ def test_sensitivity_heatmap_and_plan(tmp_path):
     ok(at.run())
     recipe = planned.recipe
     assert at.session_state["_recipe"] == recipe and recipe.per_layer
-    assert any("Per-layer rules" in s.value for s in at.sidebar.subheader)
+    assert any(e.label.startswith("Per-layer rules") and e.proto.expanded for e in at.sidebar.expander)
     at.switch_page("pages/explore.py").run()
     assert recipe_caption(ok(at)) == recipe.describe()
     assert compressed_bytes(at) == pytest.approx(planned.planned.compressed_bytes, rel=0.005)  # as shown, rounded
@@ -305,7 +306,7 @@ def test_export_downloads_as_zip_and_loads_back_from_the_model_picker(tmp_path, 
     work = minilm_explorer.workspace()
     work.apply(Recipe(bits=3, sparsity=0.5))
     expected = work.evaluate()["cosine_to_original"]
-    shown_cos = next(m.value for m in at.metric if m.label == "cosine_to_original")
+    shown_cos = next(m.value for m in at.metric if m.label == NAMES["cosine_to_original"])
     assert float(shown_cos) == pytest.approx(expected, abs=6e-4)  # shown to 4 digits
     at.select_slider(key="ctl_bits").set_value(4).run()
     assert "no longer show the recipe of the export" in ok(at).warning[0].value

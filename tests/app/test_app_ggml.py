@@ -3,6 +3,7 @@ import pytest
 
 from app_harness import compressed_bytes, ok, recipe_caption, start
 from engine.drivers.footprint import open_skeleton, predict
+from engine.glossary import METRIC_NAMES as NAMES
 from engine.recipe.presets import preset_recipe
 
 
@@ -41,7 +42,8 @@ def test_llama_cpp_mix_in_one_click(tiny_models):
     sk = open_skeleton(tiny_models["llama"])
     predicted = predict(sk, preset_recipe("q4_k_m", sk.layers, sk.config)).compressed_bytes
     assert compressed_bytes(at) == pytest.approx(predicted, abs=0.005 * 2**20)  # shown in MiB to 2 decimals
-    assert {"perplexity", "kl_to_original", "top1_agreement"} <= {m.label for m in at.metric}
+    assert {"Perplexity", "KL divergence to the original", "Top-1 agreement with the original"} <= {
+        m.label for m in at.metric}
 
 
 def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes(tiny_models):
@@ -57,7 +59,8 @@ def test_tradeoffs_draws_llama_cpps_mixes_quality_against_bytes(tiny_models):
     table = at.dataframe[0].value
     assert list(table["label"].str.split(" ").str[0]) == ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
     assert table["compressed_bytes"].is_monotonic_decreasing  # no mix larger than the one before
-    assert table["kl_to_original"].iloc[0] < table["kl_to_original"].iloc[-1]  # and Q2_K the furthest off
+    kl = table[NAMES["kl_to_original"]]  # the metric under its name
+    assert kl.iloc[0] < kl.iloc[-1]  # and Q2_K the furthest off
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     points = next(t for t in spec["data"] if t["name"] == "sweep points")
     assert len(points["x"]) == 6 and "Pareto frontier" in [t["name"] for t in spec["data"]]
@@ -93,4 +96,4 @@ def test_the_model_picker_takes_a_compressed_tensors_folder(tiny_models, tmp_pat
     assert recipe_caption(at) == "int4 g32"
     assert compressed_bytes(at) == compressed_bytes(in_memory)
     shown = {m.label: m.value for m in at.metric}
-    assert shown["perplexity"] == {m.label: m.value for m in in_memory.metric}["perplexity"]
+    assert shown["Perplexity"] == {m.label: m.value for m in in_memory.metric}["Perplexity"]
