@@ -5,10 +5,7 @@ the system when freed. The threshold starts at 128 KiB and rises, each time such
 freed, up to 32 MiB; from then on the tensors a page computes (matrices of a few MiB, in the
 threads Streamlit runs each page in) come from malloc's arenas, and what is freed there mostly
 stays resident. Setting the threshold (which also stops it rising) keeps large blocks mapped.
-Measured on minilm, the server's resident set: one session moving the sliders for 20 s peaked
-at 2.2 GiB with glibc's default, 1.29 GiB with the threshold at 1 MiB, 1.14 GiB at 128 KiB;
-three sessions for 30 s peaked at 2.0 GiB and ended at 1.81 GiB with 1 MiB, 1.75 and 1.47 GiB
-with 128 KiB.
+What it saves is measured in docs/results/explorer-speed.md (*Several people on one server*).
 """
 from __future__ import annotations
 
