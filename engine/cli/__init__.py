@@ -1,6 +1,6 @@
 """`python -m engine`: a thin command line over the engine's API. One module per group of
 commands (info: info, models, inspect, bench; run: run, export; study: sweep, sensitivity, plan;
-fit; speed); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
+fit; speed; candidates: compare); each parses its arguments, calls the engine and prints. Whatever fails ends with one line
 on stderr: bad input exits 2, anything unexpected 1 (`--debug`: with its traceback). A layer above
 adds its own commands through `extra` (charts.cli adds `report`, which draws with the app's figures):
 the engine never imports a UI library."""
@@ -11,7 +11,7 @@ import logging
 import sys
 import traceback
 
-from engine.cli import fit, info, run, speed, study
+from engine.cli import candidates, fit, info, run, speed, study
 from engine.errors import UserError, failure
 
 
@@ -35,6 +35,7 @@ def build_parser(extra=(), prog: str = "python -m engine") -> argparse.ArgumentP
     study.add_parsers(sub)
     fit.add_parser(sub)
     speed.add_parser(sub)
+    candidates.add_parser(sub)
     info.add_bench(sub)
     for add in extra:
         add(sub)

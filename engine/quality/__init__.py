@@ -9,6 +9,8 @@ runs the full protocol.
     encoder    encoders and classifiers (EncoderEval, ClassifierEval)
     seq2seq    encoder-decoder models (Seq2SeqEval)
     stats      the intervals and scores they share
+    divergence llama.cpp's KL statistics of a candidate against a reference, token by token
+    causal_reference  a causal reference's outputs kept small, candidates scored against them
     compare    the original and a compressed model side by side, on the user's own input
 """
 from __future__ import annotations

@@ -21,6 +21,29 @@ TOKEN_BUDGET = 4096
 TOKEN_CHUNK = 256  # causal LM: scored tokens whose vocabulary-wide log-probabilities are held at once
 
 
+def text_windows(tokenizer, eval_text: str | None = None, eval_name: str | None = None):
+    """The evaluation's windows of a text (default: the packaged news text, engine.models.data):
+    (windows, quick, name): at most FULL_WINDOWS non-overlapping windows of SEQ_LEN token ids,
+    evenly spaced over the text, each starting with the tokenizer's BOS where it has one; the
+    indices of the QUICK_WINDOWS of them the first estimate scores, evenly spaced; the text's name."""
+    if eval_text is None:
+        eval_text = "\n\n".join(data.lee_background())
+        eval_name = "gensim lee_background.cor (300 news articles, Lee et al. 2005)"
+    ids = tokenizer(eval_text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    body = SEQ_LEN - (bos is not None)
+    n_avail = len(ids) // body
+    if n_avail < 1:
+        raise UserError(f"--eval-text: {eval_name} has {len(ids)} tokens, too short for one window of {body} tokens")
+    picks = np.linspace(0, n_avail - 1, min(FULL_WINDOWS, n_avail)).round().astype(int)
+    windows = [ids[i * body:(i + 1) * body] for i in dict.fromkeys(picks.tolist())]
+    if bos is not None:
+        windows = [[bos] + w for w in windows]
+    n = len(windows)
+    quick = list(dict.fromkeys(np.linspace(0, n - 1, min(QUICK_WINDOWS, n)).round().astype(int).tolist()))
+    return windows, quick, eval_name
+
+
 class CausalLMEval:
     """Perplexity on held-out text, KL from the original and top-1 next-token agreement.
 
@@ -36,28 +59,14 @@ class CausalLMEval:
         tok = loaded.tokenizer
         self.device = loaded.device
         self.chunk = chunk
-        if eval_text is None:
-            eval_text = "\n\n".join(data.lee_background())
-            eval_name = "gensim lee_background.cor (300 news articles, Lee et al. 2005)"
-        ids = tok(eval_text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        windows, self.quick_idx, eval_name = text_windows(tok, eval_text, eval_name)
         bos = tok.bos_token_id
         body = SEQ_LEN - (bos is not None)
-        n_avail = len(ids) // body
-        if n_avail < 1:
-            raise UserError(
-                f"--eval-text: {eval_name} has {len(ids)} tokens, too short for one window of {body} tokens"
-            )
-        picks = np.linspace(0, n_avail - 1, min(FULL_WINDOWS, n_avail)).round().astype(int)
-        windows = [ids[i * body:(i + 1) * body] for i in dict.fromkeys(picks.tolist())]
-        if bos is not None:
-            windows = [[bos] + w for w in windows]
         self.windows = torch.tensor(windows, device=self.device)
-        n = len(windows)
-        self.quick_idx = list(dict.fromkeys(np.linspace(0, n - 1, min(QUICK_WINDOWS, n)).round().astype(int).tolist()))
         # reference: the original model's next-token log-probabilities, stored as fp16
         self.ref_logp = self.ref_top1 = None
         nll = torch.empty(self.windows.shape[0], self.windows.shape[1] - 1, device=self.device)
-        for w, rows, logp, target in self._pieces(loaded.model, range(n)):
+        for w, rows, logp, target in self._pieces(loaded.model, range(len(windows))):
             if self.ref_logp is None:
                 self.ref_logp = torch.empty(*nll.shape, logp.shape[-1], dtype=torch.float16, device=self.device)
                 self.ref_top1 = torch.empty(nll.shape, dtype=torch.long, device=self.device)

@@ -216,7 +216,7 @@ def _roofline(explorer, memory, here, settings, dtype_name, originals, compresse
 
 
 def llama_cpp(loaded, settings: SpeedSettings, ids: torch.Tensor | None = None) -> dict | None:
-    """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1), where
+    """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1, any GGUF source), where
     llama-cpp-python is installed: the same prompt's tokens (`ids`, default the prompt), the
     same number of greedy steps, the same threads; medians of the same repeats. None where it
     does not apply."""

@@ -17,8 +17,6 @@ a Hugging Face byte-level BPE tokenizer (gguf_vocab: GPT-2, Llama 3, Qwen2 and S
 """
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from engine.formats import ggml
 from engine.formats.bytes import TensorBytes, ggml_bytes
 from engine.formats.ggml import legacy
 from engine.formats.grid import Grid
+from engine.models import gguf_source
 from engine.models.loading import gguf_file
 from engine.pipeline.compress import StoredLayer, StoredMatrix
 from engine.recipe.presets import gguf_names
@@ -141,7 +140,10 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     source = reader(gguf_file(ex.loaded.ref)) if gguf_file(ex.loaded.ref) is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{Path(ex.loaded.ref).name}.gguf"
+    path = out / f"{Path(ex.loaded.ref).name.removesuffix('.gguf')}.gguf"
+    if source is not None and path.exists() and path.samefile(gguf_file(ex.loaded.ref)):
+        raise UserError(f"--out {str(out)!r}: the file would replace its own source model {str(path)!r}; "
+                        "give another folder")
     writer = gguf.GGUFWriter(str(path), "llama")
     _metadata(writer, source, config, work)
     names = gguf_names(ex.layers, config)
@@ -243,18 +245,18 @@ def _copy(writer, key: str, field) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _parsed(path: str, mtime_ns: int, size: int):
-    import gguf
-
-    return gguf.GGUFReader(path)
-
-
 def reader(path: str | Path):
-    """The file's gguf.GGUFReader, parsed once per version of the file (its metadata is parsed
-    field by field in Python: SmolLM2's 49,152 tokens and 48,900 merges take about 4 s)."""
-    stat = os.stat(path)
-    return _parsed(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    """The file's gguf.GGUFReader, parsed once per version of the file (engine.models.gguf_source)."""
+    return gguf_source.reader(path)
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether a GGUF file was written by `write` (its metadata names its source model); any
+    other GGUF file is a source model itself (engine.models.gguf_source)."""
+    try:
+        return SOURCE_KEY in reader(path).fields
+    except (ValueError, IndexError, OSError):
+        return False
 
 
 def source_of(path: str | Path) -> tuple[str, Recipe]:
