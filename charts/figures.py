@@ -133,6 +133,37 @@ def tradeoff(points: list[dict], metric: str, higher: bool, fronts: dict[str, li
     return _layout(fig, 440)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """The indices of the (size, loss) points no other point beats on both (smaller and lower), by rising size.
+
+    >>> pareto_front([(3, 0.1), (1, 0.5), (2, 0.6), (2, 0.2)])
+    [1, 3, 0]
+    """
+    front, best = [], math.inf
+    for i in sorted(range(len(points)), key=lambda i: points[i]):
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def candidates_kl(rows: list[dict]) -> go.Figure:
+    """Candidates ranked against a reference (engine.cli.candidates.compare's rows): their bytes
+    against their mean KL from the reference, with the Pareto front (smaller and closer)."""
+    fig = go.Figure()
+    x, y = [r["bytes"] / MIB for r in rows], [r["kl"]["mean"] for r in rows]
+    fig.add_scatter(x=x, y=y, mode="markers", name="candidates", text=[r["name"] for r in rows],
+                    marker=dict(size=10, opacity=0.8, color=PALETTE[0]),
+                    customdata=[r["bits_per_weight"] for r in rows],
+                    hovertemplate="%{text}<br>%{x:.3f} MiB, %{customdata:.2f} bits per weight"
+                                  "<br>mean KL %{y:.4g} nats<extra></extra>")
+    front = pareto_front(list(zip(x, y)))
+    fig.add_scatter(x=[x[i] for i in front], y=[y[i] for i in front], mode="lines", name="Pareto frontier",
+                    line=dict(shape="hv", width=2, color=PALETTE[1]), hoverinfo="skip")
+    fig.update_layout(xaxis_title="weights (MiB)", yaxis_title="mean KL(original ‖ candidate) (nats)")
+    return _layout(fig, 400)
+
+
 def sensitivity_heatmap(grid) -> go.Figure:
     """Loss of each unit (row) at each option (column) in context, from a plan's grid
     (engine.studies.plan_result.Grid, `plan(...).grid`)."""

@@ -164,3 +164,36 @@ def speed(ctx: Context, settings, progress=None) -> dict:
 
     return cached(ctx, ctx.recipe, _speed_field(ctx, settings),
                   lambda work: engine_speed.measure(ctx.explorer, ctx.recipe, settings, progress))
+
+
+# ---------------------------------------------------------------------------------------
+# Compare: candidates ranked against the loaded model (engine.cli.candidates)
+# ---------------------------------------------------------------------------------------
+
+
+def candidate_paths(text: str) -> list[str]:
+    """The candidate paths typed one per line (blank lines skipped, each once, in order)."""
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def rank_candidates(ctx: Context, paths: list[str], quick: bool, progress=None) -> dict:
+    """The sidebar's recipe and the typed `paths` (export folders, GGUF files, recipe files: each
+    checked by the server's allow-list as the sidebar checks a typed model) against the loaded
+    model, token by token (engine.cli.candidates.compare's report, its candidates by mean KL);
+    `progress(k, n, name)` as the engine calls it. A path refused, unreadable or of another model
+    raises a one-line UserError before anything is computed."""
+    from engine.cli.candidates import Candidate, check_same_model, compare, read_candidate
+
+    from . import access
+
+    policy = access.for_visitors()
+    ex = ctx.explorer
+    candidates = [Candidate(f"sidebar: {ctx.recipe.describe()}", "recipe", ctx.recipe)]
+    for path in paths:
+        cand = read_candidate(policy.check(path), ctx.ref)
+        if cand.source is not None and cand.source != ctx.ref:  # the model an export names, as the sidebar does
+            policy.check(cand.source, listed_only=False, download=False)
+        check_same_model(ex, cand)
+        candidates.append(cand)
+    with caches.SLOTS:
+        return compare(ex, candidates, quick=quick, reference=ctx.ref, progress=progress)

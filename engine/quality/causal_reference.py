@@ -37,10 +37,10 @@ SAME_MODEL = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "i
               "num_attention_heads", "num_key_value_heads", "n_embd", "n_layer", "n_head")
 
 
-def model_difference(reference, candidate) -> str | None:
+def model_difference(reference, candidate, fields: tuple[str, ...] = SAME_MODEL) -> str | None:
     """The first way the config `candidate` describes another model than `reference` ('vocabulary
-    size 30522, the reference 49152'), or None where the fields of SAME_MODEL agree."""
-    for field in SAME_MODEL:
+    size 30522, the reference 49152'), or None where the `fields` (default SAME_MODEL) agree."""
+    for field in fields:
         a, b = getattr(reference, field, None), getattr(candidate, field, None)
         if a != b:
             what = {"model_type": "architecture", "vocab_size": "vocabulary size"}.get(field, field)

@@ -111,6 +111,9 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served):
             if name == "spectra":  # the one layer's spectrum and the heatmap of every layer
                 page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2",
                                        timeout=120_000)
+            if name == "compare":  # the ranking's section; on the default encoder, the line that says why none
+                page.wait_for_selector("text=Rank candidates against the original", timeout=60_000)
+                page.wait_for_selector("text=only causal language models give", timeout=60_000)
             assert not page.locator('[data-testid="stException"]').count()
             assert (page.locator(".js-plotly-plot").count() or page.locator('[data-testid="stDataFrame"]').count()
                     or name == "tour")

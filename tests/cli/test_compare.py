@@ -92,3 +92,56 @@ def test_refusals(tiny_models, llama_candidates, tmp_path):
     assert code == 2 and "bad.json" in err and len(err.strip().splitlines()) == 1
     code, _, err = main("compare", llama, str(tmp_path))  # a folder that is no export
     assert code == 2 and "not a recipe JSON file nor" in err
+
+
+@pytest.fixture(scope="module")
+def third_party(tmp_path_factory):
+    """A tiny Llama written to GGUF in F16, Q8_0 and Q4_0 as a third-party converter writes them (no
+    explorer.source), and a Llama of another vocabulary size in F16; converted in a cache of their own."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gguf_harness import cut_tokenizer, llama_shape, write_gguf
+
+    root = tmp_path_factory.mktemp("third-party")
+    files = {}
+    for vocab, kinds in ((1024, ("F16", "Q8_0", "Q4_0")), (512, ("F16",))):
+        tokenizer = cut_tokenizer(root / f"tokenizer-{vocab}", vocab)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**llama_shape(vocab)))
+        for kind in kinds:
+            name = f"llama-{kind}" if vocab == 1024 else f"llama-vocab{vocab}-{kind}"
+            files[name] = write_gguf(root / f"{name}.gguf", model, tokenizer, "llama", kind)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COMPRESSION_EXPLORER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield files
+
+
+def test_third_party_gguf_files_are_candidates_counted_from_their_tensors(third_party):
+    import gguf
+
+    reference, q8, q4 = (str(third_party[f"llama-{k}"]) for k in ("F16", "Q8_0", "Q4_0"))
+    code, out, err = main("compare", reference, q4, q8, "--quick", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)["candidates"]}
+    assert list(rows) == ["llama-Q8_0.gguf", "llama-Q4_0.gguf"]  # by file name, by mean KL
+    assert 0 < rows["llama-Q8_0.gguf"]["kl"]["mean"] < rows["llama-Q4_0.gguf"]["kl"]["mean"]
+    assert rows["llama-Q8_0.gguf"]["format"] == "gguf-model" and rows["llama-Q8_0.gguf"]["recipe"] is None
+    # by hand: 204,800 matrix values in the file's type (blocks of 32), 320 norm values in F32
+    matrices, norms = 2 * 1024 * 64 + 2 * (4 * 64 * 64 // 2 + 2 * 64 * 64 // 2 + 3 * 64 * 128), 5 * 64
+    assert matrices == 204_800
+    for kind in ("Q8_0", "Q4_0"):
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+        n = matrices // block * size + 4 * norms
+        assert rows[f"llama-{kind}.gguf"]["bytes"] == n
+        assert rows[f"llama-{kind}.gguf"]["bits_per_weight"] == pytest.approx(8 * n / (matrices + norms))
+    assert rows["llama-Q4_0.gguf"]["bits_per_weight"] < 5 < rows["llama-Q8_0.gguf"]["bits_per_weight"] < 9
+
+
+def test_a_gguf_file_of_another_vocabulary_is_refused(third_party):
+    other = str(third_party["llama-vocab512-F16"])
+    code, out, err = main("compare", str(third_party["llama-F16"]), other, "--quick")
+    assert code == 2 and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # after the conversion's progress bar
+    assert errors == [f"error: compare: candidate {other!r} is a model the reference cannot be compared with "
+                           "token by token: vocabulary size 512, the reference 1024"]
