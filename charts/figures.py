@@ -148,7 +148,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def candidates_kl(rows: list[dict]) -> go.Figure:
-    """Candidates ranked against a reference (engine.cli.candidates.compare's rows): their bytes
+    """Candidates ranked against a reference (engine.studies.ranking.compare's rows): their bytes
     against their mean KL from the reference, with the Pareto front (smaller and closer)."""
     fig = go.Figure()
     x, y = [r["bytes"] / MIB for r in rows], [r["kl"]["mean"] for r in rows]

@@ -167,7 +167,7 @@ def speed(ctx: Context, settings, progress=None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Compare: candidates ranked against the loaded model (engine.cli.candidates)
+# Compare: candidates ranked against the loaded model (engine.studies.ranking)
 # ---------------------------------------------------------------------------------------
 
 
@@ -179,10 +179,10 @@ def candidate_paths(text: str) -> list[str]:
 def rank_candidates(ctx: Context, paths: list[str], quick: bool, progress=None) -> dict:
     """The sidebar's recipe and the typed `paths` (export folders, GGUF files, recipe files: each
     checked by the server's allow-list as the sidebar checks a typed model) against the loaded
-    model, token by token (engine.cli.candidates.compare's report, its candidates by mean KL);
+    model, token by token (engine.studies.ranking.compare's report, its candidates by mean KL);
     `progress(k, n, name)` as the engine calls it. A path refused, unreadable or of another model
     raises a one-line UserError before anything is computed."""
-    from engine.cli.candidates import Candidate, check_same_model, compare, read_candidate
+    from engine.studies.ranking import Candidate, check_same_model, compare, read_candidate
 
     from . import access
 

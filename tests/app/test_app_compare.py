@@ -4,6 +4,7 @@ is one error box; an encoder is told why it has no ranking."""
 import json
 
 import pytest
+
 from app_harness import ok, start
 from cli_harness import main
 

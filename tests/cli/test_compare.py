@@ -2,8 +2,8 @@
 import json
 
 import pytest
-from cli_harness import main
 
+from cli_harness import main
 from engine.recipe.recipe import Recipe
 
 

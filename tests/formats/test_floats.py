@@ -188,7 +188,6 @@ def test_minilm_in_each_format_counts_exports_and_reads_back_exactly(minilm_expl
 
 def test_the_apps_number_format_control_lists_the_float_formats_with_a_line_each(tiny_models):
     from app_harness import ok, recipe_caption, start
-
     from engine.glossary import FORMAT_NOTES
     from ui.controls import FORMAT_LABELS
 

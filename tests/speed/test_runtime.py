@@ -305,9 +305,7 @@ def test_a_kernel_that_computes_wrongly_is_reported_not_used(monkeypatch):
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["native bf16", "no native bf16"])
 def test_speed_page_measures_on_press_and_shows_kernels_and_roofline(monkeypatch, bf16):
-    from app_harness import APP, ok
-
-    from app_harness import app_test
+    from app_harness import APP, app_test, ok
 
     monkeypatch.setenv("EXPLORER_BF16", "1" if bf16 else "0")
     at = app_test(APP, default_timeout=300)
