@@ -15,7 +15,7 @@ from typing import Callable
 import streamlit as st
 
 from engine.errors import UserError
-from engine.formats import FORMATS
+from engine.formats import FORMATS, GRID_FIELDS
 from engine.glossary import CONCEPTS
 from engine.methods import METHODS
 from engine.recipe.recipe import Recipe
@@ -25,7 +25,7 @@ DEFAULTS = Recipe().to_dict()
 METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
 SHARE_BLOCKS_OFFERED = (2, 3, 4, 6)  # the slider's stops (the recipe takes 2 to 64)
 FORMAT_LABELS = {name: f.label for name, f in FORMATS.items()}
-FORMAT_FIXES = ("bits", "granularity", "group_size", "symmetric")  # what a llama.cpp format sets itself
+FORMAT_FIXES = GRID_FIELDS  # what a llama.cpp or float format sets itself
 GRANULARITY_LABELS = {"group": "per group", "channel": "per output channel", "tensor": "per tensor"}
 SCOPES = {"all": "All layers", "attention": "Attention", "mlp": "MLP", "experts": "Experts (MoE)",
           "router": "Routers (MoE)"}

@@ -25,6 +25,7 @@ from engine.formats import floats
 from engine.formats.ggml.types import LEGACY, TYPES
 
 OWN_GROUP_SIZE = 128  # the recipe's default group size, which a format without blocks leaves as it is
+GRID_FIELDS = ("bits", "granularity", "group_size", "symmetric")  # the recipe fields a format other than 'int' fixes
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class Format:
         """The recipe fields this format sets itself ({} for 'int')."""
         if self.family == "int":
             return {}
-        return {"bits": self.bits, "granularity": "group" if self.block else "channel",
-                "group_size": self.block or OWN_GROUP_SIZE, "symmetric": self.symmetric}
+        return dict(zip(GRID_FIELDS, (self.bits, "group" if self.block else "channel", self.block or OWN_GROUP_SIZE,
+                                      self.symmetric)))
 
     @property
     def label(self) -> str:
