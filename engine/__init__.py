@@ -36,6 +36,7 @@ LAYERS = (
     ("quality", "quality against the original: one module per kind of model, and the statistics"),
     ("drivers", "the explorer (a loaded model), workspaces, offloading, planning from a config, distillation"),
     ("studies", "studies of many recipes: sweeps, sensitivity, the budget planner, inside one layer"),
+    ("cluster", "studies spread over a Ray cluster: workers that each hold the model, results as they arrive"),
     ("speed", "the compressed model on real kernels: kernels, their tuning, the runtime, the roofline"),
     ("cli", "the command line, `python -m engine`"),
     ("__init__ __main__", "the public API"),

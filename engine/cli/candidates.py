@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from engine.cli.options import eval_text, open_explorer
+from engine.cli import cluster_options
+from engine.cli.options import eval_text, open_explorer, out_path
 from engine.errors import UserError
 from engine.studies.ranking import EXPORTS, check_same_model, compare, read_candidate
+from engine.studies.results_file import ResultsFile
 
 
 def cmd_compare(args):
@@ -17,7 +19,27 @@ def cmd_compare(args):
         raise UserError(f"compare: {args.reference!r} is a {ex.kind} model; compare takes causal language models only")
     for cand in candidates:
         check_same_model(ex, cand, args.trust_remote_code)
-    out = compare(ex, candidates, args.quick, text, name, args.reference, args.trust_remote_code)
+    results = args.out and ResultsFile.open(out_path(args.out), [c.name for c in candidates], args.resume)
+    if args.resume and not results:
+        raise UserError("--resume: needs --out (the results file to resume from)")
+    runner = cluster_options.runner(args, args.reference, explorer=ex)
+    bar = cluster_options.Arrivals(f"compare {args.reference}", "candidate")
+    arrived = [0]
+
+    def keep(key, result, worker):
+        arrived[0] += 1
+        bar(arrived[0] + len(results.done if results else ()), len(candidates), f"{worker}: {result['row']['name']}")
+        if results:
+            results.add(key, result)
+
+    try:
+        out = compare(ex, candidates, args.quick, text, name, args.reference, args.trust_remote_code,
+                      runner=runner, done=results and results.done, on_result=keep)
+    finally:
+        bar.close()
+        runner.close()
+    if results:
+        results.finish([c.name for c in candidates])
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -64,4 +86,6 @@ def add_parser(sub) -> None:
     c.add_argument("--eval-text", help="UTF-8 text file to compare on instead of the packaged text")
     c.add_argument("--quick", action="store_true", help="on the first estimate's windows only (4 of the 16, evenly spaced)")
     c.add_argument("--json", action="store_true", help="print one JSON object, the candidates by mean KL")
+    c.add_argument("--out", help="JSON-lines file to write, a line as each candidate is scored (for --resume)")
+    cluster_options.cluster_args(c)
     c.set_defaults(fn=cmd_compare)

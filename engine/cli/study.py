@@ -1,10 +1,10 @@
 """`sweep` (a grid of recipes), `sensitivity` (one unit at a time) and `plan` (a setting per unit)."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 
+from engine.cli import cluster_options
 from engine.cli.options import (
     SWEEP_AXES,
     Progress,
@@ -19,51 +19,58 @@ from engine.cli.options import (
     recipe_from,
     with_preset,
 )
+from engine.errors import UserError
 from engine.studies.sensitivity import UNITS
 
 
 def cmd_sweep(args):
     from engine.studies import sweep
+    from engine.studies.results_file import ResultsFile
+    from engine.studies.runner import gather
 
     ratios = floats(args.rank_ratio, "--rank-ratio")
     bits = [int(b) for b in floats(args.bits, "--bits")]
     sparsities = floats(args.sparsity, "--sparsity")
     recipes = sweep.grid(ratios, bits, sparsities, recipe_from(args, exclude=SWEEP_AXES))
     text, name = eval_text(args)
-    path = out_path(args.out)
-    ex = open_explorer(args)
-    work = ex.workspace()
-    ev = ex.evaluator(text, name)
-    from tqdm import tqdm
-
-    writer = None
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        for recipe in tqdm(recipes, desc=f"sweep {args.model}", unit="point", file=sys.stderr):
-            row = sweep.point(work, recipe, quick=args.quick, eval_text=text, eval_name=name)
-            if writer is None:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                writer.writeheader()
-            writer.writerow(row)
-            fh.flush()
-    print(f"wrote {len(recipes)} points to {path} (protocol: {json.dumps(ev.protocol)})", file=sys.stderr)
+    jobs = sweep.jobs(recipes, args.quick, text, name)
+    out = ResultsFile.open(out_path(args.out), jobs, args.resume, key_column="recipe")
+    if out.done:
+        print(f"{args.out}: {len(out.done)} of {len(jobs)} points already measured, kept", file=sys.stderr)
+    runner = cluster_options.runner(args)
+    bar = cluster_options.Arrivals(f"sweep {args.model}", "point")
+    try:
+        gather(runner, sweep.point_task, jobs, out.done, lambda key, row, worker: out.add(key, row), bar,
+               {k: job[0].describe() for k, job in jobs.items()})
+        protocol = gather(runner, sweep.protocol_task, {"protocol": (text, name)})["protocol"]
+    finally:
+        bar.close()
+        runner.close()
+    out.finish(jobs)
+    print(f"wrote {len(recipes)} points to {args.out} (protocol: {json.dumps(protocol)})", file=sys.stderr)
 
 
 def cmd_sensitivity(args):
     from engine.studies import sensitivity as plan
+    from engine.studies.results_file import ResultsFile
+    from engine.studies.sweep import number
 
     recipe = recipe_from(args)
     path = out_path(args.out)
     ex = open_explorer(args)
-    bar = Progress(f"sensitivity {args.model} by {args.by}")
+    units = plan.jobs(ex, recipe, args.by)
+    out = ResultsFile.open(path, units, args.resume, key_column="unit")
+    done = {u: {k: number(v) for k, v in row.items()} for u, row in out.done.items()}
+    runner = cluster_options.runner(args, explorer=ex)
+    bar = cluster_options.Arrivals(f"sensitivity {args.model} by {args.by}", "unit")
     try:
-        result = plan.sensitivity(ex.workspace(), recipe, args.by, quick=not args.full, progress=bar)
+        result = plan.sensitivity(ex.workspace(), recipe, args.by, quick=not args.full, progress=bar, runner=runner,
+                                  done=done, on_result=lambda unit, row, worker: out.add(unit, row))
     finally:
         bar.close()
+        runner.close()
+    out.finish(units)
     rows = result["rows"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     print(f"wrote {len(rows)} units to {path}: {result['metric']} change with only that unit at "
           f"{recipe.describe()} ({'full protocol' if args.full else 'first estimate'})", file=sys.stderr)
     for r in sorted(rows, key=lambda r: -r["loss"])[:5]:
@@ -72,19 +79,26 @@ def cmd_sensitivity(args):
 
 def cmd_plan(args):
     from engine.studies import planner
+    from engine.studies.results_file import ResultsFile
 
     check_preset(args)
     reference = recipe_from(args)
     ladder = planner.parse_ladder(args.ladder) if args.ladder else None
     path = out_path(args.out) if args.out else None
+    if args.resume and not path:
+        raise UserError("--resume: needs --out (the measurements are kept beside it, in OUT.measurements.jsonl)")
     ex = open_explorer(args)
     reference = with_preset(args, reference, ex)
+    journal = path and ResultsFile.open(path.with_name(path.name + ".measurements.jsonl"), None, args.resume)
+    runner = cluster_options.runner(args, explorer=ex)
     bar = Progress(f"plan {args.model}")
     try:
         result = planner.plan(ex.workspace(), reference, args.target_ratio, args.by, ladder, args.rounds,
-                              progress=bar)
+                              progress=bar, runner=runner, measured=journal and journal.done,
+                              on_result=journal and (lambda key, row, worker: journal.add(key, row)))
     finally:
         bar.close()
+        runner.close()
     if path:  # the plan as a recipe with per-layer rules: --recipe FILE and the app load it
         path.write_text(json.dumps(result.recipe.to_dict(), indent=2), encoding="utf-8")
     if args.json:
@@ -107,7 +121,8 @@ def add_parsers(sub) -> None:
     recipe_args(s, sweep=True)
     s.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
     s.add_argument("--quick", action="store_true", help="first estimates only")
-    s.add_argument("--out", required=True, help="CSV file to write")
+    s.add_argument("--out", required=True, help="CSV file to write, a row as each point is measured")
+    cluster_options.cluster_args(s)
     s.set_defaults(fn=cmd_sweep)
 
     se = sub.add_parser("sensitivity", help="compress one layer, block or layer type at a time; CSV of the quality change")
@@ -116,7 +131,8 @@ def add_parsers(sub) -> None:
     se.add_argument("--by", choices=UNITS, default="type",
                     help="unit: one layer, one transformer block, or one kind of layer across blocks (default)")
     se.add_argument("--full", action="store_true", help="full protocol per unit (default: the first estimate)")
-    se.add_argument("--out", required=True, help="CSV file to write")
+    se.add_argument("--out", required=True, help="CSV file to write, a row as each unit is measured")
+    cluster_options.cluster_args(se)
     se.set_defaults(fn=cmd_sensitivity)
 
     pl = sub.add_parser("plan", help="a setting per unit of layers that beats the reference at its bytes "
@@ -136,4 +152,6 @@ def add_parsers(sub) -> None:
     pl.add_argument("--out", help="also write the plan as a recipe JSON file (per-layer rules), to load with "
                                   "--recipe FILE or in the app")
     pl.add_argument("--json", action="store_true", help="print the whole result: units, losses, plan and reference")
+    cluster_options.cluster_args(pl, resume="keep the measurements already made, kept beside --out in OUT.measurements.jsonl, and "
+                                                "make only the rest (default: start anew)")
     pl.set_defaults(fn=cmd_plan)

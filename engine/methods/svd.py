@@ -5,12 +5,36 @@ rank-r approximation in the Frobenius norm (Eckart-Young). Method `svd` of engin
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
+
+_THREADS = threading.Lock()
+
+
+@contextmanager
+def one_thread(device: torch.device):
+    """torch on one thread meanwhile, on the CPU (one at a time: the count is the process's)."""
+    if device.type != "cpu":
+        yield
+        return
+    with _THREADS:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
 
 def svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of an (out, in) matrix: U (out, k), S (k,), Vh (k, in), k = min(out, in)."""
-    return torch.linalg.svd(w.float(), full_matrices=False)
+    """Thin SVD of an (out, in) matrix: U (out, k), S (k,), Vh (k, in), k = min(out, in).
+    On the CPU on one thread: LAPACK's factors change in their last bits with the number of
+    threads, so this keeps them the same in a process of any size (a cluster's workers of one
+    thread each, engine.cluster, give the figures this process gives)."""
+    with one_thread(w.device):
+        return torch.linalg.svd(w.float(), full_matrices=False)
 
 
 def low_rank_factors(

@@ -35,86 +35,42 @@ the full protocol.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from engine.errors import UserError
-from engine.glossary import HIGHER_IS_BETTER
 from engine.recipe.fields import RecipeError
 from engine.recipe.recipe import Recipe
 from engine.studies.knapsack import candidates, least_loss
+from engine.studies.plan_measure import (
+    NEWS_KINDS,
+    PLAN_PARAGRAPHS,
+    _Measure,
+    full_task,
+    measure_task,
+    planning_text,
+    score,
+    with_choice,
+)
 from engine.studies.plan_result import Candidate, Grid, Outcome, Plan, UnitChoice
 from engine.studies.planner_options import REFERENCE, Option, default_ladder, parse_ladder, parse_option, wider_ladder
 from engine.studies.sensitivity import _groups, unit_regex
 
-# the knapsack (engine.studies.knapsack), the options (engine.studies.planner_options) and the result's types
-# (engine.studies.plan_result) live apart; the planner's callers find them here too
+# the knapsack (engine.studies.knapsack), the options (engine.studies.planner_options), the measuring
+# (engine.studies.plan_measure) and the result's types (engine.studies.plan_result) live apart; the
+# planner's callers find them here too
 __all__ = ["plan", "Planner", "least_loss", "candidates", "with_choice", "score", "planning_text",
-           "PLAN_PARAGRAPHS", "Plan", "Outcome", "Grid", "UnitChoice", "Candidate",
+           "PLAN_PARAGRAPHS", "NEWS_KINDS", "measure_task", "full_task", "Plan", "Outcome", "Grid", "UnitChoice", "Candidate",
            "REFERENCE", "Option", "parse_option", "parse_ladder", "default_ladder", "wider_ladder"]
 
 
-def score(metrics: dict, metric: str) -> float:
-    """The primary metric as a loss to add up (lower is better): log perplexity, whose changes
-    multiply the perplexity; else the metric's negative where higher is better."""
-    v = metrics[metric]
-    if metric == "perplexity":
-        return math.log(v)
-    return -v if HIGHER_IS_BETTER[metric] else v
-
-
-def with_choice(reference: Recipe, regexes: dict, choice: dict) -> Recipe:
-    """The reference with a per-layer rule, before its own, for every unit not at REFERENCE."""
-    rules = [{"match": regexes[u], **o.rule} for u, o in choice.items() if o != REFERENCE]
-    if not rules:
-        return reference
-    own = reference.to_dict()["per_layer"]
-    return reference.updated(per_layer=rules + own, distill_steps=0)
-
-
-PLAN_PARAGRAPHS = 16  # of the calibration text: the planner measures on them, never on the evaluation text
-NEWS_KINDS = ("causal-lm", "seq2seq")  # the kinds whose evaluation reads the 300 Lee news articles
-
-
-def planning_text(kind: str) -> tuple[str, str]:
-    """The text the planner measures on, one paragraph per line, and its name: text the
-    evaluation never reads, so that the full protocol scores the plan on text it was not chosen
-    on, and of the evaluation's kind where there is one. For a language model, scored on the
-    300 Lee news articles, the 50 Lee documents (gensim lee.cor: news of the same source, none of
-    the 300); for an encoder or a classifier, whose evaluation reads those 50, the first
-    PLAN_PARAGRAPHS paragraphs of the calibration text (engine.models.calibrate)."""
-    if kind in NEWS_KINDS:
-        from engine.models.data import lee_documents
-
-        return "\n".join(lee_documents()), "gensim lee.cor (the 50 Lee news documents, none of the 300 evaluated)"
-    from engine.models.calibrate import SOURCE, wiki_paragraphs
-
-    return "\n".join(wiki_paragraphs(PLAN_PARAGRAPHS)), f"{SOURCE}, first {PLAN_PARAGRAPHS} paragraphs"
-
-
-class _Measure:
-    """Apply a choice and take its first estimate on the planning text and its bytes, each choice once."""
-
-    def __init__(self, work, reference: Recipe, regexes: dict):
-        self.work, self.reference, self.regexes = work, reference, regexes
-        self.text, self.name = planning_text(work.explorer.kind)
-        self.metric = work.explorer.evaluator(self.text, self.name).primary
-        self.seen: dict = {}
-
-    def __call__(self, choice: dict) -> tuple[float, int]:
-        key = tuple(sorted((u, o.label) for u, o in choice.items() if o != REFERENCE))
-        if key not in self.seen:
-            applied = self.work.apply(with_choice(self.reference, self.regexes, choice))
-            metrics = self.work.evaluate(quick=True, eval_text=self.text, eval_name=self.name)
-            self.seen[key] = (score(metrics, self.metric), applied.memory.compressed_bytes)
-        return self.seen[key]
-
-
 def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "type", ladder=None,
-         rounds: int = 2, progress=None) -> Plan:
+         rounds: int = 2, progress=None, runner=None, measured: dict | None = None, on_result=None) -> Plan:
     """The option per unit (of `ladder`, default `default_ladder`) with the least measured loss
     within the bytes of `reference` applied (or `target_ratio` of the fp16 bytes), and, with the
     full protocol, the plan beside the reference. `progress(done, total, what)` is called after
-    each step. Raises UserError for a bad argument or a target out of reach."""
+    each step. The measurements run on `runner` (default: this process, on `work`), those of a
+    step at once; `measured` (measurements already made, by key) and `on_result(key, [loss, bytes],
+    worker)` (each new one as it arrives) are engine.studies.runner.gather's. Raises UserError
+    for a bad argument or a target out of reach."""
     if target_ratio is not None and not 0 < target_ratio < 1:
         raise UserError(f"--target-ratio: must be in (0, 1), got {target_ratio!r}")
     if not isinstance(rounds, int) or not 1 <= rounds <= 10:
@@ -127,7 +83,7 @@ def plan(work, reference: Recipe, target_ratio: float | None = None, by: str = "
         except RecipeError as e:
             raise UserError(f"--ladder: option {o.label} does not go with {reference.describe()}: "
                             f"{str(e).split(': ', 1)[-1]}") from None
-    return Planner(work, reference, target_ratio, by, ladder, progress).run(rounds)
+    return Planner(work, reference, target_ratio, by, ladder, progress, runner, measured, on_result).run(rounds)
 
 
 class Planner:
@@ -138,7 +94,7 @@ class Planner:
     """
 
     def __init__(self, work, reference: Recipe, target_ratio: float | None, by: str, ladder: list,
-                 progress=None):
+                 progress=None, runner=None, measured=None, on_result=None):
         ex = work.explorer
         self.work, self.reference, self.target_ratio, self.by, self.ladder = work, reference, target_ratio, by, ladder
         self.progress, self.done, self.total = progress, 0, 0
@@ -146,7 +102,7 @@ class Planner:
         self.groups = _groups(ex, reference, by)
         everything = [i.name for i in ex.selected(reference)]
         self.regexes = {u: unit_regex(u, names, everything) for u, names in self.groups.items()}
-        self.measure = _Measure(work, reference, self.regexes)
+        self.measure = _Measure(work, reference, self.regexes, runner, measured, on_result, self._tick)
         self.original = 2 * ex.total_params  # fp16 bytes
         self.units = list(self.groups)
         self.options = {u: [REFERENCE] + [o for o in ladder if o != REFERENCE] for u in self.units}
@@ -165,10 +121,12 @@ class Planner:
         self.budget = self.ref_bytes if self.target_ratio is None else self.target_ratio * self.original
         self.total = rounds * len(self.units) * len(self.ladder) + len(self.ladder) + 1
         self.best = (ref_loss, self.ref_bytes, dict(self.center)) if self.ref_bytes <= self.budget else None
-        for o in self.ladder:  # each option for every unit, where its bytes fit, is a candidate too
-            self._tick(f"every unit at {o.label}")
-            if self.ref_bytes + sum(self._added(u, o) for u in self.units) <= self.budget:
-                self._consider({u: o for u in self.units}, 0, None)
+        # each option for every unit, where its bytes fit, is a candidate too
+        everywhere = [{u: o for u in self.units} for o in self.ladder
+                      if self.ref_bytes + sum(self._added(u, o) for u in self.units) <= self.budget]
+        self.measure.prefetch(everywhere)
+        for choice in everywhere:
+            self._consider(choice, 0, None)
         rounds_run = 0
         for r in range(rounds):
             rounds_run = r + 1
@@ -199,6 +157,7 @@ class Planner:
                 raise UserError(f"the target {self.target_ratio} cannot be reached with the options "
                                 f"{self._labels()} by {self.by}")
             return False
+        self.measure.prefetch(found)
         for choice in found:
             self._consider(choice, r + 1, c_loss + sum(loss[u, choice[u]] for u in self.units))
         if self.best is None or self.best[2] == self.center:
@@ -210,16 +169,18 @@ class Planner:
         """The loss and bytes each (unit, option) adds to the center's (`c_loss`, `c_bytes`),
         measured: 0 where the option leaves the unit's layers as they are."""
         now = with_choice(self.reference, self.regexes, self.center)  # every layer's recipe at the center
+        moves = {(u, o): {**self.center, u: o} for u in self.units for o in self.options[u]}
+        moves = {uo: moved for uo, moved in moves.items() if uo[1] != self.center[uo[0]]
+                 and not _same(now, with_choice(self.reference, self.regexes, moved), self.groups[uo[0]])}
+        self.measure.prefetch(list(moves.values()))  # the round's moves at once
         loss, cost = {}, {}
         for u in self.units:
             for o in self.options[u]:
-                moved = {**self.center, u: o}
-                if o == self.center[u] or _same(now, with_choice(self.reference, self.regexes, moved), self.groups[u]):
+                if (u, o) not in moves:
                     loss[u, o], cost[u, o] = 0.0, 0
                     continue
-                l, b = self.measure(moved)
+                l, b = self.measure(moves[u, o])
                 loss[u, o], cost[u, o] = l - c_loss, b - c_bytes
-                self._tick(f"round {r + 1}: {u} at {o.label}")
         return loss, cost
 
     def _consider(self, choice: dict, round_: int, predicted: float | None) -> None:
@@ -232,12 +193,14 @@ class Planner:
 
     def _result(self, rounds_run: int) -> Plan:
         """The best candidate applied and measured with the full protocol, beside the reference."""
+        from engine.studies.runner import gather
+
         _, plan_bytes, choice = self.best
         recipe = with_choice(self.reference, self.regexes, choice)
-        planned = self.work.apply(recipe)
-        assert planned.memory.compressed_bytes == plan_bytes
-        plan_metrics = self.work.evaluate()
-        uniform = Outcome(self.ref_bytes, self.ref_bytes / self.original, _full(self.work, self.reference))
+        full = gather(self.measure.runner, full_task, {"plan": recipe, "reference": self.reference})
+        assert full["plan"][0] == plan_bytes
+        plan_metrics = full["plan"][1]
+        uniform = Outcome(self.ref_bytes, self.ref_bytes / self.original, full["reference"][1])
         grid = self.grid
         units = tuple(UnitChoice(u, tuple(self.groups[u]), choice[u].label, dict(zip(grid.options, grid.loss[i])))
                       for i, u in enumerate(self.units))
@@ -283,7 +246,3 @@ def _predicted(infos: dict, recipe: Recipe, names) -> int:
 
     return sum(predict(infos[n], recipe.for_layer(n)).bytes.compressed_bytes for n in names if n in infos)
 
-
-def _full(work, recipe: Recipe) -> dict:
-    work.apply(recipe)
-    return work.evaluate()

@@ -124,34 +124,67 @@ def weights(ex, memory=None) -> dict:
 
 def compare(ex, candidates: list[Candidate], quick: bool = False, text: str | None = None,
             name: str | None = None, reference: str | None = None, trust_remote_code: bool = False,
-            progress=None) -> dict:
+            progress=None, runner=None, done: dict | None = None, on_result=None) -> dict:
     """The comparison's report: {'reference': {'name', 'bytes', 'bits_per_weight', 'perplexity',
     'perplexity_low', 'perplexity_high'}, 'candidates': [{'name', 'format', 'recipe', 'bytes',
     'bits_per_weight', and divergence.summarize's keys}, ...] by mean KL, 'protocol'}.
-    `progress(k, n, name)`, when given, is called before the reference runs (k 0) and before each
-    candidate is scored (k = 1..n)."""
+    `progress(k, n, name)`, when given, is called at the start (k 0: the reference's outputs come
+    first), then with k = 1..n as candidate k is next (k = n + 1: all scored). The candidates are
+    scored on `runner` (default: this process), each worker computing the reference's outputs once;
+    `done` (results already had, by candidate name) and `on_result(name, result, worker)` are
+    engine.studies.runner.gather's."""
+    from engine.studies.runner import Local, gather
+
+    tell = progress or (lambda k, n, what: None)
+    n, names = len(candidates), [row_name(c) for c in candidates]
+    tell(0, n, "the reference")
+    tell(1, n, names[0]) if n else None
+    arrived = [0]
+
+    def next_one(key, result, worker):
+        arrived[0] += 1
+        if on_result:
+            on_result(key, result, worker)
+        k = arrived[0] + 1
+        tell(k, n, names[k - 1] if k <= n else "")
+
+    jobs = {c.name: (c, quick, text, name, trust_remote_code) for c in candidates}
+    if len(jobs) < n:
+        twice = next(c.name for c in candidates if [d.name for d in candidates].count(c.name) > 1)
+        raise UserError(f"compare: candidate {twice!r} is given twice")
+    got = gather(runner or Local(ex), score_task, jobs, done, next_one)
+    if not got:
+        raise UserError("compare: no candidate")
+    first = next(iter(got.values()))
+    rows = sorted((r["row"] for r in got.values()), key=lambda r: r["kl"]["mean"])
+    return {"reference": {"name": reference or ex.loaded.ref, **weights(ex), **first["reference"]},
+            "candidates": rows, "protocol": {**first["protocol"], "quick": quick}}
+
+
+def score_task(worker, job) -> dict:
+    """A runner's task (engine.studies.runner): one candidate scored against the reference's
+    outputs, computed once per worker (kept in its memo): {'row', 'reference', 'protocol'}."""
     from engine.quality.causal_reference import CausalReference
     from engine.quality.divergence import summarize
     from engine.storage import detect as formats
 
-    tell = progress or (lambda k, n, what: None)
-    tell(0, len(candidates), "the reference")
-    ref = CausalReference.from_text(ex.loaded, text, name, quick=quick)
-    rows = []
-    for k, cand in enumerate(candidates, 1):  # one workspace (or model) at a time, let go before the next
-        log.info("compare: scoring %s", cand.name)
-        tell(k, len(candidates), row_name(cand))
-        stats, size = _score(ex, ref, cand, formats, trust_remote_code)
-        rows.append({"name": row_name(cand), "format": cand.kind,
-                     "recipe": cand.recipe.describe() if cand.recipe else None,
-                     **size, **summarize(stats, ref.n_windows)})
-    rows.sort(key=lambda r: r["kl"]["mean"])
-    return {"reference": {"name": reference or ex.loaded.ref, **weights(ex), **ref.summary()},
-            "candidates": rows, "protocol": {**ref.protocol(), "quick": quick}}
+    cand, quick, text, name, trust_remote_code = job
+    ex = worker.explorer
+    key = ("causal reference", quick, text, name)
+    if key not in worker.memo:
+        worker.memo.clear()  # one reference at a time: its outputs are large
+        worker.memo[key] = CausalReference.from_text(ex.loaded, text, name, quick=quick)
+    ref = worker.memo[key]
+    log.info("compare: scoring %s", cand.name)
+    stats, size = _score(worker, ref, cand, formats, trust_remote_code)
+    row = {"name": row_name(cand), "format": cand.kind, "recipe": cand.recipe.describe() if cand.recipe else None,
+           **size, **summarize(stats, ref.n_windows)}
+    return {"row": row, "reference": ref.summary(), "protocol": ref.protocol()}
 
 
-def _score(ex, ref, cand: Candidate, formats, trust_remote_code: bool = False):
+def _score(worker, ref, cand: Candidate, formats, trust_remote_code: bool = False):
     """(the candidate's per-token statistics against `ref`, its {'bytes', 'bits_per_weight'})."""
+    ex = worker.explorer
     if cand.kind == "reference":
         return ref.score(ex.loaded.model), weights(ex)
     if cand.kind == GGUF_MODEL:  # a model of its own, loaded as a source model is
@@ -159,6 +192,6 @@ def _score(ex, ref, cand: Candidate, formats, trust_remote_code: bool = False):
 
         model = load(cand.name, str(ex.loaded.device), trust_remote_code).model  # let go once scored
         return ref.score(model), gguf_weights(cand.name)
-    work = ex.workspace()
+    work = ex.workspace()  # a fresh one per candidate, let go before the next
     applied = work.apply(cand.recipe) if cand.kind == "recipe" else formats.load_into(work, cand.name)
     return ref.score(work.model), weights(ex, applied.memory)

@@ -76,24 +76,40 @@ def _loss(metrics: dict, baseline: dict, metric: str) -> float:
     return -d if HIGHER_IS_BETTER[metric] else d
 
 
-def sensitivity(work, recipe: Recipe, by: str = "type", quick: bool = True, progress=None) -> dict:
+def unit_task(worker, job) -> dict:
+    """A runner's task (engine.studies.runner): one unit's layers `names` under `recipe`, the rest
+    left alone, measured: its row without the loss."""
+    unit, names, recipe, quick = job
+    applied = _only(worker.work, names, recipe)
+    metrics = worker.work.evaluate(quick=quick)
+    return {"unit": unit, "layers": len(names),
+            "bytes_saved": applied.memory.original_bytes - applied.memory.compressed_bytes, **metrics}
+
+
+def jobs(explorer, recipe: Recipe, by: str = "type", quick: bool = True) -> dict:
+    """The units as a runner's jobs, each under its name."""
+    return {unit: (unit, names, recipe, quick) for unit, names in _groups(explorer, recipe, by).items()}
+
+
+def sensitivity(work, recipe: Recipe, by: str = "type", quick: bool = True, progress=None, runner=None,
+                done: dict | None = None, on_result=None) -> dict:
     """Compress one unit at a time under `recipe` (everything else left alone) and measure.
     Returns {'metric', 'baseline', 'by', 'recipe', 'rows': [{'unit', 'layers', 'bytes_saved',
-    <metrics>, 'loss'}]}, rows in model order; `loss` is the primary metric's change for the worse."""
+    <metrics>, 'loss'}]}, rows in model order; `loss` is the primary metric's change for the worse.
+    The units run on `runner` (default: this process, on `work`); `done` (rows already measured,
+    by unit) and `on_result(unit, row, worker)` (each new row as it arrives) are
+    engine.studies.runner.gather's."""
+    from engine.studies.runner import Local, gather
+
     ex = work.explorer
     ev = ex.evaluator()
     baseline = ev.baseline()  # the first estimate of the primary metric is on the same scale
-    groups = _groups(ex, recipe, by)
-    rows = []
-    for k, (unit, names) in enumerate(groups.items()):
-        applied = _only(work, names, recipe)
-        metrics = work.evaluate(quick=quick)
-        rows.append({"unit": unit, "layers": len(names),
-                     "bytes_saved": applied.memory.original_bytes - applied.memory.compressed_bytes,
-                     **metrics, "loss": _loss(metrics, baseline, ev.primary)})
-        if progress:
-            progress(k + 1, len(groups), unit)
+
+    def row(measured: dict) -> dict:
+        return {**measured, "loss": _loss(measured, baseline, ev.primary)}
+
+    tell = on_result and (lambda unit, measured, worker: on_result(unit, row(measured), worker))
+    measured = gather(runner or Local(ex, work), unit_task, jobs(ex, recipe, by, quick), done, tell, progress)
+    rows = [row({k: v for k, v in m.items() if k != "loss"}) for m in measured.values()]
     return {"metric": ev.primary, "baseline": baseline, "by": by, "recipe": recipe.to_dict(),
             "quick": quick, "rows": rows}
-
-

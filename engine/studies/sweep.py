@@ -54,6 +54,24 @@ def point(work, recipe: Recipe, quick: bool = False, eval_text: str | None = Non
     }
 
 
+def jobs(recipes: list[Recipe], quick: bool = False, eval_text: str | None = None,
+         eval_name: str | None = None) -> dict:
+    """The sweep's points as a runner's jobs (engine.studies.runner), each under its recipe as
+    JSON (the "recipe" column of its row)."""
+    return {json.dumps(r.to_dict()): (r, quick, eval_text, eval_name) for r in recipes}
+
+
+def point_task(worker, job) -> dict:
+    """A runner's task: one point (`jobs`) on the worker's workspace."""
+    recipe, quick, eval_text, eval_name = job
+    return point(worker.work, recipe, quick, eval_text, eval_name)
+
+
+def protocol_task(worker, job) -> dict:
+    """A runner's task: the evaluation's protocol on text `job` (text, name)."""
+    return worker.explorer.evaluator(*job).protocol
+
+
 def pareto(points: list[dict], x: str, y: str, higher_is_better: bool) -> list[int]:
     """Indices of the points no other point beats on both fewer `x` and better `y`, by rising x.
 
@@ -81,7 +99,12 @@ def fronts(points: list[dict], metric: str, higher_is_better: bool) -> dict[str,
     return out
 
 
-def _number(text: str):
+def number(text: str):
+    """A CSV cell as the number it writes, else as it is.
+
+    >>> number("3"), number("0.5"), number("1e-05"), number("int4 g128")
+    (3, 0.5, 1e-05, 'int4 g128')
+    """
     try:
         v = float(text)
     except ValueError:
@@ -93,7 +116,7 @@ def read_csv(path: str) -> list[dict]:
     """The points of a CSV written by `sweep` (the recipe's columns, label, bytes and metrics)."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            rows = [{k: number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     except OSError as e:
         raise UserError(f"--sweep: cannot read {path!r} ({e.strerror})") from None
     if not rows or "compressed_bytes" not in rows[0] or "label" not in rows[0]:

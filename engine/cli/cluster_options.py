@@ -1,0 +1,70 @@
+"""The options of the studies that run on a cluster (--cluster, --workers) or resume (--resume),
+and the runner they pick: this process (engine.studies.runner.Local) or Ray workers
+(engine.cluster.ray_workers.Cluster)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from engine.errors import UserError
+
+CLUSTER_HELP = ("run the evaluations on a Ray cluster: 'auto' (the one RAY_ADDRESS names, else a local instance on "
+                "this machine) or the head's HOST:PORT; each worker loads the model once (default: RAY_ADDRESS's "
+                "cluster when set, else this process)")
+
+
+RESUME_HELP = "keep the results already in --out's file and run only the rest (default: start anew)"
+
+
+def cluster_args(p, resume: str = RESUME_HELP) -> None:
+    p.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP)
+    p.add_argument("--workers", type=int, help="workers on the cluster (default: one per GPU, else one per 4 CPUs, "
+                                               "at least 2)")
+    p.add_argument("--resume", action="store_true", help=resume)
+
+
+def cluster_address(args) -> str | None:
+    """--cluster, else RAY_ADDRESS, else None (this process)."""
+    return args.cluster or os.environ.get("RAY_ADDRESS") or None
+
+
+def runner(args, model: str | None = None, explorer=None):
+    """The runner of a study: Ray workers each holding the model when a cluster is asked for
+    (said on stderr, worker by worker), else this process on `explorer` (loaded here if None)."""
+    from engine.studies.runner import Local
+
+    address = cluster_address(args)
+    if address is None:
+        if args.workers is not None:
+            raise UserError("--workers: only with a cluster (--cluster or RAY_ADDRESS)")
+        if explorer is None:
+            from engine.cli.options import open_explorer
+
+            explorer = open_explorer(args, model)
+        return Local(explorer)
+    from engine.cluster.ray_workers import Cluster
+
+    cluster = Cluster.start(address, model or args.model, args.device, args.trust_remote_code, args.workers)
+    print(f"cluster {address}: {len(cluster.workers)} workers hold {model or args.model}: "
+          + "; ".join(cluster.workers), file=sys.stderr)
+    return cluster
+
+
+class Arrivals:
+    """A progress bar of results arriving, each with the worker that gave it (a runner's `progress`)."""
+
+    def __init__(self, desc: str, unit: str = "result"):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, k: int, n: int, what: str = "") -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, unit=self.unit, total=n, initial=k - 1 if k else 0, file=sys.stderr)
+        self.bar.total = n
+        self.bar.set_postfix_str(what, refresh=False)
+        self.bar.update(k - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

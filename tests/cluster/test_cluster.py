@@ -1,0 +1,137 @@
+"""Studies on a Ray cluster: a local instance of 2 CPUs, no dashboard, started once for this module
+and stopped after it; its temporary folder is the test's own, made short (Ray's sockets live in it,
+and a Unix socket's path may not exceed 107 bytes, which pytest's folders under xdist do).
+
+The same results as this process, figure for figure, with two workers of one thread each on a
+tiny model and on minilm; a worker killed mid-study has its job run on the other; a worker that
+cannot load the model, a cluster without a GPU asked for one, an address where nothing answers:
+one line each."""
+import csv
+import shutil
+import tempfile
+
+import pytest
+import ray
+
+from cli_harness import engine, main
+from engine.cluster.ray_workers import NAMESPACE, Cluster
+from engine.errors import UserError
+from engine.recipe.recipe import Recipe
+from engine.studies import planner, sensitivity, sweep
+from engine.studies.runner import Local, gather
+
+TIMINGS = ("apply_s", "evaluate_s")  # seconds, which differ from run to run
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    folder = tempfile.mkdtemp(prefix="explorer-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=folder, object_store_memory=80 * 2**20,
+             log_to_driver=False, namespace=NAMESPACE)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_cluster(ray_address, tiny_models):
+    with Cluster.start(ray_address, tiny_models["gpt2"], "cpu", workers=2) as cluster:
+        yield cluster
+
+
+def _same(a: dict, b: dict, exact: bool = False) -> None:
+    """The same figures: equal where `exact`, else to four significant figures (a low-rank
+    model's products are summed in another order on another number of threads, which moves
+    float32's last bits, and a rank statistic such as Spearman's by up to about 1e-5)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if k in TIMINGS:
+            continue
+        if isinstance(a[k], float) and not exact:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_a_sweep_on_two_workers_gives_the_rows_of_this_process(tiny_cluster, tiny_explorers):
+    recipes = sweep.grid([1, 0.5], [16, 4, 2], [0, 0.5])
+    jobs = sweep.jobs(recipes, quick=True)
+    here = gather(Local(tiny_explorers["gpt2"]), sweep.point_task, jobs)
+    seen = []
+    there = gather(tiny_cluster, sweep.point_task, jobs, on_result=lambda key, row, worker: seen.append(worker))
+    assert list(there) == list(jobs)  # in the study's order, whatever order they arrived in
+    for key in jobs:
+        _same(here[key], there[key], exact=jobs[key][0].rank_ratio is None)  # no low rank: bit for bit
+    assert set(seen) == set(tiny_cluster.workers) and len(tiny_cluster.workers) == 2  # both did some
+    assert all(w.startswith(("worker-0 on ", "worker-1 on ")) and "(1 CPU thread)" in w for w in tiny_cluster.workers)
+
+
+def test_sensitivity_and_the_planner_on_the_cluster_give_what_this_process_gives(tiny_cluster, tiny_explorers):
+    ex = tiny_explorers["gpt2"]
+    recipe = Recipe(bits=3)
+    here = sensitivity.sensitivity(ex.workspace(), recipe, "layer")
+    there = sensitivity.sensitivity(ex.workspace(), recipe, "layer", runner=tiny_cluster)
+    assert [r["unit"] for r in here["rows"]] == [r["unit"] for r in there["rows"]]
+    for a, b in zip(here["rows"], there["rows"]):
+        _same(a, b)
+    ladder = [planner.parse_option(o) for o in ("2/g64", "4/g64")]
+    p_here = planner.plan(ex.workspace(), recipe, by="type", ladder=ladder, rounds=1).to_dict()
+    p_there = planner.plan(ex.workspace(), recipe, by="type", ladder=ladder, rounds=1, runner=tiny_cluster).to_dict()
+    assert p_here["recipe"] == p_there["recipe"] and p_here["measured_choices"] == p_there["measured_choices"]
+    for part in ("plan", "uniform"):
+        assert p_here[part]["compressed_bytes"] == p_there[part]["compressed_bytes"]
+        _same(p_here[part]["metrics"], p_there[part]["metrics"])
+    assert [c["measured"] for c in p_there["rounds"]] == pytest.approx([c["measured"] for c in p_here["rounds"]], rel=1e-5)
+    assert [c["choice"] for c in p_there["rounds"]] == [c["choice"] for c in p_here["rounds"]]
+
+
+def test_a_worker_killed_mid_study_has_its_job_run_on_the_other(ray_address, tiny_cluster, tiny_models,
+                                                                 tiny_explorers):
+    tiny_cluster.close()  # its CPUs for the workers below (the tests after this one start their own)
+    recipes = sweep.grid([1], [8, 4, 2], [0, 0.5])
+    jobs = sweep.jobs(recipes, quick=True)
+    arrived = []
+    with Cluster.start(ray_address, tiny_models["gpt2"], "cpu", workers=2) as cluster:
+        names = {a.name: a.handle for a in cluster.actors}
+
+        def kill_the_other(key, row, worker):  # the other worker is busy with a job: it dies mid-job
+            arrived.append(key)
+            if len(arrived) == 1:
+                ray.kill(next(h for n, h in names.items() if n != worker))
+
+        there = gather(cluster, sweep.point_task, jobs, on_result=kill_the_other)
+        assert len(cluster.lost) == 1 and len(cluster.workers) == 1
+    assert sorted(arrived) == sorted(jobs)  # each job once: none lost, none counted twice
+    here = gather(Local(tiny_explorers["gpt2"]), sweep.point_task, jobs)
+    for key in jobs:
+        _same(here[key], there[key])
+
+
+def test_the_command_line_sweep_on_a_cluster_writes_the_rows_it_writes_without(ray_address, tmp_path):
+    """`python -m engine sweep minilm --bits 2,3,4,8 --out a.csv --cluster ADDRESS` (in a new
+    interpreter, two workers) against the same without --cluster: the same rows, bit for bit."""
+    alone, spread = tmp_path / "alone.csv", tmp_path / "spread.csv"
+    axes = ("sweep", "minilm", "--bits", "2,3,4,8")
+    code, _, err = main(*axes, "--out", str(alone))
+    assert code == 0, err
+    r = engine(*axes, "--out", str(spread), "--cluster", ray_address, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"cluster {ray_address}: 2 workers hold minilm: worker-0 on " in r.stderr
+    assert "worker-1 on " in r.stderr and "4/4" in r.stderr  # the bar of results, with the worker of each
+    a, b = (list(csv.DictReader(open(p, encoding="utf-8"))) for p in (alone, spread))
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        _same(x, y, exact=True)
+
+
+def test_bad_clusters_and_workers_are_one_line_each(ray_address, tmp_path):
+    code, _, err = main("sweep", "minilm", "--bits", "4", "--out", str(tmp_path / "a.csv"), "--cluster", "127.0.0.1:9")
+    assert code == 2 and err.startswith("error: --cluster: no Ray cluster answers at 127.0.0.1:9") and err.count("\n") == 1
+    code, _, err = main("sweep", "minilm", "--bits", "4", "--out", str(tmp_path / "a.csv"), "--cluster", "nowhere")
+    assert code == 2 and "is not an address" in err and err.count("\n") == 1
+    with pytest.raises(UserError, match=r"^--device cuda: the cluster has no GPU \(it has 2 CPUs\)$"):
+        Cluster.start(ray_address, "minilm", "cuda")
+    with pytest.raises(UserError, match=r"^worker-0: cannot load '.*no-such-model'"):
+        Cluster.start(ray_address, str(tmp_path / "no-such-model"), "cpu", workers=1)
+    code, _, err = main("sweep", "minilm", "--bits", "4", "--out", str(tmp_path / "a.csv"), "--workers", "2")
+    assert code == 2 and "--workers: only with a cluster" in err
