@@ -26,9 +26,9 @@ browser:  ## install Debian's chromium for the browser test (apt-get, as root or
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null || { echo "error: chromium is not installed (apt-get install chromium)"; exit 1; }
 
-run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change; ALLOW=FILE.json: only the models that file allows, to serve it to others)
+run: $(STAMP)  ## install, then start the app on the offline default model (port 8501; PORT=N to change; ALLOW=FILE.json: only the models that file allows, to serve it to others; CLUSTER=auto|HOST:PORT: Trade-offs and Sensitivity measure on that Ray cluster)
 	@echo "Compression explorer: open http://localhost:$(PORT) (Ctrl+C stops it)"
-	$(PY) -m ui.serve $(if $(ALLOW),--allow $(ALLOW) )--server.port $(PORT)
+	$(PY) -m ui.serve $(if $(ALLOW),--allow $(ALLOW) )$(if $(CLUSTER),--cluster $(CLUSTER) )--server.port $(PORT)
 
 demo: $(STAMP)  ## command line: compress minilm (rank x0.5, 4 bits, 50% sparse) and report
 	$(PY) -m engine run minilm --rank-ratio 0.5 --bits 4 --sparsity 0.5
@@ -41,12 +41,13 @@ WORKERS ?= $(shell $(PYTHON) tests/workers.py 2>/dev/null || echo 1)
 test: $(STAMP) browser  ## install, then run every test (the browser test included), one process per core (WORKERS=N)
 	$(PY) -m pytest -q -rs -n $(WORKERS) --dist worksteal --durations=15 tests
 
-bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed
+bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed, a sweep on 2 Ray workers
 	$(PY) -m engine bench
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/llama_formats.py
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/cluster.py
 
 llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 4 minutes on 2 idle cores) for the tests and benchmarks that run GGUF files in llama.cpp
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36

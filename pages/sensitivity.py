@@ -7,6 +7,7 @@ from engine.glossary import metric_name
 from engine.studies import planner
 from engine.studies import sensitivity as plan
 from ui import caches, context, controls
+from ui import cluster as on_cluster
 
 ctx = context.page(__file__)
 recipe = ctx.recipe
@@ -45,6 +46,7 @@ with st.form("sensitivity_form"):
 
 results = caches.session_map("plans", caches.SESSION_PLANS)  # per model and recipe, the latest few
 key = (ctx.key, recipe.to_json())
+cluster = on_cluster.runner(ctx)  # None: measured in this process
 if run:
     if not ladder:
         st.error("Choose at least one option.")
@@ -54,7 +56,8 @@ if run:
         def measure_and_plan():  # a typed option that is not one is an error box, like any refusal
             return planner.plan(ctx.work, recipe, target if budget == "a target size" else None, by,
                                 [planner.parse_option(o) for o in ladder], int(rounds),
-                                progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"))
+                                progress=lambda k, n, what: bar.progress(k / n, text=f"{k} of {n}: {what}"),
+                                runner=cluster)
 
         result = context.shielded("Measuring and planning", measure_and_plan)
         if result is not None:

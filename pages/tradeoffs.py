@@ -8,6 +8,7 @@ from charts import figures
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, metric_name
 from engine.studies import sweep
 from ui import caches, context, results
+from ui import cluster as on_cluster
 from ui import variants as methods
 
 ctx = context.page(__file__)
@@ -39,6 +40,7 @@ with st.form("tradeoffs_grid"):
     run = st.form_submit_button("Run sweep", type="primary")
 
 sweeps = caches.session_map("sweeps", caches.SESSION_SWEEPS)  # one per model, the latest few
+cluster = on_cluster.runner(ctx)  # None: measured in this process
 if run:
     if not (ratios and bits and sparsities and variants):
         st.error("Choose at least one value of each control and one method.")
@@ -61,11 +63,13 @@ if run:
         if not points:
             st.error("None of the chosen methods can take these points.")
             st.stop()
-        if any(r.rank_ratio is not None for _, r in points):
+        if cluster is None and any(r.rank_ratio is not None for _, r in points):
             context.ensure_factors(ctx)
         bar = st.progress(0.0, text=f"0 of {len(points)} points")
 
         def measure():
+            if cluster is not None:
+                return on_cluster.sweep_rows(cluster, points, full, bar)
             rows = []
             for k, (variant, r) in enumerate(points):
                 if r.calibrated:

@@ -1,6 +1,6 @@
 """`make run`: start the app, and load the default model while the browser connects.
 
-    python -m ui.serve [--allow FILE.json] [streamlit options, e.g. --server.port 8502]
+    python -m ui.serve [--allow FILE.json] [--cluster ADDRESS] [streamlit options, e.g. --server.port 8502]
 
 The same as `streamlit run app.py [options]`, except that a background thread imports the
 engine (torch, transformers) and loads the default model (then its reference outputs, sorted
@@ -9,6 +9,10 @@ magnitudes and SVDs) while the server starts, so the first page finds it ready o
 `--allow FILE.json` serves the app to others with an allow-list of models (ui/access.py; the
 same as EXPLORER_ALLOW=FILE.json): the file is read before the server starts, and one that
 cannot be used stops it with one line and exit status 2.
+
+`--cluster ADDRESS` ('auto' or a Ray head's HOST:PORT; the same as EXPLORER_CLUSTER=ADDRESS): the
+Trade-offs and Sensitivity pages measure on that Ray cluster's workers (ui/cluster.py); an address
+where nothing answers stops the server with one line and exit status 2.
 """
 import os
 import sys
@@ -24,25 +28,39 @@ def _preload(model: str):
     context.preload(model)
 
 
-def split_allow(args: list[str]) -> tuple[str | None, list[str]]:
-    """(the --allow file or None, the other arguments, for streamlit).
+def split_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """(the value of option `name` or None, the other arguments, for streamlit).
 
-    >>> split_allow(["--allow", "a.json", "--server.port", "8502"])
+    >>> split_option(["--allow", "a.json", "--server.port", "8502"], "--allow")
     ('a.json', ['--server.port', '8502'])
+    >>> split_option(["--cluster=auto"], "--cluster")
+    ('auto', [])
     """
-    allow, rest, it = None, [], iter(args)
+    value, rest, it = None, [], iter(args)
     for arg in it:
-        if arg == "--allow":
-            allow = next(it, "")
-        elif arg.startswith("--allow="):
-            allow = arg.split("=", 1)[1]
+        if arg == name:
+            value = next(it, "")
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
-    return allow, rest
+    return value, rest
 
 
 def main() -> int:
-    allow, rest = split_allow(sys.argv[1:])
+    allow, rest = split_option(sys.argv[1:], "--allow")
+    cluster, rest = split_option(rest, "--cluster")
+    if cluster is not None:
+        from engine.cluster.ray_workers import reachable
+        from engine.errors import UserError
+
+        try:
+            if cluster != "auto":
+                reachable(cluster)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        os.environ["EXPLORER_CLUSTER"] = cluster  # for the app's sessions, in this process
     if allow is not None:
         if not allow:
             print("error: --allow needs a policy file (e.g. --allow assets/allow.example.json)", file=sys.stderr)

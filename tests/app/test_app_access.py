@@ -175,7 +175,7 @@ def test_the_example_policy_loads(tmp_path):
 
 
 def test_serve_stops_at_a_bad_policy_in_one_line(tree, monkeypatch, capsys):
-    assert serve.split_allow(["--allow=a.json", "--server.address", "0.0.0.0"]) == ("a.json", ["--server.address", "0.0.0.0"])
+    assert serve.split_option(["--allow=a.json", "--server.address", "0.0.0.0"], "--allow") == ("a.json", ["--server.address", "0.0.0.0"])
     bad = tree / "allow.json"
     bad.write_text('{"typing": 1}')
     done = subprocess.run([sys.executable, "-m", "ui.serve", "--allow", str(bad), "--server.headless", "true"],
