@@ -28,15 +28,18 @@ def cluster_address(args) -> str | None:
     return args.cluster or os.environ.get("RAY_ADDRESS") or None
 
 
-def runner(args, model: str | None = None, explorer=None):
+def runner(args, model: str | None = None, explorer=None, load: bool = True):
     """The runner of a study: Ray workers each holding the model when a cluster is asked for
-    (said on stderr, worker by worker), else this process on `explorer` (loaded here if None)."""
+    (said on stderr, worker by worker), else this process on `explorer` (loaded here if None).
+    Not `load`: the tasks load the model themselves (the offload path)."""
     from engine.studies.runner import Local
 
     address = cluster_address(args)
     if address is None:
         if args.workers is not None:
             raise UserError("--workers: only with a cluster (--cluster or RAY_ADDRESS)")
+        if not load:
+            return Local(None)
         if explorer is None:
             from engine.cli.options import open_explorer
 
@@ -44,8 +47,8 @@ def runner(args, model: str | None = None, explorer=None):
         return Local(explorer)
     from engine.cluster.ray_workers import Cluster
 
-    cluster = Cluster.start(address, model or args.model, args.device, args.trust_remote_code, args.workers)
-    print(f"cluster {address}: {len(cluster.workers)} workers hold {model or args.model}: "
+    cluster = Cluster.start(address, model or args.model, args.device, args.trust_remote_code, args.workers, load)
+    print(f"cluster {address}: {len(cluster.workers)} workers {'hold' if load else 'for'} {model or args.model}: "
           + "; ".join(cluster.workers), file=sys.stderr)
     return cluster
 

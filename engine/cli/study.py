@@ -33,21 +33,35 @@ def cmd_sweep(args):
     sparsities = floats(args.sparsity, "--sparsity")
     recipes = sweep.grid(ratios, bits, sparsities, recipe_from(args, exclude=SWEEP_AXES))
     text, name = eval_text(args)
-    jobs = sweep.jobs(recipes, args.quick, text, name)
+    jobs, task = sweep.jobs(recipes, args.quick, text, name), sweep.point_task
+    if args.max_memory:  # each point loads the model within --max-memory, on whichever worker runs it
+        if args.device:
+            raise UserError("--max-memory places the model itself (GPUs first, then the CPU, then disk): drop --device")
+        from engine.drivers.offload import check, parse_max_memory
+
+        parse_max_memory(args.max_memory)
+        for r in recipes:
+            check(r)
+        extra = (args.model, args.max_memory, args.offload_folder, args.trust_remote_code)
+        jobs, task = {k: (*job, *extra) for k, job in jobs.items()}, sweep.offloaded_task
+    elif args.offload_folder:
+        raise UserError("sweep: --offload-folder needs --max-memory")
     out = ResultsFile.open(out_path(args.out), jobs, args.resume, key_column="recipe")
     if out.done:
         print(f"{args.out}: {len(out.done)} of {len(jobs)} points already measured, kept", file=sys.stderr)
-    runner = cluster_options.runner(args)
+    runner = cluster_options.runner(args, load=not args.max_memory)
     bar = cluster_options.Arrivals(f"sweep {args.model}", "point")
     try:
-        gather(runner, sweep.point_task, jobs, out.done, lambda key, row, worker: out.add(key, row), bar,
+        gather(runner, task, jobs, out.done, lambda key, row, worker: out.add(key, row), bar,
                {k: job[0].describe() for k, job in jobs.items()})
-        protocol = gather(runner, sweep.protocol_task, {"protocol": (text, name)})["protocol"]
+        protocol = None if args.max_memory else gather(runner, sweep.protocol_task, {"p": (text, name)})["p"]
     finally:
         bar.close()
         runner.close()
     out.finish(jobs)
-    print(f"wrote {len(recipes)} points to {args.out} (protocol: {json.dumps(protocol)})", file=sys.stderr)
+    print(f"wrote {len(recipes)} points to {args.out} "
+          + (f"(protocol: {json.dumps(protocol)})" if protocol else "(each on the offload path, within --max-memory)"),
+          file=sys.stderr)
 
 
 def cmd_sensitivity(args):
@@ -122,6 +136,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--eval-text", help="UTF-8 text file to evaluate on instead of the packaged text")
     s.add_argument("--quick", action="store_true", help="first estimates only")
     s.add_argument("--out", required=True, help="CSV file to write, a row as each point is measured")
+    s.add_argument("--max-memory", help="the offload path, as `run` takes it: each point loads the model within "
+                                        "DEVICE=SIZE,... (on a cluster, each worker's own: 0 is its GPU), compresses "
+                                        "it in place and lets it go")
+    s.add_argument("--offload-folder", help="with --max-memory: where offloaded weights go (default: a temporary folder)")
     cluster_options.cluster_args(s)
     s.set_defaults(fn=cmd_sweep)
 

@@ -83,7 +83,7 @@ def _actor_class():
     class StudyWorker:
         """One model loaded on one GPU or a share of the CPUs; runs the tasks sent to it."""
 
-        def __init__(self, model, device, trust_remote_code, threads, name):
+        def __init__(self, model, device, trust_remote_code, threads, name, load):
             import torch
 
             from engine.studies.runner import Worker
@@ -91,15 +91,20 @@ def _actor_class():
             self.error = None
             if threads:
                 torch.set_num_threads(threads)
-            try:
-                from engine.drivers.explorer import Explorer
-
-                explorer = Explorer.open(model, device, trust_remote_code)
-            except Exception as e:  # noqa: BLE001 -- said by the driver, naming this worker
-                self.error = f"cannot load {model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                return
-            where = torch.cuda.get_device_name(explorer.loaded.device) if explorer.loaded.device.type == "cuda" \
+            cuda = device.startswith("cuda") and torch.cuda.is_available()
+            where = torch.cuda.get_device_name(0) if cuda \
                 else f"{torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() > 1)}"
+            explorer = None
+            if load:
+                try:
+                    from engine.drivers.explorer import Explorer
+
+                    explorer = Explorer.open(model, device, trust_remote_code)
+                except Exception as e:  # noqa: BLE001 -- said by the driver, naming this worker
+                    self.error = f"cannot load {model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    return
+            else:
+                where += ", the model loaded per job within --max-memory"
             self.worker = Worker(explorer, f"{name} on {socket.gethostname()} ({where})")
 
         def describe(self):
@@ -125,15 +130,16 @@ class Cluster:
 
     @classmethod
     def start(cls, address: str, model: str, device: str | None = None, trust_remote_code: bool = False,
-              workers: int | None = None) -> "Cluster":
-        """Join the cluster and start the workers, each loading `model`; refused in one line: an
-        address that does not answer, `device` cuda on a cluster without GPUs, a worker that cannot
-        load the model (named)."""
+              workers: int | None = None, load: bool = True) -> "Cluster":
+        """Join the cluster and start the workers, each loading `model` (unless not `load`: for
+        tasks that load it themselves, the offload path); refused in one line: an address that
+        does not answer, `device` cuda on a cluster without GPUs, a worker that cannot load the
+        model (named)."""
         import ray
 
         started = connect(address)
         try:
-            actors, held = _start_actors(ray, model, device, trust_remote_code, workers)
+            actors, held = _start_actors(ray, model, device, trust_remote_code, workers, load)
             return cls(actors, started, held)
         except BaseException:
             if started:
@@ -203,7 +209,7 @@ class Cluster:
 
 
 def _start_actors(ray, model: str, device: str | None, trust_remote_code: bool,
-                  workers: int | None) -> tuple[list[_Actor], dict]:
+                  workers: int | None, load: bool = True) -> tuple[list[_Actor], dict]:
     """The workers, sized from what the cluster has free (other studies' workers keep theirs),
     and what they hold of it."""
     res, free = ray.cluster_resources(), ray.available_resources()
@@ -223,7 +229,7 @@ def _start_actors(ray, model: str, device: str | None, trust_remote_code: bool,
     threads = None if use_gpu else max(1, int(cpus // n))
     StudyWorker = _actor_class()
     handles = [StudyWorker.options(**share).remote(model, "cuda" if use_gpu else (device or "cpu"),
-                                                   trust_remote_code, threads, f"worker-{i}") for i in range(n)]
+                                                   trust_remote_code, threads, f"worker-{i}", load) for i in range(n)]
     actors = []
     for i, info in enumerate(ray.get([h.describe.remote() for h in handles])):
         if "error" in info:

@@ -117,9 +117,9 @@ class Planner:
         """Measure the reference, every option everywhere, then up to `rounds` rounds; the Plan."""
         if self.target_ratio is not None:  # refused before anything is measured, from the bytes of the shapes
             self._check_reachable()
+        self.total = rounds * len(self.units) * len(self.ladder) + len(self.ladder) + 1
         ref_loss, self.ref_bytes = self.measure({})
         self.budget = self.ref_bytes if self.target_ratio is None else self.target_ratio * self.original
-        self.total = rounds * len(self.units) * len(self.ladder) + len(self.ladder) + 1
         self.best = (ref_loss, self.ref_bytes, dict(self.center)) if self.ref_bytes <= self.budget else None
         # each option for every unit, where its bytes fit, is a candidate too
         everywhere = [{u: o for u in self.units} for o in self.ladder

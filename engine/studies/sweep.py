@@ -67,6 +67,24 @@ def point_task(worker, job) -> dict:
     return point(worker.work, recipe, quick, eval_text, eval_name)
 
 
+def offloaded_task(worker, job) -> dict:
+    """A runner's task: one point on the offload path (engine.drivers.run_report.offloaded, as
+    `run --max-memory` takes it): the model loaded on the worker within `max_memory`, compressed in
+    place, evaluated and let go, for a model larger than the worker's memory. The row `point` gives."""
+    from engine.drivers.run_report import offloaded
+
+    recipe, quick, eval_text, eval_name, model, max_memory, offload_folder, trust_remote_code = job
+    out = offloaded(model, recipe, max_memory, offload_folder, None, trust_remote_code, quick, eval_text, eval_name)
+    memory = out["memory"]
+    metrics = {k: v for k, v in out["metrics"].items() if k != "protocol"}
+    return {
+        **recipe_columns(recipe), "label": recipe.describe(), "original_bytes": memory["original_bytes"],
+        "compressed_bytes": memory["compressed_bytes"], "ratio": memory["ratio"], **metrics, "estimate_only": quick,
+        "apply_s": out["seconds"]["apply"], "evaluate_s": out["seconds"]["evaluate"],
+        "recipe": json.dumps(recipe.to_dict()),
+    }
+
+
 def protocol_task(worker, job) -> dict:
     """A runner's task: the evaluation's protocol on text `job` (text, name)."""
     return worker.explorer.evaluator(*job).protocol
