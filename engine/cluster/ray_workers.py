@@ -124,9 +124,9 @@ def _actor_class():
 class Cluster:
     """Workers on a Ray cluster, each holding `model`; `run` keeps them busy with a study's jobs."""
 
-    def __init__(self, actors: list[_Actor], started: bool, held: dict | None = None):
+    def __init__(self, actors: list[_Actor], started: bool, share: dict | None = None):
         self.actors, self.started, self.lost = actors, started, []
-        self.held = held or {}  # what the workers hold of the cluster, e.g. {"CPU": 2.0}
+        self.share = share or {}  # what each worker holds of the cluster, e.g. {"CPU": 1.0}
 
     @classmethod
     def start(cls, address: str, model: str, device: str | None = None, trust_remote_code: bool = False,
@@ -139,8 +139,8 @@ class Cluster:
 
         started = connect(address)
         try:
-            actors, held = _start_actors(ray, model, device, trust_remote_code, workers, load)
-            return cls(actors, started, held)
+            actors, share = _start_actors(ray, model, device, trust_remote_code, workers, load)
+            return cls(actors, started, share)
         except BaseException:
             if started:
                 ray.shutdown()
@@ -188,14 +188,15 @@ class Cluster:
 
         if not ray.is_initialized():
             return
-        before = ray.available_resources()
+        total, before = ray.cluster_resources(), ray.available_resources()
+        want = {k: min(total.get(k, 0), before.get(k, 0) + v * len(self.actors)) for k, v in self.share.items()}
         for a in self.actors:
             ray.kill(a.handle)
-        held, self.actors = self.held, []
+        self.actors = []
         deadline = time.monotonic() + 10
-        while held and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             now = ray.available_resources()
-            if all(now.get(k, 0) >= before.get(k, 0) + v - 1e-6 for k, v in held.items()):
+            if all(now.get(k, 0) >= v - 1e-6 for k, v in want.items()):
                 break
             time.sleep(0.1)
         if self.started:
@@ -211,7 +212,7 @@ class Cluster:
 def _start_actors(ray, model: str, device: str | None, trust_remote_code: bool,
                   workers: int | None, load: bool = True) -> tuple[list[_Actor], dict]:
     """The workers, sized from what the cluster has free (other studies' workers keep theirs),
-    and what they hold of it."""
+    and what each holds of it."""
     res, free = ray.cluster_resources(), ray.available_resources()
     cpus, gpus = free.get("CPU", 0), int(free.get("GPU", 0))
     if device and device.startswith("cuda") and not res.get("GPU", 0):
@@ -237,4 +238,4 @@ def _start_actors(ray, model: str, device: str | None, trust_remote_code: bool,
                 ray.kill(h)
             raise UserError(f"worker-{i}: {info['error']}")
         actors.append(_Actor(info["name"], handles[i]))
-    return actors, {"GPU": float(n)} if use_gpu else {"CPU": cpus}
+    return actors, {"GPU": 1.0} if use_gpu else {"CPU": cpus / n}

@@ -69,8 +69,8 @@ def test_a_sweep_on_two_workers_gives_the_rows_of_this_process(tiny_cluster, tin
 def test_sensitivity_and_the_planner_on_the_cluster_give_what_this_process_gives(tiny_cluster, tiny_explorers):
     ex = tiny_explorers["gpt2"]
     recipe = Recipe(bits=3)
-    here = sensitivity.sensitivity(ex.workspace(), recipe, "layer")
-    there = sensitivity.sensitivity(ex.workspace(), recipe, "layer", runner=tiny_cluster)
+    here = sensitivity.sensitivity(ex.workspace(), recipe, "type")
+    there = sensitivity.sensitivity(ex.workspace(), recipe, "type", runner=tiny_cluster)
     assert [r["unit"] for r in here["rows"]] == [r["unit"] for r in there["rows"]]
     for a, b in zip(here["rows"], there["rows"]):
         _same(a, b)
@@ -109,9 +109,10 @@ def test_a_worker_killed_mid_study_has_its_job_run_on_the_other(ray_address, tin
 
 def test_the_command_line_sweep_on_a_cluster_writes_the_rows_it_writes_without(ray_address, tmp_path):
     """`python -m engine sweep minilm --bits 2,3,4,8 --out a.csv --cluster ADDRESS` (in a new
-    interpreter, two workers) against the same without --cluster: the same rows, bit for bit."""
+    interpreter, two workers; the first estimate, for time) against the same without --cluster:
+    the same rows, bit for bit."""
     alone, spread = tmp_path / "alone.csv", tmp_path / "spread.csv"
-    axes = ("sweep", "minilm", "--bits", "2,3,4,8")
+    axes = ("sweep", "minilm", "--bits", "2,3,4,8", "--quick")
     code, _, err = main(*axes, "--out", str(alone))
     assert code == 0, err
     r = engine(*axes, "--out", str(spread), "--cluster", ray_address, "--workers", "2")
