@@ -41,6 +41,12 @@ CONCEPTS = {
                     "news articles (Lee et al. 2005): higher means closer to human judgement.",
     "polarity_accuracy": "Accuracy on 200 movie-review sentences of a sentiment classifier fitted on the original "
                          "embeddings and applied to the compressed ones.",
+    "polarity_precision": "Of the sentences the sentiment classifier calls positive, the share that are (and the "
+                          "same for negative), averaged over the two classes.",
+    "polarity_recall": "Of the positive sentences, the share the sentiment classifier finds (and the same for "
+                       "negative), averaged over the two classes.",
+    "polarity_f1": "F1 of the sentiment classifier: the harmonic mean of precision and recall of each class, "
+                   "averaged over the two classes.",
     "label_agreement": "The fraction of texts where the compressed classifier predicts the original's label.",
     "relative_error": "||W - W_hat|| / ||W|| (Frobenius) of a layer's stored weight: 0 is exact.",
     "sqnr_db": "Signal-to-quantization-noise ratio of a layer's weight, 10 log10(||W||^2 / ||W - W_hat||^2) dB: "
@@ -113,7 +119,8 @@ FORMAT_NOTES = {
 # metric -> True when higher is better
 HIGHER_IS_BETTER = {
     "perplexity": False, "kl_to_original": False, "top1_agreement": True, "cosine_to_original": True,
-    "lee_spearman": True, "polarity_accuracy": True, "label_agreement": True,
+    "lee_spearman": True, "polarity_accuracy": True, "polarity_precision": True, "polarity_recall": True,
+    "polarity_f1": True, "label_agreement": True,
 }
 
 # metric -> its name for people: what a label, an axis, a column header or a sentence shows. The keys
@@ -125,6 +132,9 @@ METRIC_NAMES = {
     "cosine_to_original": "Cosine to the original",  # encoders
     "lee_spearman": "Similarity to human ratings (Spearman)",
     "polarity_accuracy": "Sentiment accuracy",
+    "polarity_precision": "Sentiment precision (macro)",
+    "polarity_recall": "Sentiment recall (macro)",
+    "polarity_f1": "Sentiment F1 (macro)",
     "label_agreement": "Label agreement with the original",  # classifiers
 }
 

@@ -78,7 +78,8 @@ def show(result: dict, final: bool):
         else:
             st.caption(":material/hourglass_top: **First estimate — refining…** "
                        f"({with_metric_names(protocol['quick'])})")
-        cols = st.columns(len(base))
+        per_row = min(4, len(base))  # rows of at most four tiles, so that each name fits
+        cols = [c for start in range(0, len(base), per_row) for c in st.columns(per_row)]
         for col, (name, b) in zip(cols, base.items()):
             v = result.get(name)
             if v is None:

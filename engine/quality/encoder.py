@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from engine.models import data
 from engine.quality.causal import TOKEN_BUDGET
-from engine.quality.stats import INTERVAL_NOTE, _spearman, bounds, interval95
+from engine.quality.stats import INTERVAL_NOTE, _spearman, bounds, classification_scores, interval95
 
 ENCODER_MAX_TOKENS = 256
 
@@ -52,7 +52,8 @@ def mean_pool(model, batch):
 
 
 class EncoderEval:
-    """Cosine to the original embeddings, Lee similarity Spearman, Pang-Lee polarity accuracy."""
+    """Cosine to the original embeddings, Lee similarity Spearman, and on the Pang-Lee polarity
+    sentences a probe's accuracy, precision, recall and F1 (macro-averaged)."""
 
     primary = "cosine_to_original"
 
@@ -91,6 +92,11 @@ class EncoderEval:
             "polarity_accuracy": "accuracy on the 200 Pang-Lee polarity sentences of a logistic regression "
                                  "fitted on the original embeddings: 5 stratified folds, each fold scored by "
                                  "the head fitted on the other four",
+            "polarity_precision": "precision of the same predictions against the sentences' labels, macro-averaged "
+                                  "over the two classes (each class's own, then their mean)",
+            "polarity_recall": "recall of the same predictions, macro-averaged over the two classes",
+            "polarity_f1": "F1 of the same predictions (each class's harmonic mean of precision and recall), "
+                           "macro-averaged over the two classes",
             "quick": f"first estimate: cosine_to_original on {self.quick_set.order.numel()} of the "
                      f"{len(fidelity)} fidelity items (every k-th), " + INTERVAL_NOTE + "; other metrics need the full run",
         }
@@ -120,11 +126,14 @@ class EncoderEval:
         d = F.normalize(main[: self.n_docs], dim=-1)
         sims = (d[self.pairs[:, 0]] * d[self.pairs[:, 1]]).sum(-1).cpu().numpy()
         x = F.normalize(main[self.n_docs:], dim=-1).cpu().numpy()
-        correct = sum(int((clf.predict(x[test]) == self.labels[test]).sum()) for clf, test in self.heads)
+        predicted = np.empty_like(self.labels)
+        for clf, test in self.heads:
+            predicted[test] = clf.predict(x[test])
+        scores = classification_scores(self.labels, predicted)
         return {
             "cosine_to_original": cos,
             "lee_spearman": _spearman(sims, self.human),
-            "polarity_accuracy": correct / len(self.labels),
+            **{f"polarity_{k}": v for k, v in scores.items()},
         }
 
     def baseline(self) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 
 FULL_WINDOWS = 16
@@ -62,3 +64,24 @@ def _spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def classification_scores(truth, predicted) -> dict:
+    """Accuracy, and precision, recall and F1 macro-averaged over the classes that occur in
+    either: each class's own, then their plain mean (a class with no prediction, or no item,
+    scores 0 where its ratio is undefined), as scikit-learn's `average="macro"` does.
+
+    >>> classification_scores([0, 0, 1, 1], [0, 1, 1, 1])
+    {'accuracy': 0.75, 'precision': 0.8333333333333333, 'recall': 0.75, 'f1': 0.7333333333333334}
+    """
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    precision, recall, f1 = [], [], []
+    for c in np.union1d(truth, predicted):
+        hit = int(((predicted == c) & (truth == c)).sum())
+        said, there = int((predicted == c).sum()), int((truth == c).sum())
+        p, r = hit / said if said else 0.0, hit / there if there else 0.0
+        precision.append(p)
+        recall.append(r)
+        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+    return {"accuracy": float((truth == predicted).mean()), "precision": float(np.mean(precision)),
+            "recall": float(np.mean(recall)), "f1": float(np.mean(f1))}

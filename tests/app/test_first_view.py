@@ -143,7 +143,8 @@ def test_changed_counts_a_folds_settings_off_their_defaults():
 def test_explore_names_its_metrics_for_people():
     at = ok(start())  # minilm, an encoder
     labels = [m.label for m in at.metric]
-    assert labels[3:] == [METRIC_NAMES[k] for k in ("cosine_to_original", "lee_spearman", "polarity_accuracy")]
+    assert labels[3:] == [METRIC_NAMES[k] for k in ("cosine_to_original", "lee_spearman", "polarity_accuracy",
+                                                    "polarity_precision", "polarity_recall", "polarity_f1")]
     assert not any(k in label for label in labels for k in METRIC_NAMES)
     shown = [c.value for c in at.caption] + [m.value for m in at.markdown]
     assert not any(k in text for text in shown for k in METRIC_NAMES)  # nor in a caption or the protocol
