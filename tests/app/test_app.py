@@ -38,7 +38,8 @@ def test_each_control_changes_the_recipe_and_the_memory_shown(name, change, para
     assert any("Full protocol" in c.value for c in at.caption)
     labels = {m.label for m in at.metric}  # the memory's three figures, then the encoder's metrics, by name
     assert labels == {"Original (fp16)", "Compressed", "Ratio", "Cosine to the original",
-                      "Similarity to human ratings (Spearman)", "Sentiment accuracy"}
+                      "Similarity to human ratings (Spearman)", "Sentiment accuracy", "Sentiment precision (macro)",
+                      "Sentiment recall (macro)", "Sentiment F1 (macro)"}
 
 
 def test_explore_shows_memory_errors_and_quality_of_a_real_recipe(minilm_explorer):

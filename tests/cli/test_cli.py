@@ -30,7 +30,8 @@ def test_run_minilm_json():
     p = engine("run", "minilm", "--rank-ratio", "0.5", "--bits", "4", "--sparsity", "0.5", "--device", "cpu", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # `python -m engine` itself: exactly one JSON object on stdout
-    layers = check_shape(out, "encoder", ["cosine_to_original", "lee_spearman", "polarity_accuracy"])
+    layers = check_shape(out, "encoder", ["cosine_to_original", "lee_spearman", "polarity_accuracy", "polarity_precision",
+                                          "polarity_recall", "polarity_f1"])
     assert len(layers) == 37  # 36 encoder matrices + the pooler; embeddings left alone
     for l in layers:
         out_f, in_f = l["shape"]
