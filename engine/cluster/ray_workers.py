@@ -46,7 +46,7 @@ def connect(address: str) -> bool:
 
     if address != "auto":
         reachable(address)
-    elif os.environ.get("RAY_ADDRESS"):
+    elif ":" in os.environ.get("RAY_ADDRESS", ""):  # RAY_ADDRESS may itself say 'auto'
         reachable(os.environ["RAY_ADDRESS"])
     if ray.is_initialized():  # (the app's server, the tests): this process's cluster
         return False
