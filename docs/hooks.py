@@ -56,7 +56,7 @@ from pathlib import Path
 
 from griffe import Extension
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # page_parts, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # page_parts (and its helpers), beside this file
 from page_parts import GENERATORS, INLINE_GENERATORS, MarkerError  # noqa: E402
 
 BLOCK = ("cli-reference", "methods-table", "formats-table", "kinds-table", "layers", "glossary", "bytes-rules",
