@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from engine.cli import cluster_options
-from engine.cli.options import eval_text, open_explorer, out_path
+from engine.cli.options import Progress, eval_text, open_explorer, out_path
 from engine.errors import UserError
 from engine.studies.ranking import EXPORTS, check_same_model, compare, read_candidate
 from engine.studies.results_file import ResultsFile
@@ -23,7 +23,7 @@ def cmd_compare(args):
     if args.resume and not results:
         raise UserError("--resume: needs --out (the results file to resume from)")
     runner = cluster_options.runner(args, args.reference, explorer=ex)
-    bar = cluster_options.Arrivals(f"compare {args.reference}", "candidate")
+    bar = Progress(f"compare {args.reference}", "candidate")
     arrived = [0]
 
     def keep(key, result, worker):

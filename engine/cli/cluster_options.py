@@ -51,23 +51,3 @@ def runner(args, model: str | None = None, explorer=None, load: bool = True):
     print(f"cluster {address}: {len(cluster.workers)} workers {'hold' if load else 'for'} {model or args.model}: "
           + "; ".join(cluster.workers), file=sys.stderr)
     return cluster
-
-
-class Arrivals:
-    """A progress bar of results arriving, each with the worker that gave it (a runner's `progress`)."""
-
-    def __init__(self, desc: str, unit: str = "result"):
-        self.desc, self.unit, self.bar = desc, unit, None
-
-    def __call__(self, k: int, n: int, what: str = "") -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=self.desc, unit=self.unit, total=n, initial=k - 1 if k else 0, file=sys.stderr)
-        self.bar.total = n
-        self.bar.set_postfix_str(what, refresh=False)
-        self.bar.update(k - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

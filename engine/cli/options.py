@@ -145,16 +145,17 @@ def eval_text(args) -> tuple[str | None, str | None]:
 
 
 class Progress:
-    """A progress bar on stderr, shown from the first update: call it with (step, steps, text)."""
+    """A progress bar on stderr, shown from the first update: call it with (step, steps, text);
+    a study's results arriving, each with the worker that gave it, are counted in `unit`s."""
 
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
+    def __init__(self, desc: str, unit: str = "step"):
+        self.desc, self.unit, self.bar = desc, unit, None
 
     def __call__(self, k: int, n: int, what: str = "") -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=self.desc, unit="step", file=sys.stderr)
+            self.bar = tqdm(desc=self.desc, unit=self.unit, file=sys.stderr)
         self.bar.total = n
         self.bar.set_postfix_str(what, refresh=False)
         self.bar.update(k - self.bar.n)

@@ -50,7 +50,7 @@ def cmd_sweep(args):
     if out.done:
         print(f"{args.out}: {len(out.done)} of {len(jobs)} points already measured, kept", file=sys.stderr)
     runner = cluster_options.runner(args, load=not args.max_memory)
-    bar = cluster_options.Arrivals(f"sweep {args.model}", "point")
+    bar = Progress(f"sweep {args.model}", "point")
     try:
         gather(runner, task, jobs, out.done, lambda key, row, worker: out.add(key, row), bar,
                {k: job[0].describe() for k, job in jobs.items()})
@@ -76,7 +76,7 @@ def cmd_sensitivity(args):
     out = ResultsFile.open(path, units, args.resume, key_column="unit")
     done = {u: {k: number(v) for k, v in row.items()} for u, row in out.done.items()}
     runner = cluster_options.runner(args, explorer=ex)
-    bar = cluster_options.Arrivals(f"sensitivity {args.model} by {args.by}", "unit")
+    bar = Progress(f"sensitivity {args.model} by {args.by}", "unit")
     try:
         result = plan.sensitivity(ex.workspace(), recipe, args.by, quick=not args.full, progress=bar, runner=runner,
                                   done=done, on_result=lambda unit, row, worker: out.add(unit, row))
