@@ -73,6 +73,16 @@ st.caption(f"{report['device']}, {report['threads']} threads ({report.get('threa
            "activations to the runtime dtype). Peak memory: the model's tensors plus the "
            "rise of the process's memory while it runs.")
 
+if causal:
+    joined = ", ".join(f"{k} in one product in {v} blocks" for k, v in report.get("joined", {}).items() if v)
+    if report["path"] == "lean":
+        st.caption(f"**Path: lean** ({report['path_why']}): a static key/value cache and the layout's forward written "
+                   f"out over the kernels, no transformers module between them{'; ' + joined if joined else ''}. "
+                   "The originals run the same path.")
+    else:
+        st.caption(f"**Path: transformers' forward** ({report['path_why']}): its modules and dynamic cache around "
+                   "the kernels at every step.")
+
 st.subheader("Kernels")
 st.write(", ".join(f"**{k}**: {v} layers" for k, v in report["kernels"].items()))
 with st.expander("Each layer's kernel, and why"):

@@ -28,7 +28,8 @@ def cmd_speed(args):
     explorer = open_explorer(args)
     recipe = with_preset(args, recipe, explorer)
     settings = SpeedSettings(args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.dtype,
-                             timed_kernels=not args.every_kernel)
+                             timed_kernels=not args.every_kernel, path=args.path,
+                             compile=args.compile)
     quiet = args.json or not sys.stderr.isatty()
     report = measure(explorer, recipe, settings,
                      None if quiet else lambda i, n, what: print(f"[{i}/{n}] {what}", file=sys.stderr))
@@ -36,12 +37,17 @@ def cmd_speed(args):
         print(json.dumps(report, indent=2, default=str))
         return
     causal = report["kind"] == "causal-lm"
+    rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
     print(report["machine"])
     print(f"{report['model']} on {report['device']} ({report['threads']} threads: {report['threads_why']}), "
           f"{recipe.describe()}; "
           f"medians of {settings.repeats} runs")
     print(f"runtime in {report['runtime_dtype']}: {report['runtime_dtype_why']}; kernels: {report['kernel_choice']}")
-    rows = [(f"original {k}", v) for k, v in report["original"].items()] + [("compressed", report["compressed"])]
+    joined = ", ".join(f"{k} joined in {v} blocks" for k, v in report["joined"].items() if v)
+    print(f"path: {report['path']} ({report['path_why']}{'; ' + joined if joined else ''})")
+    if report["compiled"]:
+        print("compiled (torch.compile, the one-token step; kept on disk for the next run): " + ", ".join(
+            f"{name} {r['compile_seconds']:.1f} s" for name, r in rows if "compile_seconds" in r))
     if causal:
         print(f"{'':<16}{'prefill tok/s':>14}{'decode tok/s':>14}{'peak memory':>14}   "
               f"(prompt {settings.prompt_tokens} tokens, {settings.new_tokens} new)")
@@ -95,6 +101,15 @@ def add_parser(sub) -> None:
     s.add_argument("--every-kernel", action="store_true",
                    help="run every int8/int4 kernel the format allows, even where the dense product is faster here "
                         "(default: each is timed against dense once per shape on this machine, the faster runs)")
+    s.add_argument("--path", choices=("auto", "transformers"), default="auto",
+                   help="a causal LM's forward: auto (default) takes the lean path (a static cache and the layout's "
+                        "forward written out over the kernels) for the Llama, Mistral and Qwen2/3 layouts, "
+                        "transformers' forward for the others; transformers: always transformers' forward")
+    s.add_argument("--compile", action="store_true",
+                   help="on the lean path, compile each model's one-token step with torch.compile (inductor's C++ "
+                        "on the CPU, CUDA graphs on a GPU) before timing it: faster decode; the compile time is "
+                        "reported, and the compiled code kept on disk (about 1.5 minutes a model the first time on "
+                        "2 cores, seconds after)")
     s.add_argument("--remeasure", action="store_true",
                    help="measure this machine again (bandwidth, matmul throughput, each kernel against dense): they "
                         "are measured once and kept, so a run on a busy machine is not taken for the machine's speed")

@@ -51,6 +51,14 @@ class Matmul(nn.Module):
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # (tokens, in) -> (tokens, out)
         raise NotImplementedError
 
+    @property
+    def out_features(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def in_features(self) -> int:
+        raise NotImplementedError
+
 
 class Dense(Matmul):
     def __init__(self, w: torch.Tensor, dtype: torch.dtype, note: str = "", fallback: bool = False,
@@ -62,7 +70,15 @@ class Dense(Matmul):
     def mm(self, x):
         return F.linear(x, self.w)
 
-    forward = mm  # F.linear takes any leading shape: no reshape around it
+    forward = mm
+
+    @property
+    def out_features(self):
+        return self.w.shape[0]
+
+    @property
+    def in_features(self):
+        return self.w.shape[1]  # F.linear takes any leading shape: no reshape around it
 
 
 class Int8(Matmul):
@@ -77,6 +93,14 @@ class Int8(Matmul):
 
     def mm(self, x):
         return torch._weight_int8pack_mm(x, self.q, self.scale)
+
+    @property
+    def out_features(self):
+        return self.q.shape[0]
+
+    @property
+    def in_features(self):
+        return self.q.shape[1]
 
 
 class Int4(Matmul):
@@ -106,6 +130,25 @@ class Int4(Matmul):
             return torch._weight_int4pack_mm_for_cpu(x, self.packed, self.group, self.scales_zeros)
         return torch._weight_int4pack_mm(x, self.packed, self.group, self.scales_zeros)
 
+    @property
+    def out_features(self):
+        return self.scales_zeros.shape[1]
+
+    @property
+    def in_features(self):
+        return self.scales_zeros.shape[0] * self.group
+
+    @classmethod
+    def joined(cls, parts: list["Int4"]) -> "Int4":
+        """The parts' rows in one kernel: tinygemm's packing keeps each output row (CPU) or each tile
+        of 8 rows (CUDA) apart, so packed codes join along the rows, scales and zeros along theirs."""
+        new = cls.__new__(cls)
+        Matmul.__init__(new, parts[0].note)
+        new.group, new.cpu = parts[0].group, parts[0].cpu
+        new.register_buffer("packed", torch.cat([p.packed for p in parts]))
+        new.register_buffer("scales_zeros", torch.cat([p.scales_zeros for p in parts], 1).contiguous())
+        return new
+
 
 class InBf16(Matmul):
     """A kernel built for bf16 activations inside a model that computes in fp32: the input rounded
@@ -120,6 +163,14 @@ class InBf16(Matmul):
 
     def mm(self, x):
         return self.inner.mm(x.to(torch.bfloat16)).to(x.dtype)
+
+    @property
+    def out_features(self):
+        return self.inner.out_features
+
+    @property
+    def in_features(self):
+        return self.inner.in_features
 
 
 class Csr(Matmul):
@@ -148,6 +199,41 @@ class SemiStructured(Matmul):
 
     def mm(self, x):
         return F.linear(x, self.w)
+
+
+def join(mats: list[Matmul]) -> Matmul | None:
+    """One module computing the matrices' products side by side (outputs concatenated), on their
+    kernel, where they all have the same one: dense, int8, int4 of one group size (or one of those
+    with bf16 activations). None otherwise, or where the joined kernel does not compute what the
+    parts do on a probe (within the dtype's probe tolerance)."""
+    kinds = {(type(m), getattr(m, "group", None), type(getattr(m, "inner", None))) for m in mats}
+    if len(kinds) != 1 or len(mats) < 2:
+        return None
+    first = mats[0]
+    if isinstance(first, InBf16):
+        inner = join([m.inner for m in mats])
+        new = None if inner is None else InBf16(inner)
+        dtype = torch.float32
+    elif isinstance(first, Int4):
+        new, dtype = Int4.joined(mats), first.scales_zeros.dtype
+    elif isinstance(first, Int8):
+        new, dtype = Int8(torch.cat([m.q for m in mats]), torch.cat([m.scale for m in mats]), first.scale.dtype), \
+            first.scale.dtype
+    elif type(first) is Dense:
+        new, dtype = Dense(torch.cat([m.w for m in mats]), first.w.dtype), first.w.dtype
+    else:
+        return None
+    if new is None:
+        return None
+    new.kernel, new.note = first.kernel, first.note
+    ref = next(iter(first.buffers()))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(3, first.in_features, generator=g).to(ref.device, dtype)
+    with torch.inference_mode():
+        want = torch.cat([m(x) for m in mats], -1).float()
+        got = new(x).float()
+    err = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+    return new if err <= PROBE_TOLERANCE.get(dtype, 2e-2) / 10 else None
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from engine.drivers.footprint import kv_cache_of
 from engine.hardware import machine
 from engine.hardware.peak import Peak
 from engine.models import data
-from engine.speed import roofline, runtime, tuning
+from engine.speed import anchor, lean, roofline, runtime, tuning
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class SpeedSettings:
     repeats: int = 5
     dtype: str = "auto"  # the runtime model's activations: 'auto' (engine.hardware.machine.runtime_dtype), 'bf16', 'fp32'
     timed_kernels: bool = True  # each int8/int4 kernel against the dense product, the faster runs (engine.speed.tuning)
+    path: str = "auto"  # 'auto': the lean path where the layout has one (engine.speed.lean); 'transformers': never
+    compile: bool = False  # the lean path's one-token step through torch.compile, for every model timed
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -62,20 +64,42 @@ def prompt(loaded, tokens: int) -> torch.Tensor:
     return torch.tensor([ids[:tokens]], device=loaded.device)
 
 
-def _causal(model, ids, new_tokens: int, repeats: int) -> dict:
+class Steps:
+    """A causal LM's generation as two calls: `first(ids)` (an empty cache, then the prompt) and
+    `next(ids)` (one more token), each returning logits whose last position picks the next token;
+    on transformers' forward (its dynamic cache) or on the lean path (engine.speed.lean)."""
+
+    def __init__(self, model=None, lean=None):
+        self.model, self.lean, self.past = model, lean, None
+
+    def first(self, ids):
+        if self.lean is not None:
+            self.lean.reset()
+            return self.lean(ids)
+        out = self.model(ids, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits
+
+    def next(self, ids):
+        if self.lean is not None:
+            return self.lean(ids)
+        out = self.model(ids, past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits
+
+
+def _causal(steps: Steps, ids, new_tokens: int, repeats: int) -> dict:
     device = ids.device
     prefill, decode = [], []
     with torch.inference_mode():
         for _ in range(repeats + 1):
             _sync(device)
             t0 = time.perf_counter()
-            out = model(ids, use_cache=True)
+            logits = steps.first(ids)
             _sync(device)
             t1 = time.perf_counter()
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             for _ in range(new_tokens):
-                out = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                logits = steps.next(logits[:, -1:].argmax(-1))
             _sync(device)
             prefill.append(t1 - t0)
             decode.append(time.perf_counter() - t1)
@@ -100,24 +124,57 @@ def inputs(loaded, settings: SpeedSettings):
     return {k: v.to(loaded.device) for k, v in batch.items()}
 
 
-def _time(model, held: int, loaded, x, settings: SpeedSettings) -> dict:
+def _time(model, held: int, loaded, x, settings: SpeedSettings, lean=None) -> dict:
+    """The model's figures: on the lean path where `lean` is given (its held bytes then; compiled
+    first with `settings.compile`, the seconds reported), else transformers' forward."""
+    compiled = {}
+    if lean is not None and settings.compile:
+        compiled = {"compile_seconds": lean.compile()}
     with Peak(loaded.device) as peak:
         if loaded.kind == "causal-lm":
-            out = _causal(model, x, settings.new_tokens, settings.repeats)
+            out = _causal(Steps(model, lean), x, settings.new_tokens, settings.repeats)
         else:
             out = _encoder(model, x, settings.repeats)
     rise = max(0, peak.peak - peak.start) if peak.peak is not None and peak.start is not None else 0
-    return {**out, "held_bytes": held, "peak_memory_bytes": held + rise}
+    return {**out, **compiled, "held_bytes": held, "peak_memory_bytes": held + rise}
 
 
-def max_abs_diff(work, rt, loaded, ids: torch.Tensor) -> tuple[float, float]:
+def max_abs_diff(work, rt, loaded, ids: torch.Tensor, lean=None) -> tuple[float, float]:
     """The largest difference between the workspace's outputs and the runtime model's on `ids`
-    (logits of a causal LM; the last hidden state otherwise), and the largest |output| of the
-    workspace, its scale."""
-    with torch.inference_mode():
-        a, b = work.model(ids), rt.model(ids)
+    (logits of a causal LM, every position's, on the lean path where `lean` is given; the last
+    hidden state otherwise), and the largest |output| of the workspace, its scale."""
     pick = (lambda o: o.logits) if loaded.kind == "causal-lm" else (lambda o: o.last_hidden_state)
-    return (pick(a).float() - pick(b).float()).abs().max().item(), pick(a).abs().max().item()
+    with torch.inference_mode():
+        a = pick(work.model(ids))
+        if lean is not None:
+            lean.reset()
+            b = lean(ids, all_logits=True)
+            lean.reset()
+        else:
+            b = pick(rt.model(ids))
+    return (a.float() - b.float()).abs().max().item(), a.abs().max().item()
+
+
+def path_for(model, loaded, settings: SpeedSettings):
+    """The lean forward of a causal LM (engine.speed.lean) where its layout has one and
+    `settings.path` allows it, else None; and why."""
+    if loaded.kind != "causal-lm":
+        return None, "an encoder runs on transformers' forward"
+    if settings.path == "transformers":
+        return None, "asked for (--path transformers)"
+    if settings.compile:
+        why = lean.compile_why_not(loaded.device)
+        if why:
+            from engine.errors import UserError
+
+            raise UserError(f"--compile: {why}")
+    return lean.build(model, settings.prompt_tokens + settings.new_tokens)
+
+
+def _original(model, loaded, x, settings, on_lean: bool) -> dict:
+    """The original's figures, on the path the compressed model takes (its layers unjoined: no copy)."""
+    fast = lean.build(model, settings.prompt_tokens + settings.new_tokens)[0] if on_lean else None
+    return _time(model, fast.held_bytes() if fast else runtime.held_bytes(model), loaded, x, settings, fast)
 
 
 def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progress=None) -> dict:
@@ -144,30 +201,30 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     workload = (tuning.Workload.causal(settings.prompt_tokens, settings.new_tokens) if loaded.kind == "causal-lm"
                 else tuning.Workload.encoder(int(x["input_ids"].numel())))
     rt = runtime.build(work, dtype, workload if settings.timed_kernels else None)
+    fast, path_why = path_for(rt.model, loaded, settings)
     first = min(settings.prompt_tokens, 64)  # the outputs compared on the prompt's first tokens
-    diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first))
+    diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first),
+                               fast)
     del work
     originals = {}
     say(3, steps, "timing the original in fp32")
-    originals["fp32"] = _time(loaded.model, runtime.held_bytes(loaded.model), loaded, x, settings)
+    originals["fp32"] = _original(loaded.model, loaded, x, settings, fast is not None)
     if machine.native_bf16(device):
         say(4, steps, "timing the original in bf16")
-        bf16 = runtime.cast(loaded.model, torch.bfloat16)
-        originals["bf16"] = _time(bf16, runtime.held_bytes(bf16), loaded, x, settings)
-        del bf16
+        originals["bf16"] = _original(runtime.cast(loaded.model, torch.bfloat16), loaded, x, settings, fast is not None)
     say(5, steps, "timing the compressed model")
-    compressed = _time(rt.model, rt.held_bytes(), loaded, x, settings)
+    compressed = _time(rt.model, fast.held_bytes() if fast else rt.held_bytes(), loaded, x, settings, fast)
     say(6, steps, "timing llama.cpp on the model's GGUF file, where it applies")
-    anchor = llama_cpp(loaded, settings, x)
+    anchor_row = anchor.llama_cpp(loaded, settings, x) if loaded.kind == "causal-lm" else None
     say(7, steps, "done")
     rate = "decode_tokens_per_s" if loaded.kind == "causal-lm" else "sentences_per_s"
     speedup = {f"{what}_vs_{name}": compressed[key] / o[key]
                for name, o in originals.items()
                for what, key in ([("decode", rate), ("prefill", "prefill_tokens_per_s")]
                                  if loaded.kind == "causal-lm" else [("sentences", rate)])}
-    if anchor and anchor.get("installed"):
-        speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
-        speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor["prefill_tokens_per_s"]
+    if anchor_row and anchor_row.get("installed"):
+        speedup["decode_vs_llama_cpp"] = compressed["decode_tokens_per_s"] / anchor_row["decode_tokens_per_s"]
+        speedup["prefill_vs_llama_cpp"] = compressed["prefill_tokens_per_s"] / anchor_row["prefill_tokens_per_s"]
     return {"model": loaded.ref, "kind": loaded.kind, "device": str(device), "threads": torch.get_num_threads(),
             "threads_why": machine.threads_why(),
             "machine": machine.header(device), "recipe": recipe.to_dict(), "settings": settings.__dict__,
@@ -176,7 +233,9 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
                               f"{workload.what}; the faster runs") if settings.timed_kernels else
                              "every kernel its format allows (not timed against dense)",
             "original": originals, "compressed": compressed, "speedup": speedup,
-            "llama_cpp": anchor, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
+            "path": "lean" if fast else "transformers", "path_why": path_why or lean.LAYOUTS[type(rt.model).__name__],
+            "joined": fast.joined if fast else {}, "compiled": bool(fast and settings.compile),
+            "llama_cpp": anchor_row, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
             "max_abs_diff": diff, "max_abs_output": scale,
             "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
             "roofline": _roofline(explorer, applied.memory, here, settings, dtype_name, originals, compressed)}
@@ -213,36 +272,3 @@ def _roofline(explorer, memory, here, settings, dtype_name, originals, compresse
                          "prefill_tokens_per_s": b["prefill_tokens_per_s"] if dev["bf16_flops_per_s"] else None}
         out["hardware"].append(row)
     return out
-
-
-def llama_cpp(loaded, settings: SpeedSettings, ids: torch.Tensor | None = None) -> dict | None:
-    """llama.cpp's figures for the GGUF file the model came from (smollm2's Q4_1, any GGUF source), where
-    llama-cpp-python is installed: the same prompt's tokens (`ids`, default the prompt), the
-    same number of greedy steps, the same threads; medians of the same repeats. None where it
-    does not apply."""
-    from engine.models.loading import gguf_file
-
-    path = gguf_file(loaded.ref)
-    if path is None or loaded.kind != "causal-lm":
-        return None
-    try:
-        import llama_cpp
-    except ImportError:
-        return {"installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
-    ids = (prompt(loaded, settings.prompt_tokens) if ids is None else ids)[0].tolist()
-    threads = torch.get_num_threads()
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings.prompt_tokens + settings.new_tokens + 8, n_threads=threads,
-                n_threads_batch=threads, n_batch=max(512, settings.prompt_tokens), verbose=False)
-    prefill, decode = [], []
-    for _ in range(settings.repeats + 1):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids)
-        t1 = time.perf_counter()
-        for _ in range(settings.new_tokens):
-            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
-        prefill.append(t1 - t0)
-        decode.append(time.perf_counter() - t1)
-    p, d = _median(prefill[1:]), _median(decode[1:])
-    return {"installed": True, "version": llama_cpp.__version__, "file": path.name, "threads": threads,
-            "prefill_tokens_per_s": len(ids) / p, "decode_tokens_per_s": settings.new_tokens / d}

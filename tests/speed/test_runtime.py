@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from engine import Explorer, Recipe
 from engine.cli import main
 from engine.models.loading import minilm_path
-from engine.speed import runtime
+from engine.speed import lean, runtime
 from engine.speed.measure import SpeedSettings, measure
 from engine.speed.roofline import model_costs
 
@@ -21,6 +21,15 @@ IDS = torch.randint(0, 30522, (2, 12), generator=torch.Generator().manual_seed(0
 def _logits(model):
     with torch.inference_mode():
         return model(IDS).logits
+
+
+def _lean(model, ids=IDS[:1], prompt: int = 8):
+    """Every position's logits on the lean path (engine.speed.lean): `prompt` tokens in one prefill,
+    then one token a step; and the lean forward."""
+    fast, why = lean.build(model, ids.shape[1])
+    assert fast is not None, why
+    out = [fast(ids[:, :prompt], all_logits=True)] + [fast(ids[:, i:i + 1]) for i in range(prompt, ids.shape[1])]
+    return torch.cat(out, 1), fast
 
 
 def _both(explorer, recipe, dtype=torch.float32):
@@ -57,6 +66,11 @@ def test_each_kernel_path_computes_what_the_workspace_computes(tiny_explorers, r
     assert all(note in r.note for r in rt.layers if r.name in work.stored), [r.note for r in rt.layers]
     a, b = _logits(work.model), _logits(rt.model)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    got, fast = _lean(rt.model)  # the lean path, prefill then decode: the same function
+    torch.testing.assert_close(got, a[:1], rtol=0, atol=1e-5)
+    kinds = {r.kernel for r in rt.layers if r.name in work.stored}
+    if len(kinds) == 1 and kinds <= {"int8", "dense fallback"}:  # q, k, v in one kernel; gate, up in one (int4: in
+        assert fast.joined == {"q, k, v": 2, "gate, up": 2}     # tinygemm's tiles of rows, tests/speed/test_lean.py)
 
 
 def test_low_rank_runs_two_matmuls_of_the_factors(tiny_explorers):
@@ -67,7 +81,11 @@ def test_low_rank_runs_two_matmuls_of_the_factors(tiny_explorers):
         b_rows = stored.matrices[1].values.shape[0]
         assert stored.rank is not None and rows[name].kernel.startswith("low rank (int4, " if b_rows >= 16 else
                                                                         "low rank (dense fallback, ")
-    torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+    want = _logits(work.model)
+    torch.testing.assert_close(_logits(rt.model), want, rtol=0, atol=1e-5)
+    got, fast = _lean(rt.model)  # two products a layer: nothing joined
+    assert fast.joined == {"q, k, v": 0, "gate, up": 0}
+    torch.testing.assert_close(got, want[:1], rtol=0, atol=1e-5)
 
 
 def test_a_group_that_does_not_divide_the_width_falls_back_and_says_why(tmp_path):
@@ -81,6 +99,9 @@ def test_a_group_that_does_not_divide_the_width_falls_back_and_says_why(tmp_path
     assert notes["q_proj"] == ("dense fallback", "int4 kernel: groups of 32 do not divide the input width 48")
     assert notes["down_proj"] == ("int4", "4-bit codes in groups of 32")  # 96 inputs: 3 groups
     torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+    got, fast = _lean(rt.model)  # q, k, v and gate, up (48 inputs) dense, each set joined; down (96) on int4
+    assert fast.joined == {"q, k, v": 1, "gate, up": 1}
+    torch.testing.assert_close(got, _logits(work.model)[:1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "mixtral"])
@@ -92,6 +113,7 @@ def test_conv1d_and_experts_models_run_on_the_runtime(tiny_explorers, name):
     else:  # experts compute with their stored values, dense: 2 blocks x (gate_up, down) x 4 experts
         assert counts["dense (experts)"] == 2 * 2 * 4
     torch.testing.assert_close(_logits(rt.model), _logits(work.model), rtol=0, atol=1e-5)
+    assert lean.build(rt.model, 16)[0] is None  # transformers' forward: the lean path has no such layout
 
 
 def test_bf16_runtime_on_minilm_stays_close_to_the_workspace(minilm_explorer):
@@ -143,9 +165,13 @@ def test_speed_report_and_the_roofline_bytes(tiny_explorers, monkeypatch, bf16):
     for model in (*report["original"].values(), c):
         assert model["prefill_tokens_per_s"] == 8 / model["prefill_seconds"]
         assert model["decode_tokens_per_s"] == 3 / model["decode_seconds"]
-    assert report["original"]["fp32"]["held_bytes"] == 4 * ex.loaded.model.num_parameters() + _buffer_bytes(
-        ex.loaded.model)
-    assert c["held_bytes"] == _held_by_hand(ex, 32, width)
+    assert report["path"] == "lean" and report["path_why"] == "Llama (SmolLM, Llama 2 and 3)"
+    # the lean path holds the weights, a static cache of 8 + 3 positions (k and v, 2 layers, 2 kv heads of 8)
+    # and rope's cos and sin tables (8 + 3 positions of 8), in the activations' width; not the rotary module's
+    # frequencies
+    cache = lambda w: 2 * 2 * 2 * 11 * 8 * w + 2 * 11 * 8 * w  # noqa: E731
+    assert report["original"]["fp32"]["held_bytes"] == 4 * ex.loaded.model.num_parameters() + cache(4)
+    assert c["held_bytes"] == _held_by_hand(ex, 32, width) - _buffer_bytes(ex.loaded.model) + cache(width)
     assert report["kernels"] == {"int4": 14, "embedding lookup": 1, "dense": 1}
     assert report["max_abs_diff"] < (1e-5 if not bf16 else 0.05 * report["max_abs_output"])
     assert report["machine"].startswith("machine: ") and f"native bf16: {'yes' if bf16 else 'no'}" in report["machine"]
@@ -198,6 +224,8 @@ def test_each_kernel_runs_only_where_it_is_faster_than_dense(tiny_explorers, mon
         assert ((a - b).norm() / a.norm()).item() < 0.02
     else:
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    got, fast = _lean(rt.model)  # the lean path over the same kernels: what transformers' forward computes
+    torch.testing.assert_close(got, b[:1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("slower, kept", [(0.99, True), (1.0, True), (1.01, False)])
@@ -256,8 +284,14 @@ def test_the_speed_command(tiny_models, capsys, monkeypatch):
     assert report["runtime_dtype"] == "fp32" and report["settings"]["dtype"] == "auto"
     assert report["kernels"]["int8"] == 14
     assert report["kernel_choice"] == "every kernel its format allows (not timed against dense)"
+    assert (report["path"], report["joined"]) == ("lean", {"q, k, v": 2, "gate, up": 2})
+    assert report["max_abs_diff"] < 1e-5  # the lean path's logits against the workspace's
+    assert main([*args, "--json", "--path", "transformers"]) == 0
+    today = json.loads(capsys.readouterr().out)
+    assert (today["path"], today["path_why"], today["joined"]) == ("transformers", "asked for (--path transformers)", {})
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert "path: lean (Llama (SmolLM, Llama 2 and 3); q, k, v joined in 2 blocks, gate, up joined in 2 blocks)" in out
     assert out.startswith("machine: ") and "runtime in fp32: bf16 turned off (EXPLORER_BF16=0)" in out
     assert "decode tok/s" in out and "kernels (layers): int8 14" in out and "NVIDIA H100 SXM" in out
     from engine.hardware import machine
@@ -328,18 +362,23 @@ def test_speed_page_measures_on_press_and_shows_kernels_and_roofline(monkeypatch
 
 
 def test_llama_cpp_beside_ours_only_for_a_gguf_model(minilm_explorer, smollm2_explorer, monkeypatch):
-    from engine.speed.measure import llama_cpp
+    from engine.speed.anchor import llama_cpp
+    from engine.speed.measure import prompt
 
     settings = SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1)
-    assert llama_cpp(minilm_explorer.loaded, settings) is None  # no GGUF file behind it
+    ids = prompt(smollm2_explorer.loaded, 16)
+    assert llama_cpp(minilm_explorer.loaded, settings, ids) is None  # no GGUF file behind it
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # as if not installed
-    assert llama_cpp(smollm2_explorer.loaded, settings) == {
-        "installed": False, "note": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    assert llama_cpp(smollm2_explorer.loaded, settings, ids) == {
+        "installed": False, "note": "llama-cpp-python is not installed (make llamacpp, or pip install "
+                                    "llama-cpp-python==0.3.36)"}
 
 
 def test_llama_cpp_runs_the_shipped_gguf_where_installed(smollm2_explorer):
-    from engine.speed.measure import llama_cpp
+    from engine.speed.anchor import llama_cpp
+    from engine.speed.measure import prompt
 
     pytest.importorskip("llama_cpp")  # optional: not in the requirements
-    got = llama_cpp(smollm2_explorer.loaded, SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1))
+    got = llama_cpp(smollm2_explorer.loaded, SpeedSettings(prompt_tokens=16, new_tokens=4, repeats=1),
+                    prompt(smollm2_explorer.loaded, 16))
     assert got["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and got["decode_tokens_per_s"] > 0
