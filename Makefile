@@ -51,7 +51,10 @@ bench: $(STAMP)  ## the engine against the naive way, the app's latency, each me
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/cluster.py
 
-LLAMACPP_CMAKE := -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+# llama.cpp's AMX matmul crashed (SIGSEGV in ggml_backend_amx_mul_mat) on a Xeon with AMX: built for this
+# processor (GGML_NATIVE) without it; the flags are ignored where there is no AMX
+LLAMACPP_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMACPP_CMAKE := -DCMAKE_C_FLAGS='$(LLAMACPP_NO_AMX)' -DCMAKE_CXX_FLAGS='$(LLAMACPP_NO_AMX)'
 
 llamacpp: $(STAMP)  ## optional: build llama-cpp-python 0.3.36 from source (about 5 minutes on 2 idle cores; without its AMX path, which crashed) for the tests and benchmarks that run GGUF files in llama.cpp
 	CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36
