@@ -12,6 +12,8 @@ st.caption("The sidebar's recipe, run with the kernel its stored format allows i
            "weight-only matmuls, two matmuls for low rank, CSR or 2:4 where they are faster, dense where there is "
            "no kernel), beside the original in fp32 (and in bf16 where this machine has native bf16 matmuls), on "
            "this machine; each int8 and int4 kernel runs only where it measured faster here than the dense product. "
+           "A Llama, Mistral or Qwen2/3 model runs on the lean path: a static cache and the layout's forward "
+           "written out over the kernels, no transformers module between them; others on transformers' forward. "
            "Figures are medians over repeats after a warm-up run; other work on the machine slows them. The roofline bounds each model from its "
            "exact bytes: decode can be no faster than the bytes it reads over the memory bandwidth.")
 kind = ctx.explorer.loaded.kind
@@ -26,8 +28,13 @@ with st.form("speed_form"):
     dtype = cols[3].selectbox("Runtime dtype", ("auto", "bf16", "fp32"), key="speed_dtype",
                               help="The activations of the compressed model. auto: bf16 where this machine has "
                                    "native bf16 matmuls, else fp32 (emulated bf16 is slower than fp32).")
+    compiled = st.checkbox("Compile the decode step (torch.compile)", False, key="speed_compile", disabled=not causal,
+                           help="On the lean path (Llama, Mistral, Qwen2/3 layouts), each model's one-token step is "
+                                "compiled before it is timed: faster decode. About 2 minutes a model the first time "
+                                "on 2 CPU cores, seconds after (the compiled code is kept on disk); needs a C++ "
+                                "compiler on the CPU.")
     go = st.form_submit_button("Measure speed", type="primary")
-settings = SpeedSettings(int(prompt), int(new), 32, int(repeats), dtype)
+settings = SpeedSettings(int(prompt), int(new), 32, int(repeats), dtype, compile=bool(compiled and causal))
 if not go and not results.speed_known(ctx, settings):
     st.info(f"Press **Measure speed** to time {ctx.ref} under {ctx.recipe.describe()} (about a minute on a "
             "small model on two CPU cores).")
@@ -103,4 +110,13 @@ if causal:
                    if "decode_fraction_of_bound" in b else "",
                    "prefill bound tok/s": round(b["prefill_tokens_per_s"]), "prefill is": b["prefill_bound"] + "-bound"}
                   for n, b in report["roofline"]["models"].items()], hide_index=True, width="stretch")
+    small = [r for r in report["roofline"]["hardware"] if "memory_bytes" in r]
+    if small:
+        st.markdown("**Phones, boards and laptops**: the compressed model's decode bound on each (published bandwidth), "
+                    "whether it fits in the device's memory with its cache, and llama.cpp's published decode there.")
+        st.dataframe([{"device": r["name"], "memory": figures.human_bytes(r["memory_bytes"]),
+                       "fits": "yes" if r["fits"] else "no",
+                       "decode bound tok/s, compressed": round(r["compressed"]["decode_tokens_per_s"], 1),
+                       "llama.cpp measured there": r["anchor"]["what"] + f" ({r['anchor']['source']})"
+                       if r.get("anchor") else ""} for r in small], hide_index=True, width="stretch")
 context.mark("speed")

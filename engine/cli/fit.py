@@ -22,8 +22,10 @@ def cmd_fit(args):
     sk = footprint.open_skeleton(args.model, args.trust_remote_code)
     fp = footprint.footprint(sk, recipe, args.batch, args.context, args.kv_bits)
     rows = footprint.fitting(sk, args.batch, args.context, args.kv_bits)
+    small = footprint.small_devices(sk, recipe, args.batch, args.context, args.kv_bits)
     if args.json:
-        print(json.dumps({**fp, "devices": rows, "ladder": [r.describe() for r in footprint.LADDER]}, indent=2))
+        print(json.dumps({**fp, "devices": rows, "ladder": [r.describe() for r in footprint.LADDER],
+                          "small_devices": small}, indent=2))
         return
     w, kv, act, big = fp["weights"], fp["kv_cache"], fp["activations"], fp["largest_layer"]
     print(f"{args.model} ({sk.source}): {sk.kind}, {sk.total_params:,} parameters, built from its config without weights")
@@ -44,6 +46,10 @@ def cmd_fit(args):
         what = "nothing on the ladder fits" if r["recipe"] is None else \
             f"{r['recipe']}: {_size(r['total_bytes'])}, {_size(r['headroom_bytes'])} to spare"
         print(f"  {r['device']:<40} {what}")
+    print(f"phones, boards and laptops, this recipe ({_size(fp['total_bytes'])} at this batch and context; an app "
+          "gets less than a phone's whole memory):")
+    for r in small:
+        print(f"  {r['device']:<40} {_size(r['memory_bytes']):>10}  {'fits' if r['fits'] else 'does not fit'}")
 
 
 def add_parser(sub) -> None:

@@ -232,6 +232,16 @@ def this_machine() -> list[tuple[str, int]]:
     return out
 
 
+def small_devices(skeleton: Skeleton, recipe: Recipe, batch: int = 1, tokens: int = 4096, kv_bits: int = 16) -> list[dict]:
+    """Per phone, board or laptop of the shipped list (engine.hardware.published): whether the
+    recipe's total (weights, cache, activations) fits in its memory (an app gets less of a phone's)."""
+    from engine.hardware.published import small_devices as devices
+
+    total = footprint(skeleton, recipe, batch, tokens, kv_bits)["total_bytes"]
+    return [{"device": d["name"], "kind": d["kind"], "memory_bytes": d["memory_bytes"], "total_bytes": total,
+             "fits": total <= d["memory_bytes"], "source": d["source"]} for d in devices()]
+
+
 def fitting(skeleton: Skeleton, batch: int = 1, tokens: int = 4096, kv_bits: int = 16,
             devices=None) -> list[dict]:
     """Per device: the total of each ladder recipe, and the mildest one that fits (None: none does)."""

@@ -264,6 +264,9 @@ def _roofline(explorer, memory, here, settings, dtype_name, originals, compresse
         out["models"][name] = {**costs, **b}
     for dev in roofline.hardware():
         row = {"name": dev["name"], "kind": dev["kind"]}
+        if "memory_bytes" in dev:  # a phone, board or laptop: whether the compressed model fits, and llama.cpp there
+            need = memory.compressed_bytes + kv_per_token[2] * (settings.prompt_tokens + settings.new_tokens)
+            row.update(memory_bytes=dev["memory_bytes"], fits=need <= dev["memory_bytes"], anchor=dev.get("anchor"))
         for name in ("original bf16", "compressed"):
             costs = models[name][0]
             b = roofline.bound(costs, dev["bandwidth_bytes_per_s"], dev["bf16_flops_per_s"],

@@ -13,18 +13,16 @@ matmul (a low-rank layer: r (m + n) of them) plus attention's 2 x 2 x P^2 / 2 x 
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
-HARDWARE_FILE = Path(__file__).resolve().parents[2] / "assets" / "hardware.json"
-
-
 def hardware() -> list[dict]:
-    """The shipped list: name, memory bandwidth (bytes/s), dense bf16 matmul FLOP/s, source."""
-    return json.loads(HARDWARE_FILE.read_text())["devices"]
+    """The shipped list (engine.hardware.published): name, memory bandwidth (bytes/s), dense bf16
+    matmul FLOP/s, source; a small device's memory and llama.cpp's decode there."""
+    from engine.hardware.published import devices
+
+    return devices()
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:

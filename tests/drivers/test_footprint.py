@@ -111,6 +111,13 @@ def test_fit_command(tmp_path, capsys, monkeypatch):
     assert out["total_params"] == PUBLISHED["llama-3-70b"] and out["kind"] == "causal-lm"
     assert out["total_bytes"] == out["weights"]["compressed_bytes"] + out["kv_cache"]["bytes"] + out["activations"]["bytes"]
     assert {r["device"].split(" (")[0] for r in out["devices"]} >= {"24 GiB", "80 GiB"}
+    small = {r["device"]: r for r in out["small_devices"]}  # 70B at 4 bits (about 35 GiB): no phone, board or laptop
+    assert small["Raspberry Pi 5 (8 GB)"]["memory_bytes"] == 8 * 10**9 and not any(r["fits"] for r in small.values())
+    assert all(r["total_bytes"] == out["total_bytes"] for r in small.values())
+    code, out, err = fit(capsys, "smollm2", "--bits", "4", "--json")
+    assert code == 0, err
+    small = json.loads(out)["small_devices"]
+    assert {r["kind"] for r in small} == {"board", "phone", "laptop"} and all(r["fits"] for r in small)
     code, out, _ = fit(capsys)
     assert code == 0 and "llama-3-70b" in out and "meta-llama/Meta-Llama-3-70B" in out
     bad = tmp_path / "config.json"
