@@ -48,6 +48,12 @@ CONCEPTS = {
     "polarity_f1": "F1 of the sentiment classifier: the harmonic mean of precision and recall of each class, "
                    "averaged over the two classes.",
     "label_agreement": "The fraction of texts where the compressed classifier predicts the original's label.",
+    "label_precision": "Of the texts the compressed classifier gives a label, the share the original gives it too, "
+                       "averaged over the labels (macro).",
+    "label_recall": "Of the texts the original gives a label, the share the compressed classifier gives it too, "
+                    "averaged over the labels (macro).",
+    "label_f1": "F1 of the compressed classifier against the original's labels: the harmonic mean of each label's "
+                "precision and recall, averaged over the labels (macro).",
     "relative_error": "||W - W_hat|| / ||W|| (Frobenius) of a layer's stored weight: 0 is exact.",
     "sqnr_db": "Signal-to-quantization-noise ratio of a layer's weight, 10 log10(||W||^2 / ||W - W_hat||^2) dB: "
                "about 6 dB per bit.",
@@ -120,7 +126,7 @@ FORMAT_NOTES = {
 HIGHER_IS_BETTER = {
     "perplexity": False, "kl_to_original": False, "top1_agreement": True, "cosine_to_original": True,
     "lee_spearman": True, "polarity_accuracy": True, "polarity_precision": True, "polarity_recall": True,
-    "polarity_f1": True, "label_agreement": True,
+    "polarity_f1": True, "label_agreement": True, "label_precision": True, "label_recall": True, "label_f1": True,
 }
 
 # metric -> its name for people: what a label, an axis, a column header or a sentence shows. The keys
@@ -136,6 +142,9 @@ METRIC_NAMES = {
     "polarity_recall": "Sentiment recall (macro)",
     "polarity_f1": "Sentiment F1 (macro)",
     "label_agreement": "Label agreement with the original",  # classifiers
+    "label_precision": "Precision against the original's labels (macro)",
+    "label_recall": "Recall against the original's labels (macro)",
+    "label_f1": "F1 against the original's labels (macro)",
 }
 
 

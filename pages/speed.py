@@ -60,7 +60,9 @@ if causal:
     cols[3].metric("Peak memory, compressed", figures.human_bytes(report["compressed"]["peak_memory_bytes"]))
     table = [{"model": n, "prefill tok/s": round(r["prefill_tokens_per_s"], 1),
               "decode tok/s": round(r["decode_tokens_per_s"], 1),
-              "peak memory": figures.human_bytes(r["peak_memory_bytes"])} for n, r in rows]
+              "peak memory": figures.human_bytes(r["peak_memory_bytes"]),
+              **({"compiled in (s)": round(r["compile_seconds"], 1)} if "compile_seconds" in r else {})}
+             for n, r in rows]
 else:
     table = [{"model": n, "sentences/s": round(r["sentences_per_s"], 1), "peak memory": figures.human_bytes(r["peak_memory_bytes"])}
              for n, r in rows]

@@ -160,6 +160,11 @@ class ClassifierEval:
             "items": len(texts),
             "label_agreement": "fraction of items where compressed and original predict the same label",
             "kl_to_original": "mean KL(original || compressed) of the label distributions, nats",
+            "label_precision": "precision of the compressed model's labels against the original's, macro-averaged "
+                               "over the labels either predicts (scikit-learn's average='macro')",
+            "label_recall": "recall of the same labels against the original's, macro-averaged",
+            "label_f1": "F1 of the same labels against the original's (each label's harmonic mean of precision "
+                        "and recall), macro-averaged",
             "quick": f"first estimate on the first {QUICK_SENTENCES} items; label agreement " + INTERVAL_NOTE,
         }
 
@@ -168,11 +173,14 @@ class ClassifierEval:
         logp = batches.run(lambda b: model(**b).logits).log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1).mean().item()
         same = (logp.argmax(-1) == ref.argmax(-1)).float()
-        out = {"label_agreement": same.mean().item(), "kl_to_original": max(kl, 0.0)}
+        scores = classification_scores(ref.argmax(-1).cpu().numpy(), logp.argmax(-1).cpu().numpy())
+        out = {"label_agreement": same.mean().item(), "kl_to_original": max(kl, 0.0),
+               **{f"label_{k}": scores[k] for k in ("precision", "recall", "f1")}}
         if quick:
             lo, hi = interval95(same, self.ref.shape[0])
             out.update(bounds("label_agreement", max(0.0, lo), min(1.0, hi)))
         return out
 
     def baseline(self) -> dict:
-        return {"label_agreement": 1.0, "kl_to_original": 0.0}
+        return {"label_agreement": 1.0, "kl_to_original": 0.0, "label_precision": 1.0, "label_recall": 1.0,
+                "label_f1": 1.0}

@@ -41,3 +41,26 @@ def test_minilm_reports_the_polarity_tasks_four_metrics_with_their_protocol(mini
     work.apply(Recipe(bits=2))
     m = work.evaluate()
     assert all(k in m for k in keys) and m["polarity_f1"] < base["polarity_f1"]  # 2 bits hurt the probe
+
+
+def test_a_sequence_classifier_reports_precision_recall_and_f1_against_the_originals_labels(tiny_explorers):
+    """The classifier's compressed labels scored against the original's on the polarity sentences,
+    macro-averaged as scikit-learn does; the uncompressed model scores 1 on each."""
+    import torch
+
+    from engine import Recipe
+
+    ex = tiny_explorers["bert-classifier"]
+    evaluator = ex.evaluator()
+    assert {"label_precision", "label_recall", "label_f1"} <= set(evaluator.protocol)
+    assert evaluator.baseline() == {"label_agreement": 1.0, "kl_to_original": 0.0, "label_precision": 1.0,
+                                    "label_recall": 1.0, "label_f1": 1.0}
+    work = ex.workspace()
+    work.apply(Recipe(bits=2, group_size=16, sparsity=0.6))
+    got = work.evaluate()
+    with torch.inference_mode():
+        original = evaluator.texts.run(lambda b: ex.loaded.model(**b).logits).argmax(-1).numpy()
+        compressed = evaluator.texts.run(lambda b: work.model(**b).logits).argmax(-1).numpy()
+    p, r, f, _ = precision_recall_fscore_support(original, compressed, average="macro", zero_division=0)
+    assert (got["label_precision"], got["label_recall"], got["label_f1"]) == pytest.approx((p, r, f), abs=1e-12)
+    assert got["label_agreement"] == pytest.approx(accuracy_score(original, compressed))

@@ -176,3 +176,24 @@ def test_compile_is_reported_per_model_and_refused_without_a_compiler(tiny_explo
     with pytest.raises(UserError, match=r"^--compile: no C\+\+ compiler on this machine \(inductor builds its CPU "
                                         r"code with one: apt-get install g\+\+\)$"):
         measure(tiny_explorers["llama"], Recipe(bits=8, granularity="channel"), settings)
+
+
+def test_the_speed_page_names_the_lean_path_and_compiles_on_request(tiny_models, monkeypatch):
+    from app_harness import APP, app_test, ok
+
+    monkeypatch.setenv("EXPLORER_BF16", "0")  # the fp32 original and the compressed model: two compiles
+    at = app_test(APP, default_timeout=300)
+    at.query_params["model"] = tiny_models["llama"]
+    at.query_params["bits"] = "8"
+    at.query_params["granularity"] = "channel"
+    at.switch_page("pages/speed.py").run()
+    ok(at)
+    at.number_input(key="speed_repeats").set_value(1)
+    at.number_input(key="speed_prompt").set_value(8)
+    at.number_input(key="speed_new").set_value(2)
+    at.checkbox(key="speed_compile").check()
+    at.button[0].click().run()
+    ok(at)
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["original fp32", "compressed"] and (table["compiled in (s)"] > 0).all()
+    assert any(c.value.startswith("**Path: lean** (Llama (SmolLM, Llama 2 and 3))") for c in at.caption)
