@@ -20,6 +20,7 @@ Other layouts (GPT-2, BERT, mixtures of experts, ...) keep transformers' forward
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -140,18 +141,26 @@ class Lean:
     def compile(self) -> float:
         """Compile the one-token step with torch.compile (inductor; its C++ wrapper on the CPU, CUDA
         graphs on a GPU): the seconds it took. Inductor keeps what it compiled on disk (in the
-        explorer's cache folder), so a second run with the same model, recipe and machine loads it.
+        explorer's cache folder, per machine fingerprint), so a second run with the same model,
+        recipe and machine loads it.
         Prefill stays as it is: its time is the kernels'."""
-        import os
         import time
 
         why = compile_why_not(self.device)
         if why:
             raise RuntimeError(why)
 
-        from engine.hardware.machine import cache_dir
+        from engine.hardware.machine import cache_dir, fingerprint
 
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+        # one folder per processor, its features as torch runs them, torch's version and threads: code
+        # compiled with AVX-512 and loaded where torch runs AVX2 computed wrongly (the tests force both).
+        # Inductor sets the variable to its own default when it first looks: only another value (the
+        # user's) is kept.
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor" / fingerprint())
         import torch._inductor.config as inductor
 
         if self.device.type == "cpu":
