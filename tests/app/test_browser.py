@@ -131,7 +131,7 @@ def test_sliders_move_the_memory_figure_and_every_page_draws(served):
 
 def test_three_sessions_at_once_each_keep_their_own_recipe(server):
     """Three people open their own links and move the bit-width and sparsity sliders at once
-    (tests/crowd.py) for 20 s: no error box and no cross-talk; each makes at least one move and,
+    (tests/crowd.py) for 12 s: no error box and no cross-talk; each makes at least one move and,
     after its last, its page shows its own recipe, that recipe's compressed size and a link that
     holds it. The server stays under its memory at the start (the model loaded and its first page
     drawn) plus the budgets the sessions fill (ui/caches.py: their workspaces, the results, and
@@ -147,7 +147,7 @@ def test_three_sessions_at_once_each_keep_their_own_recipe(server):
         page.wait_for_selector("text=Full protocol", timeout=240_000)
         browser.close()
     with crowd.ServerMemory(proc.pid) as memory:
-        people = crowd.crowd(url, crowd.people(3), seconds=20, think=0.5)
+        people = crowd.crowd(url, crowd.people(3), seconds=12, think=0.5)
     seen = crowd.summary(people)
     assert not seen["errors"] and not seen["crosstalk"] and not seen["unfinished"], seen
     assert all(p.moves >= 1 for p in people), [p.moves for p in people]

@@ -179,10 +179,11 @@ def test_compile_is_reported_per_model_and_refused_without_a_compiler(tiny_explo
 
 
 def test_the_speed_page_names_the_lean_path_and_compiles_on_request(tiny_models, monkeypatch):
-    """The checkbox asks for the compile of every model timed (the compile itself: the test above)."""
+    """The checkbox asks for the compile of every model timed (the compile itself: the test above), on
+    a machine with native bf16 (forced): both originals and the compressed model, in bf16."""
     from app_harness import APP, app_test, ok
 
-    monkeypatch.setenv("EXPLORER_BF16", "0")  # the fp32 original and the compressed model
+    monkeypatch.setenv("EXPLORER_BF16", "1")
     compiled = []
     monkeypatch.setattr(lean.Lean, "compile", lambda self: compiled.append(self) or 1.5)
     at = app_test(APP, default_timeout=300)
@@ -198,6 +199,7 @@ def test_the_speed_page_names_the_lean_path_and_compiles_on_request(tiny_models,
     at.button[0].click().run()
     ok(at)
     table = at.dataframe[0].value
-    assert list(table["model"]) == ["original fp32", "compressed"] and list(table["compiled in (s)"]) == [1.5, 1.5]
-    assert len(compiled) == 2
+    assert list(table["model"]) == ["original fp32", "original bf16", "compressed"]
+    assert list(table["compiled in (s)"]) == [1.5, 1.5, 1.5] and len(compiled) == 3 and (table["decode tok/s"] > 0).all()
+    assert any("runtime in bf16" in c.value for c in at.caption)
     assert any(c.value.startswith("**Path: lean** (Llama (SmolLM, Llama 2 and 3))") for c in at.caption)
