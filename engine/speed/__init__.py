@@ -1,6 +1,7 @@
 """How fast it runs: the compressed model on real kernels.
 
-    kernels   a stored matrix on the kernel its format allows (int8, int4, CSR, 2:4, dense)
+    kernels   a stored matrix on a kernel (int8, int4, CSR, 2:4, dense); several joined into one
+    choosing  which kernel a stored matrix gets, and why
     probes    which kernels work on this machine
     tuning    each kernel timed against the dense product here: the faster one runs
     runtime   the runtime model built from a workspace's stored layers

@@ -14,23 +14,19 @@
     a kernel slower than dense here     dense ("dense (faster here)"), where the runtime is given a
                                         workload and the kernel measured slower (engine.speed.tuning)
 
-`matmul(stored, recipe, dtype)` builds the module for one stored matrix (pipeline.StoredMatrix)
-and says which kernel it chose and why. Every kernel is checked when it is built: its output
-on a probe input must match the dense product of the stored values, else the matrix falls
-back to dense and the reason says so. The tensors take the device of the stored values.
+Which one a stored matrix gets, and why: engine.speed.choosing. Every kernel is checked when it
+is built (`check`): its output on a probe input must match the dense product of the stored
+values. `join` puts several matrices' products into one kernel. The tensors take the device of
+the stored values.
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.formats.grid import code_offset, per_entry, quantize
-
-INT4_GROUPS = (32, 64, 128, 256)
 PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}  # relative, on the probe
 
 
@@ -70,7 +66,7 @@ class Dense(Matmul):
     def mm(self, x):
         return F.linear(x, self.w)
 
-    forward = mm
+    forward = mm  # F.linear takes any leading shape: no reshape around it
 
     @property
     def out_features(self):
@@ -78,7 +74,7 @@ class Dense(Matmul):
 
     @property
     def in_features(self):
-        return self.w.shape[1]  # F.linear takes any leading shape: no reshape around it
+        return self.w.shape[1]
 
 
 class Int8(Matmul):
@@ -226,157 +222,33 @@ def join(mats: list[Matmul]) -> Matmul | None:
     if new is None:
         return None
     new.kernel, new.note = first.kernel, first.note
-    ref = next(iter(first.buffers()))
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(3, first.in_features, generator=g).to(ref.device, dtype)
+    x = _probe(first.in_features, next(iter(first.buffers())).device, dtype)
     with torch.inference_mode():
-        want = torch.cat([m(x) for m in mats], -1).float()
-        got = new(x).float()
-    err = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+        err = _relative_error(new(x), torch.cat([m(x) for m in mats], -1))
     return new if err <= PROBE_TOLERANCE.get(dtype, 2e-2) / 10 else None
 
 
-# ---------------------------------------------------------------------------------------
-# Choosing
-# ---------------------------------------------------------------------------------------
+def _probe(width: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """The probe input every kernel is checked on: 3 rows of a seeded normal."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randn(3, width, generator=g).to(device, dtype)
 
 
-def _codes(m, recipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The stored codes of a matrix on a uniform grid, with per-entry scale and offset."""
-    rows, cols = m.values.shape
-    scale, zero = per_entry((m.grid.scale, m.grid.zero), rows, cols, recipe.granularity, recipe.group_size)
-    offset = code_offset(zero, recipe.bits, recipe.symmetric)
-    return quantize(m.values, scale, offset, recipe.bits), scale, offset
-
-
-def _quantized(m, recipe, dtype) -> tuple[Matmul | None, str]:
-    """The integer kernel for a matrix on a uniform grid, or None and why not."""
-    rows, cols = m.values.shape
-    b, g = recipe.bits, recipe.granularity
-    if b == 8:
-        if g != "channel" or not recipe.symmetric:
-            return None, f"int8 kernel: per channel and symmetric only (this is {g}, " \
-                         f"{'symmetric' if recipe.symmetric else 'asymmetric'})"
-        codes, scale, offset = _codes(m, recipe)
-        return Int8(codes - offset, scale[:, 0], dtype), ""
-    if b <= 4:
-        gs = min(recipe.group_size, cols)  # a group wider than the row is the row
-        if g != "group" or gs not in INT4_GROUPS:
-            return None, f"int4 kernel: groups of {', '.join(map(str, INT4_GROUPS))} only (this is " \
-                         f"{g if g != 'group' else f'groups of {gs}'})"
-        if cols % gs:
-            return None, f"int4 kernel: groups of {gs} do not divide the input width {cols}"
-        codes, scale, offset = _codes(m, recipe)
-        return Int4(codes, scale[:, ::gs], offset[:, ::gs], gs, dtype, b), ""
-    return None, f"no kernel for {b}-bit codes"
-
-
-def _ggml(m, dtype) -> tuple[Matmul | None, str]:
-    """The int4 kernel for llama.cpp's q4_0 / q4_1 blocks, or None and why not."""
-    fmt = m.grid.ggml
-    if fmt not in ("q4_0", "q4_1"):
-        return None, f"no torch kernel for llama.cpp's {fmt} blocks (llama.cpp runs them)"
-    from engine.formats.ggml.legacy import unpack4
-
-    q, d, lo = unpack4(fmt, m.grid.raw, m.values.shape[1])
-    offset = torch.full_like(d, 8.0) if lo is None else -lo / torch.where(d == 0, torch.ones_like(d), d)
-    return Int4(q, d, offset, 32, dtype, 4), ""
-
-
-def _sparse(w, m, recipe, dtype) -> tuple[Matmul | None, str]:
-    """A sparse kernel for a pruned 16-bit matrix, or None and why not."""
-    if recipe.nm == (2, 4):
-        if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device)[0] >= 8:
-            return SemiStructured(w, dtype), ""
-        note = "no 2:4 kernel on the CPU" if w.device.type == "cpu" else "no 2:4 kernel on this GPU"
-    else:
-        note = f"{m.kept / w.numel():.0%} kept"
-    if w.device.type != "cpu" or dtype != torch.float32:
-        return None, note + "; CSR matmul only in fp32 on the CPU"
-    csr, dense = Csr(w, dtype, note + ", CSR measured faster than dense"), Dense(w, dtype)
-    if _seconds(csr, w) < _seconds(dense, w):
-        return csr, ""
-    return None, note + "; CSR measured slower than dense"
-
-
-def _seconds(module: Matmul, w: torch.Tensor, repeats: int = 5) -> float:
-    x = torch.randn(1, w.shape[1], device=w.device, dtype=torch.float32)
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def matmul(m, recipe, dtype: torch.dtype, workload=None) -> Matmul:
-    """The module computing x W^T for one stored matrix `m` under its layer's `recipe`, in `dtype`.
-    With a `workload` (engine.speed.tuning.Workload), an int8 or int4 kernel runs only where it is
-    measured at least as fast as the dense product on this machine; else dense, saying why."""
-    w = m.values
-    module, why = None, ""
-    try:
-        if m.grid.codebook is not None:
-            why = "no kernel for k-means codebooks"
-        elif m.grid.ggml is not None:
-            module, why = _ggml(m, dtype)
-        elif m.grid.floats is not None:
-            why = f"no torch kernel for {m.grid.floats} (the values run dense)"
-        elif m.grid.channel is not None:
-            why = "no kernel divides the inputs by AWQ's channel scales"
-        elif m.grid.scale is not None:
-            module, why = _quantized(m, recipe, dtype)
-        elif m.keep is not None:
-            module, why = _sparse(w, m, recipe, dtype)
-    except RuntimeError as e:  # a kernel's own limits (tinygemm on the CPU: rows in 16s; 2:4: fp16 or bf16)
-        kernel = "int4" if m.grid.ggml else f"int{8 if recipe.bits == 8 else 4}" if m.grid.scale is not None \
-            else "sparse"
-        why = f"{kernel} kernel refused: {str(e).splitlines()[0][:120]}"
-    if module is not None:
-        why = check(module, w, dtype)
-    if module is None or why:
-        return Dense(w, dtype, why, fallback=bool(why))
-    if workload is not None and isinstance(module, (Int8, Int4)):
-        from engine.speed.tuning import fastest
-
-        candidates = [module]
-        if dtype == torch.float32:  # the same kernel with bf16 activations, where it computes right
-            in_bf16 = _in_bf16(m, recipe, w)
-            if in_bf16 is not None:
-                candidates.append(in_bf16)
-        module, why = fastest(candidates, w, dtype, workload)
-        if module is None:
-            return Dense(w, dtype, why, timed=True)
-        module.note = "; ".join(n for n in (module.note, why) if n)
-    return module
-
-
-def _in_bf16(m, recipe, w) -> InBf16 | None:
-    """The matrix's kernel built for bf16 activations, wrapped to take and give fp32; None where it
-    cannot be built or computes wrongly."""
-    try:
-        inner, _ = _ggml(m, torch.bfloat16) if m.grid.ggml is not None else _quantized(m, recipe, torch.bfloat16)
-    except RuntimeError:
-        return None
-    if inner is None:
-        return None
-    module = InBf16(inner)
-    return None if check(module, w, torch.float32, PROBE_TOLERANCE[torch.bfloat16]) else module
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.float(), want.float()
+    return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
 
 
 def check(module: Matmul, w: torch.Tensor, dtype: torch.dtype, tolerance: float | None = None) -> str:
     """'' when the kernel computes the dense product of `w` on a probe input (within `tolerance`,
     relative; default the dtype's), else why not."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(3, w.shape[1], generator=g).to(w.device, dtype)
+    x = _probe(w.shape[1], w.device, dtype)
     try:
         with torch.inference_mode():
-            got = module(x).float()
+            got = module(x)
     except RuntimeError as e:
         return f"{module.kernel} kernel refused: {str(e).splitlines()[0][:120]}"
-    want = F.linear(x.float(), w.float())
-    err = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+    err = _relative_error(got, F.linear(x.float(), w.float()))
     if not err <= (tolerance if tolerance is not None else PROBE_TOLERANCE.get(dtype, 2e-2)):
         return f"{module.kernel} kernel gave a relative error of {err:.1e} on a probe"
     return ""

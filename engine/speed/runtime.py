@@ -24,7 +24,7 @@ from engine.drivers.workspace import module_copy, set_parameters
 from engine.layers.experts import materialize
 from engine.layers.find import replace_module
 from engine.layers.kinds import CompressedEmbedding, CompressedLinear
-from engine.speed import kernels
+from engine.speed import choosing, kernels
 
 
 class KernelLinear(nn.Module):
@@ -122,7 +122,7 @@ def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def build(work, dtype: torch.dtype = torch.bfloat16, workload=None) -> Runtime:
     """The runtime model of the recipe `work` holds (uncompressed before any apply). With a
     `workload` (engine.speed.tuning.Workload), each int8 or int4 kernel runs only where it is measured
-    at least as fast as the dense product on this machine (kernels.matmul)."""
+    at least as fast as the dense product on this machine (choosing.matmul)."""
     ex = work.explorer
     model = cast(work.model, dtype)
     rows, stacked = [], set()
@@ -148,7 +148,7 @@ def build(work, dtype: torch.dtype = torch.bfloat16, workload=None) -> Runtime:
             else:
                 group = stored.share.group if stored.share is not None else None
                 mats = [bases[group] if k == 1 and group in bases
-                        else kernels.matmul(m, stored.recipe, dtype, workload) for k, m in enumerate(stored.matrices)]
+                        else choosing.matmul(m, stored.recipe, dtype, workload) for k, m in enumerate(stored.matrices)]
                 if group is not None:
                     bases.setdefault(group, mats[1])
             new = KernelLinear(mats, bias)

@@ -14,7 +14,7 @@ from engine.pipeline.compress import compress
 from engine.pipeline.compress import predict as predict_layer
 from engine.recipe.presets import layer_types, preset_recipe
 from engine.recipe.recipe import Recipe, RecipeError
-from engine.speed import kernels
+from engine.speed import choosing
 
 
 def _weights(rows=16, cols=512, seed=0):
@@ -127,12 +127,12 @@ def test_gptq_on_q4_0_beats_llama_cpps_round_to_nearest_at_the_same_bytes():
 def test_q4_0_and_q4_1_run_on_the_int4_kernel(fmt):
     stored = compress("x", _weights(32, 256), Recipe(number_format=fmt), factors=None)
     (m,) = stored.matrices
-    module = kernels.matmul(m, stored.recipe, torch.float32)
+    module = choosing.matmul(m, stored.recipe, torch.float32)
     assert module.kernel == "int4"
     x = torch.randn(3, 256, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(module(x), x @ m.values.T, rtol=1e-4, atol=1e-5)
     other = compress("y", _weights(32, 256), Recipe(number_format="q8_0"), factors=None)
-    assert "llama.cpp" in kernels.matmul(other.matrices[0], other.recipe, torch.float32).note
+    assert "llama.cpp" in choosing.matmul(other.matrices[0], other.recipe, torch.float32).note
 
 
 def test_q4_k_m_on_llama_3_8b_is_llama_cpps_mix():
