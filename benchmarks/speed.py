@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine import Explorer, Recipe  # noqa: E402
 from engine.hardware.machine import header  # noqa: E402
 from engine.speed import anchor  # noqa: E402
-from engine.speed.measure import SpeedSettings, measure, prompt  # noqa: E402
+from engine.speed.measure import SpeedSettings, Steps, causal_timing, measure, prompt  # noqa: E402
 
 INT4 = Recipe(bits=4, group_size=32, include_embeddings=True)
 INT8 = Recipe(bits=8, granularity="channel")
@@ -59,10 +59,6 @@ def alternating(ex, settings, rounds: int = 3) -> dict:
     explorer's own GGUF export of the same recipe, timed in turn for `rounds` rounds (each figure a
     median of `settings.repeats` runs): the medians of the rounds, so that the machine's drift
     between minutes falls on all three alike."""
-    import time
-
-    import torch
-
     from engine.models.loading import gguf_file
     from engine.storage import gguf_file as gguf_writer
 
@@ -73,16 +69,8 @@ def alternating(ex, settings, rounds: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         own = gguf_writer.write(work, folder)["file"]
         for _ in range(rounds):
-            runs = []
-            with torch.inference_mode():
-                for _ in range(settings.repeats):
-                    fast.reset()
-                    logits = fast(ids)
-                    t0 = time.perf_counter()
-                    for _ in range(settings.new_tokens):
-                        logits = fast(logits.argmax(-1))
-                    runs.append(settings.new_tokens / (time.perf_counter() - t0))
-            rows["explorer int4 (lean, compiled)"].append(sorted(runs)[len(runs) // 2])
+            rows["explorer int4 (lean, compiled)"].append(causal_timing(
+                Steps(lean=fast), ids, settings.new_tokens, settings.repeats)["decode_tokens_per_s"])
             for name, path in (("llama.cpp, shipped Q4_1", gguf_file("smollm2")), ("llama.cpp, own export", own)):
                 rows[name].append(anchor.gguf_timing(path, ids[0].tolist(), settings.new_tokens,
                                                      settings.repeats)["decode_tokens_per_s"])

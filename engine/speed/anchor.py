@@ -7,14 +7,10 @@ steps and the same threads (llama-cpp-python, whose build is llama.cpp; optional
 from __future__ import annotations
 
 import time
+from statistics import median_high
 from pathlib import Path
 
 import torch
-
-
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 def installed() -> dict | None:
@@ -45,7 +41,7 @@ def gguf_timing(path: str | Path, ids: list[int], new_tokens: int, repeats: int)
             llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
         prefill.append(t1 - t0)
         decode.append(time.perf_counter() - t1)
-    p, d = _median(prefill[1:]), _median(decode[1:])
+    p, d = median_high(prefill[1:]), median_high(decode[1:])
     return {"installed": True, "version": llama_cpp.__version__, "file": path.name, "threads": threads,
             "bytes": path.stat().st_size, "prefill_tokens_per_s": len(ids) / p, "decode_tokens_per_s": new_tokens / d}
 

@@ -17,6 +17,7 @@ allocated bytes; on the CPU the process's resident set, engine.hardware.peak).
 from __future__ import annotations
 
 import time
+from statistics import median_high
 from dataclasses import dataclass
 
 import torch
@@ -46,11 +47,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 def prompt(loaded, tokens: int) -> torch.Tensor:
@@ -88,7 +84,8 @@ class Steps:
         return out.logits
 
 
-def _causal(steps: Steps, ids, new_tokens: int, repeats: int) -> dict:
+def causal_timing(steps: Steps, ids, new_tokens: int, repeats: int) -> dict:
+    """Prefill of `ids` and `new_tokens` greedy steps, `repeats` times after a warm-up: the medians."""
     device = ids.device
     prefill, decode = [], []
     with torch.inference_mode():
@@ -103,7 +100,7 @@ def _causal(steps: Steps, ids, new_tokens: int, repeats: int) -> dict:
             _sync(device)
             prefill.append(t1 - t0)
             decode.append(time.perf_counter() - t1)
-    p, d = _median(prefill[1:]), _median(decode[1:])
+    p, d = median_high(prefill[1:]), median_high(decode[1:])
     return {"prefill_seconds": p, "prefill_tokens_per_s": ids.shape[1] / p, "decode_seconds": d,
             "decode_tokens_per_s": new_tokens / d}
 
@@ -132,7 +129,7 @@ def _time(model, held: int, loaded, x, settings: SpeedSettings, lean=None) -> di
         compiled = {"compile_seconds": lean.compile()}
     with Peak(loaded.device) as peak:
         if loaded.kind == "causal-lm":
-            out = _causal(Steps(model, lean), x, settings.new_tokens, settings.repeats)
+            out = causal_timing(Steps(model, lean), x, settings.new_tokens, settings.repeats)
         else:
             out = _encoder(model, x, settings.repeats)
     rise = max(0, peak.peak - peak.start) if peak.peak is not None and peak.start is not None else 0
