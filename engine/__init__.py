@@ -30,6 +30,7 @@ LAYERS = (
                 "GPTQ, AWQ, HQQ, k-means) and their table"),
     ("recipe", "the recipe: a frozen, validated setting, its fields declared once; llama.cpp's mixes as recipes"),
     ("layers", "which layers are compressible, found by type: a kind per sort of layer, and their table"),
+    ("structure", "structured pruning: where a block's heads and channels are, their importance, the smaller model"),
     ("pipeline", "one matrix and its recipe in, a stored layer out, its bytes counted; a model's tally"),
     ("models", "loading models (aliases, folders, the hub), the packaged text, calibration statistics"),
     ("storage", "bit packing, Huffman coding, and the files: the explorer's own, GGUF, compressed-tensors"),

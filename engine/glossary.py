@@ -24,6 +24,16 @@ CONCEPTS = {
                  "group to fit lopsided ranges.",
     "sparsity": "The fraction of stored weights set to zero (smallest magnitudes first); zeros need a mask or "
                 "index to be skipped.",
+    "prune_heads": "Structured pruning of attention: whole heads removed from every block (with grouped-query "
+                   "attention a key/value head with the query heads that read it), so q, k, v and o become "
+                   "smaller dense matrices; the least important go first.",
+    "prune_channels": "Structured pruning of the MLP: whole intermediate channels removed (the same channel "
+                      "from gate, up and down), so the MLP is a narrower dense one.",
+    "prune_blocks": "Whole transformer blocks removed (ShortGPT): the blocks whose output is most like their "
+                    "input go first; the model keeps its width and loses depth.",
+    "structure_importance": "What ranks the heads, channels and blocks to remove: their output change on the "
+                            "calibration text (blocks: 1 - cosine of their input and output, ShortGPT's block "
+                            "influence), or the size of their weights alone.",
     "nm": "N:M sparsity keeps N weights in every M consecutive ones (2:4 keeps half), a pattern GPUs can run "
           "fast; its index costs log2(M) bits per kept weight.",
     "layer_group": "Which layers the controls apply to: all, the attention projections, the MLP "

@@ -5,6 +5,7 @@ from charts import figures
 from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, METRIC_NAMES, metric_name, with_metric_names
 from engine.models.calibrate import SOURCE
+from engine.structure.removal import describe
 from ui import caches, context, exports, results
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
@@ -41,6 +42,9 @@ c2.metric("Compressed", figures.human_bytes(mem["compressed_bytes"]),  # no arro
           help="Exactly what would be stored: packed values, fp16 scales, zero-points, masks or indices, "
                "factors, and everything left alone at 2 bytes per parameter.")
 c3.metric("Ratio", f"{mem['ratio']:.3f}", help="compressed bytes / original bytes (fp16)")
+if mem.get("structure"):
+    line = describe(mem["structure"])
+    st.caption(line[0].upper() + line[1:] + ". " + CONCEPTS["structure_importance"])
 st.plotly_chart(figures.memory_bar(mem), config=figures.PNG, key="explore_memory")
 over = [r["name"] for r in mem["layers"] if r["factors_exceed_dense"]]
 if over:

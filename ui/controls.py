@@ -35,6 +35,7 @@ NOT_IN_SIDEBAR = {
     "rank": "an absolute rank: the app sets the rank as a fraction of each layer's full rank (rank_ratio)",
     "distill_steps": "the Explore page's 'Recover by distillation'",
     "distill_lr": "the Explore page's 'Recover by distillation'",
+    "schedule_steps": "the Explore page's 'Gradual schedule' (with its distillation steps after each)",
     "per_layer": "a recipe file (or a plan from the Sensitivity page): shown under 'Per-layer rules'",
 }
 # the folds' titles, each saying what it holds (a fold without a control here: ui.recipe_panel, ui.sidebar)
@@ -42,6 +43,8 @@ SHARED = "Shared basis: blocks per basis"
 GPTQ = "GPTQ option: activation order"
 GRID = "Number format and grid: scales, group size, symmetry"
 PATTERN = "Sparsity pattern: unstructured or N:M (2:4, …)"
+STRUCTURED = "Structured: whole heads, MLP channels, blocks"
+IMPORTANCE_LABELS = {"calibration": "output change on calibration text", "magnitude": "weight magnitude"}
 LAYERS = "Which layers: apply to, name filter, embeddings"
 
 
@@ -103,6 +106,16 @@ CONTROLS: dict[str, Control] = {
     "prune_method": Control("Pruning", "Pruning method", "selectbox", CONCEPTS["prune_method"], labels=METHOD_LABELS,
                             enabled=lambda v: v["pattern"] != "unstructured" or v["sparsity"] > 0),
     "pattern": Control("Pruning", "Pattern", "radio", CONCEPTS["nm"], options=PATTERNS, fold=PATTERN),
+    "prune_heads": Control("Pruning", "Attention heads removed (fraction per block)", "slider",
+                           CONCEPTS["prune_heads"], span=(0.0, 0.9, 0.05), fold=STRUCTURED),
+    "prune_channels": Control("Pruning", "MLP channels removed (fraction per block)", "slider",
+                              CONCEPTS["prune_channels"], span=(0.0, 0.9, 0.05), fold=STRUCTURED),
+    "prune_blocks": Control("Pruning", "Whole blocks removed (the least important)", "slider", CONCEPTS["prune_blocks"],
+                            span=(0, 16, 1), enabled=lambda v: not (v["remove_blocks"] or "").strip(), fold=STRUCTURED),
+    "remove_blocks": Control("Pruning", "Or remove these blocks (indices, e.g. 3,4,5)", "text_input",
+                             CONCEPTS["prune_blocks"], off="", fold=STRUCTURED),
+    "structure_importance": Control("Pruning", "Importance", "radio", CONCEPTS["structure_importance"],
+                                    labels=IMPORTANCE_LABELS, fold=STRUCTURED),
     "group": Control("Layers", "Apply to", "radio", CONCEPTS["layer_group"], labels=SCOPES,
                      fold=LAYERS),
     "layers": Control("Layers", "Name filter (regular expression)", "text_input",
@@ -150,6 +163,10 @@ def recipe_from(v: dict, per_layer=()) -> Recipe:
     d["rank_ratio"] = None if d["rank_ratio"] is None else round(d["rank_ratio"], 2)
     d["sparsity"] = 0.0 if v["pattern"] != "unstructured" else round(v["sparsity"], 2)
     d["layers"] = (d["layers"] or "").strip() or None
+    d["remove_blocks"] = (d["remove_blocks"] or "").strip() or None
+    d["prune_heads"], d["prune_channels"] = round(v["prune_heads"], 2), round(v["prune_channels"], 2)
+    if d["remove_blocks"]:
+        d["prune_blocks"] = 0  # the indices replace the count
     d["act_order"] = bool(v["act_order"]) and v["quant_method"] == "gptq"
     d["double_quant"] = bool(v["double_quant"]) and FORMATS[v["number_format"]].double_quant
     d["share_blocks"] = v["share_blocks"] if v["lowrank_method"] == "shared" else DEFAULTS["share_blocks"]

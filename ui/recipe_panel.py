@@ -19,7 +19,7 @@ from engine.recipe.presets import PRESETS
 from engine.recipe.recipe import Recipe
 
 from . import controls
-from .controls import CONTROLS, FORMAT_FIXES, GRID, PATTERN
+from .controls import CONTROLS, FORMAT_FIXES, GRID, PATTERN, STRUCTURED
 
 MIX = "llama.cpp mixes: a GGML type for each layer"
 RULES = "Per-layer rules: other settings for some layers"
@@ -110,9 +110,25 @@ def _rules(rules) -> None:
             st.rerun()
 
 
-def draw(apply_preset: Callable[[], None] | None = None) -> Recipe | None:
+def _removes_note(parent, removes) -> None:
+    """What each structured control removes on this model, in parameters and fp16 bytes."""
+    try:
+        recipe = controls.recipe_from(controls.values())
+        each = removes(recipe) if recipe.structured else {}
+    except UserError as e:
+        parent.caption(str(e))
+        return
+    names = {"heads": "Heads", "channels": "Channels", "blocks": "Blocks"}
+    for k, row in each.items():
+        parent.caption(f"{names[k]}: {row['what']}: {row['params']:,} parameters, "
+                       f"{2 * row['params'] / 2**20:,.1f} MiB at fp16 (on its own; the model shrinks to what "
+                       "the Explore page shows)")
+
+
+def draw(apply_preset: Callable[[], None] | None = None, removes: Callable[[Recipe], dict] | None = None) -> Recipe | None:
     """The recipe controls, section by section; returns the recipe (None, with an error box,
-    when the values do not make one)."""
+    when the values do not make one). `removes(recipe)` says what each structured field removes
+    (engine.drivers.explorer.Explorer.each_removes), under those controls."""
     sb = st.sidebar
     if st.session_state.get("upload_error"):  # a recipe file, a plan or a mix not shown as it is: above the controls
         sb.error(st.session_state["upload_error"])
@@ -137,6 +153,8 @@ def draw(apply_preset: Callable[[], None] | None = None) -> Recipe | None:
                     _widget(box, f, v)
                 if title == GRID:
                     _format_note(box)
+                if title == STRUCTURED and removes:
+                    _removes_note(box, removes)
         if section == "Quantization" and apply_preset:
             _mix(apply_preset)
     rules = st.session_state.get("ctl_per_layer", ())

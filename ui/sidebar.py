@@ -132,7 +132,8 @@ def sidebar() -> tuple[str, str, Recipe | None]:
     controls.init_from_url(policy.default)
     tour_steps.from_url()
     ref = _model(policy, policy.default)
-    recipe = recipe_panel.draw(_apply_preset(ref))
+    recipe = recipe_panel.draw(_apply_preset(ref), lambda r: context.loaded_explorer(
+        ref, st.session_state["ctl_device"]).each_removes(r))
     controls.write_url(recipe, policy.default)
     with recipe_panel.fold(RECIPE_FILE, 0):
         if recipe is not None:

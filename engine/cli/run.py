@@ -92,6 +92,7 @@ def left_alone(m: dict) -> str:
 def print_run(out: dict) -> None:
     """The run report (engine.drivers.run_report) as text."""
     from engine.formats.ggml import layout_note
+    from engine.structure.removal import describe
 
     m = out["memory"]
     recipe = Recipe.from_dict(out["recipe"])
@@ -111,6 +112,8 @@ def print_run(out: dict) -> None:
     print(f"memory: {mb(m['original_bytes'])} -> {mb(m['compressed_bytes'])} "
           f"(ratio {m['ratio']:.3f}; fp16 baseline, {mb(m['original_bytes_fp32'])} at fp32)")
     print(left_alone(m))
+    if m.get("structure"):
+        print(describe(m["structure"]))
     st = out["export_stored"]
     if st and st.get("format") in ("gguf", "compressed-tensors"):
         print(f"stored in {out['export']} ({st['format']}): {st['tensor_bytes']:,} bytes of compressed tensors, "
@@ -131,6 +134,11 @@ def print_run(out: dict) -> None:
     if p:
         print(f"peak memory of the evaluation: {mb(p['peak_bytes'])} ({p['measure']}; "
               f"{mb(p['start_bytes'])} before it, the models in fp32 included)")
+    for step in out.get("schedule") or ():
+        shown = {k: v for k, v in (step["metrics"] or {}).items() if not k.endswith(("_low", "_high"))}
+        print(f"step {step['step']}: {step['share']:.1%} of the target: {step['recipe']}: {mb(step['compressed_bytes'])}"
+              + (f", distillation loss {step['distill_loss']:.4f}" if step["distill_loss"] is not None else "")
+              + ("; first estimate " + ", ".join(f"{k} {v:.4g}" for k, v in list(shown.items())[:3]) if shown else ""))
     d = out["distillation"]
     if d:
         print(f"distillation: {d['steps']} steps, lr {d['lr']:g}, {d['seconds']:.1f} s; {d['objective']} "

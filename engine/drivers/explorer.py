@@ -27,6 +27,7 @@ The background preparation stops where a budget is full, rather than evict what 
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import weakref
@@ -44,11 +45,13 @@ from engine.models.calibrate import Calibration
 from engine.models.loading import Loaded, load
 from engine.quality import make_evaluator
 from engine.recipe.recipe import Recipe
+from engine.structure import blocks, importance, removal
 
 MIB = 2**20
 FACTORS_BYTES = 768 * MIB
 MAGNITUDES_BYTES = 512 * MIB
 EVALUATORS = 2
+SMALLER = 1  # smaller models (structured pruning) held at once
 
 
 def svd_bytes(info: LayerInfo, element_size: int = 4) -> int:
@@ -100,6 +103,12 @@ class Explorer:
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()  # reference outputs take seconds: not under _lock
         self._calibration: Calibration | None = None
+        # a smaller model's explorer: the original's (`root`, its quality's reference), the explorer whose
+        # model it was cut from (`start`: the original, or a schedule's step) and what of the original it keeps
+        self.root, self.start, self.structure = self, self, None
+        self._smaller = LRU("smaller models", max_entries=SMALLER)  # Structure -> its Explorer
+        self._structures: dict[tuple, object] = {}  # Recipe.removal_key() -> Structure
+        self._influence: list[float] | None = None
 
     @classmethod
     def open(cls, ref: str, device: str | None = None, trust_remote_code: bool = False) -> "Explorer":
@@ -337,10 +346,109 @@ class Explorer:
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluator(self, eval_text: str | None = None, eval_name: str | None = None):
-        """The quality evaluator for this model (reference outputs computed on first use)."""
+        """The quality evaluator for this model (reference outputs computed on first use); a
+        smaller model's is the original's, so it is judged against the original."""
+        if self.root is not self:
+            return self.root.evaluator(eval_text, eval_name)
         with self._eval_lock:
             return self._evaluators.get_or_put((eval_text, eval_name),
                                                lambda: make_evaluator(self.loaded, eval_text, eval_name))
 
     def workspace(self) -> "Workspace":
         return Workspace(self)
+
+    # -- structured pruning ---------------------------------------------------------------
+    @property
+    def removed_params(self) -> int:
+        """Parameters the original has that this (smaller) model does not."""
+        return self.root.total_params - self.total_params
+
+    def structured(self, recipe: Recipe) -> "Explorer":
+        """The explorer of the smaller model `recipe` makes by removing heads, channels and
+        blocks (engine.structure), cached; this explorer itself when it removes nothing. The
+        parts removed are the least important by the recipe's structure_importance, scored on
+        the original (engine.structure.importance)."""
+        start = self.start
+        if not recipe.structured:
+            return start
+        key = recipe.removal_key()
+        with start._lock:
+            if key not in start._structures:
+                start._structures[key] = start._choose(recipe)
+        structure = start._structures[key]
+        return start if structure is None else start.smaller(structure)
+
+    def smaller(self, structure) -> "Explorer":
+        """The explorer of the model this one starts from (`start`) with only what `structure`
+        (engine.structure.removal.Structure, by index into that model) keeps."""
+        start = self.start
+        with start._lock:
+            return start._smaller.get_or_put(structure, lambda: start._derive(structure))
+
+    def _derive(self, structure) -> "Explorer":
+        model = removal.remove(self.loaded.model, structure)
+        kept, total = sum(p.numel() for p in model.parameters()), self.root.total_params
+        note = f"{self.root.loaded.note + '; ' if self.root.loaded.note else ''}smaller model: {total - kept:,} " \
+               f"of {total:,} parameters removed (heads, channels, blocks)"
+        derived = Explorer(dataclasses.replace(self.loaded, model=model, note=note))
+        derived.root, derived.start = self.root, self
+        derived.structure = removal.compose(self.structure, structure)
+        return derived
+
+    def from_values(self, work) -> "Explorer":
+        """An explorer that starts from the values `work` (a workspace of this explorer) holds, as
+        plain dense matrices (a schedule's next step starts there): judged against the original,
+        with what of the original it keeps."""
+        model = module_copy(work.explorer.loaded.model)
+        with torch.no_grad():
+            for info in work.explorer.layers:
+                if info.tied_to is None:
+                    module_name, _, pname = info.param_name.rpartition(".")
+                    setattr(model.get_submodule(module_name), pname, torch.nn.Parameter(
+                        info.kind.to_param(work.holders[info.name].matrix().detach().clone()), requires_grad=False))
+        derived = Explorer(dataclasses.replace(work.explorer.loaded, model=model))
+        derived.root, derived.structure = self.root, work.explorer.structure
+        return derived
+
+    def _choose(self, recipe: Recipe):
+        """The Structure `recipe` keeps on this (original) model; None when it removes nothing."""
+        found = blocks.find(self.loaded.model)
+        plan = removal.counts(recipe, found)
+        if plan.empty:
+            return None
+        lay = found.layout
+        by_calibration = recipe.structure_importance == "calibration"
+
+        def head_scores(k):
+            o, v = found.names(k, lay.o, lay.v)
+            groups = blocks.heads(found.blocks[k], lay)[1]
+            h = self.hessian(o) if by_calibration else None
+            return (importance.head_groups_calibrated(self.weight(o), h, groups) if h is not None
+                    else importance.head_groups_magnitude(self.weight(v), self.weight(o), groups))
+
+        def channel_scores(k):
+            down, *ins = found.names(k, lay.down, *lay.mlp_inputs())
+            h = self.hessian(down) if by_calibration else None
+            return (importance.channels_calibrated(self.weight(down), h) if h is not None
+                    else importance.channels_magnitude([self.weight(n) for n in ins], self.weight(down)))
+
+        def block_scores():
+            if by_calibration:
+                return torch.tensor(self.block_influence())
+            return torch.stack([importance.block_magnitude(*(self.weight(n) for n in found.names(k, lay.o, lay.down)))
+                                for k in range(len(found.blocks))])
+
+        return removal.choose(plan, head_scores, channel_scores, block_scores, recipe.structure_importance)
+
+    def each_removes(self, recipe: Recipe) -> dict:
+        """What each structured field of `recipe` removes on its own, in words and parameters
+        (engine.structure.removal.each_removes); a UserError for a model of no known layout."""
+        return removal.each_removes(recipe, blocks.find(self.root.loaded.model))
+
+    def block_influence(self) -> list[float]:
+        """Each block's influence on the calibration text (ShortGPT), computed once."""
+        with self._eval_lock:
+            if self._influence is None:
+                model = module_copy(self.loaded.model)
+                self._influence = calibrate.block_influence(model, self.loaded.tokenizer, blocks.find(model).blocks)
+            return self._influence

@@ -30,6 +30,7 @@ from engine.models.loading import auto_class, kind_of, one_line, open_config, re
 from engine.pipeline.compress import predict as predict_layer
 from engine.pipeline.tally import LayerReport, MemoryReport, memory_report
 from engine.recipe.recipe import Recipe
+from engine.structure import blocks, removal
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"
 GiB = 2**30
@@ -69,6 +70,8 @@ class Skeleton:
     layers: list[LayerInfo]
     total_params: int
     note: str | None
+    model: object = None  # the model on the meta device
+    removed_params: int = 0  # a smaller model's (structured pruning): the original's parameters it lacks
 
 
 def shipped() -> dict[str, str]:
@@ -105,7 +108,25 @@ def skeleton_of(config, ref: str, source: str, note: str | None = None, trust_re
     except Exception as e:  # noqa: BLE001 -- a config transformers cannot build from
         raise UserError(f"cannot build {ref!r} from its config: {one_line(e)}") from None
     total = sum(p.numel() for p in model.parameters())
-    return Skeleton(ref, source, kind, config, find_layers(model), total, note)
+    return Skeleton(ref, source, kind, config, find_layers(model), total, note, model)
+
+
+def smaller(skeleton: Skeleton, recipe: Recipe) -> Skeleton:
+    """The skeleton of the smaller model a structured recipe makes (engine.structure): which heads,
+    channels and blocks go needs the weights, but not their shapes or bytes, so the first ones by
+    index stand for them. The skeleton itself for a recipe that removes nothing."""
+    if not recipe.structured:
+        return skeleton
+    found = blocks.find(skeleton.model)
+    plan = removal.counts(recipe, found)
+    if plan.empty:
+        return skeleton
+    structure = removal.choose(plan, lambda k: torch.zeros(plan.groups[k]), lambda k: torch.zeros(plan.channels[k]),
+                               lambda: torch.zeros(plan.blocks), recipe.structure_importance)
+    model = removal.remove(skeleton.model, structure)
+    total = sum(p.numel() for p in model.parameters())
+    return Skeleton(skeleton.ref, skeleton.source, skeleton.kind, model.config, find_layers(model), total,
+                    skeleton.note, model, skeleton.total_params - total)
 
 
 def _untie_head(model) -> None:
@@ -119,11 +140,12 @@ def _untie_head(model) -> None:
 
 def predict(skeleton: Skeleton, recipe: Recipe) -> MemoryReport:
     """The memory report of a recipe from the shapes alone: what applying it to the weights reports."""
+    skeleton = smaller(skeleton, recipe)
     selected = select(skeleton.layers, recipe)
     chosen, shares = {i.name for i in selected}, sharing.groups(selected, recipe)
     reports = [predict_layer(i, recipe.for_layer(i.name), shares.get(i.name)) if i.name in chosen
                else LayerReport.left_alone(i) for i in skeleton.layers if i.tied_to is None]
-    return memory_report(skeleton.layers, skeleton.total_params, reports)
+    return memory_report(skeleton.layers, skeleton.total_params, reports, skeleton.removed_params)
 
 
 def _text_config(config):
@@ -132,8 +154,18 @@ def _text_config(config):
 
 def kv_cache(skeleton: Skeleton, batch: int, tokens: int, bytes_per_value: float = 2) -> dict:
     """The key and value cache of generation: 2 x layers x kv heads x head dim x bytes x
-    batch x tokens. An encoder keeps none; an encoder-decoder, see _decoder_kv_cache."""
-    return kv_cache_of(skeleton.kind, skeleton.config, batch, tokens, bytes_per_value)
+    batch x tokens. An encoder keeps none; an encoder-decoder, see _decoder_kv_cache. A smaller
+    model whose blocks keep different numbers of key/value heads: the sum over its blocks."""
+    out = kv_cache_of(skeleton.kind, skeleton.config, batch, tokens, bytes_per_value)
+    if skeleton.removed_params and skeleton.kind == "causal-lm" and not removal.config_holds(skeleton.model):
+        found = blocks.find(skeleton.model)
+        per = [blocks.heads(b, found.layout)[1] for b in found.blocks]
+        d = blocks.heads(found.blocks[0], found.layout)[2]
+        n = 2 * sum(per) * d * batch * tokens
+        out.update({"bytes": math.ceil(n * bytes_per_value), "kv_heads": per,
+                    "formula": f"2 x ({' + '.join(map(str, per))}) kv heads of its blocks x {d} head dim x "
+                               f"{bytes_per_value:g} bytes x {batch} x {tokens} tokens"})
+    return out
 
 
 def kv_cache_of(kind: str, config, batch: int, tokens: int, bytes_per_value: float = 2) -> dict:
@@ -195,6 +227,7 @@ def footprint(skeleton: Skeleton, recipe: Recipe, batch: int = 1, tokens: int = 
     if kv_bits not in (4, 8, 16):
         raise UserError(f"kv cache bits must be 4, 8 or 16, got {kv_bits}")
     mem = predict(skeleton, recipe)
+    skeleton = smaller(skeleton, recipe)  # its cache and activations
     positions = getattr(_text_config(skeleton.config), "max_position_embeddings", None)
     notes = [f"{tokens} tokens exceed the model's {positions} positions"] if positions and tokens > positions else []
     largest = max(skeleton.layers, key=lambda i: i.params)
@@ -208,7 +241,7 @@ def footprint(skeleton: Skeleton, recipe: Recipe, batch: int = 1, tokens: int = 
         "largest_layer": {"name": largest.name, "shape": list(largest.shape), "params": largest.params,
                           "fp16_bytes": 2 * largest.params},
         "weights": {k: weights[k] for k in ("original_bytes", "original_bytes_fp32", "compressed_bytes", "ratio",
-                                             "untouched_params", "components")},
+                                             "untouched_params", "removed_params", "components")},
         "layers": weights["layers"],
         "batch": batch, "tokens": tokens, "kv_bits": kv_bits,
         "kv_cache": kv, "activations": act,

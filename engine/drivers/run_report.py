@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.drivers import schedule
 from engine.errors import UserError
 from engine.recipe.recipe import Recipe
 
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def common(model: str, loaded, recipe: dict, evaluator, metrics: dict, quick: bool, memory: dict,
            calibration: dict | None, distillation: dict | None, peak_memory: dict | None, seconds: dict,
-           export: str | None = None, export_stored: dict | None = None, offload: dict | None = None) -> dict:
+           export: str | None = None, export_stored: dict | None = None, offload: dict | None = None,
+           schedule: list | None = None) -> dict:
     """The run report's fields from what either path measured: `loaded` (engine.models.loading.Loaded)
     gives the source, kind, device and note; `evaluator` the protocol and the baseline metrics."""
     out = {
@@ -31,7 +33,7 @@ def common(model: str, loaded, recipe: dict, evaluator, metrics: dict, quick: bo
         "kind": loaded.kind, "device": str(loaded.device), "note": loaded.note, "recipe": recipe,
         "metrics": {**metrics, "protocol": {**evaluator.protocol, "estimate_only": quick}},
         "baseline_metrics": evaluator.baseline(), "memory": memory, "calibration": calibration,
-        "distillation": distillation, "peak_memory": peak_memory,
+        "distillation": distillation, "schedule": schedule, "peak_memory": peak_memory,
     }
     if offload is not None:
         out["offload"] = offload
@@ -50,6 +52,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     from engine.hardware.peak import Peak
     from engine.storage import detect as formats
 
+    if not export and not shipped:
+        ex = ex.structured(recipe)  # a smaller model where the recipe removes heads, channels or blocks
     work = ex.workspace()
     selected = ex.selected(recipe)
     factored = ex.low_rank_layers(recipe)
@@ -58,9 +62,13 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     ev = ex.evaluator(eval_text, eval_name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
     calibration = ex.calibration() if recipe.calibrated and selected and not export and not shipped else None
+    scheduled = None
     if export or shipped:
         applied = formats.load_into(work, export or shipped)
-        recipe = dataclasses.replace(recipe, distill_steps=0)  # distilled already: the values are in the files
+        recipe = dataclasses.replace(recipe, distill_steps=0, schedule_steps=0)  # the values are in the files
+    elif recipe.schedule_steps:  # gradual: the steps distil as they go (engine.drivers.schedule)
+        scheduled = schedule.run(ex, recipe, progress=lambda k, n, what: log.info(what))
+        work, applied = scheduled.workspace, scheduled.workspace.applied
     else:
         applied = work.apply(dataclasses.replace(recipe, distill_steps=0))
     if not selected:
@@ -69,8 +77,8 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     with Peak(ex.loaded.device) as peak:
         metrics = work.evaluate(quick=quick, eval_text=eval_text, eval_name=eval_name)
     evaluate_s = time.perf_counter() - t0
-    distillation = None
-    if recipe.distill_steps and selected:
+    distillation = None  # a schedule's distillation: in its steps' reports
+    if recipe.distill_steps and selected and scheduled is None:
         applied = work.distill(recipe.distill_steps, recipe.distill_lr, progress=progress)
         distillation = {**applied.distillation.to_dict(), "metrics_before": metrics}
         t0 = time.perf_counter()
@@ -92,9 +100,11 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
         {**calibration.to_dict(), "plain_fallback": ex.uncalibrated(recipe)} if calibration else None,
         distillation, peak.to_dict(),
         {"load": ex.loaded.load_seconds, "factorize": factorize_s, "reference": reference_s,
-         "calibrate": calibration.seconds if calibration else 0.0, "apply": applied.seconds - distill_s,
+         "calibrate": calibration.seconds if calibration else 0.0,
+         "apply": scheduled.seconds if scheduled else applied.seconds - distill_s,
          "distill": distill_s, "evaluate": evaluate_s},
-        export=str(export or shipped) if export or shipped else None, export_stored=stored)
+        export=str(export or shipped) if export or shipped else None, export_stored=stored,
+        schedule=scheduled.steps if scheduled else None)
 
 
 def scratch_folder(folder: str | None) -> str:

@@ -77,6 +77,12 @@ class Workspace:
     (None before the first apply), `stored` each compressed layer as the pipeline stored it."""
 
     def __init__(self, explorer):
+        self.root = explorer.root  # the original's explorer (a smaller model's explorer is derived from it)
+        self.start = explorer.start  # the explorer a structured recipe cuts from (the original, or a schedule's step)
+        self._copy(explorer)
+
+    def _copy(self, explorer) -> None:
+        """Work on `explorer`'s model: the original's, or a smaller one (engine.structure) made from it."""
         self.explorer = explorer
         self.model = module_copy(explorer.loaded.model)
         self.holders = install(self.model, explorer.layers)
@@ -116,6 +122,9 @@ class Workspace:
         `progress(step, steps, loss)`). `factors(name, method)` overrides the SVD source (the
         benchmark passes one that recomputes, to time the naive way). A failure part-way leaves
         the workspace holding no recipe (the next `ensure` applies afresh)."""
+        target = self.start.structured(recipe)  # the smaller model of a structured recipe, else the start
+        if target is not self.explorer:
+            self._copy(target)
         ex = self.explorer
         reuse, self._reusable = self._reusable and factors is None, factors is None
         factors = factors or ex.factors
@@ -128,7 +137,7 @@ class Workspace:
             self._stored, self._reusable, self.held_bytes = {}, False, 0
             raise
         compressed = dataclasses.replace(recipe, distill_steps=0)
-        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports),
+        self.applied = Applied(compressed, memory_report(ex.layers, ex.total_params, reports, ex.removed_params),
                                time.perf_counter() - t0)
         self.held_bytes = self.own_bytes()
         if recipe.distill_steps:
@@ -172,11 +181,20 @@ class Workspace:
                 reports.append(stored.report(info, energy))
         return reports
 
+    def use(self, structure) -> None:
+        """Work on the smaller model `structure` (engine.structure.removal.Structure) keeps of the
+        original, or on the original itself (None): before `hold` of an export of that model."""
+        target = self.root if structure is None else self.root.smaller(structure)
+        if target is not self.explorer:
+            self._copy(target)
+            self.applied, self._stored = None, {}
+
     def hold(self, recipe: Recipe, stored: dict, alone: dict, params: dict, seconds: float,
              export: str | None = None) -> Applied:
         """Hold given values instead of applying a recipe (an export read back): `stored`
         (name -> StoredLayer) for the compressed layers, `alone` (name -> fp16 matrix) for the
-        layers left alone, `params` (name -> tensor) for every other parameter."""
+        layers left alone, `params` (name -> tensor) for every other parameter, of the model the
+        workspace works on (see `use`)."""
         ex = self.explorer
         reports = []
         self.applied, self._stored, self._reusable = None, {}, False
@@ -194,7 +212,8 @@ class Workspace:
             set_parameters(self.model, lambda name, p: torch.nn.Parameter(
                 params[name].to(device=p.device, dtype=p.dtype), requires_grad=False))
         self._stored = dict(stored)
-        self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports), seconds, export=export)
+        self.applied = Applied(recipe, memory_report(ex.layers, ex.total_params, reports, ex.removed_params), seconds,
+                               export=export)
         self.held_bytes = self.own_bytes()
         return self.applied
 
@@ -212,7 +231,7 @@ class Workspace:
                  for name, s in self._stored.items()]
         ex = self.explorer
         try:
-            report = distill(self.model, ex.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
+            report = distill(self.model, ex.root.loaded.model, ex.loaded.tokenizer, ex.kind, parts, steps, lr, progress)
         except BaseException:  # stopped part-way: the holders match no recipe, so the next ensure re-applies
             self.applied = None
             raise
@@ -241,6 +260,9 @@ class Workspace:
         and the seconds the apply took."""
         mem = self.applied.memory.to_dict(errors={e["name"]: e for e in self.layer_errors()})
         mem["apply_s"] = self.applied.seconds
+        structure = self.explorer.structure
+        mem["structure"] = None if structure is None else {
+            **structure.summary(), "params": self.explorer.total_params, "original_params": self.root.total_params}
         return mem
 
     def ensure(self, recipe: Recipe) -> Applied:

@@ -131,3 +131,31 @@ def collect(model, tokenizer, modules: dict, samples: int = SAMPLES, seq_len: in
             h.remove()
     hessians = {name: (sums[name] / counts[name]).float() for name in sums}
     return Calibration(SOURCE, len(seqs), sum(len(s) for s in seqs), time.perf_counter() - t0, hessians)
+
+
+@torch.no_grad()
+def block_influence(model, tokenizer, blocks, samples: int = SAMPLES, seq_len: int = SEQ_LEN) -> list[float]:
+    """Per module of `blocks` (a model's transformer blocks, in order), ShortGPT's block
+    influence on the calibration sequences: 1 - the mean over every token of cos(input, output)
+    of its hidden states (engine.structure.importance.block_influence over all the tokens at
+    once), accumulated by forward hooks as a sum of cosines and a count."""
+    sums, counts = [0.0] * len(blocks), [0] * len(blocks)
+
+    def hook(k):
+        def record(_module, args, kwargs, output):
+            x_in = args[0] if args else kwargs["hidden_states"]
+            x_out = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # (batch, tokens)
+            sums[k] += cos.sum().item()
+            counts[k] += cos.numel()
+        return record
+
+    handles = [b.register_forward_hook(hook(k), with_kwargs=True) for k, b in enumerate(blocks)]
+    device = next(model.parameters()).device
+    try:
+        for ids in sequences(tokenizer, samples, seq_len):
+            model(**model_inputs(model, torch.tensor([ids], device=device)))
+    finally:
+        for h in handles:
+            h.remove()
+    return [1 - s / n for s, n in zip(sums, counts)]

@@ -52,16 +52,21 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class MemoryReport:
+    """A model's bytes: `total_params` of the model compressed (a smaller one after structured
+    pruning, which removed `removed_params` of the original's), its layers' reports. The
+    original's bytes count every parameter of the original."""
+
     total_params: int
     layers: tuple[LayerReport, ...]
+    removed_params: int = 0
 
     @property
     def original_bytes(self) -> int:
-        return 2 * self.total_params
+        return 2 * (self.total_params + self.removed_params)
 
     @property
     def original_bytes_fp32(self) -> int:
-        return 4 * self.total_params
+        return 4 * (self.total_params + self.removed_params)
 
     @property
     def untouched_params(self) -> int:
@@ -106,12 +111,14 @@ class MemoryReport:
             "compressed_bytes": self.compressed_bytes,
             "ratio": self.ratio,
             "untouched_params": self.untouched_params,
+            "removed_params": self.removed_params,
             "components": self.components(),
             "layers": layers,
         }
 
 
-def memory_report(layers: list[LayerInfo], total_params: int, reports: list[LayerReport]) -> MemoryReport:
+def memory_report(layers: list[LayerInfo], total_params: int, reports: list[LayerReport],
+                  removed_params: int = 0) -> MemoryReport:
     """The memory report of a model from its layers' reports (a tied head, not among them,
     is listed after its embedding, sharing its storage), in model order."""
     reports = list(reports)
@@ -120,4 +127,4 @@ def memory_report(layers: list[LayerInfo], total_params: int, reports: list[Laye
             src = next(r for r in reports if r.info.name == info.tied_to)
             reports.append(LayerReport(info, src.compressed, src.bytes, src.sparsity, src.bits, src.energy_kept))
     order = {i.name: k for k, i in enumerate(layers)}
-    return MemoryReport(total_params, tuple(sorted(reports, key=lambda r: order[r.info.name])))
+    return MemoryReport(total_params, tuple(sorted(reports, key=lambda r: order[r.info.name])), removed_params)

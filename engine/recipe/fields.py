@@ -20,6 +20,7 @@ from engine.methods import METHODS
 GRANULARITIES = ("tensor", "channel", "group")
 GROUPS = ("all", "attention", "mlp", "experts", "router")
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+STRUCTURE_IMPORTANCE = ("calibration", "magnitude")
 DISTILL_LR = 1e-4
 SHARE_BLOCKS = 2  # default blocks per group that share one basis (engine.methods.shared)
 

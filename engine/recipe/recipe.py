@@ -26,6 +26,7 @@ from engine.recipe.fields import (
     GRANULARITIES,
     GROUPS,
     SHARE_BLOCKS,
+    STRUCTURE_IMPORTANCE,
     Field,
     RecipeError,
     check_regex,
@@ -140,6 +141,25 @@ class Recipe:
         bounds="[0, 100000]", per_layer=False))
     distill_lr: float = declared(DISTILL_LR, Field(
         float, "learning rate of those steps (Adam, default 1e-4)", bounds="(0, 1]", per_layer=False))
+    schedule_steps: int = declared(0, Field(
+        int, "gradual pruning: reach the pruning targets in N steps (Distiller's schedule), distill_steps of "
+        "distillation after each (default 0: at once)", bounds="[0, 64]", url="sched", per_layer=False))
+    prune_heads: float = declared(0.0, Field(
+        float, "structured: fraction of each block's attention heads removed (whole key/value groups), [0, 1)",
+        bounds="[0, 1)", url="heads"))
+    prune_channels: float = declared(0.0, Field(
+        float, "structured: fraction of each block's MLP channels removed (gate, up and down alike), [0, 1)",
+        bounds="[0, 1)", url="channels"))
+    prune_blocks: int = declared(0, Field(
+        int, "structured: remove this many whole blocks, the least important (default 0)", bounds="[0, inf)",
+        url="blocks", per_layer=False))
+    remove_blocks: str | None = declared(None, Field(
+        str, "structured: remove these blocks instead, comma-separated indices (e.g. 3,4,5)", True,
+        url="drop", per_layer=False))
+    structure_importance: str = declared("calibration", Field(
+        str, "structured: what ranks heads, channels and blocks: calibration (output change on the calibration "
+        "text; blocks by ShortGPT's block influence) or magnitude (weights alone)",
+        choices=STRUCTURE_IMPORTANCE, url="importance", per_layer=False))
     per_layer: tuple = declared((), Field(
         tuple, "per-layer rules (a plan): [{\"match\": REGEX, FIELD: VALUE, ...}], first match wins",
         flag="", per_layer=False))
@@ -170,6 +190,16 @@ class Recipe:
         check_shared(self)
         if self.layers is not None:
             check_regex("layers", self.layers)
+        if self.schedule_steps:
+            if self.schedule_steps == 1 or self.per_layer or not (self.sparsity > 0 or self.structured):
+                raise RecipeError("schedule_steps: " + (
+                    "0 (at once) or at least 2 steps" if self.schedule_steps == 1 else
+                    "per-layer rules are not scheduled (their names would match other blocks once blocks go)"
+                    if self.per_layer else "the recipe prunes nothing to schedule"))
+        if self.remove_blocks is not None:
+            self.block_indices()
+            if self.prune_blocks:
+                raise RecipeError("remove_blocks: give either prune_blocks (a count) or remove_blocks (indices), not both")
         object.__setattr__(self, "per_layer", parse_rules(self.per_layer, self.fields()))
         for k, (match, items) in enumerate(self.per_layer):
             try:
@@ -192,6 +222,31 @@ class Recipe:
     def calibrated(self) -> bool:
         """Whether a method in use (here or in a per-layer rule) needs the calibration statistics."""
         return any(bool(r.methods_used() & calibrated_methods()) for r in (self, *self.rule_recipes()))
+
+    @property
+    def structured(self) -> bool:
+        """Whether the recipe removes heads, channels or blocks (here or in a per-layer rule)."""
+        return bool(self.prune_blocks or self.remove_blocks) or any(
+            r.prune_heads or r.prune_channels for r in (self, *self.rule_recipes()))
+
+    def removal_key(self) -> tuple:
+        """What the smaller model of a structured recipe depends on (engine.structure.removal)."""
+        rules = tuple((m, tuple(i for i in items if i[0] in ("prune_heads", "prune_channels")))
+                      for m, items in self.per_layer)
+        return (self.prune_heads, self.prune_channels, self.prune_blocks, self.remove_blocks,
+                self.structure_importance, tuple(r for r in rules if r[1]))
+
+    def block_indices(self) -> tuple[int, ...]:
+        """`remove_blocks` as sorted indices.
+
+        >>> Recipe(remove_blocks="5, 3,4").block_indices()
+        (3, 4, 5)
+        """
+        text = self.remove_blocks or ""
+        if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", text):
+            raise RecipeError(f"remove_blocks: expected comma-separated block indices (e.g. 3,4,5), got {text!r}")
+        indices = sorted({int(t) for t in text.split(",")})
+        return tuple(indices)
 
     def methods_used(self) -> set[str]:
         """The methods this recipe (its own fields, not its rules) runs."""
@@ -313,6 +368,13 @@ class Recipe:
                 (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
                 + tag(self.prune_method)
             )
+        if self.prune_heads:
+            parts.append(f"{self.prune_heads:.0%} heads removed")
+        if self.prune_channels:
+            parts.append(f"{self.prune_channels:.0%} MLP channels removed")
+        if self.prune_blocks or self.remove_blocks:
+            parts.append(f"{self.prune_blocks} blocks removed" if self.prune_blocks
+                         else f"blocks {','.join(map(str, self.block_indices()))} removed")
         if self.group != "all":
             parts.append(f"{self.group} layers only")
         if self.layers is not None:
@@ -321,8 +383,11 @@ class Recipe:
             parts.append("with embeddings")
         if self.per_layer:
             parts.append(f"{len(self.per_layer)} per-layer rule{'s' if len(self.per_layer) > 1 else ''}")
+        if self.schedule_steps:
+            parts.append(f"gradual in {self.schedule_steps} steps")
         if self.distill_steps:
-            parts.append(f"distilled {self.distill_steps} steps" + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
+            parts.append(f"distilled {self.distill_steps} steps" + (" after each" if self.schedule_steps else "")
+                         + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
         return " · ".join(parts) or "uncompressed"
 
 

@@ -77,6 +77,8 @@ class Block:
     down: nn.Module
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
+    heads: int = 0  # query heads, and key/value heads: the block's own (structured pruning may differ per block)
+    kv_heads: int = 0
 
 
 def _why_not(model: nn.Module, max_tokens: int) -> str:
@@ -107,7 +109,6 @@ class Lean:
         self.embed = base.get_input_embeddings()
         self.head = model.get_output_embeddings()
         self.norm, self.eps = base.norm.weight, base.norm.variance_epsilon
-        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.blocks = [self._block(layer) for layer in base.layers]
         ref = self.norm
@@ -117,9 +118,10 @@ class Lean:
         with torch.inference_mode():
             cos, sin = base.rotary_emb(probe, positions)  # the model's own rope: scaling variants included
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (positions, head_dim)
-        shape = (1, self.kv_heads, max_tokens, self.head_dim)  # a cache per block: written in place, compiled or not
-        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.blocks]
-        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.blocks]
+        # a cache per block, of its own key/value heads: written in place, compiled or not
+        self.k = [torch.zeros((1, b.kv_heads, max_tokens, self.head_dim), dtype=self.dtype, device=self.device)
+                  for b in self.blocks]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.max_tokens, self.pos = max_tokens, 0
         self.positions = torch.arange(max_tokens, device=self.device)
         self._step = None  # the compiled one-token step, once compile() ran
@@ -132,8 +134,10 @@ class Lean:
         qkv = _joined([a.q_proj, a.k_proj, a.v_proj]) or (a.q_proj, a.k_proj, a.v_proj)
         gate_up = _joined([m.gate_proj, m.up_proj]) or (m.gate_proj, m.up_proj)
         qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
+        rows = [p.mats[0].out_features if hasattr(p, "mats") else p.weight.shape[0] for p in (a.q_proj, a.k_proj)]
         return Block(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv, a.o_proj, gate_up,
-                     m.down_proj, None if qn is None else qn.weight, None if kn is None else kn.weight)
+                     m.down_proj, None if qn is None else qn.weight, None if kn is None else kn.weight,
+                     rows[0] // self.head_dim, rows[1] // self.head_dim)
 
     def reset(self) -> None:
         self.pos = 0
@@ -203,11 +207,12 @@ class Lean:
     def _static_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token at position `pos` (a tensor of one index): shapes that never change, for
         torch.compile; it attends over the whole cache with the positions after `pos` masked."""
-        h, kvh, d = self.heads, self.kv_heads, self.head_dim
+        d = self.head_dim
         cos, sin = self.cos[pos], self.sin[pos]
         mask = (self.positions <= pos)[None, None, None]
         x = self.embed(tok)
         for i, b in enumerate(self.blocks):
+            h, kvh = b.heads, b.kv_heads
             y = self._norm(x, b.ln1)
             q, k, v = (f(y) for f in b.qkv) if isinstance(b.qkv, tuple) else \
                 b.qkv(y).split((h * d, kvh * d, kvh * d), -1)
@@ -237,7 +242,7 @@ class Lean:
                 out = self._step(ids, self.positions[start:end])
             self.pos = end
             return out
-        h, kvh, d = self.heads, self.kv_heads, self.head_dim
+        d = self.head_dim
         cos, sin = self.cos[start:end], self.sin[start:end]
         mask = None
         if n > 1 and start > 0:  # new tokens after cached ones: each sees the cache and the new ones up to itself
@@ -245,6 +250,7 @@ class Lean:
         with torch.inference_mode():
             x = self.embed(ids)
             for i, b in enumerate(self.blocks):
+                h, kvh = b.heads, b.kv_heads
                 y = self._norm(x, b.ln1)
                 if isinstance(b.qkv, tuple):
                     q, k, v = (f(y) for f in b.qkv)

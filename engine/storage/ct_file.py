@@ -32,6 +32,7 @@ import torch
 from engine.errors import UserError
 from engine.formats.ggml import legacy
 from engine.formats.grid import code_offset, per_entry, quantize
+from engine.structure import removal
 
 META = "explorer.json"  # the source model and the recipe, for `run DIR`
 # the float formats compressed-tensors holds: its FP8 per channel and its NVFP4 (NVFP4A16's weights)
@@ -128,6 +129,10 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     from safetensors.torch import save_file
 
     ex = work.explorer
+    if ex.structure is not None and not removal.config_holds(ex.loaded.model):
+        raise UserError("--format compressed-tensors: transformers builds a model from one head count and one MLP "
+                        "width for every block (and BERT's head width from its head count); this smaller model's "
+                        "blocks differ (use the explorer's own export, or GGUF for a Llama-family model)")
     infos = {i.name: i for i in ex.layers}
     refused, groups, tensors, written, predicted = [], {}, {}, 0, 0
     for name, stored in work.stored.items():
@@ -178,8 +183,8 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
         "ignore": []}
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     ex.loaded.tokenizer.save_pretrained(out)
-    (out / META).write_text(json.dumps({"source": ex.loaded.ref, "recipe": work.applied.recipe.to_dict()}),
-                            encoding="utf-8")
+    (out / META).write_text(json.dumps({"source": ex.loaded.ref, "recipe": work.applied.recipe.to_dict(),
+                                        "structure": ex.structure and ex.structure.to_dict()}), encoding="utf-8")
     return {"folder": str(out), "layers": len(quantized), "dense_fallback": len(refused),
             "predicted_bytes": predicted, "written_bytes": written}
 
@@ -231,6 +236,8 @@ def load_into(work, path: str | Path):
         names = group["targets"][0].removeprefix("re:^(").removesuffix(")$").split("|")
         bits.update({re.sub(r"\\(.)", r"\1", n): group["weights"]["num_bits"] for n in names})
     tensors = load_file(str(Path(path) / "model.safetensors"))
+    structure = json.loads((Path(path) / META).read_text(encoding="utf-8")).get("structure")
+    work.use(structure and removal.Structure.from_dict(structure))
     ex = work.explorer
     chosen = {i.name for i in ex.selected(recipe)}
     stored, alone = {}, {}

@@ -28,6 +28,7 @@ import torch
 from engine.errors import UserError
 from engine.methods.shared import Share
 from engine.storage.codec import decode_layer, encode_layer
+from engine.structure.removal import Structure
 
 FORMAT = "compression-explorer export"
 VERSION = 1
@@ -136,6 +137,7 @@ def write(work, out: str | os.PathLike, entropy: bool = False) -> dict:
             "libraries": {"python": platform.python_version(), "torch": torch.__version__,
                           "transformers": transformers.__version__, "safetensors": safetensors.__version__},
             "recipe": applied.recipe.to_dict(),
+            "structure": ex.structure and ex.structure.to_dict(),  # a smaller model's (engine.structure)
             "entropy": entropy,
             "predicted_bytes": applied.memory.compressed_bytes,
             "tensor_bytes": data_bytes,
@@ -230,6 +232,7 @@ def load_into(work, folder: str | os.PathLike):
 
     t0 = time.perf_counter()
     manifest, tensors = read(folder)
+    work.use(manifest.get("structure") and Structure.from_dict(manifest["structure"]))
     ex = work.explorer
     layers = {layer["name"]: layer for layer in manifest["layers"]}
     known = {i.name for i in ex.layers}

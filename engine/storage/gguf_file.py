@@ -17,6 +17,7 @@ a Hugging Face byte-level BPE tokenizer (gguf_vocab: GPT-2, Llama 3, Qwen2 and S
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -32,9 +33,11 @@ from engine.pipeline.compress import StoredLayer, StoredMatrix
 from engine.recipe.presets import gguf_names
 from engine.recipe.recipe import Recipe
 from engine.storage import gguf_vocab
+from engine.structure import blocks, removal
 
 ARCHES = {"llama": "llama", "mistral": "llama"}
 SOURCE_KEY, RECIPE_KEY = "explorer.source", "explorer.recipe"
+STRUCTURE_KEY = "explorer.structure"  # a smaller model's Structure (engine.structure.removal), as JSON
 _EXACT = {2: "q4_0", 3: "q4_0", 4: "q4_0", 5: "q5_0", 6: "q8_0", 7: "q8_0", 8: "q8_0"}
 
 
@@ -144,11 +147,12 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
     if source is not None and path.exists() and path.samefile(gguf_file(ex.loaded.ref)):
         raise UserError(f"--out {str(out)!r}: the file would replace its own source model {str(path)!r}; "
                         "give another folder")
-    writer = gguf.GGUFWriter(str(path), "llama")
+    # blocks of different widths: llama.cpp's 'deci' architecture (Llama blocks, counts per block)
+    writer = gguf.GGUFWriter(str(path), "llama" if removal.config_holds(ex.loaded.model) else "deci")
     _metadata(writer, source, config, work)
     names = gguf_names(ex.layers, config)
     by_param = {i.param_name: i for i in ex.layers}
-    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = _head_dim(config)
     tensors, predicted, written, added = [], 0, 0, 0
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     working = dict(work.model.named_parameters())  # norms and the like, at the fp16 the explorer counts
@@ -163,9 +167,8 @@ def write(work, out: str | Path, dense_fallback: bool = False) -> dict:
             raise UserError(f"--format gguf: no GGUF name for {pname}")
         stored = work.stored.get(info.name) if info is not None else None
         fmt, data = _tensor(stored, work.holders[info.name].matrix() if info else p, p.ndim)
-        heads_here = heads if target.endswith("attn_q") else kv if target.endswith("attn_k") else None
-        if heads_here is not None:
-            data = data[_rope_permutation(data.shape[0], heads_here)]
+        if target.endswith(("attn_q", "attn_k")):  # each block's own head count (after structured pruning)
+            data = data[_rope_permutation(data.shape[0], data.shape[0] // head_dim)]
         kind = gguf.GGMLQuantizationType[fmt.upper()]
         array = data.cpu().numpy()
         writer.add_tensor(f"{target}.weight" if not target.endswith(".bias") else target, array, raw_dtype=kind)
@@ -203,14 +206,18 @@ def _metadata(writer, source, config, work) -> None:
     the model came from, or else written from its Hugging Face tokenizer (gguf_vocab)."""
     import gguf
 
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = _head_dim(config)
+    heads, kv, ff = _counts(work.explorer.loaded.model)
     writer.add_name(f"{Path(work.explorer.loaded.ref).name} ({work.applied.recipe.describe()})")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    if head_dim * config.num_attention_heads != config.hidden_size or not isinstance(heads, int):
+        writer.add_key_length(head_dim)  # llama.cpp takes hidden / heads otherwise
+        writer.add_value_length(head_dim)
     writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
                                     (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
@@ -219,12 +226,26 @@ def _metadata(writer, source, config, work) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(SOURCE_KEY, work.explorer.loaded.ref)  # for `run FILE.gguf`; llama.cpp ignores them
     writer.add_string(RECIPE_KEY, work.applied.recipe.to_json())
+    if work.explorer.structure is not None:
+        writer.add_string(STRUCTURE_KEY, json.dumps(work.explorer.structure.to_dict()))
     if source is None:
         gguf_vocab.write(writer, work.explorer.loaded.tokenizer, config.vocab_size)
         return
     for key, field in source.fields.items():
         if key.startswith("tokenizer."):
             _copy(writer, key, field)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _counts(model) -> tuple:
+    """(query heads, key/value heads, MLP width): one number each where every block has the
+    same, else one per block (llama.cpp reads either; after structured pruning blocks may differ)."""
+    found = blocks.find(model)
+    per = [(*blocks.heads(b, found.layout)[:2], blocks.channels(b, found.layout)) for b in found.blocks]
+    return tuple(column[0] if len(set(column)) == 1 else list(column) for column in zip(*per))
 
 
 def _copy(writer, key: str, field) -> None:
@@ -283,11 +304,13 @@ def load_into(work, path: str | Path):
 
     t0 = time.perf_counter()
     _, recipe = source_of(path)
+    field = reader(path).fields.get(STRUCTURE_KEY)
+    work.use(None if field is None else removal.Structure.from_dict(json.loads(field.contents())))
     ex, config = work.explorer, work.model.config
     tensors = {t.name.removesuffix(".weight"): t for t in reader(path).tensors}
     names = gguf_names(ex.layers, config)
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = _head_dim(config)
     chosen = {i.name for i in ex.selected(recipe)}
 
     def read(name: str) -> tuple[str, torch.Tensor]:
@@ -295,9 +318,8 @@ def load_into(work, path: str | Path):
             raise UserError(f"{str(path)!r}: no tensor {name} for model {ex.loaded.ref!r}")
         t = tensors[name]
         data = torch.from_numpy(t.data.copy())
-        heads_here = heads if name.endswith("attn_q") else kv if name.endswith("attn_k") else None
-        if heads_here is not None:
-            data = data[torch.argsort(_rope_permutation(data.shape[0], heads_here))]
+        if name.endswith(("attn_q", "attn_k")):
+            data = data[torch.argsort(_rope_permutation(data.shape[0], data.shape[0] // head_dim))]
         return t.tensor_type.name.lower(), data
 
     stored, alone = {}, {}

@@ -332,3 +332,25 @@ def test_every_recipe_field_has_a_control_or_a_stated_place():
                quant_method="gptq", act_order=True, per_layer=[{"match": "query", "bits": 8}])
     shown = {f: controls.widget_value(f, r) for f in controls.CONTROLS}
     assert controls.recipe_from(shown, r.per_layer) == r
+
+
+def test_structured_pruning_controls_say_what_each_removes_and_the_page_shows_the_smaller_model(minilm_explorer):
+    from charts import figures as charts
+
+    at = ok(start(heads=0.25, channels=0.5))
+    assert recipe_caption(at) == "25% heads removed · 50% MLP channels removed"
+    # minilm: 12 heads of width 32 in each of 6 blocks (q, k, v with biases, o's columns: 4 x 384 x 32 + 3 x 32 per
+    # head); 1536 channels (up with its bias, down's column: 2 x 384 + 1 per channel)
+    notes = [c.value for c in at.caption if c.value.startswith(("Heads:", "Channels:"))]
+    assert notes == [
+        f"Heads: 3 of 12 key/value groups in each of 6 blocks: {6 * 3 * (4 * 384 * 32 + 3 * 32):,} parameters, "
+        "1.7 MiB at fp16 (on its own; the model shrinks to what the Explore page shows)",
+        f"Channels: 768 of 1536 MLP channels in each of 6 blocks: {6 * 768 * (2 * 384 + 1):,} parameters, "
+        "6.8 MiB at fp16 (on its own; the model shrinks to what the Explore page shows)"]
+    assert any(c.value.startswith("Smaller model: 6 of 6 blocks; 9 of 12 key/value groups per block; 768 of 1536 MLP")
+               for c in at.caption)
+    mem = minilm_explorer.workspace().apply(Recipe(prune_heads=0.25, prune_channels=0.5)).memory
+    assert mem.original_bytes - mem.compressed_bytes == 2 * 6 * (3 * (4 * 384 * 32 + 3 * 32) + 768 * (2 * 384 + 1))
+    assert next(m.value for m in at.metric if m.label == "Compressed") == charts.human_bytes(mem.compressed_bytes)
+    at.text_input(key="ctl_drop").input("7").run()  # minilm has blocks 0..5
+    assert any("remove_blocks: the model has blocks 0..5" in e.value for e in at.error) and not at.exception

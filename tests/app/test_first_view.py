@@ -17,9 +17,11 @@ HOLDS = {  # each folded widget -> what its section's label says it holds
     "ctl_format": "number format", "ctl_dq": "number format", "ctl_granularity": "scales",
     "ctl_group": "group size", "ctl_sym": "symmetry", "ctl_pattern": "sparsity pattern", "ctl_layers": "apply to",
     "ctl_filter": "name filter", "ctl_emb": "embeddings", "ctl_preset": "llama.cpp mix", "ctl_upload": "recipe file",
+    "ctl_heads": "whole heads", "ctl_channels": "mlp channels", "ctl_blocks": "blocks", "ctl_drop": "blocks",
+    "ctl_importance": "structured",
 }
 FOLDS = {"device": sidebar.DEVICE, "grid": controls.GRID, "pattern": controls.PATTERN, "layers": controls.LAYERS,
-         "gptq": controls.GPTQ, "shared": controls.SHARED}
+         "gptq": controls.GPTQ, "shared": controls.SHARED, "structured": controls.STRUCTURED}
 
 
 def placed(at) -> dict[str, str | None]:

@@ -51,7 +51,9 @@ def test_run_minilm_json():
                              "symmetric": True, "number_format": "int", "double_quant": False, "sparsity": 0.5,
                              "pattern": "unstructured", "include_embeddings": False, "group": "all", "layers": None,
                              "lowrank_method": "svd", "share_blocks": 2, "prune_method": "magnitude", "quant_method": "rtn",
-                             "act_order": False, "distill_steps": 0, "distill_lr": 1e-4, "per_layer": []}
+                             "act_order": False, "distill_steps": 0, "distill_lr": 1e-4, "schedule_steps": 0,
+                             "prune_heads": 0.0, "prune_channels": 0.0, "prune_blocks": 0, "remove_blocks": None,
+                             "structure_importance": "calibration", "per_layer": []}
     assert out["calibration"] is None and out["seconds"]["calibrate"] == 0.0
 
 

@@ -27,6 +27,8 @@ ALL_OPTIONS = [
     *[Recipe(number_format=f) for f in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
                                          "q6_k")],
     Recipe(number_format="q4_0", quant_method="gptq"),
+    Recipe(prune_heads=0.25, prune_channels=0.5, prune_blocks=2, structure_importance="magnitude"),
+    Recipe(remove_blocks="3,5", bits=4, per_layer=[{"match": r"layers\.0\.", "prune_heads": 0.5}]),
     Recipe(number_format="q4_k", quant_method="imatrix", include_embeddings=True,
            per_layer=[{"match": "v_proj", "number_format": "q6_k"}, {"match": "position", "bits": 16}]),
 ]
@@ -65,6 +67,12 @@ def test_pattern_sets_sparsity():
     ({"symmetric": "yes"}, "symmetric"),
     ({"layers": "("}, "layers"),
     ({"group": "ffn"}, "group"),
+    ({"prune_heads": 1.0}, "prune_heads"),
+    ({"prune_channels": -0.1}, "prune_channels"),
+    ({"prune_blocks": -1}, "prune_blocks"),
+    ({"remove_blocks": "3;4"}, "remove_blocks"),
+    ({"remove_blocks": "3", "prune_blocks": 1}, "remove_blocks"),
+    ({"structure_importance": "random"}, "structure_importance"),
     ({"distill_steps": -1}, "distill_steps"),
     ({"distill_steps": 2.0}, "distill_steps"),
     ({"distill_lr": 0}, "distill_lr"),
@@ -124,4 +132,5 @@ def test_every_field_is_declared_once_with_its_command_line_and_url_names():
     assert len(urls) == len(set(urls))
     assert {n for n, f in fields.items() if f.per_layer} == {
         "rank", "rank_ratio", "bits", "granularity", "group_size", "symmetric", "sparsity", "pattern",
-        "lowrank_method", "prune_method", "quant_method", "act_order", "number_format", "double_quant"}
+        "lowrank_method", "prune_method", "quant_method", "act_order", "number_format", "double_quant",
+        "prune_heads", "prune_channels"}
