@@ -62,6 +62,25 @@ def distill_loss(loss: list[float], objective: str) -> go.Figure:
     return _layout(fig, 260)
 
 
+def schedule(shares: list[float], steps: list[dict] | None, metric: str | None, one_shot: float | None) -> go.Figure:
+    """A gradual schedule: the share of the target pruned after each step (bars), and where it ran,
+    the quality after each step (a first estimate) beside the one-shot recipe's (a dashed line)."""
+    x = list(range(1, len(shares) + 1))
+    fig = go.Figure(go.Bar(x=x, y=[100 * s for s in shares], name="share of the target pruned (%)", opacity=0.45,
+                           hovertemplate="step %{x}: %{y:.1f}% of the target<extra></extra>"))
+    if steps and metric:
+        fig.add_scatter(x=[s["step"] for s in steps], y=[s["metrics"][metric] for s in steps], yaxis="y2",
+                        mode="lines+markers", name=f"{metric_name(metric)} after the step",
+                        hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>")
+        if one_shot is not None:
+            fig.add_scatter(x=[x[0], x[-1]], y=[one_shot, one_shot], yaxis="y2", mode="lines",
+                            line=dict(dash="dash"), name="one-shot, same recipe")
+    fig.update_layout(xaxis=dict(title="step", dtick=1), yaxis=dict(title="pruned (% of the target)", range=[0, 105]),
+                      yaxis2=dict(title=metric_name(metric) if metric else "", overlaying="y", side="right",
+                                  showgrid=False))
+    return _layout(fig, 300)
+
+
 def spectrum(spec: dict) -> go.Figure:
     """Singular values (log scale) with the kept part, the current rank and the break-even rank
     (spec: engine Explorer.spectrum)."""

@@ -34,6 +34,9 @@ CONCEPTS = {
     "structure_importance": "What ranks the heads, channels and blocks to remove: their output change on the "
                             "calibration text (blocks: 1 - cosine of their input and output, ShortGPT's block "
                             "influence), or the size of their weights alone.",
+    "schedule": "Gradual pruning (Distiller's automated gradual pruner): the pruned share rises to its target "
+                "over N steps as 1 - (1 - t/N)^3, fast first and slowly at the end, with distillation after "
+                "each step, so each step prunes weights the training has adapted; the last step is the recipe.",
     "nm": "N:M sparsity keeps N weights in every M consecutive ones (2:4 keeps half), a pattern GPUs can run "
           "fast; its index costs log2(M) bits per kept weight.",
     "layer_group": "Which layers the controls apply to: all, the attention projections, the MLP "

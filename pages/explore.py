@@ -5,6 +5,7 @@ from charts import figures
 from engine.drivers.distill import BATCH, OBJECTIVES, SAMPLES
 from engine.glossary import CONCEPTS, HIGHER_IS_BETTER, METRIC_NAMES, metric_name, with_metric_names
 from engine.models.calibrate import SOURCE
+from engine.drivers.schedule import shares
 from engine.structure.removal import describe
 from ui import caches, context, exports, results
 
@@ -214,3 +215,30 @@ if result is not None:
     st.plotly_chart(figures.distill_loss(d["loss"], d["objective"]), config=figures.PNG, key="explore_distill_loss")
     st.download_button("Download the distilled recipe (JSON)", distilled.to_json(), "recipe.json",
                        "application/json", key="explore_distill_recipe")
+
+
+# -- a gradual schedule -------------------------------------------------------------------------
+st.subheader("Gradual schedule", help=CONCEPTS["schedule"])
+if not (ctx.recipe.sparsity > 0 or ctx.recipe.structured) or ctx.recipe.per_layer:
+    st.caption("Prune (sparsity, a pattern, or heads, channels and blocks) without per-layer rules to reach it in "
+               "steps instead of at once.")
+    st.stop()
+c1, c2, c3 = st.columns([1, 1, 1], vertical_alignment="bottom")
+n_steps = c1.number_input("Steps of the schedule", 2, 16, 4, key="explore_sched_steps")
+between = c2.number_input("Distillation steps after each", 0, 2000, 8, key="explore_sched_distill")
+run_schedule = c3.button("Run the schedule", key="explore_schedule", width="stretch")
+gradual, done = context.shielded("The gradual schedule", results.scheduled, ctx, int(n_steps), int(between),
+                                 run_schedule) or (None, None)
+primary = next(iter(base))
+st.plotly_chart(figures.schedule(shares(int(n_steps)), done and done["steps"], primary if done else None,
+                                 full.get(primary)), config=figures.PNG, key="explore_schedule_chart")
+st.caption(f"{CONCEPTS['schedule']} Each step's quality is a first estimate; the last step is then scored "
+           "with the full protocol, beside the recipe pruned at once (the dashed line).")
+if done is not None:
+    st.dataframe([{"step": s["step"], "share of the target": f"{s['share']:.1%}", "recipe": s["recipe"],
+                   "compressed": figures.human_bytes(s["compressed_bytes"]), metric_name(primary): s["metrics"][primary]}
+                  for s in done["steps"]], hide_index=True, width="stretch")
+    st.dataframe([{"metric": metric_name(k), "baseline": b, "at once": full.get(k), "gradual": done["full"].get(k)}
+                  for k, b in base.items()], hide_index=True, width="stretch")
+    st.download_button("Download the gradual recipe (JSON)", gradual.to_json(), "recipe.json", "application/json",
+                       key="explore_schedule_download")

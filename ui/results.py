@@ -89,6 +89,28 @@ def distilled(ctx: Context, steps: int, lr: float, run: bool) -> tuple[Recipe, d
     return recipe, {f: store().get(key, f) for f in ("distillation", "full", "memory")}
 
 
+def scheduled(ctx: Context, steps: int, distill_steps: int, run: bool) -> tuple[Recipe, dict | None]:
+    """The current recipe pruned gradually in `steps` steps with `distill_steps` of distillation
+    after each (engine.drivers.schedule), and its result ({'steps', 'full', 'memory'}) when known;
+    with `run`, computes it first, with a progress bar."""
+    from engine.drivers import schedule
+
+    recipe = Recipe.from_dict({**ctx.recipe.to_dict(), "schedule_steps": steps, "distill_steps": distill_steps})
+    key = (ctx.key, recipe.to_json())
+    if run and store().get(key, "steps") is None:
+        bar = st.progress(0.0, text="Gradual schedule")
+        with caches.SLOTS:
+            done = schedule.run(ctx.explorer, recipe, progress=lambda k, n, what: bar.progress(k / n, text=what))
+            bar.empty()
+            with st.spinner("Scoring the last step (full protocol)…"):
+                store().put(key, "full", done.workspace.evaluate())
+                store().put(key, "memory", done.workspace.report())
+            store().put(key, "steps", done.steps)
+    if store().get(key, "steps") is None:
+        return recipe, None
+    return recipe, {f: store().get(key, f) for f in ("steps", "full", "memory")}
+
+
 def energy_grid(ctx: Context) -> dict:
     return _cached_model(ctx, "energy_grid", ctx.explorer.energy_grid)
 

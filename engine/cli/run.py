@@ -114,6 +114,11 @@ def print_run(out: dict) -> None:
     print(left_alone(m))
     if m.get("structure"):
         print(describe(m["structure"]))
+    if m.get("awq"):
+        kept = m["awq"]["scales_kept"]
+        print(f"AWQ: scales folded into the module before in {len(m['awq']['folded'])} layers"
+              + (f"; stored beside the grid in {len(kept)} (nothing before them can absorb them), e.g. {kept[0]}"
+                 if kept else ""))
     st = out["export_stored"]
     if st and st.get("format") in ("gguf", "compressed-tensors"):
         print(f"stored in {out['export']} ({st['format']}): {st['tensor_bytes']:,} bytes of compressed tensors, "

@@ -34,6 +34,7 @@ import weakref
 
 import torch
 
+from engine.drivers import awq_fold
 from engine.drivers.workspace import Workspace, module_copy
 from engine.errors import UserError
 from engine.layers import LayerInfo
@@ -109,6 +110,7 @@ class Explorer:
         self._smaller = LRU("smaller models", max_entries=SMALLER)  # Structure -> its Explorer
         self._structures: dict[tuple, object] = {}  # Recipe.removal_key() -> Structure
         self._influence: list[float] | None = None
+        self._folds = LRU("AWQ folds", max_entries=2)  # Recipe -> awq_fold.Folds
 
     @classmethod
     def open(cls, ref: str, device: str | None = None, trust_remote_code: bool = False) -> "Explorer":
@@ -439,6 +441,13 @@ class Explorer:
                                 for k in range(len(found.blocks))])
 
         return removal.choose(plan, head_scores, channel_scores, block_scores, recipe.structure_importance)
+
+    def awq_folds(self, recipe: Recipe) -> awq_fold.Folds:
+        """Where `recipe`'s AWQ scales fold into the module before (engine.drivers.awq_fold), their
+        scales searched once per recipe; nothing for a recipe without AWQ."""
+        if not any(r.quant_method == "awq" and r.bits < 16 for r in (recipe, *recipe.rule_recipes())):
+            return awq_fold.Folds({}, {}, ())
+        return self._folds.get_or_put(recipe, lambda: awq_fold.plan(self, recipe))
 
     def each_removes(self, recipe: Recipe) -> dict:
         """What each structured field of `recipe` removes on its own, in words and parameters

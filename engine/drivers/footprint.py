@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from engine.drivers import awq_fold
 from engine.errors import UserError
 from engine.layers import LayerInfo
 from engine.layers.find import find_layers, select
@@ -143,7 +144,13 @@ def predict(skeleton: Skeleton, recipe: Recipe) -> MemoryReport:
     skeleton = smaller(skeleton, recipe)
     selected = select(skeleton.layers, recipe)
     chosen, shares = {i.name for i in selected}, sharing.groups(selected, recipe)
-    reports = [predict_layer(i, recipe.for_layer(i.name), shares.get(i.name)) if i.name in chosen
+    folded = {n for g in awq_fold.eligible(skeleton.model, recipe, chosen) for n in g.layers}  # AWQ: no scales stored
+
+    def layer_recipe(name):
+        r = recipe.for_layer(name)
+        return r.updated(quant_method="rtn") if name in folded else r
+
+    reports = [predict_layer(i, layer_recipe(i.name), shares.get(i.name)) if i.name in chosen
                else LayerReport.left_alone(i) for i in skeleton.layers if i.tied_to is None]
     return memory_report(skeleton.layers, skeleton.total_params, reports, skeleton.removed_params)
 

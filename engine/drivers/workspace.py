@@ -26,6 +26,7 @@ from types import MappingProxyType
 
 import torch
 
+from engine.drivers.awq_fold import fold_norm
 from engine.drivers.distill import Distillation, Trainable, distill
 from engine.formats import grid as transforms
 from engine.layers.find import install
@@ -153,6 +154,7 @@ class Workspace:
         self._share_parameters()
         reports = []
         shares = ex.sharing(recipe)  # the layers that share a basis with their neighbours (engine.methods.shared)
+        folds = ex.awq_folds(recipe)  # AWQ's scales folded into the module before (engine.drivers.awq_fold)
         with torch.inference_mode():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -163,11 +165,17 @@ class Workspace:
                     continue
                 lr = recipe.for_layer(info.name)
                 h = ex.hessian(info.name) if lr.calibrated else None
+                fold = folds.layers.get(info.name)
+                if fold is not None and fold.cols is not None:
+                    lr = lr.updated(quant_method="rtn")  # its AWQ scales live in the module before
                 before, share = old.pop(info.name, None), shares.get(info.name)
                 layer_factors = (lambda n=info.name: factors(n, lr.lowrank_method)) if share is None else (
                     lambda n=info.name, s=share: ex.shared_factors(s)[s.index(n)])
-                if pipeline.reusable(before, lr, share):  # shaped as before: the same values, or only quantize
+                if pipeline.reusable(before, lr, share, fold):  # shaped as before: the same values, or only quantize
                     stored = before if before.recipe == lr else pipeline.requantize(before, lr, h)
+                elif fold is not None:  # dense and unpruned (awq_fold.eligible): no factors, no magnitudes
+                    stored = dataclasses.replace(pipeline.compress(info.name, fold.apply(ex.weight(info.name)), lr,
+                                                                   layer_factors, None, h), fold=fold)
                 else:
                     stored = pipeline.compress(info.name, ex.weight(info.name), lr, layer_factors,
                                                lambda n=info.name: ex.sorted_abs(n), h, share)
@@ -179,6 +187,10 @@ class Workspace:
                 if stored.rank is not None:
                     energy = svd.energy_kept(layer_factors()[1], stored.rank)
                 reports.append(stored.report(info, energy))
+            for name, s in folds.norms.items():  # the norms that absorb AWQ's scales, as stored (fp16)
+                module = self.model.get_submodule(name)
+                for pname, v in fold_norm(module, s).items():
+                    setattr(module, pname, torch.nn.Parameter(v.half().to(v.dtype), requires_grad=False))
         return reports
 
     def use(self, structure) -> None:
@@ -249,7 +261,8 @@ class Workspace:
             if not r.compressed or r.info.tied_to is not None:
                 continue
             name = r.info.name
-            rel, sqnr = transforms.error_stats(self.explorer.weight(name), self.holders[name].matrix(),
+            held, fold = self.holders[name].matrix(), getattr(self._stored.get(name), "fold", None)
+            rel, sqnr = transforms.error_stats(self.explorer.weight(name), held if fold is None else fold.original(held),
                                                self.explorer.signal(name))
             out.append({"name": name, "relative_error": rel, "sqnr_db": sqnr})
         return out
@@ -260,6 +273,10 @@ class Workspace:
         and the seconds the apply took."""
         mem = self.applied.memory.to_dict(errors={e["name"]: e for e in self.layer_errors()})
         mem["apply_s"] = self.applied.seconds
+        folds = self.explorer.awq_folds(self.applied.recipe) if self.applied.export is None else None
+        mem["awq"] = None if not folds or not (folds.layers or folds.kept_scales) else {
+            "folded": sorted(n for n, f in folds.layers.items() if f.cols is not None),
+            "scales_kept": list(folds.kept_scales)}  # where AWQ's scales went (engine.drivers.awq_fold)
         structure = self.explorer.structure
         mem["structure"] = None if structure is None else {
             **structure.summary(), "params": self.explorer.total_params, "original_params": self.root.total_params}

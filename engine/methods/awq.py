@@ -62,3 +62,32 @@ def quantize_grid(m: torch.Tensor, h: torch.Tensor | None, recipe, keep: torch.T
     values, (scale, zero, channel), _ = awq_quantize(m, h, recipe.bits, recipe.granularity, recipe.group_size,
                                                      recipe.symmetric, keep)
     return values, Grid(scale, zero, channel=channel)
+
+
+@torch.no_grad()
+def fold_scales(ws: list[torch.Tensor], h: torch.Tensor, bits: int, granularity: str = "group", group_size: int = 128,
+                symmetric: bool = True, grid: int = 20) -> tuple[torch.Tensor, float]:
+    """One set of input-channel scales for matrices that read one input (q, k and v; gate and up),
+    so that the module before them can absorb it (AutoAWQ's and llm-compressor's folding):
+    s = awq_channel_scales(diag H, alpha), alpha searched over `grid` points of [0, 1] for the
+    least summed output error tr(D H D^T) of the matrices, each rounded to nearest as W diag(s)
+    and computed with Q(W diag(s)) diag(s)^-1. alpha = 0 (s = 1, round to nearest) wins ties.
+    Returns (s, alpha).
+
+    >>> h = torch.diag(torch.tensor([100.0, 1.0]))
+    >>> s, alpha = fold_scales([torch.tensor([[0.30, 0.9], [0.12, -0.5]])], h, 2, "channel")
+    >>> alpha > 0 and bool(s[0] > s[1])   # the channel with the larger inputs is scaled up
+    True
+    """
+    H = h.float()
+    best = None
+    for alpha in torch.linspace(0, 1, grid).tolist():
+        s = awq_channel_scales(H.diagonal(), alpha)
+        err = 0.0
+        for w in ws:
+            ws_ = w.float() * s
+            scale, zero = quant_grid(ws_, bits, granularity, group_size, symmetric)
+            err += output_error(w.float() - on_grid(ws_, scale, zero, bits, granularity, group_size, symmetric) / s, H)
+        if best is None or err < best[0]:
+            best = (err, s, alpha)
+    return best[1], best[2]

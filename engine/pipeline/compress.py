@@ -64,6 +64,7 @@ class StoredLayer:
     rank: int | None
     matrices: tuple[StoredMatrix, ...]
     share: Share | None = None  # the group whose basis B it shares (engine.methods.shared); its B is stored by share.owner
+    fold: object = None  # AWQ scales folded around it (engine.drivers.awq_fold.Fold): it holds diag(1/rows) W diag(cols)
 
     @property
     def bytes(self) -> LayerBytes:
@@ -197,15 +198,16 @@ def requantize(stored: StoredLayer, recipe: Recipe, hessian: torch.Tensor | None
     """A layer shaped (low rank, pruned) as `stored` is, quantized under `recipe`, whose
     structure_key() must equal that of `stored.recipe`: a new bit width needs no new shaping."""
     mats = tuple(m.unquantized for m in stored.matrices)
-    return quantize(stored.name, stored.shape, stored.rank, mats, tuple(m.keep for m in stored.matrices), recipe,
-                    hessian, stored.share)
+    return dataclasses.replace(quantize(stored.name, stored.shape, stored.rank, mats,
+                                        tuple(m.keep for m in stored.matrices), recipe, hessian, stored.share),
+                               fold=stored.fold)
 
 
-def reusable(stored: StoredLayer | None, recipe: Recipe, share: Share | None = None) -> bool:
+def reusable(stored: StoredLayer | None, recipe: Recipe, share: Share | None = None, fold=None) -> bool:
     """Whether `requantize(stored, recipe)` gives what `compress` would (with `share`, the
-    layer's group under `recipe`)."""
+    layer's group under `recipe`; with `fold`, the same folded AWQ scales around it)."""
     return (stored is not None and stored.recipe.structure_key() == recipe.structure_key()
-            and stored.share == share and all(m.unquantized is not None for m in stored.matrices))
+            and stored.share == share and stored.fold is fold and all(m.unquantized is not None for m in stored.matrices))
 
 
 def compress(name: str, w: torch.Tensor, recipe: Recipe, factors: Callable[[], Factors],

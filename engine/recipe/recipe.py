@@ -90,7 +90,8 @@ class Recipe:
         2^bits shared values; granularity and group size do not apply).
         'hqq': half-quadratic fit of each group's scale and zero-point, no calibration (same
         grid and bytes as rtn); 'awq': input channels scaled by their activation magnitude
-        before round to nearest, the fp16 channel scales stored beside the grid.
+        before round to nearest, the scales folded into the norm or linear before where the
+        architecture allows (engine.drivers.awq_fold), else stored beside the grid in fp16.
     act_order: GPTQ only: quantize columns by decreasing input energy (static groups).
     distill_steps: after compression, this many steps of knowledge distillation from the
         uncompressed model on the calibration text (engine.drivers.distill); 0: none. Same bytes.

@@ -34,6 +34,9 @@ class Layout:
     up: str
     down: str
     gate: str | None = None
+    attn_norm: str | None = None  # a pre-norm block's norms, whose outputs only q, k, v (and gate, up) read
+    mlp_norm: str | None = None
+    linear_mlp_product: bool = False  # the down projection reads act(gate) x up: linear in up's rows
 
     def mlp_inputs(self) -> tuple[str, ...]:
         """The projections whose output rows are the MLP's channels (gate and up, or up)."""
@@ -41,7 +44,8 @@ class Layout:
 
 
 _DECODER = Layout("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "self_attn",
-                  "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj")
+                  "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj", "input_layernorm", "post_attention_layernorm",
+                  True)
 _BERT = Layout("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                "attention.self", "intermediate.dense", "output.dense")
 
@@ -74,6 +78,52 @@ def find(model: nn.Module) -> Found:
             return Found(path, tuple(module), LAYOUTS[type(module[0]).__name__])
     raise UserError(f"structured pruning: {type(model).__name__} has no blocks of a known layout "
                     f"(it knows {', '.join(LAYOUTS)})")
+
+
+@dataclass(frozen=True)
+class FoldGroup:
+    """Layers that read one input, and the module that makes it: scaling their input columns by s
+    is exact when that module's output is divided by s. `kind` 'norm': a norm's weight (and bias)
+    divided by s; 'rows': a linear's rows (and bias) divided by s."""
+
+    layers: tuple[str, ...]
+    absorber: str
+    kind: str
+
+
+def fold_groups(model: nn.Module) -> list[FoldGroup]:
+    """Where input scales (AWQ's) can be folded into the module before, in a model of a known
+    layout (none otherwise): a pre-norm block's q, k, v into its attention norm and gate, up into
+    its MLP norm (their outputs feed nothing else: the residual is taken before the norm); the
+    down projection into up's rows (it reads act(gate) x up); the attention output into v's rows
+    where each query head has its own value head (no grouped-query attention: the attention is
+    then linear in each value row). BERT's norms also feed the residual, and its MLP has a GELU
+    between up and down: only its attention output folds, into the value rows.
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> m = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=50))
+    >>> [(g.layers[-1].split(".")[-1], g.absorber.split(".")[-1], g.kind) for g in fold_groups(m)]
+    [('v_proj', 'input_layernorm', 'norm'), ('up_proj', 'post_attention_layernorm', 'norm'), ('down_proj', 'up_proj', 'rows')]
+    """
+    try:
+        found = find(model)
+    except UserError:
+        return []
+    lay, out = found.layout, []
+    for k, block in enumerate(found.blocks):
+        def name(*parts):
+            return found.names(k, *parts)
+        if lay.attn_norm:
+            out.append(FoldGroup(name(lay.q, lay.k, lay.v), name(lay.attn_norm)[0], "norm"))
+        q_heads, kv_heads, _ = heads(block, lay)
+        if q_heads == kv_heads:
+            out.append(FoldGroup(name(lay.o), name(lay.v)[0], "rows"))
+        if lay.mlp_norm:
+            out.append(FoldGroup(name(*lay.mlp_inputs()), name(lay.mlp_norm)[0], "norm"))
+        if lay.linear_mlp_product:
+            out.append(FoldGroup(name(lay.down), name(lay.up)[0], "rows"))
+    return out
 
 
 def head_dim(block: nn.Module, layout: Layout) -> int:

@@ -48,7 +48,8 @@ def test_explore_shows_memory_errors_and_quality_of_a_real_recipe(minilm_explore
     results.store.clear()  # no result of this recipe known yet (the store is shared by the tests)
     at = ok(start(bits=4, sparsity=0.5, rank=0.5))
     assert recipe_caption(at) == "rank x0.5 · int4 g128 · 50% sparse"
-    assert len(at.get("plotly_chart")) == 2  # memory by component, per-layer error
+    # memory by component, per-layer error, and (the recipe prunes) the shares a gradual schedule would prune
+    assert [c.key for c in at.get("plotly_chart")] == ["explore_memory", "explore_errors", "explore_schedule_chart"]
     shown = {m.label: m.value for m in at.metric}
     assert 0 < float(shown[NAMES["cosine_to_original"]]) < 1
     # the figures are the engine's for the same recipe
@@ -354,3 +355,16 @@ def test_structured_pruning_controls_say_what_each_removes_and_the_page_shows_th
     assert next(m.value for m in at.metric if m.label == "Compressed") == charts.human_bytes(mem.compressed_bytes)
     at.text_input(key="ctl_drop").input("7").run()  # minilm has blocks 0..5
     assert any("remove_blocks: the model has blocks 0..5" in e.value for e in at.error) and not at.exception
+
+
+def test_the_gradual_schedule_runs_from_explore_and_draws_each_step(tiny_models):
+    at = ok(start(model=tiny_models["llama"], sparsity=0.5))
+    at.number_input(key="explore_sched_steps").set_value(2)
+    at.number_input(key="explore_sched_distill").set_value(0)  # the distillation itself: tests/drivers
+    ok(at.button(key="explore_schedule").click().run())
+    steps, compare = at.dataframe[-2].value, at.dataframe[-1].value
+    assert list(steps["step"]) == [1, 2] and list(steps["share of the target"]) == ["87.5%", "100.0%"]
+    assert list(steps["recipe"]) == ["44% sparse", "50% sparse"]
+    assert set(compare.columns) == {"metric", "baseline", "at once", "gradual"}
+    figure = at.get("plotly_chart")[-1].proto.spec
+    assert "after the step" in figure and "one-shot, same recipe" in figure
