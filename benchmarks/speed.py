@@ -13,6 +13,10 @@ one). llama.cpp runs the shipped Q4_1 file and the explorer's own GGUF export of
 the goals against it take three rounds of ours, then both files, in turn (medians), as the machine
 drifts between minutes (one file measured 97.5 and 135.6 tok/s in two runs ten minutes apart).
 Where a goal is missed, a profile of the compressed model's decode step says where the time goes.
+Then structured pruning (`structured`): each smaller dense model of benchmarks/structured.py's
+settings (about 25% of the parameters removed), at the runtime's width, beside the original at that
+width: its decode and prefill speedups against the ratio of the bytes a decode step reads and of
+the multiply-adds a token costs (the goal: within 20% of them). `--only structured` runs that alone.
 """
 from __future__ import annotations
 
@@ -34,6 +38,30 @@ from engine.speed.measure import SpeedSettings, Steps, causal_timing, measure, p
 INT4 = Recipe(bits=4, group_size=32, include_embeddings=True)
 INT8 = Recipe(bits=8, granularity="channel")
 FORCED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "EXPLORER_BF16": "0"}
+STRUCTURED = (("heads and MLP channels", Recipe(prune_heads=0.25, prune_channels=0.22)),
+              ("MLP channels", Recipe(prune_channels=0.33)),
+              ("whole blocks", Recipe(prune_blocks=8)))  # about 25% of smollm2's block parameters each
+
+
+def structured(repeats: int) -> list[dict]:
+    """Per structured setting: the smaller model's speedups against the original at the runtime's
+    width, and the ratios of decode bytes and of multiply-adds per token (original / smaller)."""
+    ex = Explorer.open("smollm2")
+    rows = []
+    for label, recipe in STRUCTURED:
+        print(f"[structured: {label}]", file=sys.stderr, flush=True)
+        r = measure(ex, recipe, SpeedSettings(repeats=repeats))
+        width = "bf16" if r["runtime_dtype"] == "bf16" else "fp32"
+        models = r["roofline"]["models"]
+        orig, small = models[f"original {width}"], models["compressed"]
+        rows.append({"setting": label, "recipe": recipe.describe(), "runtime": width,
+                     "decode_speedup": r["speedup"][f"decode_vs_{width}"],
+                     "prefill_speedup": r["speedup"][f"prefill_vs_{width}"],
+                     "bytes_ratio": orig["decode_bytes_per_token"] / small["decode_bytes_per_token"],
+                     "flops_ratio": orig["macs_per_token"] / small["macs_per_token"],
+                     "decode_tokens_per_s": r["compressed"]["decode_tokens_per_s"],
+                     "original_decode_tokens_per_s": r["original"][width]["decode_tokens_per_s"]})
+    return rows
 
 
 def _lean(ex, recipe, settings):
@@ -206,7 +234,12 @@ def main() -> None:
     p.add_argument("--no-forced", action="store_true", help="skip the run forced to act as a processor without bf16")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--only", choices=("structured",), help="only the structured pruning speedups")
     args = p.parse_args()
+    if args.only == "structured":
+        print(header(), flush=True)
+        _print_structured(structured(args.repeats))
+        return
     if args.child:
         print(json.dumps(measure_all(args.repeats), default=str))
         return
@@ -219,8 +252,10 @@ def main() -> None:
                               env={**os.environ, **FORCED}, capture_output=True, text=True, check=True)
         forced = json.loads(done.stdout.strip().splitlines()[-1])
     rows = goals(native, forced)
+    smaller = structured(args.repeats)
     if args.json:
-        print(json.dumps({"goals": rows, "native": native, "forced": forced}, indent=2, default=str))
+        print(json.dumps({"goals": rows, "native": native, "forced": forced, "structured": smaller}, indent=2,
+                         default=str))
         return
     _print("this processor", native)
     if forced is not None:
@@ -229,6 +264,18 @@ def main() -> None:
     for r in rows:
         got = "not measured (llama.cpp missing)" if r["measured"] is None else f"{r['measured']:.2f}"
         print(f"  {r['goal']:<62} {got:>8}  goal {r['target']:.2f}  {'met' if r['met'] else 'NOT MET'}")
+    _print_structured(smaller)
+
+
+def _print_structured(rows: list[dict]) -> None:
+    print("\nstructured pruning on smollm2, lean path (not compiled), speedup against the original at the runtime's "
+          "width; goal: within 20% of the ratio of bytes (decode) and of multiply-adds (prefill)")
+    for r in rows:
+        d, p = r["decode_speedup"] / r["bytes_ratio"], r["prefill_speedup"] / r["flops_ratio"]
+        print(f"  {r['setting']:<24} {r['runtime']}: decode {r['decode_speedup']:.2f}x (bytes {r['bytes_ratio']:.2f}x, "
+              f"{d:.0%} of it, {'met' if d >= 0.8 else 'NOT MET'}), prefill {r['prefill_speedup']:.2f}x "
+              f"(multiply-adds {r['flops_ratio']:.2f}x, {p:.0%} of it, {'met' if p >= 0.8 else 'NOT MET'}); "
+              f"{r['original_decode_tokens_per_s']:.1f} -> {r['decode_tokens_per_s']:.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     ev = ex.evaluator(eval_text, eval_name)  # reference outputs of the original model
     reference_s = time.perf_counter() - t0
     calibration = ex.calibration() if recipe.calibrated and selected and not export and not shipped else None
+    if calibration is None and not export and not shipped and recipe.structured \
+            and recipe.structure_importance == "calibration":
+        calibration = ex.root.calibration()  # what ranked the heads, channels and blocks
     scheduled = None
     if export or shipped:
         applied = formats.load_into(work, export or shipped)

@@ -26,6 +26,7 @@ from engine.drivers.footprint import kv_cache_of
 from engine.hardware import machine
 from engine.hardware.peak import Peak
 from engine.models import data
+from engine.pipeline.tally import LayerReport, memory_report
 from engine.speed import anchor, lean, roofline, runtime, tuning
 
 
@@ -202,6 +203,7 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
     first = min(settings.prompt_tokens, 64)  # the outputs compared on the prompt's first tokens
     diff, scale = max_abs_diff(work, rt, loaded, x[:, :first] if loaded.kind == "causal-lm" else prompt(loaded, first),
                                fast)
+    held = work.explorer  # the model compressed: a smaller one after structured pruning
     del work
     originals = {}
     say(3, steps, "timing the original in fp32")
@@ -235,25 +237,30 @@ def measure(explorer, recipe, settings: SpeedSettings = SpeedSettings(), progres
             "llama_cpp": anchor_row, "kernels": rt.counts(), "layers": [r.__dict__ for r in rt.layers],
             "max_abs_diff": diff, "max_abs_output": scale,
             "max_abs_diff_of": "logits" if loaded.kind == "causal-lm" else "last hidden state",
-            "roofline": _roofline(explorer, applied.memory, here, settings, dtype_name, originals, compressed)}
+            "roofline": _roofline(explorer, held, applied.memory, here, settings, dtype_name, originals,
+                                  compressed)}
 
 
-def _roofline(explorer, memory, here, settings, dtype_name, originals, compressed) -> dict:
-    """Bounds for the original (fp32, bf16) and the compressed model, on this machine (with the
-    measured fraction of each) and on the shipped list of hardware."""
+def _roofline(explorer, held, memory, here, settings, dtype_name, originals, compressed) -> dict:
+    """Bounds for the original (fp32, bf16) and the compressed model (`held`: the explorer of the
+    model compressed, a smaller one after structured pruning), on this machine (with the measured
+    fraction of each) and on the shipped list of hardware."""
     loaded = explorer.loaded
     causal = loaded.kind == "causal-lm"
-    kv_per_token = {w: kv_cache_of(loaded.kind, loaded.model.config, 1, 1, w)["bytes"] for w in (2, 4)}
+    kv = {m: {w: kv_cache_of(loaded.kind, ex.loaded.model.config, 1, 1, w)["bytes"] for w in (2, 4)}
+          for m, ex in (("original", explorer), ("compressed", held))}
     context = settings.prompt_tokens + settings.new_tokens // 2  # the mean context of the decode steps
-    models = {"original fp32": (roofline.model_costs(explorer, memory, 4), 4, "fp32"),
-              "original bf16": (roofline.model_costs(explorer, memory, 2), 2, "bf16"),
-              "compressed": (roofline.model_costs(explorer, memory), 4 if dtype_name == "fp32" else 2, dtype_name)}
+    plain = memory_report(explorer.layers, explorer.total_params,
+                          [LayerReport.left_alone(i) for i in explorer.layers if i.tied_to is None])
+    models = {"original fp32": (roofline.model_costs(explorer, plain, 4), 4, "fp32"),
+              "original bf16": (roofline.model_costs(explorer, plain, 2), 2, "bf16"),
+              "compressed": (roofline.model_costs(held, memory), 4 if dtype_name == "fp32" else 2, dtype_name)}
     measured = {"original fp32": originals.get("fp32"), "original bf16": originals.get("bf16"),
                 "compressed": compressed}
     out = {"machine": here, "context_tokens": context, "models": {}, "hardware": []}
     for name, (costs, width, dt) in models.items():
         b = roofline.bound(costs, here["bandwidth_bytes_per_s"], here["matmul_flops_per_s"][dt],
-                           settings.prompt_tokens, context, kv_per_token[width])
+                           settings.prompt_tokens, context, kv[name.split()[0]][width])
         got = measured[name]
         if got and causal:
             b["decode_fraction_of_bound"] = got["decode_tokens_per_s"] / b["decode_tokens_per_s"]
@@ -262,12 +269,12 @@ def _roofline(explorer, memory, here, settings, dtype_name, originals, compresse
     for dev in roofline.hardware():
         row = {"name": dev["name"], "kind": dev["kind"]}
         if "memory_bytes" in dev:  # a phone, board or laptop: whether the compressed model fits, and llama.cpp there
-            need = memory.compressed_bytes + kv_per_token[2] * (settings.prompt_tokens + settings.new_tokens)
+            need = memory.compressed_bytes + kv["compressed"][2] * (settings.prompt_tokens + settings.new_tokens)
             row.update(memory_bytes=dev["memory_bytes"], fits=need <= dev["memory_bytes"], anchor=dev.get("anchor"))
         for name in ("original bf16", "compressed"):
             costs = models[name][0]
             b = roofline.bound(costs, dev["bandwidth_bytes_per_s"], dev["bf16_flops_per_s"],
-                               settings.prompt_tokens, context, kv_per_token[2])
+                               settings.prompt_tokens, context, kv[name.split()[0]][2])
             row[name] = {"decode_tokens_per_s": b["decode_tokens_per_s"],
                          "prefill_tokens_per_s": b["prefill_tokens_per_s"] if dev["bf16_flops_per_s"] else None}
         out["hardware"].append(row)

@@ -80,3 +80,23 @@ def test_a_folded_group_errs_no_more_than_round_to_nearest(mha):
         return output_error(mha.weight(n) - (held if fold is None else fold.original(held)), h)
 
     assert sum(err(folded, n) for n in group) <= sum(err(plain, n) for n in group) * (1 + 1e-6)
+
+
+def test_folded_awq_goes_into_gguf_as_round_to_nearest_does(tiny_llama_with_smollm2s_tokenizer, tmp_path):
+    """Folded, an AWQ layer is a plain grid (here q4_0's), and the norms carry the scales:
+    transformers loads the file and computes what the workspace computes."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.storage import gguf_file
+
+    ex = Explorer.open(str(tiny_llama_with_smollm2s_tokenizer), device="cpu")
+    work = ex.workspace()
+    work.apply(Recipe(bits=4, group_size=32, quant_method="awq", layers="(q|k|v|gate|up|down)_proj$"))
+    assert work.report()["awq"]["scales_kept"] == []
+    report = gguf_file.write(work, tmp_path)
+    assert {t["type"] for t in report["tensors"] if t["name"].endswith(("attn_q", "ffn_down"))} == {"q4_0"}
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=report["file"].split("/")[-1],
+                                              dtype=torch.float32)
+    ids = ex.loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        torch.testing.assert_close(hf(ids).logits, work.model(ids).logits, rtol=0, atol=1e-5)

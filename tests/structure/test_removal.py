@@ -173,3 +173,20 @@ def test_fit_counts_the_smaller_model_from_its_config_as_the_weights_do(tiny, re
     smaller = tiny.structured(recipe).loaded.model
     kv_heads = sum(layer.self_attn.k_proj.weight.shape[0] // 8 for layer in smaller.model.layers)
     assert fp["kv_cache"]["bytes"] == 2 * kv_heads * 8 * 2 * 10  # keys and values, head width 8, fp16, 10 tokens
+
+
+def test_the_lean_decode_path_runs_blocks_of_their_own_head_counts(tiny):
+    """A smaller model whose blocks keep different numbers of key/value groups, on the runtime's
+    kernels: prefill, then one token a step from each block's own cache, as the workspace computes."""
+    from engine.speed import lean, runtime
+
+    work = tiny.workspace()
+    work.apply(Recipe(bits=4, group_size=16, prune_channels=0.25, prune_blocks=1,
+                      per_layer=[{"match": r"layers\.0\.", "prune_heads": 0.5}]))
+    ids = torch.randint(0, 30522, (1, 12))
+    fast, why = lean.build(runtime.build(work, torch.float32).model, ids.shape[1])
+    assert fast is not None, why
+    assert [(b.heads, b.kv_heads) for b in fast.blocks] == [(2, 1), (4, 2)]
+    got = torch.cat([fast(ids[:, :8], all_logits=True), *[fast(ids[:, i:i + 1]) for i in range(8, 12)]], 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, work.model(ids).logits, rtol=0, atol=1e-5)
