@@ -92,6 +92,7 @@ class Workspace:
         self.applied: Applied | None = None
         self._stored: dict[str, pipeline.StoredLayer] = {}
         self._reusable = False  # whether the stored layers' shapes may be reused (cached factors)
+        self._folds = None  # where the applied recipe's AWQ scales went (engine.drivers.awq_fold.Folds)
         self.held_bytes = 0  # own_bytes() as of the last apply, hold or distillation
 
     def _share_parameters(self) -> None:
@@ -154,7 +155,7 @@ class Workspace:
         self._share_parameters()
         reports = []
         shares = ex.sharing(recipe)  # the layers that share a basis with their neighbours (engine.methods.shared)
-        folds = ex.awq_folds(recipe)  # AWQ's scales folded into the module before (engine.drivers.awq_fold)
+        folds = self._folds = ex.awq_folds(recipe)  # AWQ's scales folded into the module before (awq_fold)
         with torch.inference_mode():
             for info in ex.layers:
                 if info.tied_to is not None:
@@ -179,7 +180,7 @@ class Workspace:
                 else:
                     stored = pipeline.compress(info.name, ex.weight(info.name), lr, layer_factors,
                                                lambda n=info.name: ex.sorted_abs(n), h, share)
-                if _plain_fp16(stored):  # the layer at 16 bits, dense, unpruned: the shared rounded copy
+                if fold is None and _plain_fp16(stored):  # at 16 bits, dense, unpruned: the shared rounded copy
                     stored = stored.with_values((ex.fp16_weight(info.name),))
                 self._stored[info.name] = stored
                 self.holders[info.name].fill(stored.tensors())
@@ -273,7 +274,7 @@ class Workspace:
         and the seconds the apply took."""
         mem = self.applied.memory.to_dict(errors={e["name"]: e for e in self.layer_errors()})
         mem["apply_s"] = self.applied.seconds
-        folds = self.explorer.awq_folds(self.applied.recipe) if self.applied.export is None else None
+        folds = self._folds if self.applied.export is None else None
         mem["awq"] = None if not folds or not (folds.layers or folds.kept_scales) else {
             "folded": sorted(n for n, f in folds.layers.items() if f.cols is not None),
             "scales_kept": list(folds.kept_scales)}  # where AWQ's scales went (engine.drivers.awq_fold)

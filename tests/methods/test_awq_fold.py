@@ -32,23 +32,32 @@ def gqa(tmp_path_factory):
     return _tiny(tmp_path_factory.mktemp("gqa"), 2)
 
 
-def test_folded_scales_compute_what_stored_scales_compute(mha):
+@pytest.mark.parametrize("recipe, kept", [
+    (AWQ, ()),
+    # v at 16 bits: q and k keep their scales (their group mixes recipes); o still folds into v's rows
+    (AWQ.updated(per_layer=[{"match": "v_proj", "bits": 16}]),
+     tuple(f"model.layers.{b}.self_attn.{p}_proj" for b in (0, 1) for p in "kq")),
+], ids=["all", "v at 16 bits"])
+def test_folded_scales_compute_what_stored_scales_compute(mha, recipe, kept):
     """Every layer holds its matrix in the folded basis and the norms their weights over s; put back
     in the original basis (diag(rows) M diag(1/cols)) beside the original norms, the same model."""
     work = mha.workspace()
-    work.apply(AWQ)
-    folds = mha.awq_folds(AWQ)
-    assert folds.kept_scales == () and len(folds.norms) == 4  # two norms in each of the two blocks
+    work.apply(recipe)
+    folds = mha.awq_folds(recipe)
+    assert folds.kept_scales == tuple(sorted(kept)) and len(folds.norms) == (4 if not kept else 2)
     reference = mha.workspace()
     reference.apply(Recipe())  # the original at fp16, norms included
     with torch.no_grad():
         for name, stored in work.stored.items():
-            reference.holders[name].set(w=stored.fold.original(work.holders[name].matrix()))
+            held = work.holders[name].matrix()
+            reference.holders[name].set(w=held if stored.fold is None else stored.fold.original(held))
     ids = torch.randint(0, 30522, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(work.model(ids).logits, reference.model(ids).logits, rtol=0, atol=2e-3)
-    norm = work.model.model.layers[0].input_layernorm.weight
-    assert torch.equal(norm, (torch.ones(32) / folds.norms["model.layers.0.input_layernorm"]).half().float())
+    if kept:  # v at 16 bits holds its rows over o's scales: in the original basis, v itself, to fp16's rounding
+        assert {e["name"]: e["relative_error"] for e in work.layer_errors()}["model.layers.0.self_attn.v_proj"] < 1e-3
+    norm, name = work.model.model.layers[0].post_attention_layernorm.weight, "model.layers.0.post_attention_layernorm"
+    assert torch.equal(norm, (torch.ones(32) / folds.norms[name]).half().float())
 
 
 def test_awq_folded_stores_the_bytes_of_round_to_nearest(mha, gqa):
