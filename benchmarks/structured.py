@@ -11,7 +11,12 @@ bytes). smollm2's attention holds a quarter of a block, and a block keeps at lea
 three key/value groups: heads alone can remove at most 17% of its parameters, so the heads row
 removes one group (a third of each block's attention) and MLP channels for the rest.
 
-    .venv/bin/python benchmarks/structured.py [--models minilm,smollm2] [--steps 64] [--json]
+A gradual schedule (`--schedule`, instead of the above): Wanda at 50% unstructured and the MLP
+channels setting, each pruned at once and then distilled DISTILL_STEPS steps, beside the same
+recipe reached in SCHEDULE_STEPS steps with DISTILL_STEPS / SCHEDULE_STEPS steps of distillation
+after each (the same distillation in all, the same bytes).
+
+    .venv/bin/python benchmarks/structured.py [--models minilm,smollm2] [--steps 64] [--schedule] [--json]
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from engine.pipeline.compress import predict  # noqa: E402
 from engine.recipe.recipe import Recipe  # noqa: E402
 
 TARGET = 0.25
+SCHEDULE_STEPS = 4
 DISTILL_STEPS = 64  # as benchmarks/methods.py: two passes over the calibration paragraphs, 4 per step
 
 
@@ -98,13 +104,60 @@ def run_model(ref: str, steps: int) -> dict:
             "distill_steps": steps, "rows": rows}
 
 
+def run_schedule(ref: str, steps: int) -> dict:
+    """One-shot then distilled, beside gradual with the same distillation spread over the steps."""
+    from engine.drivers import schedule
+
+    ex = Explorer.open(ref)
+    ev = ex.evaluator()
+    ex.calibration()
+    channels = next(r for label, r in structured(ex) if label.startswith("MLP channels"))
+    rows = []
+    for label, recipe in (("Wanda, 50% unstructured", Recipe(sparsity=0.5, prune_method="wanda")),
+                          ("MLP channels", channels)):
+        work = ex.workspace()
+        t0 = time.perf_counter()
+        work.apply(recipe)
+        once = {"bytes": work.applied.memory.compressed_bytes, **work.evaluate()}
+        work.distill(steps, recipe.distill_lr)
+        once_distilled = {"seconds": time.perf_counter() - t0, **work.evaluate()}
+        gradual = recipe.updated(schedule_steps=SCHEDULE_STEPS, distill_steps=steps // SCHEDULE_STEPS)
+        done = schedule.run(ex, gradual)
+        mem = done.workspace.applied.memory
+        assert mem.compressed_bytes == once["bytes"], f"{label}: the schedule's bytes differ"
+        rows.append({"setting": label, "recipe": recipe.describe(), "gradual": gradual.describe(),
+                     "bytes": once["bytes"], "one_shot": once, "one_shot_distilled": once_distilled,
+                     "gradual_result": {"seconds": done.seconds, **done.workspace.evaluate()},
+                     "steps": done.steps})
+        print(f"{ref} | {label} | once {once} | once+distilled {once_distilled} | gradual "
+              f"{rows[-1]['gradual_result']}", file=sys.stderr, flush=True)
+    return {"model": ref, "baseline": ev.baseline(), "distill_steps": steps, "schedule_steps": SCHEDULE_STEPS,
+            "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--steps", type=int, default=DISTILL_STEPS)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--schedule", action="store_true", help="the gradual schedule against pruning at once")
     args = ap.parse_args()
     print(header(), file=sys.stderr)
+    if args.schedule:
+        out = [run_schedule(m, args.steps) for m in args.models.split(",")]
+        if args.json:
+            print(json.dumps(out, indent=1))
+            return
+        for m in out:
+            keys = list(m["baseline"])
+            print(f"\n{m['model']} (baseline {m['baseline']}); {m['distill_steps']} distillation steps in all")
+            print("| setting | MiB | " + " | ".join(f"{k}: at once → distilled / gradual" for k in keys) + " |")
+            print("|---|---:|" + "---:|" * len(keys))
+            for r in m["rows"]:
+                print(f"| {r['setting']} | {r['bytes'] / 2**20:.2f} | " + " | ".join(
+                    f"{r['one_shot'][k]:.4g} → {r['one_shot_distilled'][k]:.4g} / {r['gradual_result'][k]:.4g}"
+                    for k in keys) + " |")
+        return
     out = [run_model(m, args.steps) for m in args.models.split(",")]
     if args.json:
         print(json.dumps(out, indent=1))
