@@ -41,12 +41,14 @@ WORKERS ?= $(shell $(PYTHON) tests/workers.py 2>/dev/null || echo 1)
 test: $(STAMP) browser  ## install, then run every test (the browser test included), one process per core (WORKERS=N)
 	$(PY) -m pytest -q -rs -n $(WORKERS) --dist worksteal --durations=15 tests
 
-bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, llama.cpp's formats, the kernels' speed beside llama.cpp (built first where missing), a sweep on 2 Ray workers
+bench: $(STAMP)  ## the engine against the naive way, the app's latency, each method against the plain one, structured pruning and its schedule, llama.cpp's formats, the kernels' speed beside llama.cpp (built first where missing), a sweep on 2 Ray workers
 	@$(PY) -c "import llama_cpp" 2>/dev/null || { start=$$(date +%s); echo "llama.cpp is missing: building it (make llamacpp) for the speed benchmark"; \
 	  $(MAKE) --no-print-directory llamacpp && echo "llama.cpp built in $$(( $$(date +%s) - start )) s"; }
 	$(PY) -m engine bench
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/structured.py
+	$(PY) benchmarks/structured.py --schedule
 	$(PY) benchmarks/llama_formats.py
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/cluster.py

@@ -34,7 +34,7 @@ import weakref
 
 import torch
 
-from engine.drivers import awq_fold
+from engine.drivers import awq_fold, smaller
 from engine.drivers.workspace import Workspace, module_copy
 from engine.errors import UserError
 from engine.layers import LayerInfo
@@ -46,7 +46,7 @@ from engine.models.calibrate import Calibration
 from engine.models.loading import Loaded, load
 from engine.quality import make_evaluator
 from engine.recipe.recipe import Recipe
-from engine.structure import blocks, importance, removal
+from engine.structure import blocks, removal
 
 MIB = 2**20
 FACTORS_BYTES = 768 * MIB
@@ -401,46 +401,13 @@ class Explorer:
         """An explorer that starts from the values `work` (a workspace of this explorer) holds, as
         plain dense matrices (a schedule's next step starts there): judged against the original,
         with what of the original it keeps."""
-        model = module_copy(work.explorer.loaded.model)
-        with torch.no_grad():
-            for info in work.explorer.layers:
-                if info.tied_to is None:
-                    module_name, _, pname = info.param_name.rpartition(".")
-                    setattr(model.get_submodule(module_name), pname, torch.nn.Parameter(
-                        info.kind.to_param(work.holders[info.name].matrix().detach().clone()), requires_grad=False))
-        derived = Explorer(dataclasses.replace(work.explorer.loaded, model=model))
+        derived = Explorer(dataclasses.replace(work.explorer.loaded, model=smaller.values_model(work)))
         derived.root, derived.structure = self.root, work.explorer.structure
         return derived
 
     def _choose(self, recipe: Recipe):
-        """The Structure `recipe` keeps on this (original) model; None when it removes nothing."""
-        found = blocks.find(self.loaded.model)
-        plan = removal.counts(recipe, found)
-        if plan.empty:
-            return None
-        lay = found.layout
-        by_calibration = recipe.structure_importance == "calibration"
-
-        def head_scores(k):
-            o, v = found.names(k, lay.o, lay.v)
-            groups = blocks.heads(found.blocks[k], lay)[1]
-            h = self.hessian(o) if by_calibration else None
-            return (importance.head_groups_calibrated(self.weight(o), h, groups) if h is not None
-                    else importance.head_groups_magnitude(self.weight(v), self.weight(o), groups))
-
-        def channel_scores(k):
-            down, *ins = found.names(k, lay.down, *lay.mlp_inputs())
-            h = self.hessian(down) if by_calibration else None
-            return (importance.channels_calibrated(self.weight(down), h) if h is not None
-                    else importance.channels_magnitude([self.weight(n) for n in ins], self.weight(down)))
-
-        def block_scores():
-            if by_calibration:
-                return torch.tensor(self.block_influence())
-            return torch.stack([importance.block_magnitude(*(self.weight(n) for n in found.names(k, lay.o, lay.down)))
-                                for k in range(len(found.blocks))])
-
-        return removal.choose(plan, head_scores, channel_scores, block_scores, recipe.structure_importance)
+        """The Structure `recipe` keeps on this model (engine.drivers.smaller.choose); None: nothing removed."""
+        return smaller.choose(self, recipe)
 
     def awq_folds(self, recipe: Recipe) -> awq_fold.Folds:
         """Where `recipe`'s AWQ scales fold into the module before (engine.drivers.awq_fold), their
