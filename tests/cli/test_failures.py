@@ -144,3 +144,15 @@ def test_an_apply_that_fails_part_way_holds_no_recipe_and_is_redone(monkeypatch,
     assert work.applied.memory == fresh.applied.memory
     for name in fresh.stored:
         assert torch.equal(work.holders[name].matrix(), fresh.holders[name].matrix()), name
+
+
+@pytest.mark.parametrize("args, says", [
+    (("run", "minilm", "--prune-blocks", "9"), "prune_blocks: the model has 6 blocks and must keep one, got 9"),
+    (("fit", "llama-3-8b", "--remove-blocks", "3,40"), "remove_blocks: the model has blocks 0..31"),
+    (("run", "gpt2", "--prune-heads", "0.25"), "structured pruning: GPT2LMHeadModel has no blocks of a known layout"),
+    (("run", "minilm", "--sparsity", "0.5", "--schedule-steps", "1"), "schedule_steps: 0 (at once) or at least 2"),
+], ids=["too-many-blocks", "no-such-block", "unknown-layout", "one-step"])
+def test_structured_pruning_it_cannot_do_is_refused_in_one_line(args, says, tiny_models):
+    args = tuple(tiny_models["gpt2"] if a == "gpt2" else a for a in args)
+    code, out, err = main(*args)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
