@@ -8,8 +8,8 @@ measured by benchmarks/planner.py). Distillation: an aggressive recipe (3 bits, 
 after DISTILL_STEPS steps of knowledge distillation on the calibration text ("apply s" is
 then the distillation's time). HQQ is measured on the asymmetric grid (its zero-point is what
 it fits) beside round to nearest and GPTQ on the same grid; AWQ beside round to nearest on the
-symmetric grid, storing more than it by exactly its fp16 channel scales (2 bytes per input
-column of every compressed matrix; the script checks that difference). Basis sharing: per-layer
+symmetric grid, storing more than it by exactly its fp16 channel scales where nothing before a
+layer absorbs them (2 bytes per input column of those matrices; the script checks that difference). Basis sharing: per-layer
 whitened SVD at that rank ratio beside one basis shared by 2 and by 3 neighbouring blocks, whose
 rank stores no more (engine.methods.shared): the shared rows may hold a few bytes fewer (the rank is
 rounded down), never more; and sharing split as the authors' configurations split it (the
@@ -87,9 +87,12 @@ def _pairs(ex: Explorer, only: list[str] | None):
 
 
 def awq_extra(ex: Explorer, recipe: Recipe) -> int:
-    """The bytes AWQ stores beyond round to nearest: an fp16 scale per input column of every
-    compressed matrix (the pairs here use no low rank: one matrix per layer)."""
-    return 2 * sum(i.shape[1] for i in ex.selected(recipe)) if recipe.quant_method == "awq" else 0
+    """The bytes AWQ stores beyond round to nearest: an fp16 scale per input column of each
+    matrix where nothing before it can absorb the scales (engine.drivers.awq_fold; the pairs here
+    use no low rank: one matrix per layer)."""
+    if recipe.quant_method != "awq":
+        return 0
+    return 2 * sum(ex.layer(n).shape[1] for n in ex.awq_folds(recipe).kept_scales)
 
 
 DISTILL_RECIPE = Recipe(bits=3, sparsity=0.5)
