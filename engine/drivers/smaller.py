@@ -52,10 +52,15 @@ def values_model(work) -> torch.nn.Module:
     if work._folds is not None and work._folds.norms:
         raise ValueError("values_model: the workspace's norms hold folded AWQ scales")
     model = module_copy(work.explorer.loaded.model)
+    made = {}
     with torch.no_grad():
         for info in work.explorer.layers:
-            if info.tied_to is None:
+            if info.tied_to is None and info.name in work.stored:  # a layer left alone keeps the original's tensor
+                made[info.name] = torch.nn.Parameter(
+                    info.kind.to_param(work.holders[info.name].matrix().detach().clone()), requires_grad=False)
+        for info in work.explorer.layers:  # a tied head (or embedding) takes its embedding's new tensor: still tied
+            name = info.tied_to or info.name
+            if name in made:
                 module_name, _, pname = info.param_name.rpartition(".")
-                setattr(model.get_submodule(module_name), pname, torch.nn.Parameter(
-                    info.kind.to_param(work.holders[info.name].matrix().detach().clone()), requires_grad=False))
+                setattr(model.get_submodule(module_name), pname, made[name])
     return model

@@ -77,3 +77,13 @@ def test_run_reports_each_step(tiny, capsys):
     assert [s["step"] for s in out["schedule"]] == [1, 2] and out["recipe"]["schedule_steps"] == 2
     print_run(out)  # the text the command prints without --json
     assert "step 1: 87.5% of the target: 44% sparse" in capsys.readouterr().out
+
+
+def test_a_schedule_keeps_a_tied_head_tied(tiny_llama_with_smollm2s_tokenizer):
+    """Each step starts from the values the step before left: the head stays the embedding's."""
+    ex = Explorer.open(str(tiny_llama_with_smollm2s_tokenizer), device="cpu")
+    recipe = Recipe(sparsity=0.5, include_embeddings=True)
+    done = schedule.run(ex, recipe.updated(schedule_steps=2), evaluate=False)
+    model = done.workspace.explorer.loaded.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert done.workspace.applied.memory.compressed_bytes == ex.workspace().apply(recipe).memory.compressed_bytes
