@@ -27,14 +27,13 @@ The background preparation stops where a budget is full, rather than evict what 
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import weakref
 
 import torch
 
-from engine.drivers import awq_fold, smaller
+from engine.drivers.smaller import Smaller
 from engine.drivers.workspace import Workspace, module_copy
 from engine.errors import UserError
 from engine.layers import LayerInfo
@@ -46,7 +45,6 @@ from engine.models.calibrate import Calibration
 from engine.models.loading import Loaded, load
 from engine.quality import make_evaluator
 from engine.recipe.recipe import Recipe
-from engine.structure import blocks, removal
 
 MIB = 2**20
 FACTORS_BYTES = 768 * MIB
@@ -86,8 +84,9 @@ def require_compressible(layers: list[LayerInfo], ref: str, model: torch.nn.Modu
     return layers
 
 
-class Explorer:
-    """One loaded model, shared by every workspace: never modified after loading."""
+class Explorer(Smaller):
+    """One loaded model, shared by every workspace: never modified after loading. Its smaller
+    models (structured pruning) and AWQ's folds: engine.drivers.smaller.Smaller."""
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
@@ -358,73 +357,3 @@ class Explorer:
 
     def workspace(self) -> "Workspace":
         return Workspace(self)
-
-    # -- structured pruning ---------------------------------------------------------------
-    @property
-    def removed_params(self) -> int:
-        """Parameters the original has that this (smaller) model does not."""
-        return self.root.total_params - self.total_params
-
-    def structured(self, recipe: Recipe) -> "Explorer":
-        """The explorer of the smaller model `recipe` makes by removing heads, channels and
-        blocks (engine.structure), cached; this explorer itself when it removes nothing. The
-        parts removed are the least important by the recipe's structure_importance, scored on
-        the original (engine.structure.importance)."""
-        start = self.start
-        if not recipe.structured:
-            return start
-        key = recipe.removal_key()
-        with start._lock:
-            if key not in start._structures:
-                start._structures[key] = start._choose(recipe)
-        structure = start._structures[key]
-        return start if structure is None else start.smaller(structure)
-
-    def smaller(self, structure) -> "Explorer":
-        """The explorer of the model this one starts from (`start`) with only what `structure`
-        (engine.structure.removal.Structure, by index into that model) keeps."""
-        start = self.start
-        with start._lock:
-            return start._smaller.get_or_put(structure, lambda: start._derive(structure))
-
-    def _derive(self, structure) -> "Explorer":
-        model = removal.remove(self.loaded.model, structure)
-        kept, total = sum(p.numel() for p in model.parameters()), self.root.total_params
-        note = f"{self.root.loaded.note + '; ' if self.root.loaded.note else ''}smaller model: {total - kept:,} " \
-               f"of {total:,} parameters removed (heads, channels, blocks)"
-        derived = Explorer(dataclasses.replace(self.loaded, model=model, note=note))
-        derived.root, derived.start = self.root, self
-        derived.structure = removal.compose(self.structure, structure)
-        return derived
-
-    def from_values(self, work) -> "Explorer":
-        """An explorer that starts from the values `work` (a workspace of this explorer) holds, as
-        plain dense matrices (a schedule's next step starts there): judged against the original,
-        with what of the original it keeps."""
-        derived = Explorer(dataclasses.replace(work.explorer.loaded, model=smaller.values_model(work)))
-        derived.root, derived.structure = self.root, work.explorer.structure
-        return derived
-
-    def _choose(self, recipe: Recipe):
-        """The Structure `recipe` keeps on this model (engine.drivers.smaller.choose); None: nothing removed."""
-        return smaller.choose(self, recipe)
-
-    def awq_folds(self, recipe: Recipe) -> awq_fold.Folds:
-        """Where `recipe`'s AWQ scales fold into the module before (engine.drivers.awq_fold), their
-        scales searched once per recipe; nothing for a recipe without AWQ."""
-        if not any(r.quant_method == "awq" and r.bits < 16 for r in (recipe, *recipe.rule_recipes())):
-            return awq_fold.Folds({}, {}, ())
-        return self._folds.get_or_put(recipe, lambda: awq_fold.plan(self, recipe))
-
-    def each_removes(self, recipe: Recipe) -> dict:
-        """What each structured field of `recipe` removes on its own, in words and parameters
-        (engine.structure.removal.each_removes); a UserError for a model of no known layout."""
-        return removal.each_removes(recipe, blocks.find(self.root.loaded.model))
-
-    def block_influence(self) -> list[float]:
-        """Each block's influence on the calibration text (ShortGPT), computed once."""
-        with self._eval_lock:
-            if self._influence is None:
-                model = module_copy(self.loaded.model)
-                self._influence = calibrate.block_influence(model, self.loaded.tokenizer, blocks.find(model).blocks)
-            return self._influence

@@ -1,12 +1,17 @@
-"""The parts a structured recipe removes, chosen on a loaded model (engine.structure scores them),
-and a plain model made of a workspace's values (where a gradual schedule's next step starts).
-The explorer (engine.drivers.explorer) derives the smaller models' explorers from these.
+"""Smaller models: the parts a structured recipe removes, chosen on a loaded model (engine.structure
+scores them), the explorers of the smaller models (`Smaller`, which engine.drivers.explorer.Explorer
+is), and a plain model made of a workspace's values (where a gradual schedule's next step starts).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from engine.drivers import awq_fold
 from engine.drivers.workspace import module_copy
+from engine.models import calibrate
+from engine.recipe.recipe import Recipe
 from engine.structure import blocks, importance, removal
 
 
@@ -64,3 +69,79 @@ def values_model(work) -> torch.nn.Module:
                 module_name, _, pname = info.param_name.rpartition(".")
                 setattr(model.get_submodule(module_name), pname, made[name])
     return model
+
+
+class Smaller:
+    """What an Explorer does for structured pruning (and AWQ's folds, which also reach across
+    layers): derive the explorers of smaller models, each judged against the original (`root`)
+    and cut from `start` (the original, or a schedule's step). Explorer.__init__ sets the state
+    it reads: root, start, structure, _lock, _eval_lock, _smaller, _structures, _influence, _folds."""
+
+    @property
+    def removed_params(self) -> int:
+        """Parameters the original has that this (smaller) model does not."""
+        return self.root.total_params - self.total_params
+
+    def structured(self, recipe: Recipe) -> "Smaller":
+        """The explorer of the smaller model `recipe` makes by removing heads, channels and
+        blocks (engine.structure), cached; this explorer itself when it removes nothing. The
+        parts removed are the least important by the recipe's structure_importance, scored on
+        the original (engine.structure.importance)."""
+        start = self.start
+        if not recipe.structured:
+            return start
+        key = recipe.removal_key()
+        with start._lock:
+            if key not in start._structures:
+                start._structures[key] = start._choose(recipe)
+        structure = start._structures[key]
+        return start if structure is None else start.smaller(structure)
+
+    def smaller(self, structure) -> "Smaller":
+        """The explorer of the model this one starts from (`start`) with only what `structure`
+        (engine.structure.removal.Structure, by index into that model) keeps."""
+        start = self.start
+        with start._lock:
+            return start._smaller.get_or_put(structure, lambda: start._derive(structure))
+
+    def _derive(self, structure) -> "Smaller":
+        model = removal.remove(self.loaded.model, structure)
+        kept, total = sum(p.numel() for p in model.parameters()), self.root.total_params
+        note = f"{self.root.loaded.note + '; ' if self.root.loaded.note else ''}smaller model: {total - kept:,} " \
+               f"of {total:,} parameters removed (heads, channels, blocks)"
+        derived = type(self)(dataclasses.replace(self.loaded, model=model, note=note))
+        derived.root, derived.start = self.root, self
+        derived.structure = removal.compose(self.structure, structure)
+        return derived
+
+    def from_values(self, work) -> "Smaller":
+        """An explorer that starts from the values `work` (a workspace of this explorer) holds, as
+        plain dense matrices (a schedule's next step starts there): judged against the original,
+        with what of the original it keeps."""
+        derived = type(self)(dataclasses.replace(work.explorer.loaded, model=values_model(work)))
+        derived.root, derived.structure = self.root, work.explorer.structure
+        return derived
+
+    def _choose(self, recipe: Recipe):
+        """The Structure `recipe` keeps on this model (engine.drivers.smaller.choose); None: nothing removed."""
+        return choose(self, recipe)
+
+    def awq_folds(self, recipe: Recipe) -> awq_fold.Folds:
+        """Where `recipe`'s AWQ scales fold into the module before (engine.drivers.awq_fold), their
+        scales searched once per recipe; nothing for a recipe without AWQ."""
+        if not any(r.quant_method == "awq" and r.bits < 16 for r in (recipe, *recipe.rule_recipes())):
+            return awq_fold.Folds({}, {}, ())
+        return self._folds.get_or_put(recipe, lambda: awq_fold.plan(self, recipe))
+
+    def each_removes(self, recipe: Recipe) -> dict:
+        """What each structured field of `recipe` removes on its own, in words and parameters
+        (engine.structure.removal.each_removes); a UserError for a model of no known layout."""
+        return removal.each_removes(recipe, blocks.find(self.root.loaded.model))
+
+    def block_influence(self) -> list[float]:
+        """Each block's influence on the calibration text (ShortGPT), computed once."""
+        with self._eval_lock:
+            if self._influence is None:
+                model = module_copy(self.loaded.model)
+                self._influence = calibrate.block_influence(model, self.loaded.tokenizer, blocks.find(model).blocks)
+            return self._influence

@@ -46,6 +46,17 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m_
 
 
+def parse_indices(text: str) -> tuple[int, ...]:
+    """'5, 3,4' -> (3, 4, 5): block indices, sorted, each once. Raises RecipeError on anything else.
+
+    >>> parse_indices("5, 3,4")
+    (3, 4, 5)
+    """
+    if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", text):
+        raise RecipeError(f"remove_blocks: expected comma-separated block indices (e.g. 3,4,5), got {text!r}")
+    return tuple(sorted({int(t) for t in text.split(",")}))
+
+
 @dataclass(frozen=True)
 class Field:
     """What a recipe field is, declared once: the command line, the app's controls and URL, the

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from engine.formats import FORMATS
 from engine.methods import METHODS, names
 from engine.methods import calibrated as calibrated_methods
+from engine.recipe.label import label
 from engine.recipe.fields import (
     BITS,
     DISTILL_LR,
@@ -34,6 +35,7 @@ from engine.recipe.fields import (
     declared,
     format_fields,
     format_update,
+    parse_indices,
     parse_pattern,
     parse_rules,
 )
@@ -243,11 +245,7 @@ class Recipe:
         >>> Recipe(remove_blocks="5, 3,4").block_indices()
         (3, 4, 5)
         """
-        text = self.remove_blocks or ""
-        if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", text):
-            raise RecipeError(f"remove_blocks: expected comma-separated block indices (e.g. 3,4,5), got {text!r}")
-        indices = sorted({int(t) for t in text.split(",")})
-        return tuple(indices)
+        return parse_indices(self.remove_blocks or "")
 
     def methods_used(self) -> set[str]:
         """The methods this recipe (its own fields, not its rules) runs."""
@@ -343,54 +341,8 @@ class Recipe:
         return cls.from_dict(data)
 
     def describe(self) -> str:
-        """A short human label, e.g. 'r=0.5 · int4 g128 · 50% unstructured'."""
-        parts = []
-
-        def tag(method: str) -> str:
-            return f" {METHODS[method].tag}" if METHODS[method].tag else ""
-
-        low = f" shared by {self.share_blocks} blocks" if self.lowrank_method == "shared" else tag(self.lowrank_method)
-        if self.rank is not None:
-            parts.append(f"rank {self.rank}{low}")
-        elif self.rank_ratio is not None and self.rank_ratio < 1:
-            parts.append(f"rank x{self.rank_ratio:g}{low}")
-        if self.number_format != "int":
-            parts.append(self.number_format.upper() + tag(self.quant_method) + (" double-quant" if self.double_quant else ""))
-        elif self.bits < 16 and METHODS[self.quant_method].stores == "codebook":
-            parts.append(f"k-means {self.bits}-bit")
-        elif self.bits < 16:
-            g = {"tensor": "per-tensor", "channel": "per-channel"}.get(
-                self.granularity, f"g{self.group_size}"
-            )
-            how = tag(self.quant_method) + (" act-order" if self.act_order else "")
-            parts.append(f"int{self.bits} {g}{'' if self.symmetric else ' asym'}{how}")
-        if self.sparsity > 0:
-            parts.append(
-                (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%} sparse")
-                + tag(self.prune_method)
-            )
-        if self.prune_heads:
-            parts.append(f"{self.prune_heads:.0%} heads removed")
-        if self.prune_channels:
-            parts.append(f"{self.prune_channels:.0%} MLP channels removed")
-        if self.prune_blocks or self.remove_blocks:
-            parts.append(f"{self.prune_blocks} blocks removed" if self.prune_blocks
-                         else f"blocks {','.join(map(str, self.block_indices()))} removed")
-        if self.group != "all":
-            parts.append(f"{self.group} layers only")
-        if self.layers is not None:
-            parts.append(f"layers ~ /{self.layers}/")
-        if self.include_embeddings:
-            parts.append("with embeddings")
-        if self.per_layer:
-            parts.append(f"{len(self.per_layer)} per-layer rule{'s' if len(self.per_layer) > 1 else ''}")
-        if self.schedule_steps:
-            parts.append(f"gradual in {self.schedule_steps} steps")
-        if self.distill_steps:
-            parts.append(f"distilled {self.distill_steps} steps" + (" after each" if self.schedule_steps else "")
-                         + (f" lr {self.distill_lr:g}" if self.distill_lr != DISTILL_LR else ""))
-        return " · ".join(parts) or "uncompressed"
-
+        """A short human label, e.g. 'rank x0.5 · int4 g128 · 50% sparse' (engine.recipe.label)."""
+        return label(self)
 
 
 @functools.lru_cache(maxsize=4096)
