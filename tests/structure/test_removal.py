@@ -195,9 +195,10 @@ def test_the_lean_decode_path_runs_blocks_of_their_own_head_counts(tiny):
 def test_recovery_distils_the_smaller_model_from_the_original(tiny):
     """The teacher is the original (its logits), the student the smaller model; the bytes do not change."""
     work = tiny.workspace()
-    before = work.apply(Recipe(prune_channels=0.25, prune_blocks=1, bits=8)).memory.compressed_bytes
+    # half the channels: 16 of those the fixture zeroed and 16 that write something, so the smaller model differs
+    before = work.apply(Recipe(prune_channels=0.5, prune_blocks=1, bits=8)).memory.compressed_bytes
     applied = work.distill(3, 1e-3)
     assert applied.memory.compressed_bytes == before and len(applied.distillation.loss) == 3
     assert applied.recipe.distill_steps == 3 and work.explorer.structure.kept_blocks == (0, 2)
     # the first step's loss is the smaller model's KL to the original's next-token distributions
-    assert applied.distillation.loss[0] > 0
+    assert applied.distillation.loss[0] > 1e-6  # the teacher is not the student
