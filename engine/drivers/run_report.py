@@ -52,7 +52,7 @@ def in_memory(ex, recipe: Recipe, model: str, quick: bool = False, eval_text: st
     from engine.hardware.peak import Peak
     from engine.storage import detect as formats
 
-    if not export and not shipped:
+    if not export and not shipped and not recipe.schedule_steps:  # a schedule cuts its own, step by step
         ex = ex.structured(recipe)  # a smaller model where the recipe removes heads, channels or blocks
     work = ex.workspace()
     selected = ex.selected(recipe)
